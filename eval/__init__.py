@@ -1,0 +1,1 @@
+"""Offline evaluation: one protocol, one metric implementation, every model and baseline."""

@@ -1,0 +1,46 @@
+"""The `genrec` console command: one entry point for every stage.
+
+Commands live beside the code they drive (`retrieval/commands.py`, `finetune/commands.py`, ...);
+this module only registers them and turns `GenrecError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from genrec.errors import GenrecError
+from retrieval import commands as retrieval_commands
+
+app = typer.Typer(
+    help="genrec: multimodal generative recommendation with semantic IDs, LoRA, vLLM and a LangGraph agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.command("index")(retrieval_commands.index)
+app.command("search")(retrieval_commands.search)
+
+
+def offline_environment() -> None:
+    """Nothing is ever fetched from a model hub; set that before any library reads the environment."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+def main() -> None:
+    """Run the command line; user errors print one line and exit 2."""
+    offline_environment()
+    try:
+        app()
+    except GenrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

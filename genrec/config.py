@@ -1,0 +1,190 @@
+"""One typed configuration per run, loaded from YAML and saved beside the artefacts it produced.
+
+Every stage reads its own section; unknown keys are errors so that a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genrec.atomic import write_text
+from genrec.errors import GenrecError
+
+
+class Section(BaseModel):
+    """Base of every config section: strict keys, validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(Section):
+    """Where the catalog and interactions come from."""
+
+    dataset: str = "ml-100k"  # a bundled name (ml-100k), a folder, or a file (amazon-seq .txt, .jsonl, .csv)
+    interactions: str | None = None  # interactions file for the generic catalog format
+    reviews: str | None = None  # reviews JSONL for Amazon Reviews 2023
+    image_root: str | None = None  # folder that relative image paths are resolved against
+    min_rating: float | None = None  # drop interactions below this rating (None keeps all)
+
+
+class EncoderConfig(Section):
+    """Text and image encoders (sentence-transformers)."""
+
+    text_model: str = "all-MiniLM-L6-v2"  # name of a packaged model or a local model folder
+    image_model: str | None = None  # local CLIP folder (sentence-transformers or HF format); None: text only
+    batch_size: int = 64
+    device: str = "cpu"
+    image_weight: float = 0.5  # weight of the image vector when text and image are fused
+
+
+class ChromaConfig(Section):
+    """The vector store: embedded under the run directory, or a `chroma run` server."""
+
+    host: str | None = None
+    port: int = 8000
+    collection: str = "items"
+    batch_size: int = 512
+
+
+class SemanticIdConfig(Section):
+    """How items get their semantic IDs (see `retrieval.semantic_ids`)."""
+
+    method: Literal["rqvae", "rkmeans"] = "rqvae"
+    source: Literal["content", "collaborative", "fused"] = "content"
+    levels: int = Field(3, ge=1)  # learned levels; a final level that makes codes unique is appended
+    codebook_size: int = Field(256, ge=2)
+    # RQ-VAE (TIGER, Rajput et al. 2023)
+    latent_dim: int = Field(32, ge=1)
+    hidden_dims: list[int] = [256, 128]
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    commitment_weight: float = Field(0.25, ge=0)
+    dead_code_reset: bool = True  # re-seed unused codes from crowded items' residuals during training
+    reset_until: float = Field(0.8, ge=0, le=1)  # fraction of epochs during which dead codes are re-seeded
+    # collaborative embeddings: PPMI of item co-occurrence in user histories, truncated SVD
+    collaborative_dim: int = Field(64, ge=1)
+    collaborative_window: int = Field(5, ge=0)  # items at most this far apart in a history co-occur; 0: whole history
+    collaborative_holdout: int = Field(2, ge=0)  # ignore each user's last N interactions (leave-one-out test + val)
+    # fused source: both parts L2-normalised, scaled by these weights, concatenated
+    content_weight: float = Field(1.0, ge=0)
+    collaborative_weight: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class TrainConfig(Section):
+    """Base model, pre-training (scratch models) and LoRA fine-tuning."""
+
+    base: str = "scratch"  # "scratch", "smollm2-135m", or a Hugging Face causal-LM folder
+    # scratch model size
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_length: int = 512
+    vocab_size: int = 4000  # word-piece vocabulary trained on the catalog (scratch only)
+    pretrain_epochs: int = 6
+    pretrain_lr: float = 1e-3
+    # LoRA
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    epochs: int = 3
+    lr: float = 5e-4
+    batch_size: int = 8
+    max_history: int = 50  # items of history in one prompt
+    val_users: int = 300  # users scored for validation NDCG@10 after each epoch
+    seed: int = 0
+
+
+class GenerateConfig(Section):
+    """Constrained top-K generation."""
+
+    beam_width: int = 20
+    k: int = 10
+    exclude_history: bool = True
+    explain: bool = False
+    max_explanation_tokens: int = 80
+
+
+class ServeConfig(Section):
+    """The vLLM server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kv_cache_gib: int = 2
+    max_model_len: int = 2048
+    startup_timeout_s: float = 300.0
+    request_timeout_s: float = 60.0
+    extra_args: list[str] = []
+
+
+class EvalConfig(Section):
+    """Offline evaluation: leave-one-out, full ranking, and the baselines computed in the same run."""
+
+    ks: list[int] = [5, 10, 20]
+    max_users: int | None = None  # evaluate a fixed sample of users (None: all)
+    batch_size: int = 256  # users per recommend() call
+    baselines: list[Literal["popularity", "itemknn", "content", "sasrec"]] = ["popularity", "itemknn", "content", "sasrec"]
+    # item-kNN
+    knn_neighbors: int | None = 100  # similar items kept per item (None: all)
+    knn_recency: float = 1.0  # weight decay per step back in the history (1.0: no decay)
+    # content nearest-neighbour
+    content_last_n: int = 5  # history items averaged into the user vector
+    # SASRec (full cross-entropy)
+    sasrec_epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends it sooner
+    sasrec_hidden: int = 64
+    sasrec_layers: int = 2
+    sasrec_heads: int = 1
+    sasrec_max_len: int = 50  # 50 for sparse (Amazon) data, 200 for dense (MovieLens)
+    sasrec_dropout: float = 0.2
+    sasrec_lr: float = 1e-3
+    sasrec_batch_size: int = 128
+    sasrec_patience: int = 5  # validation evaluations without improvement before stopping
+    sasrec_val_users: int | None = None  # validation users scored per epoch (None: all)
+    sasrec_max_minutes: float | None = None  # wall-clock budget for training
+    seed: int = 0
+
+
+class RunConfig(Section):
+    """Everything one pipeline run needs; saved as `RUN/config.yaml`."""
+
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    chroma: ChromaConfig = ChromaConfig()
+    semantic_ids: SemanticIdConfig = SemanticIdConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    serve: ServeConfig = ServeConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config YAML; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise GenrecError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise GenrecError(f"{path}: not valid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise GenrecError(f"{path}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise GenrecError(f"{path}: {where}: {err['msg']}") from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the config as YAML (atomically) so a run can be reproduced from its folder."""
+    write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

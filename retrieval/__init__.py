@@ -1,0 +1,1 @@
+"""Catalog loading, multimodal encoding, the Chroma store and semantic IDs."""

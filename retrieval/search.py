@@ -1,0 +1,129 @@
+"""Search the item store by text, by image file, or by item (more like this), with metadata filters.
+
+A `Searcher` holds the encoders and collections of one run, so an agent or a UI pays for loading
+them once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genrec.config import RunConfig
+from genrec.errors import GenrecError
+from genrec.run import RunPaths, open_run
+from retrieval.catalog import image_source
+from retrieval.encoders import encode_query_image, load_encoder
+from retrieval.store import ItemStore, item_metadata, open_store, translate_where
+
+
+@dataclass
+class Hit:
+    """One search result: a catalog item and its similarity to the query (higher is closer)."""
+
+    item_id: str
+    title: str
+    score: float
+    attributes: dict[str, Any] = field(default_factory=dict)
+    image: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return {"item_id": self.item_id, "title": self.title, "score": round(self.score, 6),
+                "attributes": self.attributes, "image": self.image}
+
+
+@dataclass
+class Searcher:
+    """Encoders + collections of one run."""
+
+    paths: RunPaths
+    config: RunConfig
+    store: ItemStore
+    text_model: Any
+    image_model: Any | None
+    items: pd.DataFrame
+    list_keys: set[str]
+    keys: set[str]
+
+    @classmethod
+    def open(cls, run: str | Path) -> "Searcher":
+        """Load a run's encoders and open its Chroma collections."""
+        paths, config = open_run(run)
+        paths.require(paths.items, f"genrec index --run {paths.root}")
+        store = open_store(paths, config.chroma)
+        items = pd.read_parquet(paths.items)
+        text_model = load_encoder(config.encoder.text_model, config.encoder.device)
+        image_model = None
+        if store.image is not None and config.encoder.image_model:
+            image_model = load_encoder(config.encoder.image_model, config.encoder.device)
+        keys, list_keys = set(), set()
+        for _, row in items.iterrows():
+            for k, v in item_metadata(row).items():
+                keys.add(k)
+                if isinstance(v, list):
+                    list_keys.add(k)
+        return cls(paths, config, store, text_model, image_model, items.set_index("item_id", drop=False), list_keys, keys)
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        image: str | None = None,
+        item_id: str | None = None,
+        k: int = 10,
+        where: dict[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Top-`k` catalog items for a text query, an image file, or an item id (more like this)."""
+        if sum(x is not None for x in (query, image, item_id)) != 1:
+            raise GenrecError("search: give exactly one of a text query, --image FILE or an item id")
+        if k < 1:
+            raise GenrecError("search: k must be at least 1")
+        chroma_where = translate_where(where, self.list_keys, self.keys)
+        scores: dict[str, float] = {}
+        pool = max(4 * k, 20)
+        weight = self.config.encoder.image_weight
+        if query is not None:
+            if not query.strip():
+                raise GenrecError("search: the query is empty")
+            vec = self.text_model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+            self._collect(self.store.text, vec, pool, chroma_where, scores, 1.0)
+            if self.image_model is not None and self.store.image is not None:
+                clip = self.image_model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+                self._collect(self.store.image, clip, pool, chroma_where, scores, weight)
+        elif image is not None:
+            if self.image_model is None or self.store.image is None:
+                raise GenrecError(f"{self.paths.root}: this run has no image index; re-index with an image model (encoder.image_model)")
+            self._collect(self.store.image, encode_query_image(self.image_model, image), pool, chroma_where, scores, 1.0)
+        else:
+            assert item_id is not None
+            got = self.store.text.get(ids=[item_id], include=["embeddings"])
+            if not got["ids"]:
+                raise GenrecError(f"search: unknown item id {item_id!r}")
+            self._collect(self.store.text, np.asarray(got["embeddings"][0]), pool + 1, chroma_where, scores, 1.0)
+            if self.store.image is not None:
+                img = self.store.image.get(ids=[item_id], include=["embeddings"])
+                if img["ids"]:
+                    self._collect(self.store.image, np.asarray(img["embeddings"][0]), pool + 1, chroma_where, scores, weight)
+            scores.pop(item_id, None)
+        best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+        return [self.hit(i, s) for i, s in best]
+
+    def hit(self, item_id: str, score: float = 0.0) -> Hit:
+        """A `Hit` for a catalog item, with its attributes."""
+        row = self.items.loc[item_id]
+        return Hit(item_id, row["title"], float(score), json.loads(row["attributes"]), image_source(row["image"]))
+
+    @staticmethod
+    def _collect(collection: Any, vec: np.ndarray, n: int, where: dict | None, scores: dict[str, float], weight: float) -> None:
+        n = min(n, collection.count())
+        if n == 0:
+            return
+        res = collection.query(query_embeddings=[np.asarray(vec, dtype=np.float32).tolist()], n_results=n, where=where, include=["distances"])
+        for item, dist in zip(res["ids"][0], res["distances"][0]):
+            scores[item] = scores.get(item, 0.0) + weight * (1.0 - float(dist))

@@ -1,0 +1,166 @@
+"""The Chroma item store: one collection of text vectors and, when items have images, one of CLIP vectors.
+
+Embedded (`PersistentClient` under the run directory) by default, or a `chroma run` server. We
+always hand Chroma our own vectors: its default embedding function would download a model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from genrec.config import ChromaConfig
+from genrec.errors import GenrecError
+from genrec.run import RunPaths
+from retrieval.catalog import image_source
+
+
+@dataclass
+class ItemStore:
+    """Open handles on a run's collections (`image` is None when no item has an image)."""
+
+    client: Any
+    text: Any
+    image: Any | None
+
+
+def collection_name(paths: RunPaths, config: ChromaConfig, kind: str) -> str:
+    """A Chroma-legal collection name unique to this run and modality."""
+    raw = f"{config.collection}-{paths.root.resolve().name}-{kind}"
+    name = re.sub(r"[^a-zA-Z0-9._-]", "-", raw).strip("-._")
+    return name[:63] if len(name) >= 3 else f"gr-{name}"
+
+
+def make_client(paths: RunPaths, config: ChromaConfig) -> Any:
+    """A Chroma client: HTTP to `host:port` when a host is configured, else embedded in the run directory."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if config.host:
+        try:
+            client = chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
+            client.heartbeat()
+        except Exception as exc:
+            raise GenrecError(
+                f"chroma server {config.host}:{config.port} does not answer ({exc.__class__.__name__}); "
+                "start it with `chroma run --path DIR --host HOST --port PORT`"
+            ) from None
+        return client
+    paths.chroma.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(paths.chroma), settings=settings)
+
+
+def open_store(paths: RunPaths, config: ChromaConfig, create: bool = False, with_image: bool = False) -> ItemStore:
+    """Open (or with `create`, create) the run's collections."""
+    client = make_client(paths, config)
+    names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+    text_name, image_name = collection_name(paths, config, "text"), collection_name(paths, config, "image")
+    if not create and text_name not in names:
+        raise GenrecError(f"{paths.root}: no Chroma collection {text_name!r}; run `genrec index --run {paths.root}` first")
+
+    def get(name: str) -> Any:
+        if create:
+            return client.get_or_create_collection(
+                name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
+        return client.get_collection(name, embedding_function=None)
+
+    image = get(image_name) if (with_image or image_name in names) else None
+    return ItemStore(client, get(text_name), image)
+
+
+def item_metadata(row: pd.Series) -> dict[str, Any]:
+    """Flatten an item's attributes into Chroma metadata: scalars, non-empty string/number lists, JSON for the rest."""
+    meta: dict[str, Any] = {"title": row["title"]}
+    if image_source(row.get("image")):
+        meta["image"] = row["image"]
+    for key, value in json.loads(row["attributes"]).items():
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, (bool, int, float, str)):
+            meta[key] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            meta[key] = [str(v) for v in value]
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            meta[key] = [float(v) for v in value]
+        else:
+            meta[key] = json.dumps(value, ensure_ascii=False)
+    return meta
+
+
+def _upsert(collection: Any, ids: list[str], vectors: np.ndarray, metas: list[dict], docs: list[str], batch: int, desc: str) -> None:
+    for start in tqdm(range(0, len(ids), batch), desc=desc, unit="batch", leave=False):
+        end = start + batch
+        collection.upsert(
+            ids=ids[start:end], embeddings=vectors[start:end].tolist(), metadatas=metas[start:end], documents=docs[start:end]
+        )
+
+
+def _drop_stale(collection: Any, keep: set[str]) -> int:
+    stale = [i for i in collection.get(include=[])["ids"] if i not in keep]
+    for start in range(0, len(stale), 1000):
+        collection.delete(ids=stale[start : start + 1000])
+    return len(stale)
+
+
+def upsert_items(
+    store: ItemStore,
+    items: pd.DataFrame,
+    documents: list[str],
+    text_vectors: np.ndarray,
+    image_vectors: np.ndarray | None,
+    image_mask: np.ndarray,
+    batch_size: int = 512,
+) -> None:
+    """Write every item's vectors and metadata (idempotent) and remove items no longer in the catalog."""
+    ids = items["item_id"].tolist()
+    metas = [item_metadata(row) for _, row in items.iterrows()]
+    _upsert(store.text, ids, text_vectors, metas, documents, batch_size, "chroma text")
+    _drop_stale(store.text, set(ids))
+    if store.image is not None and image_vectors is not None:
+        sel = np.flatnonzero(image_mask)
+        _upsert(
+            store.image, [ids[i] for i in sel], image_vectors[sel], [metas[i] for i in sel], [documents[i] for i in sel],
+            batch_size, "chroma images",
+        )
+        _drop_stale(store.image, {ids[i] for i in sel})
+
+
+def translate_where(where: dict[str, Any] | None, list_keys: set[str], keys: set[str]) -> dict[str, Any] | None:
+    """Turn a user filter into Chroma's: `genre` finds `genres`; equality on a list field means "contains".
+
+    `{"genre": "Sci-Fi"}` becomes `{"genres": {"$contains": "Sci-Fi"}}`; `$in` on a list field becomes an
+    `$or` of `$contains`. Unknown keys are an error naming the key and the known ones.
+    """
+    if not where:
+        return None
+    clauses = []
+    for key, cond in where.items():
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list):
+                raise GenrecError(f"where: {key} takes a list of filters")
+            clauses.append({key: [translate_where(c, list_keys, keys) for c in cond]})
+            continue
+        field = key if key in keys else f"{key}s" if f"{key}s" in keys else None
+        if field is None:
+            raise GenrecError(f"where: unknown field {key!r}; known fields: {', '.join(sorted(keys))}")
+        if field in list_keys:
+            if not isinstance(cond, dict):
+                cond = {"$contains": cond}
+            elif "$eq" in cond:
+                cond = {"$contains": cond["$eq"]}
+            elif "$ne" in cond:
+                cond = {"$not_contains": cond["$ne"]}
+            elif "$in" in cond:
+                clauses.append({"$or": [{field: {"$contains": v}} for v in cond["$in"]]} if len(cond["$in"]) > 1
+                               else {field: {"$contains": cond["$in"][0]}})
+                continue
+        clauses.append({field: cond})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}

