@@ -97,7 +97,7 @@ def restrict_to_catalog(catalog: Catalog, source: str) -> Catalog:
     if not mask.all():
         from rich.console import Console
 
-        Console(stderr=True).print(
+        Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] {source}: {int((~mask).sum())} interactions name items not in the catalog; dropped"
         )
     return Catalog(catalog.items, catalog.interactions[mask].reset_index(drop=True))
