@@ -12,6 +12,7 @@ import sys
 import typer
 
 from genrec.errors import GenrecError
+from agent import serve_commands
 from retrieval import commands as retrieval_commands
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 
 app.command("index")(retrieval_commands.index)
 app.command("search")(retrieval_commands.search)
+app.command("serve")(serve_commands.serve)
 
 
 def offline_environment() -> None:

