@@ -58,8 +58,9 @@ class SemanticIdConfig(Section):
     source: Literal["content", "collaborative", "fused"] = "content"
     levels: int = Field(3, ge=1)  # learned levels; a final level that makes codes unique is appended
     codebook_size: int = Field(256, ge=2)
-    latent_dim: int = Field(32, ge=1)  # RQ-VAE latent size; rkmeans clusters this many principal components
+    rkmeans_dim: int = Field(64, ge=1)  # residual k-means clusters this many principal components of the input
     # RQ-VAE (TIGER, Rajput et al. 2023)
+    latent_dim: int = Field(32, ge=1)
     hidden_dims: list[int] = [256, 128]
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(256, ge=1)
