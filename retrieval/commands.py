@@ -28,6 +28,8 @@ def index(
     config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML (default: RUN/config.yaml, else built-in defaults)."),
     interactions: Optional[str] = typer.Option(None, "--interactions", help="Interactions CSV for a generic catalog."),
     reviews: Optional[str] = typer.Option(None, "--reviews", help="Reviews JSONL for Amazon Reviews 2023."),
+    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative image paths are resolved against."),
+    min_rating: Optional[float] = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
     text_model: Optional[str] = typer.Option(None, "--text-model", help="sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)."),
     image_model: Optional[str] = typer.Option(None, "--image-model", help="Local CLIP folder; enables the image index."),
     chroma_host: Optional[str] = typer.Option(None, "--chroma-host", help="Use a `chroma run` server instead of the embedded store."),
@@ -42,6 +44,7 @@ def index(
     cfg = resolve_config(run, config)
     overrides = {
         ("data", "dataset"): dataset, ("data", "interactions"): interactions, ("data", "reviews"): reviews,
+        ("data", "image_root"): image_root, ("data", "min_rating"): min_rating,
         ("encoder", "text_model"): text_model, ("encoder", "image_model"): image_model,
         ("chroma", "host"): chroma_host, ("chroma", "port"): chroma_port,
         ("semantic_ids", "method"): sid_method, ("semantic_ids", "source"): sid_source, ("semantic_ids", "seed"): seed,
