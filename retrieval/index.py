@@ -15,7 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from genrec.atomic import atomic_path, write_json
-from genrec.config import RunConfig
+from genrec.config import ChromaConfig, RunConfig
 from genrec.run import RunPaths, init_run
 from retrieval.catalog import Catalog, image_source, item_caption, save_catalog
 
@@ -101,7 +101,12 @@ def build_index(run: str | Path, config: RunConfig, console: Console | None = No
     from retrieval.datasets import load_dataset
     from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
 
+    from retrieval.store import chroma_safe
+
     console = console or Console(stderr=True)
+    if config.chroma.collection == ChromaConfig().collection:
+        # one name per run, so that runs sharing a Chroma server never overwrite each other
+        config.chroma.collection = chroma_safe(f"items-{Path(run).resolve().name}")
     paths = init_run(run, config)
     seconds: dict[str, float] = {}
 

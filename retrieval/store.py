@@ -30,11 +30,16 @@ class ItemStore:
     image: Any | None
 
 
-def collection_name(paths: RunPaths, config: ChromaConfig, kind: str) -> str:
-    """A Chroma-legal collection name unique to this run and modality."""
-    raw = f"{config.collection}-{paths.root.resolve().name}-{kind}"
-    name = re.sub(r"[^a-zA-Z0-9._-]", "-", raw).strip("-._")
-    return name[:63] if len(name) >= 3 else f"gr-{name}"
+def chroma_safe(raw: str) -> str:
+    """A Chroma-legal collection name (3-63 characters of [a-zA-Z0-9._-], alphanumeric at both ends)."""
+    name = re.sub(r"[^a-zA-Z0-9._-]", "-", raw).strip("-._")[:63].strip("-._")
+    return name if len(name) >= 3 else f"gr-{name}"
+
+
+def collection_name(config: ChromaConfig, kind: str) -> str:
+    """The collection of one modality. `config.collection` is fixed when a run is indexed and saved with
+    its config, so a copied or renamed run still finds its collections."""
+    return chroma_safe(f"{config.collection}-{kind}")
 
 
 def make_client(paths: RunPaths, config: ChromaConfig) -> Any:
@@ -61,7 +66,7 @@ def open_store(paths: RunPaths, config: ChromaConfig, create: bool = False, with
     """Open (or with `create`, create) the run's collections."""
     client = make_client(paths, config)
     names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
-    text_name, image_name = collection_name(paths, config, "text"), collection_name(paths, config, "image")
+    text_name, image_name = collection_name(config, "text"), collection_name(config, "image")
     if not create and text_name not in names:
         raise GenrecError(f"{paths.root}: no Chroma collection {text_name!r}; run `genrec index --run {paths.root}` first")
 

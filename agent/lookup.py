@@ -1,0 +1,106 @@
+"""Find catalog items by what a user calls them: an id, an exact title, a title without its year,
+a MovieLens-style inverted title ("Godfather, The"), or a near-miss spelling.
+
+Semantic search would always return *something*; naming an item needs a stricter match, so that
+"Zorblax 3000" is reported as missing instead of silently becoming the closest film.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pandas as pd
+
+_YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*-\s*\d{0,4})\)\s*$")
+_ARTICLES = ("the", "a", "an", "le", "la", "les", "il", "el", "das", "der", "die")
+_INVERTED = re.compile(r"^(.*),\s*(" + "|".join(_ARTICLES) + r")$", re.IGNORECASE)
+_NON_WORD = re.compile(r"[^\w]+")
+
+
+def normalize_title(title: str) -> str:
+    """Lower-case words of a title without its year, leading article or punctuation.
+
+    "Godfather, The (1972)", "The Godfather" and "the godfather!" all give "godfather".
+    """
+    text = unicodedata.normalize("NFKC", title).strip()
+    text = _YEAR.sub("", text).strip()
+    inverted = _INVERTED.match(text)
+    if inverted:
+        text = inverted.group(1)
+    words = _NON_WORD.sub(" ", text.lower()).split()
+    if words and words[0] in _ARTICLES and len(words) > 1:
+        words = words[1:]
+    return " ".join(words)
+
+
+def display_title(title: str) -> str:
+    """A title as people say it: "Godfather, The (1972)" -> "The Godfather (1972)"."""
+    year = _YEAR.search(title)
+    core = _YEAR.sub("", title).strip()
+    inverted = _INVERTED.match(core)
+    if inverted:
+        core = f"{inverted.group(2)} {inverted.group(1)}"
+    return core + (f" {year.group(0).strip()}" if year else "")
+
+
+@dataclass
+class TitleIndex:
+    """Normalised titles of a catalog, with popularity to break ties between remakes and sequels."""
+
+    ids: set[str]
+    by_norm: dict[str, list[str]]
+    titles: dict[str, str]
+    popularity: dict[str, int]
+
+    @classmethod
+    def build(cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> "TitleIndex":
+        """Index the `item_id`/`title` columns of a catalog's items."""
+        by_norm: dict[str, list[str]] = defaultdict(list)
+        titles: dict[str, str] = {}
+        for item_id, title in zip(items["item_id"].astype(str), items["title"].astype(str)):
+            titles[item_id] = title
+            norm = normalize_title(title)
+            if norm:
+                by_norm[norm].append(item_id)
+        popularity: dict[str, int] = {}
+        if interactions is not None and len(interactions):
+            popularity = interactions["item_id"].astype(str).value_counts().to_dict()
+        return cls(set(titles), dict(by_norm), titles, popularity)
+
+    def _best(self, ids: list[str]) -> str:
+        return max(ids, key=lambda i: (self.popularity.get(i, 0), -len(self.titles[i]), i))
+
+    def find(self, name: str) -> str | None:
+        """The item id a user most likely means by `name`, or None when nothing in the catalog fits.
+
+        Order: an item id; an exact normalised title (the most popular on ties, e.g. the 1977
+        Star Wars over a re-release); a title the name is the whole start of ("Alien" does not
+        match "Aliens", but "Star Wars" matches "Star Wars: Episode IV" when no exact title
+        exists); then a close spelling (difflib ratio >= 0.88).
+        """
+        name = name.strip().strip("\"'“”‘’").strip()
+        if not name:
+            return None
+        explicit = re.fullmatch(r"(?:id\s*[:#]?\s*|#)(\S+)", name, re.IGNORECASE)
+        if explicit and explicit.group(1) in self.ids:
+            return explicit.group(1)
+        # A bare id counts unless a title is spelled the same way ("1984", "Seven").
+        if name in self.ids and normalize_title(name) not in self.by_norm:
+            return name
+        norm = normalize_title(name)
+        if not norm:
+            return None
+        if norm in self.by_norm:
+            exact_with_year = [i for i in self.by_norm[norm] if self.titles[i].strip().lower() == name.lower()]
+            return exact_with_year[0] if exact_with_year else self._best(self.by_norm[norm])
+        prefixed = [i for key, ids in self.by_norm.items() if key.startswith(norm + " ") for i in ids]
+        if prefixed and len(norm) >= 4:
+            return self._best(prefixed)
+        close = difflib.get_close_matches(norm, list(self.by_norm), n=3, cutoff=0.88)
+        if close:
+            return self._best(self.by_norm[close[0]])
+        return None

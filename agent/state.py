@@ -1,0 +1,59 @@
+"""The agent's typed state: what one conversation remembers between turns (checkpointed per thread).
+
+`messages` is the transcript (human, planner tool calls, tool results, replies); the other keys are
+the conversation's memory in structured form so that a later turn ("something funnier", "why that
+one?") can act on it without re-reading prose.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+
+class Preferences(TypedDict, total=False):
+    """What the user said they want, in a form tools can filter on."""
+
+    genres: list[str]  # wanted more of ("something funnier" -> Comedy)
+    avoid_genres: list[str]  # wanted less of ("no horror")
+    notes: list[str]  # free-text wishes used as a retrieval query ("set in space")
+
+
+class ItemCard(TypedDict, total=False):
+    """One item shown to the user: every field comes from a tool result."""
+
+    item_id: str
+    title: str
+    explanation: str
+    attributes: dict[str, Any]
+    image: str | None
+    score: float
+
+
+def union(left: list[str] | None, right: list[str] | None) -> list[str]:
+    """Reducer keeping every id ever added, in first-seen order (grounded items only grow)."""
+    out = list(left or [])
+    seen = set(out)
+    for value in right or []:
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
+
+
+class AgentState(TypedDict, total=False):
+    """One conversation: transcript plus structured memory."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    user_id: str | None  # a catalog user (their interactions are history) when the user said who they are
+    history: list[str]  # item ids the user said they liked, resolved by a tool
+    preferences: Preferences
+    candidates: list[ItemCard]  # the items shown in the last reply, best first
+    grounded: Annotated[list[str], union]  # every item id any tool returned in this conversation
+    llm_note: str  # why the model did not write this turn's reply ("" when it did)
+    guard_violations: list[str]  # mentions the guard removed from this turn's reply
+    planner: str  # "model" or "rules": who chose this turn's tools
+    direct: str | None  # this turn's answer when no tool is needed (greeting, unreadable message)
+    draft: dict[str, Any]  # the reply before the guard: text, source ("model"/"rules"), fallback, cards

@@ -1,0 +1,409 @@
+"""The agent's tools: typed plain functions over one run, usable without the graph.
+
+Each tool takes an `AgentContext` (the run's searcher, catalog, title index and optional models)
+as its first argument and returns a JSON-ready dict whose `items` are catalog items: the only
+items the agent may ever name. `bind_tools(ctx)` turns them into LangChain tools (context bound,
+schemas from the signatures and docstrings) for the graph's tool node and for a tool-calling model.
+
+    ctx = AgentContext.open("runs/ml100k")
+    recommend(ctx, liked=["Star Wars", "Alien"], genres=["Comedy"], k=5)["items"]
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from agent.lookup import TitleIndex
+from genrec.errors import GenrecError
+from genrec.run import RunPaths
+from retrieval.search import Hit, Searcher
+
+GENRE_KEYS = ("genres", "genre", "categories", "category")  # attribute names that hold an item's kinds
+MAX_K = 20
+GENRE_WEIGHT = 0.3  # weight of genre overlap with liked items, beside cosine similarities in [0, 1]
+
+
+class ItemGenerator(Protocol):
+    """The fine-tuned model: item ids it generates for a history (constrained to the catalog), best first."""
+
+    def __call__(self, history: Sequence[str], k: int) -> list[str]: ...
+
+
+@dataclass
+class AgentContext:
+    """Everything the tools need from one run; built once per process and shared by conversations."""
+
+    paths: RunPaths
+    searcher: Searcher
+    interactions: pd.DataFrame
+    titles: TitleIndex
+    genre_key: str | None
+    genres: dict[str, str]  # lower-case genre -> the catalog's spelling
+    generator: ItemGenerator | None = None
+    generator_name: str = ""
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @classmethod
+    def open(cls, run: str | Path, generator: ItemGenerator | None = None, generator_name: str = "") -> "AgentContext":
+        """Open an indexed run: its Chroma store and encoders, its items and interactions."""
+        searcher = Searcher.open(run)
+        paths = searcher.paths
+        interactions = pd.read_parquet(paths.interactions) if paths.interactions.exists() else pd.DataFrame(
+            columns=["user_id", "item_id", "timestamp", "rating"])
+        items = searcher.items
+        genre_key, genres = None, {}
+        attrs = [json.loads(a) for a in items["attributes"]]
+        for key in GENRE_KEYS:
+            values = {v for a in attrs for v in _as_list(a.get(key))}
+            if values:
+                genre_key, genres = key, {str(v).lower(): str(v) for v in values}
+                break
+        return cls(paths, searcher, interactions, TitleIndex.build(items, interactions), genre_key, genres,
+                   generator, generator_name)
+
+    def card(self, item_id: str, score: float = 0.0, explanation: str = "") -> dict[str, Any]:
+        """The JSON form of a catalog item as every tool returns it."""
+        hit = self.searcher.hit(item_id, score)
+        return {"item_id": hit.item_id, "title": hit.title, "attributes": hit.attributes, "image": hit.image,
+                "score": round(float(score), 4), "explanation": explanation}
+
+    def item_genres(self, item_id: str) -> list[str]:
+        """The genres (or categories) of a catalog item."""
+        if self.genre_key is None:
+            return []
+        return [str(g) for g in _as_list(self.searcher.hit(item_id).attributes.get(self.genre_key))]
+
+    def known_genres(self, names: Sequence[str] | None) -> tuple[list[str], list[str]]:
+        """Split genre names into the catalog's spelling of known ones and the unknown ones."""
+        known, unknown = [], []
+        for name in names or []:
+            match = self.genres.get(str(name).strip().lower())
+            (known.append(match) if match else unknown.append(str(name)))
+        return list(dict.fromkeys(known)), unknown
+
+    def user_items(self, user_id: str, n: int) -> list[str]:
+        """The last `n` items of a catalog user, oldest first."""
+        rows = self.interactions[self.interactions["user_id"].astype(str) == str(user_id)]
+        return rows["item_id"].astype(str).tolist()[-n:]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _clip_k(k: int) -> int:
+    return max(1, min(int(k), MAX_K))
+
+
+def _genre_where(ctx: AgentContext, genres: list[str]) -> dict[str, Any] | None:
+    if not genres or ctx.genre_key is None:
+        return None
+    return {"genre": genres[0]} if len(genres) == 1 else {"genre": {"$in": genres}}
+
+
+def _keep(ctx: AgentContext, item_id: str, avoid: list[str], exclude: set[str]) -> bool:
+    return item_id not in exclude and not (set(avoid) & set(ctx.item_genres(item_id)))
+
+
+# ----------------------------------------------------------------------------- the tools
+
+
+def search_items(
+    ctx: AgentContext,
+    query: str | None = None,
+    image: str | None = None,
+    like_item: str | None = None,
+    genres: list[str] | None = None,
+    avoid_genres: list[str] | None = None,
+    where: dict[str, Any] | None = None,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Search the catalog by a text description, an image file, or an item (more like it).
+
+    Args:
+        query: what the user is looking for, in words ("a 90s sci-fi comedy").
+        image: path of an image file to find visually similar items.
+        like_item: an item id or title: find items similar to it.
+        genres: only items of at least one of these genres.
+        avoid_genres: leave out items of any of these genres.
+        where: a metadata filter such as {"year": {"$gte": 1990}}.
+        k: how many items to return (1-20).
+    """
+    k = _clip_k(k)
+    wanted, unknown_genres = ctx.known_genres(genres)
+    avoid, _ = ctx.known_genres(avoid_genres)
+    result: dict[str, Any] = {"tool": "search_items", "items": [], "unknown": []}
+    if unknown_genres:
+        result["unknown_genres"] = unknown_genres
+    filt = where if where else _genre_where(ctx, wanted)
+    exclude: set[str] = set()
+    anchor = None
+    if like_item:
+        anchor = ctx.titles.find(like_item)
+        if anchor is None:
+            result["unknown"] = [like_item]
+            result["note"] = f"no catalog item is called {like_item!r}"
+            return result
+        exclude.add(anchor)
+        result["like"] = {"item_id": anchor, "title": ctx.titles.titles[anchor]}
+    if not (query and query.strip()) and not image and anchor is None:
+        if not wanted:
+            result["note"] = "nothing to search for: give a description, an image or an item"
+            return result
+        query = " ".join(wanted)
+    with ctx.lock:
+        hits: list[Hit] = ctx.searcher.search(
+            query=None if (image or anchor) else query, image=image, item_id=anchor, k=min(4 * k, 80), where=filt)
+    for hit in hits:
+        if _keep(ctx, hit.item_id, avoid, exclude) and len(result["items"]) < k:
+            why = f"similar to {ctx.titles.titles[anchor]}" if anchor else "matches your description"
+            result["items"].append(ctx.card(hit.item_id, hit.score, why))
+    return result
+
+
+def recommend(
+    ctx: AgentContext,
+    liked: list[str] | None = None,
+    user_id: str | None = None,
+    query: str | None = None,
+    genres: list[str] | None = None,
+    avoid_genres: list[str] | None = None,
+    exclude: list[str] | None = None,
+    k: int = 5,
+) -> dict[str, Any]:
+    """Recommend catalog items for someone who liked some items, grounded in the catalog.
+
+    Candidates come from the vector store (items like each liked one, and items matching the
+    query) and from the user's history; the fine-tuned model's generated ids, when it is
+    available, re-rank and extend them. Liked items and the user's history are never recommended.
+
+    Args:
+        liked: titles or ids of items the user liked.
+        user_id: a catalog user whose past interactions count as liked items.
+        query: extra wishes in words ("set in space", "funny").
+        genres: only items of at least one of these genres.
+        avoid_genres: leave out items of any of these genres.
+        exclude: titles or ids not to recommend (already shown).
+        k: how many items to return (1-20).
+    """
+    k = _clip_k(k)
+    result: dict[str, Any] = {"tool": "recommend", "items": [], "liked": [], "unknown": []}
+    seeds: list[str] = []
+    for name in liked or []:
+        found = ctx.titles.find(str(name))
+        if found is None:
+            result["unknown"].append(str(name))
+        elif found not in seeds:
+            seeds.append(found)
+            result["liked"].append({"item_id": found, "title": ctx.titles.titles[found]})
+    if user_id:
+        past = ctx.user_items(user_id, 20)
+        if past:
+            result["user_id"] = str(user_id)
+            result["history"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in past]
+            seeds += [i for i in past if i not in seeds]
+        else:
+            result["unknown_user"] = str(user_id)
+    wanted, unknown_genres = ctx.known_genres(genres)
+    avoid, _ = ctx.known_genres(avoid_genres)
+    if unknown_genres:
+        result["unknown_genres"] = unknown_genres
+    skip = set(seeds) | set(ctx.user_items(user_id, 10_000) if user_id else [])
+    skip |= {found for name in exclude or [] if (found := ctx.titles.find(str(name)))}
+    text = (query or "").strip()
+    if not seeds and not text and not wanted:
+        result["note"] = "nothing to go on: name an item you liked, a user id, or what you are looking for"
+        return result
+    where = _genre_where(ctx, wanted)
+    pool = min(6 * k + len(skip), 200)
+    scores: dict[str, float] = {}
+    recent = seeds[-10:]
+    with ctx.lock:
+        for seed in recent:
+            for hit in ctx.searcher.search(item_id=seed, k=pool, where=where):
+                scores[hit.item_id] = scores.get(hit.item_id, 0.0) + hit.score / len(recent)
+        if text or (wanted and not recent):
+            for hit in ctx.searcher.search(query=text or " ".join(wanted), k=pool, where=where):
+                scores[hit.item_id] = scores.get(hit.item_id, 0.0) + 0.7 * hit.score
+    if recent and ctx.genre_key:
+        # Text similarity of captions leans on surface words (years, title words); shared genres
+        # with the liked items are the signal users mean by "like these".
+        seed_genres = [set(ctx.item_genres(s)) for s in recent]
+        for item in scores:
+            g = set(ctx.item_genres(item))
+            scores[item] += GENRE_WEIGHT * sum(len(g & sg) / len(g | sg) for sg in seed_genres if g | sg) / len(recent)
+    model_rank: dict[str, int] = {}
+    if ctx.generator is not None and seeds:
+        try:
+            generated = ctx.generator(seeds, 3 * k + len(skip))
+            model_rank = {item: r for r, item in enumerate(i for i in generated if i in ctx.titles.ids)}
+            result["model"] = ctx.generator_name or "fine-tuned model"
+        except (GenrecError, ValueError) as exc:  # server down, refused, or nothing left to generate
+            result["model_unavailable"] = str(exc)
+    for item, rank in model_rank.items():
+        if where is None or set(wanted) & set(ctx.item_genres(item)):
+            scores[item] = scores.get(item, 0.0) + 0.5 / (1 + rank)
+    ranked = sorted(((i, s) for i, s in scores.items() if _keep(ctx, i, avoid, skip)), key=lambda kv: (-kv[1], kv[0]))
+    for item, score in ranked[:k]:
+        why = reasons(ctx, item, seeds, wanted, model_rank.get(item))
+        result["items"].append(ctx.card(item, score, why))
+    return result
+
+
+def item_details(ctx: AgentContext, item: str) -> dict[str, Any]:
+    """Look up one catalog item by id or title: its title, attributes, description and image.
+
+    Args:
+        item: the item's id or its title ("Star Wars", "Godfather, The (1972)").
+    """
+    found = ctx.titles.find(str(item))
+    if found is None:
+        return {"tool": "item_details", "found": False, "query": str(item), "items": [],
+                "note": f"no item called {str(item)!r} is in the catalog"}
+    card = ctx.card(found)
+    card["description"] = str(ctx.searcher.items.loc[found, "text"])[:600]
+    card["explanation"] = describe(card["attributes"])
+    return {"tool": "item_details", "found": True, "items": [card]}
+
+
+def explain(
+    ctx: AgentContext,
+    item: str,
+    liked: list[str] | None = None,
+    user_id: str | None = None,
+    genres: list[str] | None = None,
+) -> dict[str, Any]:
+    """Explain why an item suits the user, from its real attributes and what the user liked.
+
+    Args:
+        item: id or title of the item to explain.
+        liked: titles or ids of items the user liked.
+        user_id: a catalog user whose history counts as liked items.
+        genres: genres the user asked for.
+    """
+    found = ctx.titles.find(str(item))
+    if found is None:
+        return {"tool": "explain", "found": False, "query": str(item), "items": [],
+                "note": f"no item called {str(item)!r} is in the catalog"}
+    seeds = [s for name in liked or [] if (s := ctx.titles.find(str(name)))]
+    if user_id:
+        seeds += ctx.user_items(user_id, 20)
+    wanted, _ = ctx.known_genres(genres)
+    card = ctx.card(found, explanation=reasons(ctx, found, seeds, wanted, None, detailed=True))
+    liked_cards = [{"item_id": s, "title": ctx.titles.titles[s]} for s in dict.fromkeys(seeds)][:10]
+    return {"tool": "explain", "found": True, "items": [card], "liked": liked_cards}
+
+
+def user_history(ctx: AgentContext, user_id: str, n: int = 10) -> dict[str, Any]:
+    """The most recent items a catalog user interacted with, newest first.
+
+    Args:
+        user_id: the user's id in the catalog's interactions.
+        n: how many items (1-20).
+    """
+    items = ctx.user_items(str(user_id), _clip_k(n))
+    if not items:
+        return {"tool": "user_history", "found": False, "user_id": str(user_id), "items": [],
+                "note": f"no user {str(user_id)!r} in this catalog's interactions"}
+    cards = [ctx.card(i, explanation="in your history") for i in reversed(items)]
+    return {"tool": "user_history", "found": True, "user_id": str(user_id), "items": cards}
+
+
+TOOLS: dict[str, Callable[..., dict[str, Any]]] = {
+    f.__name__: f for f in (search_items, recommend, item_details, explain, user_history)
+}
+
+
+# ----------------------------------------------------------------------------- explanations
+
+
+def describe(attributes: dict[str, Any]) -> str:
+    """One line of an item's attributes: "Action, Sci-Fi; 1977"."""
+    parts = []
+    for key in sorted(attributes):
+        value = attributes[key]
+        if value in (None, "", []):
+            continue
+        parts.append(", ".join(map(str, value)) if isinstance(value, list) else f"{key} {value}" if key != "year" else str(value))
+    return "; ".join(parts)
+
+
+def reasons(
+    ctx: AgentContext, item_id: str, seeds: Sequence[str], wanted: Sequence[str], model_rank: int | None,
+    detailed: bool = False,
+) -> str:
+    """Why an item was chosen, in facts the catalog holds: shared genres with liked items, asked-for
+    genres, and the model's rank. Names only the item's own attributes and the liked items."""
+    genres = ctx.item_genres(item_id)
+    said: list[str] = []
+    shared_with = [(s, sorted(set(genres) & set(ctx.item_genres(s)))) for s in seeds]
+    shared_with = [(s, g) for s, g in shared_with if g]
+    if shared_with:
+        shared_with.sort(key=lambda sg: -len(sg[1]))
+        names = [ctx.titles.titles[s] for s, _ in shared_with[:2]]
+        common = sorted({g for _, gs in shared_with[:2] for g in gs})
+        said.append(f"shares {', '.join(common)} with {' and '.join(names)}")
+    elif seeds:
+        said.append(f"close in content to {ctx.titles.titles[seeds[-1]]}")
+    asked = [g for g in wanted if g in genres]
+    if asked:
+        said.append(f"is {', '.join(asked)} as you asked")
+    if model_rank is not None:
+        said.append(f"the fine-tuned model ranks it #{model_rank + 1} for your history")
+    if detailed or not said:
+        attrs = describe(ctx.searcher.hit(item_id).attributes)
+        if attrs:
+            said.append(f"it is {attrs}")
+    text = "; ".join(said)
+    return text[:1].upper() + text[1:]
+
+
+# ----------------------------------------------------------------------------- binding for the graph
+
+
+def bind_tools(ctx: AgentContext) -> list[Any]:
+    """LangChain tools with `ctx` bound: names, descriptions and argument schemas come from the
+    functions above, so a tool-calling model sees exactly their signatures and docstrings."""
+    from langchain_core.tools import StructuredTool
+
+    tools = []
+    for name, func in TOOLS.items():
+        bound = functools.partial(_run_tool, func, ctx)
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())[1:]
+        hints = {p.name: func.__annotations__[p.name] for p in params}
+
+        def wrapper(__bound=bound, **kwargs: Any) -> dict[str, Any]:
+            return __bound(**kwargs)
+
+        wrapper.__name__ = name
+        wrapper.__doc__ = func.__doc__
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**hints, "return": dict[str, Any]}
+        tools.append(StructuredTool.from_function(func=wrapper, name=name, description=_summary(func),
+                                                  parse_docstring=True, error_on_invalid_docstring=False))
+    return tools
+
+
+def _summary(func: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(func) or func.__name__
+    return doc.split("\n\nArgs:")[0].strip()
+
+
+def _run_tool(func: Callable[..., dict[str, Any]], ctx: AgentContext, **kwargs: Any) -> dict[str, Any]:
+    """Run a tool; a user-facing error becomes a result the reply can report, not a crash."""
+    try:
+        return func(ctx, **kwargs)
+    except GenrecError as exc:
+        return {"tool": func.__name__, "items": [], "error": str(exc)}

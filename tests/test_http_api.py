@@ -1,0 +1,119 @@
+"""Specifications of the HTTP API, against a real uvicorn server on 127.0.0.1 (no model server:
+answers come from retrieval alone, which is the agent's real behaviour when vLLM is down)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from agent_catalog import MOVIES, agent_run
+from agent.http_api import create_app
+from agent.session import Agent
+from agent.tools import AgentContext
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    """The API app served by uvicorn in a thread for the module; memory in a fresh SQLite file."""
+    import uvicorn
+
+    run = agent_run(tmp_path_factory)
+    agent = Agent(AgentContext.open(run), None, tmp_path_factory.mktemp("api") / "chat.sqlite")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(agent), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    agent.close()
+
+
+def test_chat_returns_the_reply_and_the_items_it_names(base_url):
+    r = httpx.post(f"{base_url}/chat", json={"thread_id": "a", "message": "I loved Star Wars and Alien"}, timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) >= {"reply", "items"} and "Star Wars (1977) [id 1]" in body["reply"]
+    assert body["items"] and all(set(i) == {"item_id", "title", "explanation"} for i in body["items"])
+    for item in body["items"]:
+        assert f"{item['title']} [id {item['item_id']}]" in body["reply"]
+    follow = httpx.post(f"{base_url}/chat", json={"thread_id": "a", "message": "why that one?"}, timeout=60).json()
+    assert follow["items"][0]["item_id"] == body["items"][0]["item_id"]
+
+
+def test_streaming_sends_tool_steps_then_the_reply(base_url):
+    events = []
+    with httpx.stream("POST", f"{base_url}/chat/stream", json={"thread_id": "s", "message": "more like Fargo"}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "step" and kinds[-1] == "reply"
+    assert events[0][1]["tool_calls"][0]["name"] == "recommend"
+    reply = events[-1][1]
+    assert "Fargo (1996) [id 9]" in reply["reply"] and reply["items"]
+
+
+def test_openapi_page_documents_the_chat_endpoints(base_url):
+    assert httpx.get(f"{base_url}/docs", timeout=10).status_code == 200
+    spec = httpx.get(f"{base_url}/openapi.json", timeout=10).json()
+    assert {"/chat", "/chat/stream", "/threads/{thread_id}", "/health"} <= set(spec["paths"])
+    assert "ChatResponse" in spec["components"]["schemas"]
+
+
+@pytest.mark.parametrize("body, expect_status, expect_text", [
+    (b'{"thread_id": "bad", "message": "caf\xe9 \xff"}', 400, "not valid UTF-8 JSON"),
+    (b'{"thread_id": "bad"}', 400, "message"),
+    (b'not json at all', 400, "not valid UTF-8 JSON"),
+    (json.dumps({"thread_id": "bad", "message": "caf\udce9"}).encode(), 200, "not valid UTF-8 text"),
+    (json.dumps({"thread_id": "bad", "message": "x" * 100_000}).encode(), 200, "100,000 characters"),
+    (json.dumps({"thread_id": "bad", "message": "   "}).encode(), 200, "empty"),
+])
+def test_bad_requests_get_a_clear_reply_in_the_usual_shape(base_url, body, expect_status, expect_text):
+    r = httpx.post(f"{base_url}/chat", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == expect_status
+    assert expect_text in r.json()["reply"] and r.json()["items"] == []
+
+
+def test_sixteen_concurrent_chats_each_get_their_own_reply_and_memory(base_url):
+    liked = [(item_id, title) for item_id, title, *_ in MOVIES[:16]]
+
+    async def one(client: httpx.AsyncClient, n: int, message: str) -> dict:
+        r = await client.post(f"{base_url}/chat", json={"thread_id": f"c{n}", "message": message})
+        assert r.status_code == 200
+        return r.json()
+
+    async def everyone(messages: list[str]) -> list[dict]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(one(client, n, m) for n, m in enumerate(messages)))
+
+    first = asyncio.run(everyone([f"I loved {title}" for _, title in liked]))
+    second = asyncio.run(everyone(["something different"] * 16))
+    for n, ((item_id, title), a, b) in enumerate(zip(liked, first, second)):
+        head = a["reply"].splitlines()[0]
+        assert f"{title} [id {item_id}]" in head, (n, head)
+        others = [t for i, t in liked if i != item_id and t not in title]
+        assert not any(f"{t} [id" in head for t in others), (n, head)  # nobody else's likes leaked in
+        assert f"{title} [id {item_id}]" in b["reply"].splitlines()[0]  # the second turn remembered this thread's like
+        memory = httpx.get(f"{base_url}/threads/c{n}", timeout=10).json()
+        assert memory["turns"] == 2 and [h["item_id"] for h in memory["history"]] == [item_id]
