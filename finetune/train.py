@@ -1,0 +1,244 @@
+"""`genrec train`: base model -> SID tokens -> (scratch: pre-training) -> LoRA SFT -> best checkpoint.
+
+Reads top to bottom like a training script:
+1. data: the run's catalog, semantic IDs and the leave-one-out split (training sees only the
+   training part; the second-to-last item of each user is the validation target);
+2. base: a Hugging Face folder, SmolLM2 from its GGUF, or a scratch model pre-trained on the run's
+   corpus; SID tokens added and their embedding rows made trainable;
+3. LoRA fine-tuning on the SFT tasks, validation NDCG@10 after each epoch on a fixed user sample;
+4. every new best is exported atomically to `RUN/model/` (base + LoRA adapter + genrec.json), so an
+   interrupted run leaves the last good checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from eval.split import Split, leave_one_out
+from finetune.inference import GenrecModel, bf16_supported, file_sha256
+from finetune.loop import cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.lora import attach_lora, export_model
+from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
+from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
+from finetune.recommender import GenrecRecommender
+from finetune.sid_tokens import codebook_sizes
+from finetune.tasks import aux_examples, corpus_texts, item_facts, next_item_examples
+from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
+from finetune.trie import SidTrie
+from genrec.atomic import write_json
+from genrec.config import RunConfig, TrainConfig
+from genrec.errors import GenrecError
+from genrec.run import RunPaths, open_run
+
+
+@dataclass
+class TrainReport:
+    """What a training run did and how well the kept checkpoint validates."""
+
+    base: str
+    parameters: int
+    trainable_parameters: int
+    pretrain_seconds: float
+    train_seconds: float
+    examples_per_s: float
+    tokens_per_s: float
+    best_epoch: int
+    best_valid_ndcg10: float
+    epochs: list[dict] = field(default_factory=list)
+    model_dir: str = ""
+
+
+@dataclass
+class RunData:
+    """The inputs of training, read once from the run directory."""
+
+    paths: RunPaths
+    config: RunConfig
+    split: Split
+    codes: dict[str, list[int]]
+    facts: dict
+    item_ids: list[str]
+    data_hash: str
+
+
+def load_run_data(run: str | Path) -> RunData:
+    """Catalog, semantic IDs and split of a run; one-line errors name the command to run first."""
+    from retrieval.catalog import load_catalog
+    from retrieval.semantic_ids import load_semantic_ids
+
+    paths, config = open_run(run)
+    catalog = load_catalog(paths)
+    codes = load_semantic_ids(paths)
+    missing = set(catalog.items["item_id"]) - set(codes)
+    if missing:
+        raise GenrecError(
+            f"{paths.semantic_ids}: {len(missing)} catalog items have no semantic ID (e.g. {sorted(missing)[0]!r}); "
+            f"run `genrec index --run {paths.root}` again"
+        )
+    split = leave_one_out(catalog.interactions)
+    if not split.valid:
+        raise GenrecError(f"{paths.interactions}: no user has 3 or more interactions; nothing to train or validate on")
+    data_hash = file_sha256(paths.semantic_ids)[:16] + file_sha256(paths.interactions)[:16] + file_sha256(paths.items)[:16]
+    return RunData(paths, config, split, codes, item_facts(catalog.items), list(catalog.items["item_id"]), data_hash)
+
+
+def example_maker(data: RunData, tokenizer, config: TrainConfig):
+    """A function epoch -> that epoch's examples (templates and auxiliary samples vary per epoch)."""
+
+    def make(epoch: int):
+        rng = random.Random(config.seed * 1000 + epoch)
+        sequences = next_item_examples(tokenizer, data.split.train, data.codes, config.max_history, rng)
+        count = int(round(config.aux_ratio * len(sequences)))
+        return sequences + aux_examples(tokenizer, data.split.train, data.codes, data.facts, count, rng)
+
+    return make
+
+
+def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, progress: bool, console: Console):
+    """Model and tokenizer with SID tokens; a scratch model is pre-trained (or loaded from its cache)."""
+    sizes = codebook_sizes(data.codes.values())
+    resolved = resolve_base(base)
+    if resolved != SCRATCH:
+        model, tokenizer = load_pretrained(resolved)
+        add_sid_tokens(tokenizer, sizes)
+        resize_for_tokenizer(model, tokenizer)
+        return model, tokenizer, 0.0
+    cache = data.paths.root / "pretrain"
+    expected = fingerprint(config, data.data_hash)
+    cached = load_cached(cache, expected)
+    if cached is not None:
+        console.print(f"using the pre-trained scratch model cached in {cache}")
+        return cached[0], cached[1], 0.0
+    tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
+    add_sid_tokens(tokenizer, sizes)
+    model = build_scratch_model(config, tokenizer)
+    console.print(
+        f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
+    )
+    stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console)
+    save_pretrained_cache(model, tokenizer, cache, expected, stats)
+    return model, tokenizer, stats["seconds"]
+
+
+def validation_score(genrec: GenrecModel, data: RunData, val_users: int | None, seed: int) -> float:
+    """NDCG@10 on a fixed sample of validation users, through `eval`'s one metric code path."""
+    from eval.evaluate import validation_ndcg
+
+    return validation_ndcg(
+        GenrecRecommender.from_model(genrec), data.split.valid, data.item_ids, max_users=val_users, seed=seed,
+        batch_size=512,
+    )
+
+
+def train(
+    run: str | Path,
+    base: str | None = None,
+    epochs: int | None = None,
+    pretrain_epochs: int | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> TrainReport:
+    """Fine-tune a base model with LoRA on the run's SFT tasks and export the best checkpoint to `RUN/model/`."""
+    console = console or Console(stderr=True)
+    data = load_run_data(run)
+    config = data.config.train.model_copy()
+    if base is not None:
+        config.base = base
+    if epochs is not None:
+        config.epochs = epochs
+    if pretrain_epochs is not None:
+        config.pretrain_epochs = pretrain_epochs
+    bf16 = bf16_supported() if config.bf16 is None else config.bf16
+    depth = len(next(iter(data.codes.values())))
+    # a chunk of history must fit one example with room for the prompt (~64 tokens even with a system prompt)
+    fitting = max(1, (config.max_length - 64) // depth)
+    if config.max_history > fitting:
+        console.print(f"[yellow]train.max_history {config.max_history} -> {fitting}: longer chunks would not fit max_length {config.max_length}")
+        config.max_history = fitting
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+
+    model, tokenizer, pretrain_seconds = prepare_base(data, config.base, config, bf16, progress, console)
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
+    peft_model = attach_lora(model, config, sid_rows)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+    trie = SidTrie(data.codes, tokenizer)
+    generate = data.config.generate
+    genrec = GenrecModel(
+        peft_model, tokenizer, trie, config.max_history, config.template, generate.beam_width, generate.batch_size, bf16
+    )
+
+    make_examples = example_maker(data, tokenizer, config)
+    rng = random.Random(config.seed)
+    first = tokenise(tokenizer, make_examples(100), config.max_length)
+    steps = len(length_batches(first, config.tokens_per_batch, random.Random(0))) * config.epochs
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
+    meta = {
+        "base": config.base,
+        "max_history": config.max_history,
+        "template": config.template,
+        "semantic_ids_sha256": file_sha256(data.paths.semantic_ids),
+        "sid_levels": trie.depth,
+    }
+    report = TrainReport(
+        base=config.base,
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable_parameters=n_lora + len(sid_rows) * model.config.hidden_size,
+        pretrain_seconds=pretrain_seconds,
+        train_seconds=0.0,
+        examples_per_s=0.0,
+        tokens_per_s=0.0,
+        best_epoch=0,
+        best_valid_ndcg10=-1.0,
+        model_dir=str(data.paths.model),
+    )
+    console.print(
+        f"LoRA fine-tuning {config.base}: {report.trainable_parameters / 1e6:.2f}M trainable of "
+        f"{report.parameters / 1e6:.1f}M, {config.epochs} epochs, validation on "
+        f"{min(config.val_users or len(data.split.valid), len(data.split.valid))} users"
+    )
+    deadline = started + 60 * config.max_minutes if config.max_minutes else None
+    examples_seen, tokens_seen = 0, 0
+    for epoch in range(1, config.epochs + 1):
+        data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
+        stats = train_epoch(
+            peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, config.tokens_per_batch, rng, bf16,
+            desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
+        )
+        report.train_seconds += stats.seconds
+        examples_seen += stats.examples
+        tokens_seen += stats.tokens
+        t0 = time.perf_counter()
+        score = validation_score(genrec, data, config.val_users, config.seed)
+        record = {"epoch": epoch, "loss": stats.loss, "valid_ndcg@10": score,
+                  "train_seconds": stats.seconds, "valid_seconds": time.perf_counter() - t0}
+        report.epochs.append(record)
+        improved = score > report.best_valid_ndcg10
+        if improved:
+            report.best_epoch, report.best_valid_ndcg10 = epoch, score
+            export_model(peft_model, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
+        console.print(
+            f"epoch {epoch}: loss {stats.loss:.4f}, valid NDCG@10 {score:.4f}"
+            + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
+        )
+        if deadline is not None and time.perf_counter() > deadline:
+            console.print(f"[yellow]stopping after epoch {epoch}: train.max_minutes={config.max_minutes} reached")
+            break
+    report.examples_per_s = examples_seen / report.train_seconds if report.train_seconds else 0.0
+    report.tokens_per_s = tokens_seen / report.train_seconds if report.train_seconds else 0.0
+    write_json(data.paths.model / "train_report.json", asdict(report))
+    console.print(
+        f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "
+        f"(pre-training {pretrain_seconds / 60:.1f} min): best valid NDCG@10 {report.best_valid_ndcg10:.4f} "
+        f"at epoch {report.best_epoch}; model in {data.paths.model}"
+    )
+    return report

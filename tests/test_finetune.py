@@ -1,0 +1,435 @@
+"""The generative recommender: SID tokens, SFT data, constrained beam search, training, export, errors.
+
+Everything runs on real MovieLens-100K rows (from the bundled recbole files), real tokenizers and
+real (tiny) Llama models; semantic IDs come from residual k-means over the movies' real genres
+and years, so the fixture builds in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.sid_tokens import codebook_sizes, parse_sids, render_sid
+from genrec.config import RunConfig
+from genrec.errors import GenrecError
+
+N_USERS = 40
+
+
+def tiny_config() -> RunConfig:
+    """A run config whose scratch model trains in seconds."""
+    config = RunConfig(name="tiny")
+    t = config.train
+    t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size, t.vocab_size = 32, 1, 2, 64, 400
+    t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha = 1, 1, 4, 8
+    t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.3, 2048
+    config.generate.beam_width = 10
+    return config
+
+
+def genre_year_vectors(items) -> np.ndarray:
+    """Real content features of the movies: genre multi-hot plus the scaled release year."""
+    attrs = [json.loads(a) for a in items["attributes"]]
+    genres = sorted({g for a in attrs for g in a.get("genres", [])})
+    x = np.zeros((len(items), len(genres) + 1), dtype=np.float32)
+    for row, a in enumerate(attrs):
+        for g in a.get("genres", []):
+            x[row, genres.index(g)] = 1.0
+        x[row, -1] = ((a.get("year") or 1990) - 1990) / 20
+    return x
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory: MovieLens-100K items, 40 users' interactions, semantic IDs, a tiny-model config."""
+    from genrec.config import DataConfig, SemanticIdConfig
+    from genrec.run import init_run
+    from retrieval.catalog import Catalog, save_catalog
+    from retrieval.datasets import load_dataset
+    from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
+
+    root = tmp_path_factory.mktemp("finetune") / "run"
+    paths = init_run(root, tiny_config())
+    catalog = load_dataset(DataConfig(dataset="ml-100k"))
+    users = sorted(catalog.interactions["user_id"].unique())[:N_USERS]
+    catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(users)])
+    save_catalog(catalog, paths)
+    sid_config = SemanticIdConfig(method="rkmeans", levels=2, codebook_size=16)
+    save_semantic_ids(build_semantic_ids(catalog, sid_config, genre_year_vectors(catalog.items), progress=False), paths)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run with a model trained by `finetune.train.train` (pre-training + LoRA, one epoch each)."""
+    from finetune.train import train
+
+    root = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(tiny_run, root)
+    train(root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_data(tiny_run):
+    from finetune.train import load_run_data
+
+    return load_run_data(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(run_data):
+    """The scratch tokenizer trained on the run's texts, with the SID tokens added."""
+    from finetune.tasks import corpus_texts
+    from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
+
+    tok = train_scratch_tokenizer(corpus_texts(run_data.facts), 400)
+    add_sid_tokens(tok, codebook_sizes(run_data.codes.values()))
+    return tok
+
+
+@pytest.fixture(scope="module")
+def untrained(run_data, tokenizer):
+    """A randomly initialised tiny Llama behind `GenrecModel`: nothing learned, so only the trie keeps it valid."""
+    from finetune.inference import GenrecModel
+    from finetune.models import build_scratch_model
+    from finetune.trie import SidTrie
+
+    model = build_scratch_model(run_data.config.train, tokenizer).eval()
+    return GenrecModel(model, tokenizer, SidTrie(run_data.codes, tokenizer), max_history=20, beam_width=10, bf16=False)
+
+
+# ---- SID tokens -------------------------------------------------------------------------------
+
+
+def test_sid_tokens_are_single_tokens_that_round_trip(run_data, tokenizer):
+    codes = list(run_data.codes.values())[:50]
+    for code in codes:
+        text = render_sid(code)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(code), f"{text} should be {len(code)} tokens, got {tokenizer.convert_ids_to_tokens(ids)}"
+        assert parse_sids(tokenizer.decode(ids)) == [tuple(code)]
+    # inside a prompt, next to words, they still come out whole
+    prompt = "History: " + "".join(render_sid(c) for c in codes[:3]) + " next?"
+    decoded = tokenizer.decode(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert parse_sids(decoded) == [tuple(c) for c in codes[:3]]
+
+
+def test_adding_sid_tokens_twice_changes_nothing(run_data, tokenizer):
+    from finetune.tokenizer import add_sid_tokens
+
+    before = len(tokenizer)
+    ids = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
+    assert len(tokenizer) == before and len(set(ids)) == len(ids) == sum(codebook_sizes(run_data.codes.values()))
+
+
+# ---- constrained generation -------------------------------------------------------------------
+
+
+def test_recommend_never_returns_invalid_or_history_items_even_untrained(run_data, untrained):
+    catalog = set(run_data.item_ids)
+    histories = [items for _, (items, _) in sorted(run_data.split.valid.items())][:12]
+    found = untrained.top_k(histories, k=10, exclude=[set(h) for h in histories])
+    for history, items in zip(histories, found):
+        ids = [i for i, _ in items]
+        assert len(ids) == 10 and len(set(ids)) == 10
+        assert set(ids) <= catalog
+        assert not set(ids) & set(history)
+        scores = [s for _, s in items]
+        assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+
+
+def test_where_filter_and_tiny_allowed_sets_are_respected(run_data, untrained):
+    from finetune.filters import filter_items
+    from retrieval.catalog import load_catalog
+    from genrec.run import RunPaths
+
+    items = load_catalog(RunPaths(run_data.paths.root)).items
+    comedies_90s = filter_items(items, {"$and": [{"genres": "Comedy"}, {"year": {"$gte": 1990}}]})
+    assert 10 < len(comedies_90s) < len(items)
+    history = run_data.split.train[sorted(run_data.split.train)[0]]
+    found = untrained.top_k([history], k=10, exclude=[set(history)], only=comedies_90s)[0]
+    assert found and {i for i, _ in found} <= comedies_90s - set(history)
+    # fewer allowed items than k: fewer results, never an item outside the allowed set
+    three = set(sorted(comedies_90s - set(history))[:3])
+    found = untrained.top_k([history], k=10, exclude=[set(history)], only=three)[0]
+    assert {i for i, _ in found} == three
+
+
+def test_beam_search_agrees_with_hf_generate_on_the_trie(run_data, untrained):
+    from transformers import LogitsProcessorList
+
+    from finetune.trie import TrieLogitsProcessor
+
+    history = run_data.split.train[sorted(run_data.split.train)[1]]
+    exclude = set(history)
+    ours = untrained.top_k([history], k=10, exclude=[exclude])[0]
+    ids = untrained.tokenizer([untrained.prompt(history)], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    processor = TrieLogitsProcessor(untrained.trie, ids.shape[1], num_beams=10, removed=[untrained.trie.exclusion(exclude)])
+    out = untrained.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=10, num_return_sequences=10, do_sample=False,
+        max_new_tokens=untrained.trie.depth, length_penalty=0.0, logits_processor=LogitsProcessorList([processor]),
+        output_scores=True, return_dict_in_generate=True, pad_token_id=untrained.tokenizer.pad_token_id,
+    )
+    theirs = [
+        (untrained.trie.item_of(untrained.trie.prefix_of(seq[ids.shape[1]:].tolist())), float(score))
+        for seq, score in zip(out.sequences, out.sequences_scores)
+    ]
+    assert [i for i, _ in ours] == [i for i, _ in theirs]
+    assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-4)
+
+
+def test_batched_and_single_requests_rank_alike(run_data, untrained):
+    histories = [items for _, (items, _) in sorted(run_data.split.valid.items())][:6]
+    batched = untrained.top_k(histories, k=5)
+    for history, together in zip(histories, batched):
+        alone = untrained.top_k([history], k=5)[0]
+        assert [i for i, _ in alone] == [i for i, _ in together]
+        assert np.allclose([s for _, s in alone], [s for _, s in together], atol=1e-3)
+
+
+# ---- SFT data -----------------------------------------------------------------------------------
+
+
+def test_training_examples_hold_only_training_items_of_each_user(run_data, tokenizer):
+    from finetune.tasks import aux_examples, next_item_examples
+
+    split, codes = run_data.split, run_data.codes
+    item_of = {tuple(c): i for i, c in codes.items()}
+    rng = random.Random(0)
+    seen: dict[str, list[str]] = {}
+    for ex in next_item_examples(tokenizer, split.train, codes, max_history=20, rng=rng):
+        seen.setdefault(ex.user, []).extend(item_of[c] for c in parse_sids(ex.target))
+    assert seen == {u: items for u, items in split.train.items() if items}
+    for user, (history, target) in split.test.items():
+        assert seen[user] == history[:-1]  # neither the validation item nor the test item
+        assert split.valid[user][1] == history[-1]
+    for ex in aux_examples(tokenizer, split.train, codes, run_data.facts, 200, rng):
+        if ex.task == "explain":
+            (code,) = parse_sids(ex.prompt)
+            assert item_of[code] in split.train[ex.user]
+    assert {ex.task for ex in aux_examples(tokenizer, split.train, codes, run_data.facts, 40, rng)} == {
+        "item_to_text", "text_to_item", "query_to_item", "explain"
+    }
+
+
+def test_queries_and_explanations_state_only_real_attributes(run_data):
+    from finetune.explain import grounded_explanation
+    from finetune.tasks import describe_query
+
+    facts = run_data.facts
+    rng = random.Random(1)
+    for item in list(facts.values())[:200]:
+        query = describe_query(item, rng)
+        if query is None:
+            continue
+        words = query.removeprefix("an ").removeprefix("a ").removesuffix(" item")
+        for part in words.replace(",", " ").split():
+            assert (part.endswith("0s") and int(part[:-1]) == item.year // 10 * 10) or part in " ".join(item.kinds)
+    star_wars, alien, toy_story = facts["50"], facts["183"], facts["1"]
+    text = grounded_explanation(star_wars, [toy_story, alien])
+    assert "Star Wars" in text and "1977" in text and "Sci-Fi" in text and "Alien" in text
+    assert "Toy Story" not in text  # shares no genre with Star Wars, so it is not cited as the reason
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
+    from finetune.loop import cosine_schedule, tokenise, train_epoch
+    from finetune.models import build_scratch_model
+    from finetune.tasks import next_item_examples
+
+    torch.manual_seed(0)
+    model = build_scratch_model(run_data.config.train, tokenizer)
+    examples = next_item_examples(tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0))
+    data = tokenise(tokenizer, examples, 128)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = cosine_schedule(optimizer, 100, warmup=1)
+    losses = [
+        train_epoch(model, data, optimizer, scheduler, tokenizer.pad_token_id, 1024, random.Random(e), False, "t", False).loss
+        for e in range(4)
+    ]
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data, tokenizer, tmp_path):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.lora import attach_lora, export_model
+    from finetune.models import build_scratch_model
+    from finetune.tokenizer import add_sid_tokens
+
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
+    model = build_scratch_model(run_data.config.train, tokenizer)
+    frozen_row = model.get_input_embeddings().weight[5].detach().clone()
+    peft_model = attach_lora(model, run_data.config.train, sid_rows)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.0)  # as in training: decay would move frozen rows
+    ids = torch.tensor([sid_rows[:8] + sid_rows[-8:]])
+    for _ in range(3):  # move LoRA weights and SID rows away from their initial values
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.eval()
+    assert torch.equal(model.get_input_embeddings().weight[5], frozen_row), "only SID rows may train"
+    export_model(peft_model, tokenizer, tmp_path / "model", {"max_history": 20})
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "model" / "base")
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "model" / "adapter").eval()
+    probe = torch.tensor([sid_rows[3:11] + tokenizer("next item", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=probe).logits, reloaded(input_ids=probe).logits, atol=1e-5)
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "model" / "base")) == len(tokenizer)
+    # the adapter is LoRA only: what vLLM's LoRA loader accepts
+    adapter_config = json.loads((tmp_path / "model" / "adapter" / "adapter_config.json").read_text())
+    assert not adapter_config.get("modules_to_save") and not adapter_config.get("trainable_token_indices")
+    with safe_open(str(tmp_path / "model" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
+
+
+def test_failed_export_leaves_the_previous_checkpoint_usable(trained_run):
+    from finetune.lora import export_model
+    from finetune.recommender import load_run_model
+
+    model = load_run_model(trained_run)
+    before = sorted(p.name for p in (trained_run / "model").iterdir())
+    peft_like = _reattach(trained_run)
+    with pytest.raises(TypeError):  # metadata that cannot be written: the export fails at its last step
+        export_model(peft_like, model.tokenizer, trained_run / "model", {"bad": object()})
+    assert sorted(p.name for p in (trained_run / "model").iterdir()) == before
+    assert load_run_model(trained_run).top_k([["1", "2"]], 3)
+
+
+def _reattach(run: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base"), run / "model" / "adapter")
+
+
+def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
+    from eval.evaluate import evaluate
+    from eval.split import leave_one_out
+    from finetune.recommend import RunRecommender
+    from finetune.recommender import GenrecRecommender
+    from retrieval.catalog import load_catalog
+    from genrec.run import RunPaths
+
+    meta = json.loads((trained_run / "model" / "genrec.json").read_text())
+    report = json.loads((trained_run / "model" / "train_report.json").read_text())
+    assert meta["max_history"] == 20 and report["best_epoch"] == 1 and report["epochs"][0]["loss"] > 0
+    recs = RunRecommender(trained_run).recommend("1", 5)
+    catalog = load_catalog(RunPaths(trained_run))
+    history = set(catalog.interactions.loc[catalog.interactions["user_id"] == "1", "item_id"])
+    assert len(recs) == 5 and not {r.item_id for r in recs} & history
+    titles = dict(zip(catalog.items["item_id"], catalog.items["title"]))
+    assert all(r.title == titles[r.item_id] for r in recs)
+    split = leave_one_out(catalog.interactions)
+    results = evaluate([GenrecRecommender(trained_run)], split, catalog.items["item_id"], max_users=15, progress=False)
+    assert results["genrec"]["valid_rate"] == 1.0 and results["genrec"]["users"] == 15
+
+
+def test_recommend_command_prints_json(trained_run):
+    import typer
+    from typer.testing import CliRunner
+
+    from finetune.commands import recommend
+
+    app = typer.Typer()
+    app.command()(recommend)
+    app.command("noop")(lambda: None)  # two commands, so typer keeps the command name
+    result = CliRunner().invoke(app, ["recommend", "--run", str(trained_run), "--user", "10", "-k", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)  # stdout is JSON alone: progress goes to stderr
+    assert len(rows) == 4 and {"item_id", "title", "score"} <= set(rows[0])
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
+    from finetune.recommend import RunRecommender
+
+    rec = RunRecommender(trained_run)
+    with pytest.raises(GenrecError, match="unknown user id 'nobody'"):
+        rec.recommend("nobody")
+    with pytest.raises(GenrecError, match="history is empty"):
+        rec.recommend(history=[])
+    with pytest.raises(GenrecError, match="not in the catalog: nope"):
+        rec.recommend(history=["1", "nope"])
+
+
+def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
+    from finetune.models import resolve_base
+
+    with pytest.raises(GenrecError, match="not 'scratch', 'smollm2-135m', or a model folder"):
+        resolve_base(str(tmp_path / "missing"))
+    with pytest.raises(GenrecError, match="no config.json"):
+        resolve_base(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(GenrecError, match="not a causal LM"):
+        resolve_base(str(tmp_path))
+
+
+def test_run_without_index_or_model_says_what_to_run_first(tiny_run, tmp_path):
+    from finetune.recommender import load_run_model
+    from finetune.train import train
+
+    with pytest.raises(GenrecError, match="genrec index"):
+        train(tmp_path / "nothing-here", progress=False)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run, partial)
+    (partial / "semantic_ids.json").unlink()
+    with pytest.raises(GenrecError, match=r"semantic_ids.json: missing; run `genrec index"):
+        train(partial, progress=False)
+    with pytest.raises(GenrecError, match="genrec train"):
+        load_run_model(tiny_run)
+
+
+def test_model_refuses_semantic_ids_changed_after_training(trained_run, tmp_path):
+    from finetune.recommender import load_run_model
+
+    changed = tmp_path / "changed"
+    shutil.copytree(trained_run, changed)
+    codes = json.loads((changed / "semantic_ids.json").read_text())
+    first, second = list(codes)[:2]
+    codes[first], codes[second] = codes[second], codes[first]
+    (changed / "semantic_ids.json").write_text(json.dumps(codes))
+    with pytest.raises(GenrecError, match="changed since the model was trained"):
+        load_run_model(changed)
+
+
+# ---- SmolLM2 from its GGUF --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_converts_from_gguf_and_takes_sid_tokens(tmp_path, run_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.models import load_pretrained, resize_for_tokenizer, smollm2_folder
+    from finetune.tokenizer import add_sid_tokens, chat_prompt
+
+    folder = smollm2_folder(tmp_path / "cache", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(chat_prompt(tokenizer, "What is the capital of France?"), return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    model, tokenizer = load_pretrained(str(folder))
+    sizes = codebook_sizes(run_data.codes.values())
+    add_sid_tokens(tokenizer, sizes)
+    resize_for_tokenizer(model, tokenizer)
+    code = next(iter(run_data.codes.values()))
+    assert len(tokenizer(render_sid(code), add_special_tokens=False)["input_ids"]) == len(code)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
