@@ -1,0 +1,124 @@
+"""`genrec experiment`: validation before computation, per-cell cache, failures that keep finished cells.
+
+The model is real: a tiny scratch decoder with LoRA trained for one epoch on a MovieLens-100K slice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval_run import shared_eval_run, trained_eval_run
+from genrec.errors import GenrecError
+
+TEMPLATE = "Here are {{ n }} items a user chose, oldest first. Continue with the next one.\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_eval_run(tmp_path_factory)
+
+
+def write_experiment(folder: Path, run: Path, **overrides) -> Path:
+    """An experiment file with one template of its own beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plain.j2").write_text(TEMPLATE)
+    spec = {"run": str(run), "users": 12, "templates": ["plain.j2"],
+            "decoding": {"beam_width": 10, "k": 10, "temperature": [1.0, 0.5]},
+            "models": [{"name": "tiny", "path": str(run / "model")}], "output": "out"}
+    spec.update(overrides)
+    path = folder / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_unknown_key_is_a_one_line_error_naming_file_and_key(tmp_path, tmp_path_factory):
+    from eval.experiment import load_experiment
+
+    run = shared_eval_run(tmp_path_factory)
+    path = write_experiment(tmp_path, run, decoding={"beam_width": 10, "top_p": 0.9})
+    with pytest.raises(GenrecError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value) and "decoding.top_p" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_template_that_fails_to_render_is_rejected_before_any_computation(tmp_path, trained):
+    from eval.experiment import load_experiment
+
+    path = write_experiment(tmp_path, trained, templates=["plain.j2", "broken.j2"])
+    (tmp_path / "broken.j2").write_text("History of {{ n }} items by {{ user_name }}.")
+    with pytest.raises(GenrecError) as err:
+        load_experiment(path)
+    assert "templates[1]" in str(err.value) and str(path) in str(err.value)
+    (tmp_path / "broken.j2").write_text("{% for x in %}")  # a syntax error, not just an undefined value
+    with pytest.raises(GenrecError, match=r"templates\[1\]"):
+        load_experiment(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_path_that_does_not_exist_is_rejected(tmp_path, trained):
+    from eval.experiment import load_experiment
+
+    path = write_experiment(tmp_path, trained, models=[{"name": "gone", "path": str(tmp_path / "no-model")}])
+    with pytest.raises(GenrecError, match=r"models\[0\]\.path"):
+        load_experiment(path)
+
+
+def test_rerun_computes_only_the_cells_that_changed(tmp_path, trained):
+    from eval.experiment import load_experiment, run_experiment
+
+    path = write_experiment(tmp_path, trained)
+    first = run_experiment(load_experiment(path), progress=False)
+    assert (first.computed, first.cached, first.failed) == (2, 0, 0)
+    again = run_experiment(load_experiment(path), progress=False)
+    assert (again.computed, again.cached) == (0, 2)
+    assert [r["ndcg@10"] for r in again.rows] == [r["ndcg@10"] for r in first.rows]
+    (tmp_path / "plain.j2").write_text(TEMPLATE.replace("Continue", "Go on"))
+    spec = yaml.safe_load(path.read_text())
+    spec["decoding"]["temperature"] = [1.0, 0.5, 2.0]
+    path.write_text(yaml.safe_dump(spec))
+    changed = run_experiment(load_experiment(path), progress=False)
+    assert (changed.computed, changed.cached) == (3, 0)  # new template text: every cell is new
+    out = tmp_path / "out"
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 3 and csv_lines[0].startswith("model,template,beam_width,k,temperature")
+    for row in changed.rows:
+        assert row["valid_rate"] == 1.0 and 0.0 <= row["ndcg@10"] <= 1.0
+        assert "Go on" in row["example_prompt"] and "<a_" in row["example_prompt"]  # the exact rendered prompt
+    assert "Go on" in (out / "results.md").read_text()
+
+
+def test_a_failing_cell_never_loses_the_cells_already_computed(tmp_path, trained):
+    from eval.commands import experiment
+    from eval.experiment import load_experiment
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(trained / "model", broken)
+    for weights in (broken / "base").glob("*.safetensors"):
+        weights.write_bytes(b"not a tensor file")  # passes validation (the files exist), fails to load
+    path = write_experiment(tmp_path, trained, models=[{"name": "tiny", "path": str(trained / "model")},
+                                                       {"name": "broken", "path": str(broken)}])
+    load_experiment(path)  # valid file
+    with pytest.raises(GenrecError, match="2 cell\\(s\\) failed"):
+        experiment(path, force=False)
+    rows = list((tmp_path / "out" / "cells").glob("*.json"))
+    assert len(rows) == 2 and all(json.loads(r.read_text())["model"] == "tiny" for r in rows)
+    assert "failed: broken" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_temperature_rescales_the_logits_beam_search_sees(trained):
+    import torch
+
+    from eval.experiment import _Tempered
+    from finetune.recommender import load_run_model
+
+    genrec = load_run_model(trained)
+    ids = genrec.tokenizer([genrec.prompt([])], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    plain = genrec.model(input_ids=ids).logits
+    hot = _Tempered(genrec.model, 0.5)(input_ids=ids).logits
+    assert torch.allclose(hot, plain / 0.5)
