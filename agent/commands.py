@@ -19,8 +19,11 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @contextmanager
-def model_server(run: Path, llm_url: str | None, start: bool, console: Any) -> Iterator[None]:
-    """Make sure a model server answers at `llm_url` if one can be started; stop the one we started."""
+def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait: bool = False) -> Iterator[None]:
+    """Make sure a model server answers at `llm_url` if one can be started; stop the one we started.
+
+    With `wait`, block until the server is healthy (or failed) instead of answering from retrieval
+    alone meanwhile: the demo wants the model in its very first reply."""
     import threading
     from urllib.parse import urlparse
 
@@ -48,14 +51,17 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any) -> I
     console.print(f"[dim]started vLLM for {run} on {server.url} (log {server.spec.log_path}); "
                   "replies come from retrieval alone until it is ready[/]")
 
-    def wait() -> None:
+    def wait_ready() -> None:
         try:
             seconds = server.wait_healthy()
             console.print(f"[dim]vLLM ready after {seconds:.0f} s[/]")
         except GenrecError as exc:
             console.print(f"[yellow]vLLM did not start: {str(exc).splitlines()[0]}[/]")
 
-    threading.Thread(target=wait, daemon=True, name="vllm-wait").start()
+    waiter = threading.Thread(target=wait_ready, daemon=True, name="vllm-wait")
+    waiter.start()
+    if wait:
+        waiter.join()
     try:
         yield
     finally:

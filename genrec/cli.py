@@ -11,8 +11,12 @@ import sys
 
 import typer
 
+from genrec import demo as demo_command
 from genrec.errors import GenrecError
+from agent import commands as agent_commands
 from agent import serve_commands
+from eval import commands as eval_commands
+from finetune import commands as finetune_commands
 from retrieval import commands as retrieval_commands
 
 app = typer.Typer(
@@ -22,9 +26,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.command("demo")(demo_command.demo)
 app.command("index")(retrieval_commands.index)
 app.command("search")(retrieval_commands.search)
+app.command("train")(finetune_commands.train)
+app.command("recommend")(finetune_commands.recommend)
 app.command("serve")(serve_commands.serve)
+app.command("chat")(agent_commands.chat)
+app.command("ui")(agent_commands.ui)
+app.command("api")(agent_commands.api)
+app.command("eval")(eval_commands.eval_command)
+app.command("experiment")(eval_commands.experiment)
 
 
 def offline_environment() -> None:
