@@ -70,7 +70,9 @@ def ranking_metrics(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     return out
 
 
-def cold_start_mask(targets: Sequence[str], train_counts: Mapping[str, int], threshold: int = COLD_START_THRESHOLD) -> np.ndarray:
+def cold_start_mask(
+    targets: Sequence[str], train_counts: Mapping[str, int], threshold: int = COLD_START_THRESHOLD
+) -> np.ndarray:
     """Users whose target item was seen fewer than `threshold` times in training."""
     return np.array([train_counts.get(t, 0) < threshold for t in targets], dtype=bool)
 

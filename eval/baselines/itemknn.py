@@ -21,7 +21,7 @@ class ItemKNN:
 
     name = "itemknn"
 
-    def __init__(self, catalog: Sequence[str], neighbors: int | None = 100, recency: float = 1.0):
+    def __init__(self, catalog: Sequence[str], neighbors: int | None = None, recency: float = 0.7):
         if not 0.0 < recency <= 1.0:
             raise ValueError(f"recency must be in (0, 1], got {recency}")
         self.index = ItemIndex(catalog)
@@ -81,7 +81,7 @@ class ItemKNN:
 def _keep_top_per_row(matrix: sp.csr_matrix, top: int) -> sp.csr_matrix:
     """Keep the `top` largest entries of each row: classic neighbourhood pruning, cuts noise and memory."""
     matrix = matrix.tocsr()
-    indptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    indptr, data = matrix.indptr, matrix.data
     keep = np.zeros(len(data), dtype=bool)
     for r in range(matrix.shape[0]):
         start, end = indptr[r], indptr[r + 1]

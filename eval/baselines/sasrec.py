@@ -8,12 +8,12 @@ zeroed after every block, as in the reference code.
 
 The one departure is the loss: instead of one sampled negative per position (binary
 cross-entropy, as in the paper), every position is trained with softmax cross-entropy over the
-whole catalog. This is the "SASRec+" / CE variant (Klenitskiy & Vasilev, RecSys 2023; Petrov &
-Macdonald 2023) which matches or beats BERT4Rec and TIGER in public re-runs: the strong baseline.
+whole catalog. This is the "SASRec+" / CE variant (Klenitskiy & Vasilev, RecSys 2023), which
+matches or beats BERT4Rec and TIGER in public re-runs: the strong baseline.
 
 Training: each epoch visits every user once with the last `max_len + 1` items of their training
 sequence (inputs = all but the last, targets = all but the first), Adam, and early stopping on
-validation NDCG@10 computed by `eval.evaluate.evaluate_validation` (the one metric code path).
+validation NDCG@10 computed by `eval.evaluate.validation_ndcg` (the one metric code path).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class SASRecNet(nn.Module):
         self.emb_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
-        for name, param in self.named_parameters():
+        for param in self.parameters():
             if param.dim() > 1:
                 nn.init.xavier_normal_(param)  # as the reference implementations do
         with torch.no_grad():
@@ -170,15 +170,15 @@ class SASRec:
         heads: int = 1,
         max_len: int = 50,
         dropout: float = 0.2,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         batch_size: int = 128,
         epochs: int = 200,
-        patience: int = 5,
+        patience: int = 10,
         eval_every: int = 1,
         val_users: int | None = None,
         max_minutes: float | None = None,
         seed: int = 0,
-        threads: int | None = None,
+        threads: int | None = 1,
         progress: bool = True,
     ):
         self.index = ItemIndex(catalog)
