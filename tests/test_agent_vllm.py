@@ -47,7 +47,7 @@ def build_model(model_dir: Path, codes: dict[str, list[int]]) -> None:
     (model_dir / "genrec.json").write_text(json.dumps({"max_history": 20, "template": None}))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(run dir, URL) of one vLLM server for the session, stopped at the end."""
     pytest.importorskip("vllm")

@@ -31,14 +31,27 @@ def base_url(tmp_path_factory):
 
     run = agent_run(tmp_path_factory)
     agent = Agent(AgentContext.open(run), None, tmp_path_factory.mktemp("api") / "chat.sqlite")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(agent), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    app = create_app(agent)
+    for _attempt in range(3):  # a port picked free can be taken before uvicorn binds it: pick another
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio"))
+        failure: list[BaseException] = []
+
+        def serve(server=server, failure=failure) -> None:
+            try:
+                server.run()
+            except BaseException as exc:  # uvicorn exits the thread (SystemExit) when it cannot bind
+                failure.append(exc)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        deadline = time.time() + 120
+        while not server.started and thread.is_alive():
+            assert time.time() < deadline, "uvicorn did not start within 120 s"
+            time.sleep(0.05)
+        if server.started:
+            break
+    assert server.started, f"uvicorn stopped before it started: {failure!r}"
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)

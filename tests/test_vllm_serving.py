@@ -49,7 +49,7 @@ def catalog_codes(n_items: int = 300, seed: int = 0) -> dict[str, list[int]]:
     return codes
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[Path, CodeTrie]:
     """A run directory holding a tiny SID model (model/base + model/adapter) and its trie."""
     run = tmp_path_factory.mktemp("serve-run")
@@ -59,7 +59,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, CodeTrie]:
     return run, CodeTrie(codes)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_url(tiny_run) -> str:
     """Start ONE vLLM server for the session through the `serve` command; stop it with Ctrl-C at the end."""
     pytest.importorskip("vllm")
@@ -90,13 +90,13 @@ def vllm_url(tiny_run) -> str:
     assert port_is_free("127.0.0.1", port), "the vLLM server still listens after Ctrl-C"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(vllm_url):
     with LLMClient(vllm_url, timeout_s=120) as c:
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hf_model(tiny_run):
     """The same run's base + adapter in Hugging Face transformers (float32), the reference implementation."""
     import torch
