@@ -39,7 +39,7 @@ def demo(
         shutil.rmtree(run)
 
     console.rule("[bold]1/5 index: load, encode, Chroma, semantic IDs")
-    if paths.semantic_ids.exists() and paths.config.exists():
+    if (paths.root / "index.stats.json").exists():  # written last by `genrec index`
         console.print(f"{run} is already indexed; reusing it (pass --fresh to redo)")
     else:
         from retrieval.index import build_index
