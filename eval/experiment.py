@@ -224,30 +224,6 @@ def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-class _Tempered:
-    """A causal LM whose next-token logits are divided by a temperature (beam scores change with it)."""
-
-    def __init__(self, model: Any, temperature: float):
-        self.model, self.temperature = model, temperature
-
-    def __call__(self, **inputs: Any) -> Any:
-        out = self.model(**inputs)
-        out.logits = out.logits / self.temperature
-        return out
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    def eval(self) -> "_Tempered":
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True) -> "_Tempered":
-        self.model.train(mode)
-        return self
-
-
 @dataclass
 class _CellModel:
     """A grid cell as an `eval.protocol.Recommender`."""
@@ -265,8 +241,7 @@ class _CellModel:
 
 
 def _local_cell(genrec: Any, cell: dict[str, Any]) -> _CellModel:
-    model = genrec.model if cell["temperature"] == 1.0 else _Tempered(genrec.model, cell["temperature"])
-    gm = replace(genrec, model=model, template=cell["template"], beam_width=cell["beam_width"])
+    gm = replace(genrec, template=cell["template"], beam_width=cell["beam_width"], temperature=cell["temperature"])
 
     def top_k(histories: list[list[str]], k: int) -> list[list[str]]:
         found = gm.top_k(histories, k, exclude=[set(h) for h in histories])

@@ -1,22 +1,23 @@
 """Explanations of a recommendation, grounded in the item's real attributes and the user's history.
 
 An instruction-tuned model (SmolLM2-135M-Instruct by default) is given only facts from the catalog
-(the item's title, year, kinds, other attributes; the titles and kinds of the user's recent items)
-and asked for one or two sentences. `grounded_explanation` is the template version of the same
-facts, used as the training target of the explain task and when no instruction model is wanted.
+(the item's title, year, kinds, other attributes; the titles of the user's recent items) and asked
+for one sentence. A 135M model often invents sequels, studios and dates, so its answer is kept only
+if it passes `is_grounded` (every number and every capitalised name in it comes from the facts);
+otherwise the template explanation of the same facts is returned. `grounded_explanation` is also
+the training target of the explain task.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from finetune.tasks import ItemFacts, explanation_target
 from finetune.templates import template_names
 
-SYSTEM = (
-    "You explain movie, book or product recommendations in one or two short sentences. "
-    "Use only the facts given; never invent titles, years or genres."
-)
+SYSTEM = "You are a movie, book and product recommender. Be brief and factual."
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
 
 
 def describe(item: ItemFacts) -> str:
@@ -27,10 +28,10 @@ def describe(item: ItemFacts) -> str:
 
 def explanation_messages(item: ItemFacts, history: Sequence[ItemFacts]) -> list[dict[str, str]]:
     """The chat messages asking an instruction model why `item` suits a user with `history`."""
-    recent = "\n".join(f"- {describe(h)}" for h in list(history)[-5:]) or "- (nothing yet)"
+    liked = ", ".join(h.title for h in list(history)[-5:]) or "nothing yet"
     user = (
-        f"The user recently enjoyed:\n{recent}\n\nWe recommend: {describe(item)}\n\n"
-        f"In one or two sentences, tell the user why they may like {item.title}, using only these facts."
+        f"I liked {liked}. Why should I choose {item.title}? Facts: {describe(item)}. "
+        f"Answer in one sentence using only these facts."
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
@@ -38,6 +39,22 @@ def explanation_messages(item: ItemFacts, history: Sequence[ItemFacts]) -> list[
 def grounded_explanation(item: ItemFacts, history: Sequence[ItemFacts]) -> str:
     """A template explanation from real attributes only (no model)."""
     return explanation_target(item, list(history)[-5:], template_names("explain_answer")[0])
+
+
+def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60) -> bool:
+    """True if `text` names nothing beyond the facts: every number and every capitalised word
+    (other than a sentence's first) occurs in the item's or the history's facts; no hashtags,
+    no run-on answers."""
+    facts = " ".join([describe(item), grounded_explanation(item, history)] + [describe(h) for h in history])
+    known = {w.lower() for w in _WORD.findall(facts)} | {"i", "you", "it", "its", "this", "they"}
+    words = _WORD.findall(text)
+    if not words or len(words) > max_words or "#" in text or "fact" in text.lower():
+        return False
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        for n, word in enumerate(_WORD.findall(sentence)):
+            if (word.isdigit() or (word[0].isupper() and n > 0)) and word.lower() not in known:
+                return False
+    return True
 
 
 class Explainer:
@@ -54,8 +71,8 @@ class Explainer:
         self._model, self._tokenizer = load_pretrained(resolve_base(self.base))
         self._model.eval()
 
-    def explain(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
-        """One or two sentences on why `item` fits `history`; the template explanation if the model says nothing."""
+    def generate(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
+        """The model's raw answer (unchecked)."""
         import torch
 
         if self._model is None:
@@ -65,8 +82,12 @@ class Explainer:
         )
         with torch.no_grad():
             out = self._model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, repetition_penalty=1.1,
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, repetition_penalty=1.2,
                 pad_token_id=self._tokenizer.pad_token_id,
             )
-        text = self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        return text or grounded_explanation(item, history)
+        return self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+    def explain(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
+        """One sentence on why `item` fits `history`: the model's if grounded, else the template's."""
+        text = " ".join(self.generate(item, history).split())
+        return text if is_grounded(text, item, history) else grounded_explanation(item, history)

@@ -49,6 +49,7 @@ class GenrecModel:
     beam_width: int = 20
     batch_size: int = 16
     bf16: bool = field(default_factory=bf16_supported)
+    temperature: float = 1.0  # divides the logits before beam scores are summed
 
     def prompt(self, history: Sequence[str]) -> str:
         """The next-item prompt for a history (unknown items are skipped; the last `max_history` kept)."""
@@ -92,7 +93,8 @@ class GenrecModel:
                 for j, i in enumerate(rows):
                     ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
                     mask[j, length - len(encoded[i]) :] = 1
-                found = beam_search(self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16)
+                found = beam_search(self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16,
+                                    self.temperature)
                 for i, items in zip(rows, found):
                     results[i] = items[:k]
         finally:

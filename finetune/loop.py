@@ -21,6 +21,16 @@ from finetune.generate import autocast
 from finetune.tasks import Example
 
 IGNORE = -100
+LOGITS_BYTES = 2**28  # float32 logits of one batch stay under 256 MiB (x ~4 with bf16 copies and grads)
+
+
+def token_budget(tokens_per_batch: int, vocab_size: int) -> int:
+    """Padded tokens per batch: `tokens_per_batch`, fewer for large vocabularies so logits fit memory.
+
+    A 49k-token vocabulary (SmolLM2) at 8192 tokens per batch needs 1.6 GB for the logits alone,
+    and several copies of them exist during the backward pass.
+    """
+    return max(256, min(tokens_per_batch, LOGITS_BYTES // (4 * vocab_size)))
 
 
 @dataclass

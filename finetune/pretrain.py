@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from finetune.loop import cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.tasks import Example
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import TrainConfig
@@ -61,13 +61,14 @@ def pretrain(
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     first = tokenise(tokenizer, make_examples(0), config.max_length, loss_on_prompt=True)
-    steps_per_epoch = len(length_batches(first, config.tokens_per_batch, random.Random(0)))
+    budget = token_budget(config.tokens_per_batch, len(tokenizer))
+    steps_per_epoch = len(length_batches(first, budget, random.Random(0)))
     scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, warmup=min(200, steps_per_epoch))
     history = []
     for epoch in range(config.pretrain_epochs):
         data = first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
         stats = train_epoch(
-            model, data, optimizer, scheduler, tokenizer.pad_token_id, config.tokens_per_batch, rng, bf16,
+            model, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress,
         )
         history.append({"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds})

@@ -86,11 +86,19 @@ def item_facts(items: pd.DataFrame) -> dict[str, ItemFacts]:
     return out
 
 
-def history_chunks(items: Sequence[str], max_history: int) -> list[list[str]]:
-    """Consecutive non-overlapping chunks of at most `max_history` items; the last chunk is full."""
+def history_chunks(items: Sequence[str], max_history: int, offset: int = 0) -> list[list[str]]:
+    """Consecutive non-overlapping chunks of at most `max_history` items.
+
+    With `offset` 0 the last chunk is full length (what inference sees); a non-zero offset ends the
+    last chunk `offset` items earlier, so that over epochs every position is trained with a varying
+    amount of context instead of always starting a chunk with none.
+    """
     items = list(items)
     chunks = []
     end = len(items)
+    if 0 < offset < end:
+        chunks.append(items[end - offset :])
+        end -= offset
     while end > 0:
         chunks.append(items[max(0, end - max_history) : end])
         end -= max_history
@@ -118,13 +126,18 @@ def next_item_examples(
     codes: Mapping[str, Sequence[int]],
     max_history: int,
     rng: random.Random,
+    shift: bool = False,
 ) -> list[Example]:
-    """One example per user chunk: the instruction as prompt, every item's SID as target."""
+    """One example per user chunk: the instruction as prompt, every item's SID as target.
+
+    With `shift`, chunk boundaries move by a random offset per user (see `history_chunks`).
+    """
     templates = template_names("next_item")
     out = []
     for user in sorted(train):
         items = [i for i in train[user] if i in codes]
-        for chunk in history_chunks(items, max_history):
+        offset = rng.randrange(max_history) if shift and len(items) > max_history else 0
+        for chunk in history_chunks(items, max_history, offset):
             prompt = chat_prompt(tokenizer, next_item_instruction(len(chunk), rng.choice(templates)))
             out.append(Example(prompt, "".join(render_sid(codes[i]) for i in chunk), "next_item", user))
     return out
@@ -160,18 +173,33 @@ def shared_kinds(facts: ItemFacts, history: Sequence[ItemFacts]) -> tuple[list[s
     return shared[:3], titles
 
 
+def join_words(words: Sequence[str]) -> str:
+    """`["A", "B", "C"]` -> `"A, B and C"`."""
+    words = [str(w) for w in words]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else ""
+
+
+def kind_phrase(kinds: Sequence[str]) -> str:
+    """`["Action", "Sci-Fi"]` -> `"an Action and Sci-Fi title"` (empty without kinds)."""
+    if not kinds:
+        return ""
+    words = join_words(kinds)
+    return f"{'an' if words[0].lower() in 'aeiou' else 'a'} {words} title"
+
+
 def explanation_target(facts: ItemFacts, history: Sequence[ItemFacts], template: str) -> str:
     """A grounded explanation: only the item's real attributes and real history titles."""
     shared, titles = shared_kinds(facts, history)
+    year = facts.year if facts.year and str(facts.year) not in facts.title else None  # titles often carry it
     return render(
         template,
         title=facts.title,
-        year=facts.year,
-        genres=facts.kinds,
-        facts=facts.facts[:2],
-        shared=shared,
-        shared_titles=titles,
-        history=[h.title for h in history],
+        year=year,
+        kinds=kind_phrase(facts.kinds),
+        shared=join_words(shared),
+        shared_phrase=kind_phrase(shared),
+        shared_titles=join_words(titles),
+        last=history[-1].title if history else "",
     )
 
 

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from eval.split import Split, leave_one_out
 from finetune.inference import GenrecModel, bf16_supported, file_sha256
-from finetune.loop import cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model
 from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
@@ -93,7 +93,8 @@ def example_maker(data: RunData, tokenizer, config: TrainConfig):
 
     def make(epoch: int):
         rng = random.Random(config.seed * 1000 + epoch)
-        sequences = next_item_examples(tokenizer, data.split.train, data.codes, config.max_history, rng)
+        # chunk boundaries move every epoch, so no position is always trained without context
+        sequences = next_item_examples(tokenizer, data.split.train, data.codes, config.max_history, rng, shift=True)
         count = int(round(config.aux_ratio * len(sequences)))
         return sequences + aux_examples(tokenizer, data.split.train, data.codes, data.facts, count, rng)
 
@@ -179,7 +180,8 @@ def train(
     make_examples = example_maker(data, tokenizer, config)
     rng = random.Random(config.seed)
     first = tokenise(tokenizer, make_examples(100), config.max_length)
-    steps = len(length_batches(first, config.tokens_per_batch, random.Random(0))) * config.epochs
+    budget = token_budget(config.tokens_per_batch, len(tokenizer))
+    steps = len(length_batches(first, budget, random.Random(0))) * config.epochs
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
     meta = {
@@ -208,28 +210,34 @@ def train(
     )
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
     examples_seen, tokens_seen = 0, 0
-    for epoch in range(1, config.epochs + 1):
-        data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
-        stats = train_epoch(
-            peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, config.tokens_per_batch, rng, bf16,
-            desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
-        )
-        report.train_seconds += stats.seconds
-        examples_seen += stats.examples
-        tokens_seen += stats.tokens
+
+    def checkpoint(epoch: int, loss: float | None, seconds: float) -> None:
+        """Validate; export if this is the best model so far (epoch 0: the base before LoRA, LoRA at identity)."""
         t0 = time.perf_counter()
         score = validation_score(genrec, data, config.val_users, config.seed)
-        record = {"epoch": epoch, "loss": stats.loss, "valid_ndcg@10": score,
-                  "train_seconds": stats.seconds, "valid_seconds": time.perf_counter() - t0}
-        report.epochs.append(record)
+        report.epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score,
+                              "train_seconds": seconds, "valid_seconds": time.perf_counter() - t0})
         improved = score > report.best_valid_ndcg10
         if improved:
             report.best_epoch, report.best_valid_ndcg10 = epoch, score
             export_model(peft_model, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
         console.print(
-            f"epoch {epoch}: loss {stats.loss:.4f}, valid NDCG@10 {score:.4f}"
+            f"epoch {epoch}: " + (f"loss {loss:.4f}, " if loss is not None else "before LoRA, ")
+            + f"valid NDCG@10 {score:.4f}"
             + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
         )
+
+    checkpoint(0, None, 0.0)  # a usable model exists from here on, whatever happens to the LoRA epochs
+    for epoch in range(1, config.epochs + 1):
+        data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
+        stats = train_epoch(
+            peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
+            desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
+        )
+        report.train_seconds += stats.seconds
+        examples_seen += stats.examples
+        tokens_seen += stats.tokens
+        checkpoint(epoch, stats.loss, stats.seconds)
         if deadline is not None and time.perf_counter() > deadline:
             console.print(f"[yellow]stopping after epoch {epoch}: train.max_minutes={config.max_minutes} reached")
             break

@@ -111,14 +111,22 @@ def test_a_failing_cell_never_loses_the_cells_already_computed(tmp_path, trained
     assert "failed: broken" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_temperature_rescales_the_logits_beam_search_sees(trained):
+def test_temperature_changes_beam_scores_as_rescaled_logits(trained):
     import torch
 
-    from eval.experiment import _Tempered
+    from finetune.generate import beam_search
     from finetune.recommender import load_run_model
 
     genrec = load_run_model(trained)
-    ids = genrec.tokenizer([genrec.prompt([])], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    plain = genrec.model(input_ids=ids).logits
-    hot = _Tempered(genrec.model, 0.5)(input_ids=ids).logits
-    assert torch.allclose(hot, plain / 0.5)
+    enc = genrec.tokenizer([genrec.prompt(["1", "2"])], return_tensors="pt", add_special_tokens=False)
+    hot = beam_search(genrec.model, enc.input_ids, enc.attention_mask, genrec.trie, 5, temperature=0.5)[0]
+    # the score of a code is the sum over its levels of log-softmax(logits / T) at each step
+    item, score = hot[0]
+    tokens = genrec.trie.tokens_of(item)
+    ids = torch.cat([enc.input_ids, torch.tensor([tokens[:-1]])], dim=1)
+    with torch.no_grad():
+        logits = genrec.model(input_ids=ids).logits[0, enc.input_ids.shape[1] - 1 :]
+    expected = sum(torch.log_softmax(logits[i] / 0.5, -1)[t].item() for i, t in enumerate(tokens))
+    assert abs(score - expected) < 1e-3
+    plain = beam_search(genrec.model, enc.input_ids, enc.attention_mask, genrec.trie, 5)[0]
+    assert [s for _, s in plain] != [s for _, s in hot]

@@ -328,7 +328,7 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
 
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
-    assert meta["max_history"] == 20 and report["best_epoch"] == 1 and report["epochs"][0]["loss"] > 0
+    assert meta["max_history"] == 20 and [e["epoch"] for e in report["epochs"]] == [0, 1] and report["epochs"][1]["loss"] > 0
     recs = RunRecommender(trained_run).recommend("1", 5)
     catalog = load_catalog(RunPaths(trained_run))
     history = set(catalog.interactions.loc[catalog.interactions["user_id"] == "1", "item_id"])
@@ -433,3 +433,52 @@ def test_smollm2_converts_from_gguf_and_takes_sid_tokens(tmp_path, run_data):
     code = next(iter(run_data.codes.values()))
     assert len(tokenizer(render_sid(code), add_special_tokens=False)["input_ids"]) == len(code)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+@pytest.mark.slow
+def test_explainer_writes_an_explanation_from_real_attributes(run_data):
+    from finetune.explain import Explainer, explanation_messages
+
+    facts = run_data.facts
+    star_wars, history = facts["50"], [facts["181"], facts["172"]]  # Return of the Jedi, Empire Strikes Back
+    prompt = explanation_messages(star_wars, history)[1]["content"]
+    assert "Star Wars (1977)" in prompt and "Sci-Fi" in prompt and "Empire Strikes Back" in prompt
+    text = Explainer("smollm2-135m", max_new_tokens=60).explain(star_wars, history)
+    assert len(text.split()) >= 5
+
+
+def test_train_command_refuses_a_bad_base_before_training(tiny_run, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from finetune.commands import train
+
+    app = typer.Typer()
+    app.command()(train)
+    app.command("noop")(lambda: None)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    result = CliRunner().invoke(app, ["train", "--run", str(tiny_run), "--base", str(tmp_path)])
+    assert isinstance(result.exception, GenrecError) and "not a causal LM" in str(result.exception)
+    assert not (tiny_run / "model").exists()
+
+
+def test_explanations_naming_unknown_things_are_rejected(run_data):
+    from finetune.explain import grounded_explanation, is_grounded
+
+    facts = run_data.facts
+    star_wars, history = facts["50"], [facts["181"], facts["172"]]
+    assert is_grounded(grounded_explanation(star_wars, history), star_wars, history)
+    assert is_grounded("You will like Star Wars because it is Sci-Fi, like Empire Strikes Back.", star_wars, history)
+    # what SmolLM2-135M actually wrote for these facts: a studio and a date the catalog never gave
+    assert not is_grounded("Star Wars has been adapted into a Disney film.", star_wars, history)
+    assert not is_grounded("Star Wars was released on December 8, 1996.", star_wars, history)
+
+
+def test_history_chunks_cover_the_sequence_once_in_order():
+    from finetune.tasks import history_chunks
+
+    items = [str(i) for i in range(23)]
+    for offset in range(0, 10):
+        chunks = history_chunks(items, 10, offset)
+        assert [i for c in chunks for i in c] == items and all(0 < len(c) <= 10 for c in chunks)
+    assert history_chunks(items, 10)[-1] == items[-10:]  # no offset: the most recent chunk is full
