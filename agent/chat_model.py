@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, DEFAULT_URL, LLMClient, LLMError, LLMUnavailable
+from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, DEFAULT_URL, LLMClient, LLMError, LLMUnavailable
 
 
 class Breaker:
@@ -86,13 +86,13 @@ class ChatModel:
         return self.breaker.call(call)
 
     def chat_model_name(self) -> str:
-        """The served model to chat with: the run's base model when served, else the first one served."""
+        """The served model to chat with: a dedicated chat model, else the run's base model, else the first one served."""
         if self.model:
             return self.model
         names = self._guarded(self.client.models)
         if not names:
             raise LLMUnavailable(f"{self.base_url}: the server serves no model")
-        for preferred in (BASE_MODEL,):
+        for preferred in (CHAT_MODEL, BASE_MODEL):
             if preferred in names:
                 self.model = preferred
                 return preferred

@@ -1,8 +1,9 @@
 """`genrec chat`, `genrec ui` and `genrec api`: the agent in a terminal, a web page and over HTTP.
 
-All three use the model server at `--llm-url`; when nothing answers there and the run has a model,
-they start `genrec serve` for the run in the background (answering from retrieval alone until it
-is ready) and stop it on exit.
+All three use the recommender's model server at `--llm-url` and the chat model at `--chat-url`
+(by default the run's: the same server when the run's base chats, else the SmolLM2 server of
+`genrec serve`); when nothing answers there and the run has a model, they start the servers for
+the run in the background (answering from retrieval alone until they are ready) and stop them on exit.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -19,66 +20,93 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @contextmanager
-def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait: bool = False) -> Iterator[None]:
-    """Make sure a model server answers at `llm_url` if one can be started; stop the one we started.
+def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait: bool = False,
+                 chat_url: str | None = None) -> Iterator[None]:
+    """Make sure the run's model servers answer, at `llm_url` (the recommender) and `chat_url` (the
+    chat model, when it is a separate server), if they can be started; stop the ones we started.
 
-    With `wait`, block until the server is healthy (or failed) instead of answering from retrieval
+    With `wait`, block until they are healthy (or failed) instead of answering from retrieval
     alone meanwhile: the demo wants the model in its very first reply."""
     import threading
     from urllib.parse import urlparse
 
-    from agent.serve import is_healthy, serve_run
+    from agent.serve import VllmServer, chat_server_spec, is_healthy, run_server_spec
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
-    if not llm_url or not start or is_healthy(llm_url, timeout_s=1.0):
-        yield
-        return
-    parsed = urlparse(llm_url)
-    if parsed.hostname not in _LOCAL_HOSTS or parsed.port is None:
-        console.print(f"[yellow]nothing answers at {llm_url}; replies come from retrieval alone[/]")
+    if not llm_url or not start:
         yield
         return
     _, config = open_run(run)
-    try:
-        server = serve_run(run, config.serve, port=parsed.port)
-    except GenrecError as exc:
-        console.print(f"[yellow]nothing answers at {llm_url} and no model server can be started ({exc}); "
-                      "replies come from retrieval alone[/]")
-        yield
-        return
-    server.start()
-    console.print(f"[dim]started vLLM for {run} on {server.url} (log {server.spec.log_path}); "
-                  "replies come from retrieval alone until it is ready[/]")
+    wanted: list[tuple[str, Any]] = [(llm_url, lambda port: run_server_spec(run, config.serve, port=port))]
+    if chat_url and chat_url != llm_url:
+        wanted.append((chat_url, lambda port: chat_server_spec(run, config.serve, port=port)))
+    servers: list[VllmServer] = []
+    for url, make_spec in wanted:
+        if is_healthy(url, timeout_s=1.0):
+            continue
+        parsed = urlparse(url)
+        if parsed.hostname not in _LOCAL_HOSTS or parsed.port is None:
+            console.print(f"[yellow]nothing answers at {url}; replies come from retrieval alone[/]")
+            continue
+        try:
+            spec = make_spec(parsed.port)
+        except GenrecError as exc:
+            console.print(f"[yellow]nothing answers at {url} and no model server can be started there ({exc}); "
+                          "replies come from retrieval alone[/]")
+            continue
+        if spec is None:
+            continue
+        server = VllmServer(spec, config.serve.startup_timeout_s)
+        server.start()
+        servers.append(server)
+        console.print(f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}); "
+                      "replies come from retrieval alone until it is ready[/]")
 
-    def wait_ready() -> None:
+    def wait_ready(server: VllmServer) -> None:
         try:
             seconds = server.wait_healthy()
-            console.print(f"[dim]vLLM ready after {seconds:.0f} s[/]")
+            console.print(f"[dim]vLLM ({server.spec.served_name}) ready after {seconds:.0f} s[/]")
         except GenrecError as exc:
-            console.print(f"[yellow]vLLM did not start: {str(exc).splitlines()[0]}[/]")
+            console.print(f"[yellow]vLLM ({server.spec.served_name}) did not start: {str(exc).splitlines()[0]}[/]")
 
-    waiter = threading.Thread(target=wait_ready, daemon=True, name="vllm-wait")
-    waiter.start()
+    waiters = [threading.Thread(target=wait_ready, args=(s,), daemon=True, name="vllm-wait") for s in servers]
+    for waiter in waiters:
+        waiter.start()
     if wait:
-        waiter.join()
+        for waiter in waiters:
+            waiter.join()
     try:
         yield
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
-def open_agent(run: Path, llm_url: str | None, timeout_s: float) -> Any:
+def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> str | None:
+    """The chat model's URL: `chat_url` if given, else the run's (the recommender's own URL when its
+    base chats, the chat server's when a separate model chats)."""
+    from agent.serve import chat_url as run_chat_url
+    from genrec.run import open_run
+
+    if chat_url or not llm_url:
+        return chat_url if llm_url else None
+    _, config = open_run(run)
+    return run_chat_url(run, config.serve, llm_url)
+
+
+def open_agent(run: Path, llm_url: str | None, timeout_s: float, chat_url: str | None = None) -> Any:
     """The run's agent (memory in RUN/chat.sqlite)."""
     from agent.session import Agent
 
-    return Agent.open(run, llm_url=llm_url, llm_timeout_s=timeout_s)
+    return Agent.open(run, llm_url=llm_url, chat_url=chat_url, llm_timeout_s=timeout_s)
 
 
 def chat(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     thread: str = typer.Option("default", "--thread", help="Conversation name; the same name resumes it (RUN/chat.sqlite)."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="OpenAI-compatible model server (vLLM)."),
+    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
+    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
                                       help="Start `genrec serve` for the run when nothing answers at --llm-url."),
@@ -91,15 +119,17 @@ def chat(
     from agent.chat_terminal import run_chat
 
     url = None if no_llm else llm_url
-    with model_server(run, url, start_server, Console(stderr=True)):
-        with open_agent(run, url, timeout) as agent:
+    talk = resolve_chat_url(run, url, chat_url)
+    with model_server(run, url, start_server, Console(stderr=True), chat_url=talk):
+        with open_agent(run, url, timeout, talk) as agent:
             run_chat(agent, thread, as_json)
 
 
 def ui(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     port: int = typer.Option(7860, "--port", help="Port of the web page."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="OpenAI-compatible model server (vLLM)."),
+    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
+    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
@@ -116,8 +146,9 @@ def ui(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     console = Console(stderr=True)
     url = None if no_llm else llm_url
-    with model_server(run, url, start_server, console):
-        with open_agent(run, url, timeout) as agent:
+    talk = resolve_chat_url(run, url, chat_url)
+    with model_server(run, url, start_server, console, chat_url=talk):
+        with open_agent(run, url, timeout, talk) as agent:
             console.print(f"chat page on http://{host}:{port} (Ctrl-C to stop)")
             launch_ui(agent, host, port, block=True)
 
@@ -125,7 +156,8 @@ def ui(
 def api(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     port: int = typer.Option(8080, "--port", help="Port of the HTTP API."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="OpenAI-compatible model server (vLLM)."),
+    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
+    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
@@ -140,7 +172,8 @@ def api(
 
     console = Console(stderr=True)
     url = None if no_llm else llm_url
-    with model_server(run, url, start_server, console):
-        with open_agent(run, url, timeout) as agent:
+    talk = resolve_chat_url(run, url, chat_url)
+    with model_server(run, url, start_server, console, chat_url=talk):
+        with open_agent(run, url, timeout, talk) as agent:
             console.print(f"API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs; Ctrl-C to stop)")
             uvicorn.run(create_app(agent), host=host, port=port, log_level="warning")

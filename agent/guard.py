@@ -30,7 +30,8 @@ from langchain_core.messages import AnyMessage, ToolMessage
 from agent.lookup import TitleIndex, normalize_title
 
 REDACTED = "[item not in results]"
-_ID_MENTION = re.compile(r"(?:\[|\()\s*id\s*[:#]?\s*([^\]\)\s,;]+)\s*(?:\]|\))|\b(?:item|id)\s*(?:#|:)\s*([\w.-]+)", re.IGNORECASE)
+# "[id 50]", "(id: 50)", "item #50"; "id" and the value apart ("(ID4)" in "Independence Day (ID4)" is a title's word)
+_ID_MENTION = re.compile(r"(?:\[|\()\s*id(?:\s*[:#]\s*|\s+)([^\]\)\s,;]+)\s*(?:\]|\))|\b(?:item|id)\s*(?:#|:)\s*([\w.-]+)", re.IGNORECASE)
 _YEAR_PAREN = re.compile(r"\(\d{4}\)")
 _YEAR_AFTER = re.compile(r"\s*\(\d{4}\)")
 _CONNECTORS = {"of", "the", "and", "&", "a", "an", "in", "on", "to", "from", "for", "with", "at", "de", "la", "le", "du", "vs"}
@@ -101,11 +102,19 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
             found.append(Violation(m.start(), m.end(), m.group(0), item if item in titles.ids else None))
 
     words = list(_WORD.finditer(text))
-    titled: list[tuple[int, int]] = []  # spans read as catalog titles, grounded or not
+    # grounded titles written out in full are fine, and so is every word inside them (the alias
+    # "Bewegte Mann, Der" inside "Maybe, Maybe Not (Bewegte Mann, Der) (1994)" is another item's title)
+    titled: list[tuple[int, int]] = [
+        (m.start(), m.end()) for i in allowed if i in titles.titles
+        for m in re.finditer(re.escape(titles.titles[i]), text)
+    ]
     covered = -1  # words inside a title already read are not read again ("Pink Panther" in a longer title)
     for i, w in enumerate(words):
         if w.start() < covered or not (w.group(0)[:1].isupper() or w.group(0)[:1].isdigit()):
             continue  # titles are written capitalised; this keeps ordinary phrases out
+        if any(a <= w.start() < b for a, b in titled):
+            covered = next(b for a, b in titled if a <= w.start() < b)
+            continue
         for j in range(min(len(words), i + _MAX_SPAN), i, -1):
             end = words[j - 1].end()
             norm = normalize_title(text[w.start():end])
@@ -191,7 +200,7 @@ def guard_cards(cards: Sequence[dict[str, Any]], allowed: set[str], titles: Titl
         item = str(card.get("item_id"))
         if item not in allowed or item not in titles.titles:
             continue
-        clean = dict(card)
+        clean = {k: v for k, v in card.items() if k != "model_explanation"}  # unchecked model text never leaves
         clean["title"] = titles.titles[item]  # the catalog's title, never a model's paraphrase
         clean["explanation"] = redact(str(card.get("explanation") or ""), allowed, titles).text
         out.append(clean)

@@ -35,6 +35,7 @@ from genrec.errors import GenrecError
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 ADAPTER_MODEL = "genrec"  # the LoRA module name `agent.serve` registers
 BASE_MODEL = "genrec-base"  # the served name of the base model without the adapter
+CHAT_MODEL = "genrec-chat"  # the served name of a separate instruction-tuned chat model
 
 # vLLM accepts at most this many ids in `logprob_token_ids` (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS).
 _MAX_LABEL_IDS = 128

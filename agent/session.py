@@ -85,18 +85,27 @@ class Agent:
         run: str | Path,
         llm_url: str | None = DEFAULT_LLM_URL,
         *,
+        chat_url: str | None = None,
         db_path: str | Path | None = None,
         settings: AgentSettings | None = None,
         generator: ItemGenerator | None = None,
         llm_timeout_s: float = 20.0,
     ) -> "Agent":
-        """Open a run's agent; `llm_url=None` answers from retrieval alone (no model server at all)."""
+        """Open a run's agent; `llm_url=None` answers from retrieval alone (no model server at all).
+
+        `llm_url` serves the fine-tuned recommender; `chat_url` the model that writes replies and
+        explanations (default: `llm_url`, whose base model then chats)."""
         if generator is None:
             from agent.generator import run_generator
 
             generator = run_generator(run, llm_url, timeout_s=llm_timeout_s)
         ctx = AgentContext.open(run, generator=generator, generator_name="fine-tuned model (vLLM)" if generator else "")
-        chat = ChatModel(llm_url, timeout_s=llm_timeout_s) if llm_url else None
+        talk = chat_url or llm_url
+        chat = ChatModel(talk, timeout_s=llm_timeout_s) if talk else None
+        if chat is not None:
+            from agent.explainer import ChatExplainer
+
+            ctx.explainer = ChatExplainer(chat, ctx.searcher.items)
         return cls(ctx, chat, Path(db_path) if db_path else ctx.paths.root / "chat.sqlite", settings)
 
     def close(self) -> None:

@@ -38,6 +38,12 @@ class ItemGenerator(Protocol):
     def __call__(self, history: Sequence[str], k: int) -> list[str]: ...
 
 
+class ItemExplainer(Protocol):
+    """An instruction model explaining why an item suits someone who liked `liked` (grounded or replaced)."""
+
+    def __call__(self, item_id: str, liked: Sequence[str]) -> Any: ...
+
+
 @dataclass
 class AgentContext:
     """Everything the tools need from one run; built once per process and shared by conversations."""
@@ -50,6 +56,7 @@ class AgentContext:
     genres: dict[str, str]  # lower-case genre -> the catalog's spelling
     generator: ItemGenerator | None = None
     generator_name: str = ""
+    explainer: ItemExplainer | None = None  # writes the `explain` tool's text (see agent.explainer)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
@@ -301,6 +308,12 @@ def explain(
         seeds += ctx.user_items(user_id, 20)
     wanted, _ = ctx.known_genres(genres)
     card = ctx.card(found, explanation=reasons(ctx, found, seeds, wanted, None, detailed=True))
+    card["explained_by"] = "catalog"
+    if ctx.explainer is not None:
+        written = ctx.explainer(found, seeds)
+        card["model_explanation"] = written.raw  # kept for evaluation, even when not shown
+        if written.source == "model":
+            card["explanation"], card["explained_by"] = written.text, "model"
     liked_cards = [{"item_id": s, "title": ctx.titles.titles[s]} for s in dict.fromkeys(seeds)][:10]
     return {"tool": "explain", "found": True, "items": [card], "liked": liked_cards}
 

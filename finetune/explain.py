@@ -11,7 +11,8 @@ the training target of the explain task.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from finetune.tasks import ItemFacts, explanation_target
 from finetune.templates import template_names
@@ -41,24 +42,66 @@ def grounded_explanation(item: ItemFacts, history: Sequence[ItemFacts]) -> str:
     return explanation_target(item, list(history)[-5:], template_names("explain_answer")[0])
 
 
+def _norm(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9']+", " ", text.lower()).strip() + " "
+
+
+def _title_words(title: str) -> str:
+    """A title without its trailing year and article suffix ("Godfather, The (1972)" -> "godfather")."""
+    bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title)
+    return _norm(re.sub(r",\s*(The|A|An)$", "", bare)).strip()
+
+
 def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60) -> bool:
-    """True if `text` names nothing beyond the facts: every number and every capitalised word
-    (other than a sentence's first) occurs in the item's or the history's facts; no hashtags,
-    no run-on answers."""
+    """True if `text` says something the facts support and nothing beyond them.
+
+    Nothing beyond: every number and every capitalised word (other than a sentence's first)
+    occurs in the item's or the history's facts; no hashtags, no run-on or repetitive answers.
+    Something: it names one of the item's kinds (genres, categories) or an item of the history,
+    so "X is a movie, not a book" is not an explanation.
+    """
     facts = " ".join([describe(item), grounded_explanation(item, history)] + [describe(h) for h in history])
     known = {w.lower() for w in _WORD.findall(facts)} | {"i", "you", "it", "its", "this", "they"}
     words = _WORD.findall(text)
     if not words or len(words) > max_words or "#" in text or "fact" in text.lower():
         return False
+    lowered = [w.lower() for w in words]
+    if any(len(w) > 3 and w in lowered[n + 1 : n + 4] for n, w in enumerate(lowered)):
+        return False  # "reimagined and reimagined": a small model looping
     for sentence in re.split(r"(?<=[.!?])\s+", text):
         for n, word in enumerate(_WORD.findall(sentence)):
             if (word.isdigit() or (word[0].isupper() and n > 0)) and word.lower() not in known:
                 return False
-    return True
+    said = _norm(text)
+    kinds = [_norm(k).strip() for k in item.kinds]
+    titles = [_title_words(h.title) for h in history]
+    return any(f" {k} " in said for k in kinds if k) or any(f" {t} " in said for t in titles if t)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An explanation as the user sees it, and where it came from."""
+
+    text: str
+    source: str  # "model": the model's answer passed `is_grounded`; "template": the catalog facts' template
+    raw: str = ""  # the model's answer before the check ("" when no model was asked)
+
+
+Write = Callable[[list[dict[str, str]]], str]  # chat messages -> the model's answer
+
+
+def explain_with(write: Write | None, item: ItemFacts, history: Sequence[ItemFacts]) -> Explanation:
+    """Ask `write` (any instruction model: local, or served by vLLM) why `item` fits `history`; keep its
+    answer only if it is grounded in the facts, else fall back to the template explanation."""
+    fallback = grounded_explanation(item, history)
+    if write is None:
+        return Explanation(fallback, "template")
+    raw = " ".join(write(explanation_messages(item, history)).split())
+    return Explanation(raw, "model", raw) if is_grounded(raw, item, history) else Explanation(fallback, "template", raw)
 
 
 class Explainer:
-    """An instruction-tuned causal LM that writes explanations; loaded on first use."""
+    """An instruction-tuned causal LM, run locally with Hugging Face, that writes explanations; loaded on first use."""
 
     def __init__(self, base: str = "smollm2-135m", max_new_tokens: int = 80):
         self.base, self.max_new_tokens = base, max_new_tokens
@@ -71,14 +114,14 @@ class Explainer:
         self._model, self._tokenizer = load_pretrained(resolve_base(self.base))
         self._model.eval()
 
-    def generate(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
-        """The model's raw answer (unchecked)."""
+    def write(self, messages: list[dict[str, str]]) -> str:
+        """The model's greedy answer to chat `messages` (unchecked)."""
         import torch
 
         if self._model is None:
             self._load()
         inputs = self._tokenizer.apply_chat_template(
-            explanation_messages(item, history), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         with torch.no_grad():
             out = self._model.generate(
@@ -87,7 +130,10 @@ class Explainer:
             )
         return self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
+    def generate(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
+        """The model's raw answer for `item` and `history` (unchecked)."""
+        return self.write(explanation_messages(item, history))
+
     def explain(self, item: ItemFacts, history: Sequence[ItemFacts]) -> str:
         """One sentence on why `item` fits `history`: the model's if grounded, else the template's."""
-        text = " ".join(self.generate(item, history).split())
-        return text if is_grounded(text, item, history) else grounded_explanation(item, history)
+        return explain_with(self.write, item, history).text

@@ -72,11 +72,12 @@ def demo(
 
     console.rule("[bold]5/5 chat with the agent")
     from agent.chat_terminal import demo_conversation
-    from agent.commands import DEFAULT_LLM_URL, model_server, open_agent
+    from agent.commands import DEFAULT_LLM_URL, model_server, open_agent, resolve_chat_url
 
     url = DEFAULT_LLM_URL if chat_with_model else None
-    with model_server(run, url, True, console, wait=True):
-        with open_agent(run, url, 60.0) as agent:
+    talk = resolve_chat_url(run, url, None)
+    with model_server(run, url, True, console, wait=True, chat_url=talk):
+        with open_agent(run, url, 60.0, talk) as agent:
             demo_conversation(agent)
     console.print(
         f"\nNext: [bold]genrec chat --run {run}[/] (terminal), [bold]genrec ui --run {run}[/] (web page), "

@@ -134,6 +134,23 @@ def test_guard_flags_ids_and_titles_no_tool_returned(ctx):
     assert "Plan 9" not in cleaned and "Zardoz" not in cleaned and "41" not in cleaned
 
 
+def test_guard_lets_a_grounded_title_with_an_alias_through_whole():
+    import pandas as pd
+
+    from agent.lookup import TitleIndex
+
+    # MovieLens titles carry aliases in parentheses; one alias is another item's title, one looks like an id
+    titles = TitleIndex.build(pd.DataFrame({
+        "item_id": ["121", "4", "1202", "1504"],
+        "title": ["Independence Day (ID4) (1996)", "Get Shorty (1995)", "Maybe, Maybe Not (Bewegte Mann, Der) (1994)",
+                  "Bewegte Mann, Der (1994)"]}))
+    for item in ("121", "1202"):
+        text = f"Since you liked {titles.titles[item]} [id {item}], here are my picks."
+        assert check(text, {item}, titles).ok, text
+    assert not check("Try Bewegte Mann, Der (1994) [id 1504].", {"1202"}, titles).ok
+    assert not check("Independence Day (ID4) (1996) [id 4]", {"121"}, titles).ok  # the real id mention still counts
+
+
 def test_guard_counts_every_item_a_tool_returned_in_the_conversation(ctx):
     from langchain_core.messages import HumanMessage, ToolMessage
 

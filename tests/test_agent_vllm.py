@@ -1,8 +1,10 @@
-"""The agent with a real model server: SmolLM2-135M-Instruct served by vLLM (CPU) as the chat model
-(`genrec-base`, with a tool-calling chat template) and, from the same weights plus semantic-ID tokens
-and a LoRA adapter (`genrec`), as the generator of item ids. Marked `vllm`: one server per session.
+"""The agent with real model servers, in genrec's default layout for a scratch-trained run: the
+recommender (a tiny semantic-ID model + LoRA adapter, `genrec`) on one vLLM server, and
+SmolLM2-135M-Instruct as the chat model (`genrec-chat`, ChatML with Hermes tool calling) on a
+second one. Marked `vllm`: both servers live for this module.
 
-What SmolLM2 did with each planner request is written to test-artifacts/smollm2_tool_calls.json.
+What SmolLM2 did with each planner request is written to test-artifacts/smollm2_tool_calls.json,
+its turns to test-artifacts/smollm2_agent_turns.json.
 """
 
 from __future__ import annotations
@@ -14,64 +16,50 @@ from pathlib import Path
 import pytest
 
 from agent_catalog import INJECTED_ID, MOVIES, agent_run
+from tiny_models import build_tiny_sid_model
 
 pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-TOOL_TEMPLATE = REPO / "agent" / "chat_templates" / "chatml_tools.j2"
-
-
-def build_model(model_dir: Path, codes: dict[str, list[int]]) -> None:
-    """SmolLM2 with one token per (level, code) as model/base, a random LoRA as model/adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from finetune.models import smollm2_folder
-    from finetune.sid_tokens import codebook_sizes
-    from finetune.tokenizer import add_sid_tokens
-
-    source = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    add_sid_tokens(tokenizer, codebook_sizes(codes.values()))
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(model_dir / "base")
-    tokenizer.save_pretrained(model_dir / "base")
-    torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                      init_lora_weights=False, task_type="CAUSAL_LM")
-    # The SID rows live in model/base; an adapter that carried embeddings would not load in vLLM.
-    get_peft_model(model, lora).save_pretrained(model_dir / "adapter", save_embedding_layers=False)
-    (model_dir / "genrec.json").write_text(json.dumps({"max_history": 20, "template": None}))
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(run dir, URL) of one vLLM server for the session, stopped at the end."""
+    """(run dir, recommender URL, chat URL): the run's two vLLM servers, as `genrec serve` starts them."""
     pytest.importorskip("vllm")
-    from agent.serve import ServerSpec, VllmServer, free_port
+    from agent.serve import VllmServer, chat_server_spec, free_port, run_server_spec
+    from genrec.config import ServeConfig
 
     run = tmp_path_factory.mktemp("vllm-agent") / "agent-run"
     shutil.copytree(agent_run(tmp_path_factory), run)
     codes = {item_id: [n // 9, (n // 3) % 3, n % 3] for n, (item_id, *_rest) in enumerate(MOVIES)}
     (run / "semantic_ids.json").write_text(json.dumps(codes))
-    build_model(run / "model", codes)
-    spec = ServerSpec(base_dir=run / "model" / "base", adapter_dir=run / "model" / "adapter",
-                      log_path=run / "logs" / "vllm.log", port=free_port(), kv_cache_gib=1, max_model_len=2048,
-                      extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                                  "--chat-template", str(TOOL_TEMPLATE)])
-    with VllmServer(spec, startup_timeout_s=900) as server:
-        yield run, server.url
+    build_tiny_sid_model(run / "model", codes)
+    (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20, "template": None}))
+    config = ServeConfig(kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900)
+    recommender = VllmServer(run_server_spec(run, config, port=free_port()), 900)
+    chat_spec = chat_server_spec(run, config, port=free_port())
+    assert chat_spec is not None and "--enable-auto-tool-choice" in chat_spec.extra_args  # scratch base: SmolLM2 chats
+    chat = VllmServer(chat_spec, 900)
+    try:
+        recommender.start()
+        chat.start()
+        recommender.wait_healthy()
+        chat.wait_healthy()
+        yield run, recommender.url, chat.url
+    finally:
+        recommender.stop()
+        chat.stop()
 
 
 @pytest.fixture(scope="module")
 def agent(served, tmp_path_factory):
     from agent.session import Agent
 
-    run, url = served
-    a = Agent.open(run, llm_url=url, db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite", llm_timeout_s=180)
+    run, url, chat_url = served
+    a = Agent.open(run, llm_url=url, chat_url=chat_url, db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite",
+                   llm_timeout_s=180)
     assert a.ctx.generator is not None  # the run has a model: recommend asks it
     yield a
     a.close()
@@ -133,9 +121,9 @@ def test_instructions_in_catalog_text_do_not_steer_a_real_model(agent):
         assert leaked not in answer.reply
 
 
-def test_interfaces_start_a_model_server_when_none_answers_and_stop_it_on_exit(served):
-    """What `genrec chat/ui/api` do when nothing answers at --llm-url: start `genrec serve` for the run
-    in the background, and stop it when they exit."""
+def test_interfaces_start_both_model_servers_when_none_answers_and_stop_them_on_exit(served):
+    """What `genrec chat/ui/api` do when nothing answers at --llm-url and --chat-url: start the run's
+    recommender and chat servers in the background, and stop them when they exit."""
     import time
 
     from rich.console import Console
@@ -143,15 +131,33 @@ def test_interfaces_start_a_model_server_when_none_answers_and_stop_it_on_exit(s
     from agent.commands import model_server
     from agent.serve import free_port, is_healthy, port_is_free
 
-    run, _ = served
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    with model_server(run, url, start=True, console=Console(stderr=True)):
-        deadline = time.monotonic() + 900
-        while not is_healthy(url) and time.monotonic() < deadline:
-            time.sleep(2)
-        assert is_healthy(url)
+    run, _, _ = served
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}/v1" for p in ports]
+    with model_server(run, urls[0], start=True, console=Console(stderr=True), wait=True, chat_url=urls[1]):
+        assert all(is_healthy(u) for u in urls)
     deadline = time.monotonic() + 30
-    while not port_is_free("127.0.0.1", port) and time.monotonic() < deadline:
+    while not all(port_is_free("127.0.0.1", p) for p in ports) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert port_is_free("127.0.0.1", port)
+    assert all(port_is_free("127.0.0.1", p) for p in ports)
+
+
+def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
+    from agent.tools import explain
+    from finetune.explain import is_grounded
+
+    seen = []
+    for item, liked in [("Spaceballs", ["Star Wars", "Alien"]), ("Fargo", ["Heat"]), ("Toy Story", ["Babe"])]:
+        card = explain(agent.ctx, item, liked=liked)["items"][0]
+        assert card["model_explanation"], "the chat model was asked and answered"
+        facts = agent.ctx.explainer.facts
+        liked_facts = [facts[agent.ctx.titles.find(t)] for t in liked]
+        if card["explained_by"] == "model":
+            assert card["explanation"] == card["model_explanation"]
+            assert is_grounded(card["explanation"], facts[card["item_id"]], liked_facts)
+        else:
+            assert not is_grounded(card["model_explanation"], facts[card["item_id"]], liked_facts)
+        seen.append({"item": card["title"], "by": card["explained_by"], "model": card["model_explanation"],
+                     "shown": card["explanation"]})
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "smollm2_explanations.json").write_text(json.dumps(seen, indent=2, ensure_ascii=False))

@@ -472,6 +472,9 @@ def test_explanations_naming_unknown_things_are_rejected(run_data):
     # what SmolLM2-135M actually wrote for these facts: a studio and a date the catalog never gave
     assert not is_grounded("Star Wars has been adapted into a Disney film.", star_wars, history)
     assert not is_grounded("Star Wars was released on December 8, 1996.", star_wars, history)
+    # true but empty, and a model looping: neither explains anything
+    assert not is_grounded("Star Wars (1977) is a movie, not a book.", star_wars, history)
+    assert not is_grounded("Star Wars is a classic film that has been reimagined and reimagined.", star_wars, history)
 
 
 def test_history_chunks_cover_the_sequence_once_in_order():

@@ -67,7 +67,7 @@ def vllm_url(tiny_run) -> str:
     port = free_port()
     cmd = [
         sys.executable, "-c", "import typer; from agent.serve_commands import serve; typer.run(serve)",
-        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1",
+        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url_line: list[str] = []
@@ -269,6 +269,31 @@ def test_hung_server_times_out_instead_of_hanging():
         assert time.monotonic() - started < 5
     finally:
         listener.close()
+
+
+def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(tmp_path):
+    from agent.serve import chat_server_spec, chat_source, chat_url
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = ServeConfig()
+    url = "http://127.0.0.1:8000/v1"
+    (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
+    assert chat_source(tmp_path, config) == "smollm2-135m" and chat_url(tmp_path, config, url) == "http://127.0.0.1:8001/v1"
+    spec = chat_server_spec(tmp_path, config)
+    assert spec.served_name == "genrec-chat" and spec.adapter_dir is None and "hermes" in spec.extra_args
+    (model / "genrec.json").write_text(json.dumps({"base": "smollm2-135m"}))
+    assert chat_source(tmp_path, config) == "base" and chat_url(tmp_path, config, url) == url
+    assert chat_server_spec(tmp_path, config) is None
+    assert chat_url(tmp_path, ServeConfig(chat_model="none"), url) is None
+
+
+def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_path):
+    from agent.serve import chat_server_spec
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    with pytest.raises(GenrecError, match="not a causal LM"):
+        chat_server_spec(tmp_path / "run", ServeConfig(chat_model=str(tmp_path)))
 
 
 def test_run_without_model_says_what_to_run_first(tmp_path):
