@@ -24,6 +24,7 @@ def eval_command(
     models: Optional[list[str]] = typer.Option(None, "--models", help="Models to evaluate, comma-separated: genrec, sasrec, popularity, itemknn, content (default: all available)."),
     turns: int = typer.Option(5, "--turns", help="With --conversations: turns per conversation before giving up."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: a served chat model for the agent and an LLM-driven simulated user (default: retrieval-only agent, template user)."),
+    explainer: str = typer.Option("smollm2-135m", "--explainer", help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none."),
     more_runs: Optional[list[Path]] = typer.Argument(None, metavar="[RUNS]...", help="More runs for --compare: `genrec eval --compare RUN_A RUN_B RUN_C`."),
 ) -> None:
     """Offline evaluation of a run: genrec and the baselines on one leave-one-out split (a table, JSON,
@@ -56,11 +57,13 @@ def eval_command(
                       f"avg turns {result['avg_turns']:.2f}, grounding violations {result['grounding_violations']}")
         return
 
-    evaluate_and_report(run, models=models, max_users=max_users, json_out=json_out, report=report, console=console)
+    evaluate_and_report(run, models=models, max_users=max_users, json_out=json_out, report=report, console=console,
+                        explainer=None if explainer.lower() == "none" else explainer)
 
 
 def evaluate_and_report(run: Path, models: Optional[list[str]] = None, max_users: Optional[int] = None,
-                        json_out: Optional[Path] = None, report: bool = True, console=None) -> dict:
+                        json_out: Optional[Path] = None, report: bool = True, console=None,
+                        explainer: Optional[str] = "smollm2-135m") -> dict:
     """Evaluate a run's models on the test split, print the table, save ranks (and JSON/report); return the summaries."""
     from rich.console import Console
 
@@ -77,7 +80,7 @@ def evaluate_and_report(run: Path, models: Optional[list[str]] = None, max_users
     if report:
         from eval.report import write_report
 
-        path = write_report(evaluation)
+        path = write_report(evaluation, explainer=explainer)
         console.print(f"report: {path}")
     best = max(results, key=lambda m: results[m].get("ndcg@10", 0.0))
     users = int(next(iter(results.values()))["users"])

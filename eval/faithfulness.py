@@ -153,6 +153,26 @@ def summarize(scores: Iterable[ExplanationScore]) -> dict[str, float | int | Non
     }
 
 
+def model_explanations(write: Any, items: pd.DataFrame, cases: Mapping[str, tuple[Sequence[str], str]],
+                       picks: Mapping[str, str], vocab: Vocabulary,
+                       max_history: int = 5) -> tuple[list[ExplanationScore], list[ExplanationScore], int]:
+    """Explanations an instruction model writes (`write`: chat messages -> text) for each user's pick,
+    scored twice: as the model wrote them (raw), and as users get them (`finetune.explain.explain_with`
+    keeps a grounded answer, else the template one). Also returns how many raw answers were kept."""
+    from finetune.explain import explain_with
+    from finetune.tasks import item_facts
+
+    facts = item_facts(items)
+    raw, shown, kept = [], [], 0
+    for user, item in picks.items():
+        history = [h for h in list(cases[user][0]) if h in facts][-max_history:]
+        written = explain_with(write, facts[item], [facts[h] for h in history])
+        raw.append(score_explanation(written.raw, item, history, vocab))
+        shown.append(score_explanation(written.text, item, history, vocab))
+        kept += written.source == "model"
+    return raw, shown, kept
+
+
 def agent_explanations(ctx: Any, cases: Mapping[str, tuple[Sequence[str], str]],
                        picks: Mapping[str, str], vocab: Vocabulary, max_history: int = 20) -> list[ExplanationScore]:
     """Score the agent's `explain` tool (with its `AgentContext`) on recommended items: for each

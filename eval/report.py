@@ -101,23 +101,27 @@ def diversity(evaluation: RunEvaluation) -> dict[str, float | None]:
     return {name: intra_list_diversity(lists, evaluation.item_ids, vectors) for name, lists in evaluation.lists.items()}
 
 
-def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS) -> dict[str, Any] | None:
-    """Faithfulness of the explanations the agent gives for each model's top-1 item, on a fixed
-    sample of test users; None when the run has no vector store to explain from."""
+def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS,
+                 explainer: str | None = "smollm2-135m") -> dict[str, Any] | None:
+    """Faithfulness of explanations on a fixed sample of test users: the agent's catalog explanation
+    of each model's top-1 item and, with `explainer` (a local instruction model such as
+    `smollm2-135m`, or the URL of a served chat model), that model's explanations of genrec's top-1,
+    raw and as shown after the grounding check. None when the run has no vector store."""
     import pandas as pd
 
-    from eval.faithfulness import Vocabulary, agent_explanations, summarize
+    from eval.faithfulness import Vocabulary, agent_explanations, model_explanations, summarize
 
     from agent.tools import AgentContext
 
     if not evaluation.paths.chroma.exists():
         return None
-    vocab = Vocabulary.from_items(pd.read_parquet(evaluation.paths.items))
+    items = pd.read_parquet(evaluation.paths.items)
+    vocab = Vocabulary.from_items(items)
     try:
         ctx = AgentContext.open(evaluation.paths.root)
     except GenrecError as exc:  # the ranking report stays useful without explanations
         return {"error": str(exc)}
-    out: dict[str, Any] = {"source": "agent explain tool, top-1 item of each model", "models": {}}
+    out: dict[str, Any] = {"source": "agent explain tool (catalog facts), top-1 item of each model", "models": {}}
     for name, result in evaluation.results.items():
         lists = evaluation.lists.get(name, [])
         picks = {u: l[0] for u, l in list(zip(result.users, lists))[:users] if l}
@@ -126,7 +130,31 @@ def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS) -> 
         if scores:
             out["models"][name]["example"] = {"item_id": scores[0].item_id, "text": scores[0].text,
                                               "true": scores[0].true_claims, "false": scores[0].false_claims}
+        if name == "genrec" and explainer:
+            try:
+                write = explanation_writer(explainer)
+                raw, shown, kept = model_explanations(write, items, evaluation.split.test, picks, vocab)
+            except GenrecError as exc:
+                out["model_error"] = str(exc)
+                continue
+            for label, group in ((f"genrec + {explainer} (raw)", raw), (f"genrec + {explainer} (shown)", shown)):
+                out["models"][label] = summarize(group)
+                out["models"][label]["example"] = {"item_id": group[0].item_id, "text": group[0].text,
+                                                   "true": group[0].true_claims, "false": group[0].false_claims}
+            out["model_kept_rate"] = kept / len(raw) if raw else None
     return out
+
+
+def explanation_writer(explainer: str):
+    """Chat messages -> text, from a served chat model (`http://HOST:PORT/v1`) or a local model (`smollm2-135m`, a folder)."""
+    if explainer.startswith(("http://", "https://")):
+        from agent.chat_model import ChatModel
+
+        chat = ChatModel(explainer, timeout_s=60.0)
+        return lambda messages: chat.reply(messages, max_tokens=60)
+    from finetune.explain import Explainer
+
+    return Explainer(explainer, max_new_tokens=60).write
 
 
 def plot_curves(data: Mapping[str, Mapping[str, list[float]]], path: Path) -> None:
@@ -240,15 +268,20 @@ def markdown(metrics: Mapping[str, Any], run: str) -> str:
                   "| model | explanations | claims | attribute precision | history share |", "|---|---|---|---|---|"]
         for m, f in faith["models"].items():
             lines.append(f"| {m} | {f['explanations']} | {f['claims']} | {_fmt(f['attribute_precision'])} | {_fmt(f['history_share'])} |")
-        example = next((f.get("example") for f in faith["models"].values() if f.get("example")), None)
-        if example:
-            lines += ["", f"Example (item {example['item_id']}): \"{example['text']}\""]
+        if faith.get("model_kept_rate") is not None:
+            lines += ["", f"Model-written explanations kept after the grounding check: {faith['model_kept_rate']:.0%} "
+                          "(the rest were replaced by the catalog-facts template)."]
+        if faith.get("model_error"):
+            lines += ["", f"Model-written explanations not measured: {faith['model_error']}"]
+        for m, f in faith["models"].items():
+            if f.get("example") and (m == "genrec" or "raw" in m):
+                lines += ["", f"Example, {m} (item {f['example']['item_id']}): \"{f['example']['text']}\""]
     else:
         lines.append("No explanations could be generated (the run has no vector store; run `genrec index`).")
     return "\n".join(lines) + "\n"
 
 
-def write_report(evaluation: RunEvaluation, with_faithfulness: bool = True) -> Path:
+def write_report(evaluation: RunEvaluation, with_faithfulness: bool = True, explainer: str | None = "smollm2-135m") -> Path:
     """Write `RUN/eval/report.md`, `RUN/eval/metrics.json` and the plots; returns the report path."""
     from eval.evaluate import save_results
 
@@ -265,7 +298,7 @@ def write_report(evaluation: RunEvaluation, with_faithfulness: bool = True) -> P
         "curves": curves(evaluation),
         "popularity_buckets": popularity_buckets(evaluation),
         "diversity": div,
-        "faithfulness": faithfulness(evaluation) if with_faithfulness else None,
+        "faithfulness": faithfulness(evaluation, explainer=explainer) if with_faithfulness else None,
     }
     plot_curves(metrics["curves"], out / "curves.png")
     plot_buckets(metrics["popularity_buckets"], out / "popularity.png")

@@ -128,6 +128,25 @@ def test_faithfulness_flags_a_genre_the_item_does_not_have(run):
     assert sorted(wrong.false_claims) == ["1985", "horror"] and wrong.precision == 0.0
 
 
+def test_explanations_a_real_instruction_model_writes_are_scored_raw_and_as_shown(run):
+    import pandas as pd
+
+    from eval.faithfulness import Vocabulary, model_explanations
+    from eval.split import leave_one_out
+    from finetune.explain import Explainer
+
+    items = pd.read_parquet(run / "items.parquet")
+    split = leave_one_out(pd.read_parquet(run / "interactions.parquet"))
+    picks = {user: target for user, (_, target) in list(split.test.items())[:3]}
+    raw, shown, kept = model_explanations(Explainer("smollm2-135m", max_new_tokens=40).write, items, split.test, picks,
+                                          Vocabulary.from_items(items))
+    assert len(raw) == len(shown) == 3 and all(r.text for r in raw) and 0 <= kept <= 3
+    for r, s in zip(raw, shown):
+        # what users read is the model's answer when it passed the grounding check, else the template,
+        # which only states the item's own attributes
+        assert s.text == r.text or not s.false_claims
+
+
 def test_eval_errors_are_one_line(run, tmp_path):
     runner = CliRunner()
     from genrec.errors import GenrecError
