@@ -23,7 +23,7 @@ SYSTEM_PROMPT = (
     "If DATA says an item is not in the catalog, tell the user so and recommend nothing in its place."
 )
 
-PROMPT_MARKERS = ("DATA:", "User message:", "A correct plain answer")  # a reply containing these parrots its prompt
+PROMPT_MARKERS = ("DATA:", "User message:", "plain answer")  # a reply containing these parrots its prompt
 
 
 def name(card: dict[str, Any]) -> str:

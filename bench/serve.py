@@ -115,7 +115,10 @@ def history_prompt(codes: list[list[int]]) -> str:
     return "User history: " + " ".join(render_sid(c) for c in codes) + ". Recommend the next item."
 
 
-def synthetic_inputs(work: Path, n_prompts: int) -> tuple[Path, Path, dict[str, dict], list[str], dict]:
+Prompt = list[int]  # token ids: both engines see exactly the same prompt
+
+
+def synthetic_inputs(work: Path, n_prompts: int) -> tuple[Path, Path, dict[str, dict], list[Prompt], dict]:
     """Build the synthetic model; return base, adapter, catalogs by name, prompts, model facts."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import build_tiny_sid_model
@@ -125,31 +128,49 @@ def synthetic_inputs(work: Path, n_prompts: int) -> tuple[Path, Path, dict[str, 
     base, adapter = build_tiny_sid_model(work / "model", codes, hidden_size=256, num_layers=4, lora_rank=16)
     rng = random.Random(1)
     small = list(catalogs["1682"].values())
-    prompts = [history_prompt(rng.sample(small, HISTORY)) for _ in range(n_prompts)]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    prompts = [tokenizer(history_prompt(rng.sample(small, HISTORY))).input_ids for _ in range(n_prompts)]
     return base, adapter, catalogs, prompts, {"source": "synthetic", "hidden_size": 256, "layers": 4}
 
 
-def run_inputs(run: Path, n_prompts: int) -> tuple[Path, Path, dict[str, dict], list[str], dict]:
-    """A trained run's model, its catalog, and prompts from the histories of its first users."""
+def run_inputs(run: Path, n_prompts: int) -> tuple[Path, Path, dict[str, dict], list[Prompt], dict]:
+    """A trained run's model, its catalog, and the prompts it was trained on (`finetune.tasks.next_item_prompt`,
+    the run's template and history length) for the histories of a seeded sample of its users."""
     import pandas as pd
+    from transformers import AutoConfig, AutoTokenizer
+
+    from finetune.tasks import next_item_prompt
 
     codes = json.loads((run / "semantic_ids.json").read_text())
+    meta = json.loads((run / "model" / "genrec.json").read_text())
+    base = run / "model" / "base"
+    tokenizer = AutoTokenizer.from_pretrained(base)
     inter = pd.read_parquet(run / "interactions.parquet").sort_values(["user_id", "timestamp"])
+    histories = [[i for i in g["item_id"].astype(str) if i in codes] for _, g in inter.groupby("user_id", sort=True)]
+    rng = random.Random(0)
     prompts = []
-    for _, group in inter.groupby("user_id", sort=True):
-        items = [i for i in group["item_id"].astype(str) if i in codes][-HISTORY:]
-        if items:
-            prompts.append(history_prompt([codes[i] for i in items]))
-        if len(prompts) == n_prompts:
-            break
-    adapter = run / "model" / "adapter"
-    return run / "model" / "base", adapter, {str(len(codes)): codes}, prompts, {"source": str(run)}
+    for items in rng.sample(histories, min(n_prompts, len(histories))):
+        text = next_item_prompt(tokenizer, [codes[i] for i in items[:-1][-int(meta["max_history"]):]], meta.get("template"))
+        prompts.append(tokenizer(text, add_special_tokens=False).input_ids)
+    config = AutoConfig.from_pretrained(base)
+    facts = {"source": str(run), "base": meta.get("base"), "hidden_size": config.hidden_size,
+             "layers": config.num_hidden_layers, "max_history": meta["max_history"],
+             "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1)}
+    return base, run / "model" / "adapter", {str(len(codes)): codes}, prompts, facts
+
+
+def padded(tokenizer, batch: list[Prompt]):
+    """A left-padded batch of token-id prompts."""
+    tokenizer.padding_side = "left"
+    return tokenizer.pad({"input_ids": batch}, return_tensors="pt")
 
 
 # ------------------------------------------------------------------ measurements
 
 
-def measure_vllm(client, prompts: list[str], trie, concurrency: int, n_requests: int) -> tuple[dict, list]:
+def measure_vllm(client, prompts: list[Prompt], trie, concurrency: int, n_requests: int) -> tuple[dict, list]:
     """Constrained top-K through the server at a given concurrency; also returns the results per prompt."""
     jobs = [prompts[i % len(prompts)] for i in range(n_requests)]
     latencies: list[float] = [0.0] * n_requests
@@ -166,7 +187,7 @@ def measure_vllm(client, prompts: list[str], trie, concurrency: int, n_requests:
     return summary(latencies, time.perf_counter() - start), results
 
 
-def measure_constraints(client, catalogs: dict[str, dict], prompt: str, repeats: int = 3) -> dict:
+def measure_constraints(client, catalogs: dict[str, dict], prompt: Prompt, repeats: int = 3) -> dict:
     """First (compiling) and warm latency of each structured-output constraint shape, per catalog size."""
     from agent.llm_client import LLMError
     from agent.sid_constraints import CONSTRAINT_KINDS, structured_outputs
@@ -205,7 +226,7 @@ def measure_constraints(client, catalogs: dict[str, dict], prompt: str, repeats:
     return out
 
 
-def measure_hf_generate(model, tokenizer, prompts: list[str], trie, concurrency: int, n_requests: int):
+def measure_hf_generate(model, tokenizer, prompts: list[Prompt], trie, concurrency: int, n_requests: int):
     """`generate` with a trie `prefix_allowed_tokens_fn`; 16 concurrent requests = one batch of 16."""
     import torch
 
@@ -218,7 +239,7 @@ def measure_hf_generate(model, tokenizer, prompts: list[str], trie, concurrency:
     start = time.perf_counter()
     for b in range(0, n_requests, concurrency):
         batch = jobs[b : b + concurrency]
-        enc = tokenizer(batch, return_tensors="pt", padding=True)
+        enc = padded(tokenizer, batch)
         n = enc.input_ids.shape[1]
         t = time.perf_counter()
         with torch.no_grad():
@@ -238,7 +259,7 @@ def measure_hf_generate(model, tokenizer, prompts: list[str], trie, concurrency:
     return summary(latencies, time.perf_counter() - start), results
 
 
-def measure_hf_finetune(model, tokenizer, prompts: list[str], codes: dict, concurrency: int, n_requests: int):
+def measure_hf_finetune(model, tokenizer, prompts: list[Prompt], codes: dict, concurrency: int, n_requests: int):
     """`finetune.generate.beam_search` (prompt encoded once, KV fanned out to the beams), if present."""
     import torch
 
@@ -251,7 +272,7 @@ def measure_hf_finetune(model, tokenizer, prompts: list[str], codes: dict, concu
     start = time.perf_counter()
     for b in range(0, n_requests, concurrency):
         batch = jobs[b : b + concurrency]
-        enc = tokenizer(batch, return_tensors="pt", padding=True)
+        enc = padded(tokenizer, batch)
         t = time.perf_counter()
         with torch.no_grad():
             beam_search(model, enc.input_ids, enc.attention_mask, trie, BEAM)
@@ -292,7 +313,7 @@ def main() -> None:
             log_path=work / "vllm.log",
             port=free_port(),
             kv_cache_gib=args.kv_cache_gib,
-            max_model_len=512 if args.run is None else 2048,
+            max_model_len=min(2048, json.loads((base / "config.json").read_text()).get("max_position_embeddings", 2048)),
         )
         report: dict = {
             "model": {**model_facts, "catalog_items": len(main_catalog), "prompt_history_items": HISTORY},
@@ -324,6 +345,8 @@ def main() -> None:
 
         with PeakMemory(os.getpid()) as memory:
             tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
             model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
             if spec.adapter_dir is not None:
                 model = PeftModel.from_pretrained(model, spec.adapter_dir).merge_and_unload()
@@ -347,13 +370,16 @@ def main() -> None:
         report["peak_rss_mb"]["hf_process"] = round(memory.peak_mb)
         report["peak_rss_mb"]["bench_process_max_rss"] = round(psutil.Process().memory_info().rss / 2**20)
 
-        report["ratio_vllm_over_hf_generate"] = {
-            key: {
-                "recs_per_s": round(report["vllm"][key]["recs_per_s"] / report["hf_generate"][key]["recs_per_s"], 2),
-                "p50_latency": round(report["vllm"][key]["p50_ms"] / report["hf_generate"][key]["p50_ms"], 2),
+        for baseline in ("hf_generate", "hf_finetune_beam_search"):
+            if "unavailable" in report.get(baseline, {"unavailable": True}):
+                continue
+            report[f"ratio_vllm_over_{baseline}"] = {
+                key: {
+                    "recs_per_s": round(report["vllm"][key]["recs_per_s"] / report[baseline][key]["recs_per_s"], 2),
+                    "p50_latency": round(report["vllm"][key]["p50_ms"] / report[baseline][key]["p50_ms"], 2),
+                }
+                for key in report["vllm"]
             }
-            for key in report["vllm"]
-        }
         same = [
             [code for code, _ in v] == list(h) for v, h in zip(vllm_results, hf_results)
         ]

@@ -23,7 +23,9 @@ def eval_command(
     max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a fixed seeded sample of this many test users."),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Models to evaluate, comma-separated: genrec, sasrec, popularity, itemknn, content (default: all available)."),
     turns: int = typer.Option(5, "--turns", help="With --conversations: turns per conversation before giving up."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: a served chat model for the agent and an LLM-driven simulated user (default: retrieval-only agent, template user)."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: the run's served recommender (default: a retrieval-only agent)."),
+    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="With --conversations: the served chat model (default: the run's, given --llm-url)."),
+    simulator: str = typer.Option("template", "--simulator", help="With --conversations: template (default) or llm (the chat model plays the user)."),
     explainer: str = typer.Option("smollm2-135m", "--explainer", help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none."),
     more_runs: Optional[list[Path]] = typer.Argument(None, metavar="[RUNS]...", help="More runs for --compare: `genrec eval --compare RUN_A RUN_B RUN_C`."),
 ) -> None:
@@ -49,7 +51,7 @@ def eval_command(
     if conversations:
         from eval.simulate import print_simulation, simulate_run
 
-        result = simulate_run(run, conversations, max_turns=turns, llm_url=llm_url)
+        result = simulate_run(run, conversations, max_turns=turns, llm_url=llm_url, chat_url=chat_url, simulator=simulator)
         print_simulation(result)
         if json_out:
             _save(result, json_out)

@@ -12,7 +12,9 @@ model server is given. Metrics per run of N conversations:
   agent's guard flags in the reply text, and attribute claims in item explanations that are false
   of the item (`eval.faithfulness`).
 
-The template-driven user is the default; with `llm_url` a served chat model writes the user's
+The agent uses the run's recommender at `llm_url` and its chat model at `chat_url` (default: the
+run's, as `genrec chat` resolves it); without `llm_url` it answers from retrieval alone. The
+template-driven user is the default; with `simulator="llm"` the chat model writes the user's
 messages from the same hidden facts (falling back to the template when the model is unavailable or
 lets the title slip).
 """
@@ -88,37 +90,44 @@ class TemplateUser:
         return f"{prefix}Can you recommend {hint}?"
 
 
+_QUOTED = re.compile(r"[\"“”]|\(\d{4}\)")  # a quoted name or a title-with-year: the model inventing an item
+
+
 @dataclass
 class LLMUser:
-    """A served chat model playing the user, from the same hidden facts; the template user is its
-    fallback whenever the model fails or would say the title."""
+    """A served chat model playing the user: each turn it words the template user's request (the same
+    hidden facts, revealed at the same pace) as a user would type it. Its message is used only if it
+    keeps a fact of that request (a kind, the decade or year, the liked titles), names no other item
+    and does not say the target's title; otherwise the template's message is sent and counted."""
 
     template: TemplateUser
     chat: Any  # agent.chat_model.ChatModel
-    transcript: list[dict[str, str]] = field(default_factory=list)
     fallbacks: int = 0
+    written: int = 0
 
-    def message(self, turn: int, shown: Sequence[str], last_reply: str = "") -> str:
-        """The model's next user message, or the template's."""
-        facts = "; ".join(h.removeprefix("something ") for h in self.template.hints())
-        system = ("You are a user chatting with a recommender assistant. You want one specific item you cannot name. "
-                  f"What you know about it: {facts}. You liked: {', '.join(self.template.liked[:3]) or 'nothing yet'}. "
-                  "Write your next short message (one sentence). Never invent a title.")
-        if last_reply:
-            self.transcript.append({"role": "user", "content": f"Assistant said: {last_reply[:600]}"})
+    def message(self, turn: int, shown: Sequence[str]) -> str:
+        """The model's wording of this turn's request, or the template's."""
+        plain = self.template.message(turn, shown)
+        if turn == 0 and self.template.liked:
+            ask = f"say they loved {' and '.join(self.template.liked[:2])} and want something similar"
+            must = [bare_title(t).lower() for t in self.template.liked[:2]]
+        else:
+            hint = plain.split("recommend ", 1)[-1].rstrip("?")
+            ask = ("say the last suggestions were not it, and " if shown else "") + f"ask for {hint}"
+            must = [k.lower() for k in self.template.target.kinds] + (
+                [str(self.template.target.year), f"{self.template.target.year // 10 * 10}s"] if self.template.target.year else [])
+        prompt = f"Write what a fan types into a recommender chat to {ask}. One sentence, first person."
         try:
-            text = self.chat.reply([{"role": "system", "content": system}, *self.transcript[-6:]], max_tokens=60)
+            text = " ".join(self.chat.reply([{"role": "user", "content": prompt}], max_tokens=50).split()).strip('"')
         except GenrecError:
             text = ""
-        if not text.strip() or says_title(text, self.target_title):
+        lowered = text.lower()
+        keeps = all(m in lowered for m in must) if turn == 0 and self.template.liked else any(m in lowered for m in must)
+        if not text or not keeps or _QUOTED.search(text) or says_title(text, self.template.target.title):
             self.fallbacks += 1
-            text = self.template.message(turn, shown)
-        self.transcript.append({"role": "assistant", "content": text})
+            return plain
+        self.written += 1
         return text
-
-    @property
-    def target_title(self) -> str:
-        return self.template.target.title
 
 
 @dataclass
@@ -163,17 +172,12 @@ def run_conversation(agent: Any, thread: str, user: TemplateUser | LLMUser, user
     violations: list[str] = []
     transcript: list[tuple[str, str]] = []
     shown: list[str] = []
-    reply_text = ""
     turn = 0
     for turn in range(1, max_turns + 1):
-        if isinstance(user, LLMUser):
-            message = user.message(turn - 1, shown, reply_text)
-        else:
-            message = user.message(turn - 1, shown)
+        message = user.message(turn - 1, shown)
         if says_title(message, template.target.title):  # the rule of the game, checked rather than trusted
             raise GenrecError(f"simulated user {user_id}: message names the hidden target ({message!r})")
         answer = agent.ask(thread, message)
-        reply_text = answer.reply
         transcript += [("user", message), ("assistant", answer.reply)]
         state = agent.graph.get_state({"configurable": {"thread_id": thread}}).values
         grounded = set(grounded_ids(state.get("messages", [])))
@@ -211,7 +215,8 @@ def summarize(conversations: Sequence[Conversation], max_turns: int) -> dict[str
 
 def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEFAULT_TURNS,
                  llm_url: str | None = None, seed: int = 0, progress: bool = True,
-                 keep_transcripts: int = 3, show_violations: int = 20) -> dict[str, Any]:
+                 keep_transcripts: int = 3, show_violations: int = 20, chat_url: str | None = None,
+                 simulator: str = "template") -> dict[str, Any]:
     """Simulate `conversations` chats (a fixed seeded sample of test users) with the run's agent."""
     from tqdm.auto import tqdm
 
@@ -225,8 +230,16 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
         raise GenrecError(f"--conversations: expected a positive number, got {conversations}")
     if max_turns < 1:
         raise GenrecError(f"--turns: expected a positive number, got {max_turns}")
-    paths, _ = open_run(run)
+    if simulator not in ("template", "llm"):
+        raise GenrecError(f"--simulator: expected template or llm, got {simulator!r}")
+    paths, config = open_run(run)
     paths.require(paths.chroma, f"genrec index --run {paths.root}")
+    if llm_url and not chat_url:
+        from agent.serve import chat_url as run_chat_url
+
+        chat_url = run_chat_url(paths.root, config.serve, llm_url)
+    if simulator == "llm" and not chat_url:
+        raise GenrecError("--simulator llm: needs a chat model; pass --chat-url URL (or --llm-url for the run's own)")
     split, _ = load_split(paths)
     items = pd.read_parquet(paths.items).set_index("item_id", drop=False)
     items.index = items.index.astype(str)
@@ -235,15 +248,15 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
     rng = random.Random(seed)
     rng.shuffle(users)  # the same users in the same order on every run of the same settings
     chat = None
-    if llm_url:
+    if simulator == "llm":
         from agent.chat_model import ChatModel
 
-        chat = ChatModel(llm_url, timeout_s=20.0)
+        chat = ChatModel(chat_url, timeout_s=20.0)
     results: list[Conversation] = []
-    fallbacks = 0
+    fallbacks = written = 0
     with tempfile.TemporaryDirectory(prefix="genrec-sim-") as tmp:
-        agent = Agent.open(paths.root, llm_url=llm_url, db_path=Path(tmp) / "sim.sqlite",
-                           settings=AgentSettings(k=max(SUCCESS_KS)))
+        agent = Agent.open(paths.root, llm_url=llm_url, chat_url=chat_url, db_path=Path(tmp) / "sim.sqlite",
+                           settings=AgentSettings(k=max(SUCCESS_KS)), llm_timeout_s=60.0)
         try:
             for i, user_id in enumerate(tqdm(users, desc="simulated conversations", unit="chat", disable=not progress)):
                 template = simulated_user(user_id, split.test, vocab, items)
@@ -252,6 +265,7 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
                                                 vocab, max_turns))
                 if isinstance(user, LLMUser):
                     fallbacks += user.fallbacks
+                    written += user.written
         finally:
             agent.close()
             if chat is not None:
@@ -259,8 +273,10 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
     out = summarize(results, max_turns)
     out["simulator"] = "llm" if chat else "template"
     out["agent"] = "model" if llm_url else "retrieval-only"
+    out["llm_url"], out["chat_url"] = llm_url, chat_url
     if chat:
-        out["llm_fallback_messages"] = fallbacks
+        out["llm_user_messages"] = written  # messages the model worded and the checks kept
+        out["llm_fallback_messages"] = fallbacks  # template messages sent instead
     out["examples"] = [{"user_id": c.user_id, "target": c.target, "success_turn": c.success_turn[max(SUCCESS_KS)],
                         "violations": c.violations[:5], "transcript": c.transcript} for c in results[:keep_transcripts]]
     return out

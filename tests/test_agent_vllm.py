@@ -161,3 +161,21 @@ def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
                      "shown": card["explanation"]})
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "smollm2_explanations.json").write_text(json.dumps(seen, indent=2, ensure_ascii=False))
+
+
+def test_a_served_chat_model_plays_the_simulated_user_and_the_agent_stays_grounded(served):
+    from eval.simulate import simulate_run, says_title
+
+    run, url, chat_url = served
+    result = simulate_run(run, 2, max_turns=2, llm_url=url, chat_url=chat_url, simulator="llm", progress=False)
+    assert result["simulator"] == "llm" and result["agent"] == "model" and result["conversations"] == 2
+    assert result["grounding_violations"] == 0
+    turns = [text for example in result["examples"] for role, text in example["transcript"] if role == "user"]
+    assert len(turns) >= 2 and all(text.strip() for text in turns)
+    assert result["llm_user_messages"] + result["llm_fallback_messages"] == result["avg_turns"] * 2
+    titles = {row[0]: row[1] for row in MOVIES}
+    for example in result["examples"]:
+        user_turns = [text for role, text in example["transcript"] if role == "user"]
+        assert not any(says_title(text, titles[example["target"]]) for text in user_turns)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "smollm2_simulated_user.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
