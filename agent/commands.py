@@ -30,7 +30,7 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
     import threading
     from urllib.parse import urlparse
 
-    from agent.serve import VllmServer, chat_server_spec, is_healthy, run_server_spec
+    from agent.serve import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
@@ -77,7 +77,8 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
         for waiter in waiters:
             waiter.join()
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     finally:
         for server in servers:
             server.stop()

@@ -28,6 +28,7 @@ class ChatExplainer:
     def __init__(self, chat: ChatModel, items: pd.DataFrame, max_tokens: int = MAX_TOKENS):
         frame = items.reset_index() if "item_id" not in items.columns else items
         self.facts: dict[str, ItemFacts] = item_facts(frame)
+        self.kinds = {k for f in self.facts.values() for k in f.kinds}
         self.chat = chat
         self.max_tokens = max_tokens
 
@@ -35,6 +36,7 @@ class ChatExplainer:
         item = self.facts[item_id]
         history = [self.facts[i] for i in liked if i in self.facts and i != item_id][-5:]
         try:
-            return explain_with(lambda messages: self.chat.reply(messages, max_tokens=self.max_tokens), item, history)
+            return explain_with(lambda messages: self.chat.reply(messages, max_tokens=self.max_tokens), item, history,
+                                self.kinds)
         except LLMError:
             return Explanation(grounded_explanation(item, history), "template")

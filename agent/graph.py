@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import uuid
 from dataclasses import dataclass
@@ -91,9 +92,16 @@ def mentions_any(text: str, cards: list[dict[str, Any]]) -> bool:
 
 
 def degenerate(text: str) -> bool:
-    """True for the loops small models fall into: a line said three times, or few distinct words."""
+    """True for the loops small models fall into: a line said three times, a list entry or a sentence
+    said twice, or few distinct words."""
     lines = [line.strip().lower() for line in text.splitlines() if line.strip()]
     if any(lines.count(line) >= 3 for line in set(lines)):
+        return True
+    entries = [re.sub(r"^\d+[.)]\s*", "", line) for line in lines if re.match(r"^\d+[.)]\s", line)]
+    if any(entries.count(e) >= 2 for e in set(entries)):
+        return True
+    sentences = [x.strip().lower() for x in re.split(r"(?<=[.!?])\s+", text) if len(x.strip()) > 20]
+    if len(set(sentences)) < len(sentences):
         return True
     words = text.lower().split()
     return len(words) > 40 and len(set(words)) / len(words) < 0.35

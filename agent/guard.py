@@ -100,6 +100,8 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
         item = m.group(1) or m.group(2)
         if item not in allowed:
             found.append(Violation(m.start(), m.end(), m.group(0), item if item in titles.ids else None))
+        else:
+            found += _mismatched_title(text, m, item, titles)
 
     words = list(_WORD.finditer(text))
     # grounded titles written out in full are fine, and so is every word inside them (the alias
@@ -143,6 +145,21 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
         ids = titles.by_norm.get(norm)
         found.append(Violation(start, m.end(), text[start:m.end()], ids[0] if ids else None))
     return sorted(_dedupe(found), key=lambda v: v.start)
+
+
+def _mismatched_title(text: str, mention: re.Match[str], item: str, titles: TitleIndex) -> list[Violation]:
+    """The title written just before `[id ITEM]`, when it is another catalog item's ("Annie Hall (1977) [id 50]"
+    with 50 = Star Wars): both are grounded, but the pair names an item the tools did not say it is."""
+    start = max(text.rfind("\n", 0, mention.start()), text.rfind("]", 0, mention.start())) + 1
+    chunk = text[start:mention.start()]
+    for w in _WORD.finditer(chunk):  # the longest run of words ending at the mention that is a title
+        norm = normalize_title(chunk[w.start():])
+        ids = titles.by_norm.get(norm)
+        if ids:
+            if item not in ids:
+                return [Violation(start + w.start(), mention.end(), text[start + w.start():mention.end()], ids[0])]
+            return []
+    return []
 
 
 def _title_start(text: str, words: list[re.Match[str]], year_at: int) -> int | None:

@@ -23,7 +23,9 @@ SYSTEM_PROMPT = (
     "If DATA says an item is not in the catalog, tell the user so and recommend nothing in its place."
 )
 
-PROMPT_MARKERS = ("DATA:", "User message:", "plain answer")  # a reply containing these parrots its prompt
+# a reply containing these parrots its prompt or talks about the user instead of to them
+PROMPT_MARKERS = ("DATA:", "User message:", "plain answer", "correct answer", "the user's", "the user wants",
+                  "the user is", "the user has")
 
 
 def name(card: dict[str, Any]) -> str:

@@ -16,12 +16,14 @@ started, also when the caller fails or is interrupted.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +355,25 @@ class VllmServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (systemd, `kill`, a container stop) raises KeyboardInterrupt like
+    Ctrl-C, so `finally` clauses stop the servers this process started instead of orphaning them
+    (they run in their own process groups). A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -24,7 +24,7 @@ def serve(
     from rich.console import Console
 
     from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
-    from agent.serve import serve_chat, serve_run
+    from agent.serve import serve_chat, serve_run, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
@@ -39,26 +39,27 @@ def serve(
     chat_server = serve_chat(run, serve_cfg, port=chat_port) if chat else None
     servers = [s for s in (server, chat_server) if s is not None]
     models = BASE_MODEL if server.spec.adapter_dir is None else f"{ADAPTER_MODEL} (LoRA adapter), {BASE_MODEL}"
-    try:
-        with console.status(f"starting vLLM on {', '.join(s.url for s in servers)} "
-                            f"(logs: {', '.join(str(s.spec.log_path) for s in servers)}) ..."):
-            for s in servers:  # both load at once; each is waited for in turn
-                s.start()
-            startup = [s.wait_healthy() for s in servers]
-        console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}")
-        if chat_server is not None:
-            console.print(f"chat model ready in {startup[1]:.0f} s on {chat_server.url}, model: {CHAT_MODEL} "
-                          f"({chat_server.spec.base_dir})")
-        for s in servers:
-            print(s.url, flush=True)
-        console.print("serving; Ctrl-C to stop")
-        while all(s.is_running() for s in servers):
-            time.sleep(1.0)
-        dead = next(s for s in servers if not s.is_running())
-        raise GenrecError(f"{dead.spec.log_path}: vLLM stopped unexpectedly; last lines:\n{dead.log_tail()}")
-    except KeyboardInterrupt:
-        console.print("stopping vLLM ...")
-    finally:
-        for s in servers:
-            s.stop()
+    with sigterm_as_interrupt():  # `kill` stops the servers as Ctrl-C does
+        try:
+            with console.status(f"starting vLLM on {', '.join(s.url for s in servers)} "
+                                f"(logs: {', '.join(str(s.spec.log_path) for s in servers)}) ..."):
+                for s in servers:  # both load at once; each is waited for in turn
+                    s.start()
+                startup = [s.wait_healthy() for s in servers]
+            console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}")
+            if chat_server is not None:
+                console.print(f"chat model ready in {startup[1]:.0f} s on {chat_server.url}, model: {CHAT_MODEL} "
+                              f"({chat_server.spec.base_dir})")
+            for s in servers:
+                print(s.url, flush=True)
+            console.print("serving; Ctrl-C to stop")
+            while all(s.is_running() for s in servers):
+                time.sleep(1.0)
+            dead = next(s for s in servers if not s.is_running())
+            raise GenrecError(f"{dead.spec.log_path}: vLLM stopped unexpectedly; last lines:\n{dead.log_tail()}")
+        except KeyboardInterrupt:
+            console.print("stopping vLLM ...")
+        finally:
+            for s in servers:
+                s.stop()
     console.print("vLLM stopped")

@@ -163,10 +163,11 @@ def model_explanations(write: Any, items: pd.DataFrame, cases: Mapping[str, tupl
     from finetune.tasks import item_facts
 
     facts = item_facts(items)
+    kinds = {k for f in facts.values() for k in f.kinds}
     raw, shown, kept = [], [], 0
     for user, item in picks.items():
         history = [h for h in list(cases[user][0]) if h in facts][-max_history:]
-        written = explain_with(write, facts[item], [facts[h] for h in history])
+        written = explain_with(write, facts[item], [facts[h] for h in history], kinds)
         raw.append(score_explanation(written.raw, item, history, vocab))
         shown.append(score_explanation(written.text, item, history, vocab))
         kept += written.source == "model"

@@ -52,13 +52,15 @@ def _title_words(title: str) -> str:
     return _norm(re.sub(r",\s*(The|A|An)$", "", bare)).strip()
 
 
-def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60) -> bool:
+def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60,
+                other_kinds: set[str] | None = None) -> bool:
     """True if `text` says something the facts support and nothing beyond them.
 
     Nothing beyond: every number and every capitalised word (other than a sentence's first)
     occurs in the item's or the history's facts; no hashtags, no run-on or repetitive answers.
     Something: it names one of the item's kinds (genres, categories) or an item of the history,
-    so "X is a movie, not a book" is not an explanation.
+    so "X is a movie, not a book" is not an explanation. With `other_kinds` (every kind the catalog
+    uses), naming one the item does not have is a false claim.
     """
     facts = " ".join([describe(item), grounded_explanation(item, history)] + [describe(h) for h in history])
     known = {w.lower() for w in _WORD.findall(facts)} | {"i", "you", "it", "its", "this", "they"}
@@ -68,6 +70,14 @@ def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_wo
     lowered = [w.lower() for w in words]
     if any(len(w) > 3 and w in lowered[n + 1 : n + 4] for n, w in enumerate(lowered)):
         return False  # "reimagined and reimagined": a small model looping
+    trigrams = list(zip(lowered, lowered[1:], lowered[2:]))
+    if len(set(trigrams)) < len(trigrams):
+        return False  # "... a classic comedy-drama, and the movie itself is a classic comedy-drama"
+    claims = _norm(text)
+    for title in [item.title, *(h.title for h in history)]:  # kind words inside titles are not claims
+        claims = claims.replace(f" {_title_words(title)} ", " ")
+    if other_kinds and any(f" {_norm(k).strip()} " in claims for k in other_kinds - set(item.kinds)):
+        return False  # a kind the catalog uses that this item does not have ("comedy-drama" for a Comedy, Romance)
     for sentence in re.split(r"(?<=[.!?])\s+", text):
         for n, word in enumerate(_WORD.findall(sentence)):
             if (word.isdigit() or (word[0].isupper() and n > 0)) and word.lower() not in known:
@@ -90,14 +100,16 @@ class Explanation:
 Write = Callable[[list[dict[str, str]]], str]  # chat messages -> the model's answer
 
 
-def explain_with(write: Write | None, item: ItemFacts, history: Sequence[ItemFacts]) -> Explanation:
+def explain_with(write: Write | None, item: ItemFacts, history: Sequence[ItemFacts],
+                 other_kinds: set[str] | None = None) -> Explanation:
     """Ask `write` (any instruction model: local, or served by vLLM) why `item` fits `history`; keep its
     answer only if it is grounded in the facts, else fall back to the template explanation."""
     fallback = grounded_explanation(item, history)
     if write is None:
         return Explanation(fallback, "template")
     raw = " ".join(write(explanation_messages(item, history)).split())
-    return Explanation(raw, "model", raw) if is_grounded(raw, item, history) else Explanation(fallback, "template", raw)
+    grounded = is_grounded(raw, item, history, other_kinds=other_kinds)
+    return Explanation(raw, "model", raw) if grounded else Explanation(fallback, "template", raw)
 
 
 class Explainer:

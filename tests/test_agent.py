@@ -151,6 +151,13 @@ def test_guard_lets_a_grounded_title_with_an_alias_through_whole():
     assert not check("Independence Day (ID4) (1996) [id 4]", {"121"}, titles).ok  # the real id mention still counts
 
 
+def test_guard_flags_a_grounded_title_written_with_another_grounded_items_id(ctx):
+    # both items were returned, but the pair names Alien as if it were Star Wars (what SmolLM2 wrote)
+    bad = check("1. Alien (1979) [id 1] and Spaceballs (1987) [id 4]", {"1", "2", "4"}, ctx.titles)
+    assert [v.item_id for v in bad.violations] == ["2"]
+    assert check("Since you liked Alien (1979) [id 2], try Spaceballs [id 4].", {"2", "4"}, ctx.titles).ok
+
+
 def test_guard_counts_every_item_a_tool_returned_in_the_conversation(ctx):
     from langchain_core.messages import HumanMessage, ToolMessage
 
@@ -159,6 +166,14 @@ def test_guard_counts_every_item_a_tool_returned_in_the_conversation(ctx):
     ids = grounded_ids(msgs)
     assert set(ids) == {"1"} | {c["item_id"] for c in result["items"]}
     assert find_violations(" and ".join(c["title"] for c in result["items"]), set(ids), ctx.titles) == []
+
+
+def test_a_list_that_names_an_item_twice_is_a_loop():
+    from agent.graph import degenerate
+
+    assert degenerate("Picks:\n1. Sleeper (1973) [id 152]\n2. Annie Hall (1977) [id 514]\n3. Sleeper (1973) [id 152]")
+    assert not degenerate("Picks:\n1. Sleeper (1973) [id 152]\n2. Annie Hall (1977) [id 514]")
+    assert degenerate("The user wants to know why Annie Hall (1977) is good. The user wants to know why Annie Hall (1977) is good.")
 
 
 def test_model_replies_that_loop_or_miss_their_items_are_not_sent():

@@ -475,6 +475,11 @@ def test_explanations_naming_unknown_things_are_rejected(run_data):
     # true but empty, and a model looping: neither explains anything
     assert not is_grounded("Star Wars (1977) is a movie, not a book.", star_wars, history)
     assert not is_grounded("Star Wars is a classic film that has been reimagined and reimagined.", star_wars, history)
+    assert not is_grounded("Star Wars is a classic Sci-Fi film, and it is a classic Sci-Fi film.", star_wars, history)
+    # a genre the catalog knows that Star Wars does not have
+    kinds = {k for f in facts.values() for k in f.kinds}
+    assert is_grounded("Star Wars is Sci-Fi, like Empire Strikes Back.", star_wars, history, other_kinds=kinds)
+    assert not is_grounded("Star Wars is a Sci-Fi comedy-drama.", star_wars, history, other_kinds=kinds)
 
 
 def test_history_chunks_cover_the_sequence_once_in_order():

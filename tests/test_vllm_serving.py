@@ -61,7 +61,8 @@ def tiny_run(tmp_path_factory) -> tuple[Path, CodeTrie]:
 
 @pytest.fixture(scope="module")
 def vllm_url(tiny_run) -> str:
-    """Start ONE vLLM server for the session through the `serve` command; stop it with Ctrl-C at the end."""
+    """Start ONE vLLM server for the module through the `serve` command; stop it with SIGTERM at the end
+    (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
     run, _ = tiny_run
     port = free_port()
@@ -80,14 +81,14 @@ def vllm_url(tiny_run) -> str:
             raise RuntimeError(f"genrec serve printed no URL; stderr:\n{proc.stderr.read()[-3000:]}")
         yield url_line[0].strip()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert code == 0, f"genrec serve exited with {code} after Ctrl-C"
-    assert port_is_free("127.0.0.1", port), "the vLLM server still listens after Ctrl-C"
+    assert code == 0, f"genrec serve exited with {code} after SIGTERM"
+    assert port_is_free("127.0.0.1", port), "the vLLM server still listens after SIGTERM"
 
 
 @pytest.fixture(scope="module")
