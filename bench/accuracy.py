@@ -128,6 +128,7 @@ def run_dataset(name: str, run: Path, config: RunConfig, users: int | None) -> d
             "best_epoch": report.best_epoch,
             "best_valid_ndcg@10": report.best_valid_ndcg10,
             "epochs": report.epochs,
+            "pretrain_epochs": report.pretrain_epochs,
         },
         "genrec_eval_users_per_s": results["genrec"].get("users_per_s"),
         "semantic_ids": {k: sids.get(k) for k in ("method", "source", "levels", "codebook_size", "final_level_size")},

@@ -55,8 +55,13 @@ def pretrain(
     bf16: bool,
     progress: bool = True,
     console: Console | None = None,
+    validate: Callable[[], float] | None = None,
 ) -> dict:
-    """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats."""
+    """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
+
+    With `validate` (validation NDCG@10 of the model as it is), it is scored after every epoch and
+    the best epoch's weights are kept: on sparse data the last epoch is often past the best one.
+    """
     console = console or Console(stderr=True)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -71,14 +76,27 @@ def pretrain(
             model, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress,
         )
-        history.append({"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds})
+        record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
+                  "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}
+        if validate is not None:
+            record["valid_ndcg@10"] = validate()
+            if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.train()
+        history.append(record)
         if progress:
             console.print(
                 f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
                 f"{stats.tokens / stats.seconds:.0f} tokens/s"
+                + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if validate is not None else "")
             )
+    best_epoch = config.pretrain_epochs
+    if validate is not None and history:
+        best_epoch = max(history, key=lambda h: h["valid_ndcg@10"])["epoch"]
+        model.load_state_dict(best)
+        console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
     model.eval()
-    return {"history": history, "seconds": sum(h["seconds"] for h in history)}
+    return {"history": history, "seconds": sum(h["seconds"] for h in history), "best_epoch": best_epoch}
 
 
 def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:

@@ -51,6 +51,7 @@ class TrainReport:
     best_epoch: int
     best_valid_ndcg10: float
     epochs: list[dict] = field(default_factory=list)
+    pretrain_epochs: list[dict] = field(default_factory=list)  # loss and validation NDCG@10 per pre-training epoch
     model_dir: str = ""
 
 
@@ -102,20 +103,21 @@ def example_maker(data: RunData, tokenizer, config: TrainConfig):
 
 
 def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, progress: bool, console: Console):
-    """Model and tokenizer with SID tokens; a scratch model is pre-trained (or loaded from its cache)."""
+    """Model and tokenizer with SID tokens, and the pre-training stats (a scratch model is pre-trained,
+    keeping its best epoch on validation, or loaded from its cache)."""
     sizes = codebook_sizes(data.codes.values())
     resolved = resolve_base(base)
     if resolved != SCRATCH:
         model, tokenizer = load_pretrained(resolved)
         add_sid_tokens(tokenizer, sizes)
         resize_for_tokenizer(model, tokenizer)
-        return model, tokenizer, 0.0
+        return model, tokenizer, {"seconds": 0.0, "history": []}
     cache = data.paths.root / "pretrain"
     expected = fingerprint(config, data.data_hash)
     cached = load_cached(cache, expected)
     if cached is not None:
         console.print(f"using the pre-trained scratch model cached in {cache}")
-        return cached[0], cached[1], 0.0
+        return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
     tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
     add_sid_tokens(tokenizer, sizes)
     model = build_scratch_model(config, tokenizer)
@@ -123,9 +125,13 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
         f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
     )
-    stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console)
+    generate = data.config.generate
+    probe = GenrecModel(model, tokenizer, SidTrie(data.codes, tokenizer), config.max_history, config.template,
+                        generate.beam_width, generate.batch_size, bf16)
+    stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console,
+                     validate=lambda: validation_score(probe, data, config.val_users, config.seed))
     save_pretrained_cache(model, tokenizer, cache, expected, stats)
-    return model, tokenizer, stats["seconds"]
+    return model, tokenizer, stats
 
 
 def validation_score(genrec: GenrecModel, data: RunData, val_users: int | None, seed: int) -> float:
@@ -166,7 +172,8 @@ def train(
     torch.manual_seed(config.seed)
     started = time.perf_counter()
 
-    model, tokenizer, pretrain_seconds = prepare_base(data, config.base, config, bf16, progress, console)
+    model, tokenizer, pretrain_stats = prepare_base(data, config.base, config, bf16, progress, console)
+    pretrain_seconds = pretrain_stats["seconds"]
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
     peft_model = attach_lora(model, config, sid_rows)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -202,6 +209,7 @@ def train(
         best_epoch=0,
         best_valid_ndcg10=-1.0,
         model_dir=str(data.paths.model),
+        pretrain_epochs=pretrain_stats.get("history", []),
     )
     console.print(
         f"LoRA fine-tuning {config.base}: {report.trainable_parameters / 1e6:.2f}M trainable of "

@@ -329,6 +329,10 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
     assert meta["max_history"] == 20 and [e["epoch"] for e in report["epochs"]] == [0, 1] and report["epochs"][1]["loss"] > 0
+    # pre-training is validated every epoch; the LoRA stage starts from the best pre-training epoch
+    assert report["pretrain_epochs"] and all(0 <= e["valid_ndcg@10"] <= 1 for e in report["pretrain_epochs"])
+    best_pretrain = max(e["valid_ndcg@10"] for e in report["pretrain_epochs"])
+    assert report["epochs"][0]["valid_ndcg@10"] == pytest.approx(best_pretrain, abs=1e-9)
     recs = RunRecommender(trained_run).recommend("1", 5)
     catalog = load_catalog(RunPaths(trained_run))
     history = set(catalog.interactions.loc[catalog.interactions["user_id"] == "1", "item_id"])
