@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genrec.atomic import write_text
 from genrec.errors import GenrecError
@@ -79,6 +79,10 @@ class SemanticIdConfig(Section):
     seed: int = 0
 
 
+# head sizes vLLM's CPU attention backend accepts (vllm.v1.attention.backends.cpu_attn)
+VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 class TrainConfig(Section):
     """Base model, pre-training (scratch models) and LoRA fine-tuning."""
 
@@ -108,6 +112,18 @@ class TrainConfig(Section):
     max_minutes: float | None = None  # stop LoRA epochs after this wall time (the best checkpoint is kept)
     bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _servable_heads(self) -> "TrainConfig":
+        """A scratch model must be one vLLM can serve: its head size must be one vLLM's CPU attention
+        supports (a model that loads but fails on its first request is the worst outcome)."""
+        head = self.hidden_size // self.num_heads if self.num_heads else 0
+        if self.num_heads < 1 or self.hidden_size % self.num_heads or head not in VLLM_HEAD_SIZES:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} / num_heads {self.num_heads} gives head size "
+                f"{self.hidden_size / max(1, self.num_heads):g}; vLLM serves head sizes {list(VLLM_HEAD_SIZES)}"
+            )
+        return self
 
 
 class GenerateConfig(Section):

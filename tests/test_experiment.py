@@ -130,3 +130,27 @@ def test_temperature_changes_beam_scores_as_rescaled_logits(trained):
     assert abs(score - expected) < 1e-3
     plain = beam_search(genrec.model, enc.input_ids, enc.attention_mask, genrec.trie, 5)[0]
     assert [s for _, s in plain] != [s for _, s in hot]
+
+
+@pytest.mark.vllm
+def test_a_served_endpoint_cell_scores_like_the_same_model_run_locally(tmp_path, trained):
+    """The experiment grid against a live vLLM server of the trained run: same model, same prompts,
+    both exact trie beam search, so the served cell's metrics match the local cell's."""
+    pytest.importorskip("vllm")
+    from agent.serve import free_port, serve_run
+    from eval.experiment import load_experiment, run_experiment
+    from genrec.config import ServeConfig
+
+    with serve_run(trained, ServeConfig(port=free_port(), kv_cache_gib=1, startup_timeout_s=900)) as server:
+        path = write_experiment(tmp_path, trained, decoding={"beam_width": 10, "k": 10},
+                                models=[{"name": "local", "path": str(trained / "model")},
+                                        {"name": "served", "endpoint": server.url}])
+        result = run_experiment(load_experiment(path), progress=False)
+    assert result.failed == 0 and len(result.rows) == 2
+    local, served = sorted(result.rows, key=lambda r: r["model"])
+    assert served["model"] == "served" and local["users"] == served["users"] == 12
+    metrics = [m for m in local if m.startswith(("recall@", "ndcg@"))]
+    assert "ndcg@10" in metrics
+    for metric in metrics:
+        assert served[metric] == pytest.approx(local[metric], abs=1e-6), metric
+    assert served["valid_rate"] == 1.0

@@ -27,7 +27,7 @@ def tiny_config() -> RunConfig:
     """A run config whose scratch model trains in seconds."""
     config = RunConfig(name="tiny")
     t = config.train
-    t.hidden_size, t.num_layers, t.num_heads, t.intermediate_size, t.vocab_size = 32, 1, 2, 64, 400
+    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = 1, 32, 1, 64, 400  # head size 32: servable
     t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha = 1, 1, 4, 8
     t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.3, 2048
     config.generate.beam_width = 10
@@ -494,3 +494,12 @@ def test_history_chunks_cover_the_sequence_once_in_order():
         chunks = history_chunks(items, 10, offset)
         assert [i for c in chunks for i in c] == items and all(0 < len(c) <= 10 for c in chunks)
     assert history_chunks(items, 10)[-1] == items[-10:]  # no offset: the most recent chunk is full
+
+
+def test_a_scratch_model_vllm_could_not_serve_is_a_config_error(tmp_path):
+    from genrec.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  hidden_size: 32\n  num_heads: 2\n")  # head size 16: vLLM's CPU attention refuses it
+    with pytest.raises(GenrecError, match="train: .*head size 16"):
+        load_config(path)
