@@ -179,7 +179,9 @@ class EvalConfig(Section):
     sasrec_hidden: int = 64
     sasrec_layers: int = 2
     sasrec_heads: int = 1
-    sasrec_max_len: int = 50  # 50 for sparse (Amazon) data, 200 for dense (MovieLens)
+    # None: 200 when the median training history is longer than 50 items (dense data such as
+    # MovieLens, where the paper uses 200), else 50 (sparse Amazon data)
+    sasrec_max_len: int | None = None
     sasrec_dropout: float = 0.2
     sasrec_lr: float = 3e-3  # 3e-3..5e-3 best on ML-100K validation, 2e-3 on Beauty
     sasrec_batch_size: int = 128

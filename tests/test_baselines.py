@@ -174,3 +174,13 @@ def test_fit_baselines_builds_the_configured_models(movielens):
     models = fit_baselines(split, catalog, config, item_vectors=genres, progress=False)
     assert [m.name for m in models] == ["popularity", "itemknn", "content"]
     assert [m.name for m in fit_baselines(split, catalog, config, progress=False)] == ["popularity", "itemknn"]
+
+
+def test_sasrec_history_length_follows_the_density_of_the_data():
+    from eval.baselines import sasrec_max_len
+    from genrec.config import EvalConfig
+
+    dense = {str(u): [str(i) for i in range(120)] for u in range(5)}  # MovieLens-like: long histories
+    sparse = {str(u): [str(i) for i in range(8)] for u in range(5)}  # Amazon-like: a handful each
+    assert sasrec_max_len(EvalConfig(), dense) == 200 and sasrec_max_len(EvalConfig(), sparse) == 50
+    assert sasrec_max_len(EvalConfig(sasrec_max_len=64), dense) == 64  # a configured length wins

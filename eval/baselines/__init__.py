@@ -17,6 +17,15 @@ from genrec.config import EvalConfig
 __all__ = ["ContentNN", "ItemKNN", "Popularity", "SASRec", "fit_baselines"]
 
 
+def sasrec_max_len(config: EvalConfig, train: Mapping[str, Sequence[str]]) -> int:
+    """SASRec's history length: the configured one, else 200 for dense data and 50 for sparse data
+    (Kang & McAuley's settings for MovieLens and for Amazon)."""
+    if config.sasrec_max_len is not None:
+        return config.sasrec_max_len
+    lengths = sorted(len(items) for items in train.values())
+    return 200 if lengths and lengths[len(lengths) // 2] > 50 else 50
+
+
 def fit_baselines(
     split: Split,
     catalog_item_ids: Sequence[str],
@@ -46,7 +55,7 @@ def fit_baselines(
                 hidden=config.sasrec_hidden,
                 layers=config.sasrec_layers,
                 heads=config.sasrec_heads,
-                max_len=config.sasrec_max_len,
+                max_len=sasrec_max_len(config, split.train),
                 dropout=config.sasrec_dropout,
                 lr=config.sasrec_lr,
                 batch_size=config.sasrec_batch_size,
