@@ -60,8 +60,8 @@ def dataset_config(name: str, args: argparse.Namespace) -> RunConfig:
         # SASRec as the paper sets it for dense MovieLens data: max_len 200, dropout 0.2
         e.sasrec_max_len, e.sasrec_dropout, e.sasrec_lr, e.sasrec_patience = 200, 0.2, 2e-3, 10
     else:
-        # sparse Amazon data: max_len 50, dropout 0.5, and a wall-clock cap
-        e.sasrec_max_len, e.sasrec_dropout, e.sasrec_lr, e.sasrec_patience = 50, 0.5, 1e-3, 5
+        # sparse Amazon data: max_len 50, dropout 0.5, lr picked on validation by bench/baselines.py, a wall-clock cap
+        e.sasrec_max_len, e.sasrec_dropout, e.sasrec_lr, e.sasrec_patience, e.sasrec_val_users = 50, 0.5, 2e-3, 5, 5000
         e.sasrec_max_minutes = args.sasrec_minutes
         config.semantic_ids.source = "collaborative"
         config.semantic_ids.method = args.beauty_sid_method
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="LoRA epochs (default: the run config's)")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="scratch pre-training epochs")
     parser.add_argument("--users", type=int, default=None, help="test users evaluated (default: all)")
-    parser.add_argument("--val-users", type=int, default=300, help="validation users scored per epoch")
+    parser.add_argument("--val-users", type=int, default=1000, help="validation users scored per epoch")
     parser.add_argument("--sasrec-minutes", type=float, default=15.0, help="SASRec training budget on Beauty")
     parser.add_argument("--beauty-sid-method", default="rkmeans", choices=["rkmeans", "rqvae"])
     parser.add_argument("--out", type=Path, default=OUT)

@@ -108,7 +108,7 @@ class TrainConfig(Section):
     max_history: int = 50  # items of history in one prompt / one training chunk
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
     template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
-    val_users: int | None = 300  # users scored for validation NDCG@10 after each epoch (None: all)
+    val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all); 300 proved too noisy to pick epochs
     max_minutes: float | None = None  # stop LoRA epochs after this wall time (the best checkpoint is kept)
     bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
     seed: int = 0
