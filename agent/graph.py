@@ -264,19 +264,31 @@ def build_graph(ctx: AgentContext, chat: ChatModel | None = None, checkpointer: 
     return graph.compile(checkpointer=checkpointer, name="genrec-agent")
 
 
-_GRAPHS: dict[tuple[str, str], Any] = {}  # one compiled graph per (run, url): the dev server may ask often
+_GRAPHS: dict[tuple[str, str, str], Any] = {}  # one compiled graph per (run, url): the dev server may ask often
 
 
 def make_graph(config: Any = None) -> Any:
-    """The graph for LangGraph's dev tools (`langgraph.json`): run from $GENREC_RUN, model at
-    $GENREC_LLM_URL (default the local vLLM). No checkpointer: the LangGraph server brings its own."""
+    """The graph for LangGraph's dev tools (`langgraph.json`): run from $GENREC_RUN, the fine-tuned
+    recommender at $GENREC_LLM_URL (default the local vLLM), the chat model at $GENREC_CHAT_URL
+    (default: the run's, as `genrec chat` resolves it). No checkpointer: the LangGraph server brings its own."""
+    from agent.explainer import ChatExplainer
+    from agent.generator import run_generator
+    from agent.serve import chat_url
     from genrec.errors import GenrecError
+    from genrec.run import open_run
 
     run = os.environ.get("GENREC_RUN")
     if not run:
         raise GenrecError("GENREC_RUN: not set; export GENREC_RUN=runs/NAME (an indexed run) before `langgraph dev`")
     url = os.environ.get("GENREC_LLM_URL", "http://127.0.0.1:8000/v1")
-    key = (run, url)
+    _, run_config = open_run(run)
+    talk = os.environ.get("GENREC_CHAT_URL") or chat_url(run, run_config.serve, url)
+    key = (run, url, talk or "")
     if key not in _GRAPHS:
-        _GRAPHS[key] = build_graph(AgentContext.open(run), ChatModel(url))
+        generator = run_generator(run, url)
+        ctx = AgentContext.open(run, generator=generator, generator_name="fine-tuned model (vLLM)" if generator else "")
+        chat = ChatModel(talk) if talk else None
+        if chat is not None:
+            ctx.explainer = ChatExplainer(chat, ctx.searcher.items)
+        _GRAPHS[key] = build_graph(ctx, chat)
     return _GRAPHS[key]

@@ -355,6 +355,7 @@ def test_langgraph_json_names_a_graph_that_loads_and_answers(run_dir, monkeypatc
     spec.loader.exec_module(module)
     monkeypatch.setenv("GENREC_RUN", str(run_dir))
     monkeypatch.setenv("GENREC_LLM_URL", "http://127.0.0.1:9/v1")  # nothing there: retrieval alone
+    monkeypatch.setenv("GENREC_CHAT_URL", "http://127.0.0.1:9/v1")
     graph = getattr(module, attr)({"configurable": {}})
     out = graph.invoke({"messages": [("user", "I loved Fargo")]})
     assert "Fargo (1996) [id 9]" in out["messages"][-1].content
