@@ -131,7 +131,8 @@ def liked_names(text: str, genres: dict[str, str], titles: TitleIndex | None = N
     m = _LIKED.search(text)
     if not m:
         return []
-    rest = re.split(r"[.?!;\n]|\bbut\b|\bso\b|\bcan you\b|\bwhat\b|\bany\b|\bplease\b", m.group(1), maxsplit=1, flags=re.I)[0]
+    # a "?" or "." right before "(1996)" ends a title ("Shall We Dance? (1996)"), not the sentence
+    rest = re.split(r"[.?!;](?![.?!]*\s*\(\d{4}\))|\n|\bbut\b|\bso\b|\bcan you\b|\bwhat\b|\bany\b|\bplease\b", m.group(1), maxsplit=1, flags=re.I)[0]
     pieces = _SPLIT.split(rest)
     frags, seps = pieces[0::2], pieces[1::2] + [""]
     names: list[str] = []

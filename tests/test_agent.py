@@ -100,6 +100,9 @@ def test_planner_reads_likes_refinements_and_references(ctx):
     assert liked_names("I loved Terminator, The (1984), Alien and Heat", ctx.genres, ctx.titles) == [
         "Terminator, The (1984)", "Alien", "Heat"]  # a comma inside a title is not a list separator
     assert liked_names("I really like comedies", ctx.genres, ctx.titles) == []
+    # punctuation that ends a title before its year does not end the sentence
+    assert liked_names("I loved When Harry Met Sally... (1989) and Fargo.", ctx.genres, ctx.titles) == [
+        "When Harry Met Sally... (1989)", "Fargo"]
     assert genre_mentions("something funnier, but no horror", ctx.genres) == (["Comedy"], ["Horror"])
     plan = plan_turn("I loved Star Wars and Alien", state, ctx.titles, ctx.genres)
     assert plan.calls[0]["name"] == "recommend" and plan.calls[0]["args"]["liked"] == ["Star Wars", "Alien"]
