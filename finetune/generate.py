@@ -51,6 +51,21 @@ def _tree_mask(prompt_mask: torch.Tensor, ancestors: torch.Tensor, kv_length: in
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def _encode_prompt(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The prompts' forward pass with logits for the last position only.
+
+    Logits for every prompt position would be (batch, prompt length, vocabulary) floats: 2.4 GB for
+    512 prompts of 250 tokens over a 4.8k vocabulary, and a fifth of the compute, all thrown away.
+    Models whose forward has no `logits_to_keep` (older remote code) get the full logits.
+    """
+    try:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+    except TypeError as error:
+        if "logits_to_keep" not in str(error):
+            raise
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+
+
 @torch.no_grad()
 def beam_search(
     model,
@@ -72,7 +87,7 @@ def beam_search(
     removed = list(removed) if removed is not None else [None] * batch
     boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     with autocast(bf16):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        out = _encode_prompt(model, input_ids, attention_mask)
     cache = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (batch * beams, vocab)
     vocab = logp.shape[-1]
