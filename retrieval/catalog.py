@@ -29,6 +29,7 @@ class Catalog:
 
     items: pd.DataFrame
     interactions: pd.DataFrame
+    has_text: bool = True  # False where items have no text of their own (amazon-seq: titles are "item <id>")
 
     def attributes(self, item_id: str) -> dict[str, Any]:
         """The decoded attribute mapping of one item."""
@@ -100,7 +101,7 @@ def restrict_to_catalog(catalog: Catalog, source: str) -> Catalog:
         Console(stderr=True, soft_wrap=True).print(
             f"[yellow]warning:[/] {source}: {int((~mask).sum())} interactions name items not in the catalog; dropped"
         )
-    return Catalog(catalog.items, catalog.interactions[mask].reset_index(drop=True))
+    return Catalog(catalog.items, catalog.interactions[mask].reset_index(drop=True), catalog.has_text)
 
 
 def save_catalog(catalog: Catalog, paths: RunPaths) -> None:

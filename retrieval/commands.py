@@ -35,7 +35,7 @@ def index(
     chroma_host: Optional[str] = typer.Option(None, "--chroma-host", help="Use a `chroma run` server instead of the embedded store."),
     chroma_port: Optional[int] = typer.Option(None, "--chroma-port"),
     sid_method: Optional[str] = typer.Option(None, "--sid-method", help="rqvae or rkmeans."),
-    sid_source: Optional[str] = typer.Option(None, "--sid-source", help="content, collaborative or fused."),
+    sid_source: Optional[str] = typer.Option(None, "--sid-source", help="auto (default: fused where items have text and interactions co-occur), content, collaborative or fused."),
     seed: Optional[int] = typer.Option(None, "--seed"),
 ) -> None:
     """Load a dataset, encode items (text and images), fill Chroma and learn semantic IDs."""

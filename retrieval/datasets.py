@@ -121,7 +121,7 @@ def filter_rating(catalog: Catalog, min_rating: float, source: str) -> Catalog:
     if len(ratings) and np.isnan(ratings).all():
         raise GenrecError(f"{source}: data.min_rating is set but the dataset has no ratings; unset min_rating")
     keep = ratings >= min_rating
-    return Catalog(catalog.items, catalog.interactions[keep].reset_index(drop=True))
+    return Catalog(catalog.items, catalog.interactions[keep].reset_index(drop=True), catalog.has_text)
 
 
 def catalog_summary(catalog: Catalog) -> str:

@@ -61,7 +61,7 @@ def tiny_run(tmp_path_factory) -> Path:
     users = sorted(catalog.interactions["user_id"].unique())[:N_USERS]
     catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(users)])
     save_catalog(catalog, paths)
-    sid_config = SemanticIdConfig(method="rkmeans", levels=2, codebook_size=16)
+    sid_config = SemanticIdConfig(method="rkmeans", source="content", levels=2, codebook_size=16)
     save_semantic_ids(build_semantic_ids(catalog, sid_config, genre_year_vectors(catalog.items), progress=False), paths)
     return root
 

@@ -7,6 +7,7 @@ Training runs are kept short; the default-size figures come from bench/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from retrieval.semantic_ids import (
     collaborative_embeddings,
     item_vectors,
     load_semantic_ids,
+    resolve_source,
     save_semantic_ids,
 )
 from retrieval.semantic_ids.codes import append_uniqueness_level, codebook_usage, collision_stats
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BEAUTY = SHARED / "amazon-seq" / "Beauty.txt"
-FAST_RQVAE = dict(method="rqvae", epochs=20)
+FAST_RQVAE = dict(method="rqvae", source="content", epochs=20)
 
 
 def movielens_files() -> tuple[Path, Path] | None:
@@ -185,7 +187,7 @@ def test_collaborative_embeddings_ignore_each_users_last_interactions(beauty_sli
 
 
 def test_collaborative_semantic_ids_are_distinct_without_any_text(beauty_slice):
-    config = SemanticIdConfig(source="collaborative", collaborative_dim=32, **FAST_RQVAE)
+    config = SemanticIdConfig(**{**FAST_RQVAE, "source": "collaborative", "collaborative_dim": 32})
     sids = build_semantic_ids(beauty_slice, config, content=None, progress=False)
     assert distinct(sids.codes) == len(beauty_slice.items)
     assert sids.stats["source"] == "collaborative" and sids.stats["input_dim"] == 32
@@ -202,9 +204,30 @@ def test_fused_vectors_are_weighted_unit_parts_side_by_side(movielens, movielens
 
 def test_content_source_without_embeddings_says_what_to_do(movielens):
     with pytest.raises(GenrecError, match="needs item content embeddings"):
-        build_semantic_ids(movielens, SemanticIdConfig(), content=None, progress=False)
+        build_semantic_ids(movielens, SemanticIdConfig(source="content"), content=None, progress=False)
     with pytest.raises(GenrecError, match=r"shape \(10, 8\) does not match the catalog's 1682 items"):
         build_semantic_ids(movielens, SemanticIdConfig(), content=np.zeros((10, 8)), progress=False)
+
+
+def test_auto_source_fuses_content_and_co_occurrence_where_both_exist(movielens, movielens_content):
+    config = SemanticIdConfig(collaborative_dim=16)
+    assert config.source == "auto" and resolve_source(movielens, config, movielens_content) == "fused"
+    assert item_vectors(movielens, config, movielens_content).shape == (1682, 64 + 16)
+
+
+def test_auto_source_is_collaborative_for_items_without_text(beauty_slice):
+    textless = dataclasses.replace(beauty_slice, has_text=False)
+    titles_only = np.random.default_rng(0).normal(size=(len(beauty_slice.items), 8)).astype(np.float32)
+    assert resolve_source(textless, SemanticIdConfig(), titles_only) == "collaborative"
+    assert resolve_source(beauty_slice, SemanticIdConfig(), None) == "collaborative"
+
+
+def test_auto_source_is_content_when_no_two_items_co_occur(movielens, movielens_content):
+    firsts = movielens.interactions.groupby("user_id", sort=False).head(3)  # 2 held out, 1 left per user
+    sparse = dataclasses.replace(movielens, interactions=firsts.reset_index(drop=True))
+    assert resolve_source(sparse, SemanticIdConfig(), movielens_content) == "content"
+    sids = build_semantic_ids(sparse, SemanticIdConfig(epochs=5), movielens_content, progress=False)
+    assert sids.stats["source"] == "content" and sids.stats["config"]["source"] == "auto"
 
 
 # --- the uniqueness level and statistics ----------------------------------------------------------

@@ -43,7 +43,7 @@ def load_amazon_seq(path: Path) -> Catalog:
     interactions = make_interactions(frame, str(path))
     ids = sorted(set(frame["item_id"]), key=natural_key)
     items = make_items([{"item_id": i, "title": f"item {i}", "text": f"item {i}"} for i in ids], str(path))
-    return Catalog(items, interactions)
+    return Catalog(items, interactions, has_text=False)
 
 
 def natural_key(item_id: str) -> tuple[int, int | str]:

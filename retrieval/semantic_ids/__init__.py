@@ -9,7 +9,7 @@ Modules: `rqvae` (TIGER's RQ-VAE), `rkmeans` (residual k-means), `collaborative`
 vectors), `codes` (uniqueness level, statistics), `build` (the pipeline), `store` (files).
 """
 
-from retrieval.semantic_ids.build import SemanticIds, build_semantic_ids, item_vectors
+from retrieval.semantic_ids.build import SemanticIds, build_semantic_ids, item_vectors, resolve_source
 from retrieval.semantic_ids.codes import code_to_item, codebook_sizes
 from retrieval.semantic_ids.collaborative import collaborative_embeddings
 from retrieval.semantic_ids.store import load_semantic_ids, save_semantic_ids
@@ -22,5 +22,6 @@ __all__ = [
     "collaborative_embeddings",
     "item_vectors",
     "load_semantic_ids",
+    "resolve_source",
     "save_semantic_ids",
 ]

@@ -14,7 +14,7 @@ from genrec.config import SemanticIdConfig
 from genrec.errors import GenrecError
 from retrieval.catalog import Catalog
 from retrieval.semantic_ids.codes import append_uniqueness_level, codebook_usage, collision_stats
-from retrieval.semantic_ids.collaborative import collaborative_embeddings
+from retrieval.semantic_ids.collaborative import collaborative_embeddings, cooccurrence, training_histories
 from retrieval.semantic_ids.rkmeans import residual_kmeans
 
 
@@ -54,16 +54,34 @@ def check_content(catalog: Catalog, content: np.ndarray | None, source: str) -> 
     return content.astype(np.float32)
 
 
+def resolve_source(catalog: Catalog, config: SemanticIdConfig, content: np.ndarray | None) -> str:
+    """The source `auto` stands for on this catalog (any other source is itself).
+
+    Codes learned from content alone group items by what they are; next-item prediction also needs
+    what is bought or watched together, so where both exist `auto` fuses them. A catalog whose items
+    have no text of their own gets collaborative codes; one where no two items co-occur in a user's
+    history (after the leave-one-out holdout) gets content codes.
+    """
+    if config.source != "auto":
+        return config.source
+    if content is None or not catalog.has_text:
+        return "collaborative"
+    users, items = training_histories(catalog, config.collaborative_holdout)
+    pairs = cooccurrence(users, items, len(catalog.items), config.collaborative_window)
+    return "fused" if pairs.nnz else "content"
+
+
 def item_vectors(catalog: Catalog, config: SemanticIdConfig, content: np.ndarray | None) -> np.ndarray:
-    """The matrix the quantiser sees, one row per catalog item, for `config.source`.
+    """The matrix the quantiser sees, one row per catalog item, for `config.source` (`auto` resolved).
 
     Each part is L2-normalised so cosine geometry (what sentence and SVD embeddings mean) decides
     the clusters; `fused` concatenates content * content_weight and collaborative * collaborative_weight.
     """
+    source = resolve_source(catalog, config, content)
     parts = []
-    if config.source in ("content", "fused"):
-        parts.append(l2_normalise(check_content(catalog, content, config.source)) * config.content_weight)
-    if config.source in ("collaborative", "fused"):
+    if source in ("content", "fused"):
+        parts.append(l2_normalise(check_content(catalog, content, source)) * config.content_weight)
+    if source in ("collaborative", "fused"):
         collab = collaborative_embeddings(
             catalog,
             dim=config.collaborative_dim,
@@ -85,6 +103,7 @@ def build_semantic_ids(
     """
     if len(catalog.items) == 0:
         raise GenrecError("items: the catalog is empty; nothing to give semantic IDs to")
+    source = resolve_source(catalog, config, content)
     x = item_vectors(catalog, config, content)
     start = time.perf_counter()
     training: dict[str, Any] = {}
@@ -102,7 +121,7 @@ def build_semantic_ids(
     collisions = collision_stats(prefix)
     stats = {
         "method": config.method,
-        "source": config.source,
+        "source": source,
         "seed": config.seed,
         "n_items": len(catalog.items),
         "input_dim": int(x.shape[1]),
@@ -121,7 +140,7 @@ def build_semantic_ids(
     usage = " ".join(f"{u['used']}/{u['size']}" for u in stats["codebook_usage"])
     if progress:
         tqdm.write(
-            f"semantic IDs: {len(codes)} items, {config.method} on {config.source} ({x.shape[1]}-d) in {seconds:.1f}s; "
+            f"semantic IDs: {len(codes)} items, {config.method} on {source} ({x.shape[1]}-d) in {seconds:.1f}s; "
             f"codes used per level {usage}; {collisions['count']} collisions ({collisions['rate']:.1%}) "
             f"resolved by a final level of size {collisions['final_level_size']}",
             file=sys.stderr,
