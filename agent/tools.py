@@ -364,9 +364,11 @@ def reasons(
     shared_with = [(s, g) for s, g in shared_with if g]
     if shared_with:
         shared_with.sort(key=lambda sg: -len(sg[1]))
-        names = [ctx.titles.titles[s] for s, _ in shared_with[:2]]
-        common = sorted({g for _, gs in shared_with[:2] for g in gs})
-        said.append(f"shares {', '.join(common)} with {' and '.join(names)}")
+        top = shared_with[:2]
+        if len(top) == 2 and top[0][1] == top[1][1]:
+            said.append(f"shares {', '.join(top[0][1])} with {ctx.titles.titles[top[0][0]]} and {ctx.titles.titles[top[1][0]]}")
+        else:  # each liked item with the genres it really has in common (a union would credit Alien with Romance)
+            said.append("shares " + " and ".join(f"{', '.join(g)} with {ctx.titles.titles[s]}" for s, g in top))
     elif seeds:
         said.append(f"close in content to {ctx.titles.titles[seeds[-1]]}")
     asked = [g for g in wanted if g in genres]

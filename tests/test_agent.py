@@ -60,6 +60,13 @@ def test_tools_are_plain_functions_usable_without_the_graph(ctx):
     assert [c["item_id"] for c in history["items"]] == ["14", "13"]  # newest first
 
 
+def test_an_explanation_credits_each_liked_item_only_with_the_genres_it_has(ctx):
+    why = explain(ctx, "Empire Strikes Back", liked=["Star Wars", "Alien"])["items"][0]["explanation"]
+    assert "Action, Adventure, Sci-Fi with Star Wars (1977)" in why
+    assert "Sci-Fi with Alien (1979)" in why
+    assert "Adventure, Sci-Fi with Alien" not in why and "with Star Wars (1977) and Alien (1979)" not in why
+
+
 def test_recommend_returns_only_catalog_items_and_never_what_the_user_liked(ctx):
     result = recommend(ctx, liked=["Star Wars", "Alien"], k=6)
     ids = [c["item_id"] for c in result["items"]]
