@@ -54,8 +54,8 @@ def _tree_mask(prompt_mask: torch.Tensor, ancestors: torch.Tensor, kv_length: in
 def _encode_prompt(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """The prompts' forward pass with logits for the last position only.
 
-    Logits for every prompt position would be (batch, prompt length, vocabulary) floats: 2.4 GB for
-    512 prompts of 250 tokens over a 4.8k vocabulary, and a fifth of the compute, all thrown away.
+    Logits for every prompt position would be (batch, prompt length, vocabulary) floats: 150 MB for
+    32 prompts of 250 tokens over a 4.8k vocabulary, and a fifth of the compute, all thrown away.
     Models whose forward has no `logits_to_keep` (older remote code) get the full logits.
     """
     try:
