@@ -103,7 +103,7 @@ class TrainConfig(Section):
     # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # PEFT dropout on every LoRA input: 0.05 cost 32% of LoRA step time on CPU (RNG) and validated lower (ML-100K 0.1158 vs 0.1184)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     epochs: int = 3
     lr: float = 1e-3
