@@ -182,4 +182,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from genrec.memory import keep_freed_memory
+
+    keep_freed_memory()  # training steps otherwise page-fault their tensors anew (see genrec/memory.py)
     main()

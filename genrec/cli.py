@@ -13,6 +13,7 @@ import typer
 
 from genrec import demo as demo_command
 from genrec.errors import GenrecError
+from genrec.memory import keep_freed_memory
 from agent import commands as agent_commands
 from agent import serve_commands
 from eval import commands as eval_commands
@@ -50,6 +51,7 @@ def offline_environment() -> None:
 def main() -> None:
     """Run the command line; user errors print one line and exit 2."""
     offline_environment()
+    keep_freed_memory()
     try:
         app()
     except GenrecError as exc:
