@@ -27,7 +27,7 @@ FINGERPRINT_FILE = "genrec_pretrain.json"
 # settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
 PRETRAIN_FIELDS = (
     "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
-    "dropout", "pretrain_epochs", "pretrain_lr", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
 )
 
 
@@ -59,8 +59,10 @@ def pretrain(
 ) -> dict:
     """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
 
-    With `validate` (validation NDCG@10 of the model as it is), it is scored after every epoch and
-    the best epoch's weights are kept: on sparse data the last epoch is often past the best one.
+    With `validate` (validation NDCG@10 of the model as it is), it is scored after each of the last
+    `config.pretrain_val_epochs` epochs and the best of those epochs' weights is kept: on sparse data
+    the last epoch can be past the best one, while early epochs (still warming up, far below the
+    later ones in every run made) are not worth the time it takes to score them.
     """
     console = console or Console(stderr=True)
     rng = random.Random(config.seed)
@@ -78,7 +80,8 @@ def pretrain(
         )
         record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
                   "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}
-        if validate is not None:
+        scored = validate is not None and epoch >= config.pretrain_epochs - max(1, config.pretrain_val_epochs)
+        if scored:
             record["valid_ndcg@10"] = validate()
             if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
                 best = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -88,15 +91,19 @@ def pretrain(
             console.print(
                 f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
                 f"{stats.tokens / stats.seconds:.0f} tokens/s"
-                + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if validate is not None else "")
+                + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if scored else "")
             )
     best_epoch = config.pretrain_epochs
     if validate is not None and history:
-        best_epoch = max(history, key=lambda h: h["valid_ndcg@10"])["epoch"]
+        best_record = max((h for h in history if "valid_ndcg@10" in h), key=lambda h: h["valid_ndcg@10"])
+        best_epoch = best_record["epoch"]
         model.load_state_dict(best)
         console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
     model.eval()
-    return {"history": history, "seconds": sum(h["seconds"] for h in history), "best_epoch": best_epoch}
+    stats = {"history": history, "seconds": sum(h["seconds"] for h in history), "best_epoch": best_epoch}
+    if validate is not None and history:
+        stats["best_valid_ndcg@10"] = best_record["valid_ndcg@10"]
+    return stats
 
 
 def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:

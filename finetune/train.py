@@ -219,10 +219,13 @@ def train(
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
     examples_seen, tokens_seen = 0, 0
 
-    def checkpoint(epoch: int, loss: float | None, seconds: float) -> None:
-        """Validate; export if this is the best model so far (epoch 0: the base before LoRA, LoRA at identity)."""
+    def checkpoint(epoch: int, loss: float | None, seconds: float, known: float | None = None) -> None:
+        """Validate; export if this is the best model so far (epoch 0: the base before LoRA, LoRA at identity).
+
+        `known`: the score of this very model measured moments ago (pre-training's kept epoch; LoRA
+        starts at identity), so it is not scored twice."""
         t0 = time.perf_counter()
-        score = validation_score(genrec, data, config.val_users, config.seed)
+        score = known if known is not None else validation_score(genrec, data, config.val_users, config.seed)
         report.epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score,
                               "train_seconds": seconds, "valid_seconds": time.perf_counter() - t0})
         improved = score > report.best_valid_ndcg10
@@ -235,7 +238,7 @@ def train(
             + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
         )
 
-    checkpoint(0, None, 0.0)  # a usable model exists from here on, whatever happens to the LoRA epochs
+    checkpoint(0, None, 0.0, pretrain_stats.get("best_valid_ndcg@10"))  # a usable model exists from here on, whatever happens to the LoRA epochs
     for epoch in range(1, config.epochs + 1):
         data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
         stats = train_epoch(

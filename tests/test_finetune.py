@@ -260,6 +260,46 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_pretraining_scores_only_its_last_epochs_and_keeps_the_best_of_them(run_data, tokenizer):
+    from finetune.models import build_scratch_model
+    from finetune.pretrain import pretrain
+    from finetune.tasks import next_item_examples
+
+    torch.manual_seed(0)
+    config = run_data.config.train.model_copy(update={"pretrain_epochs": 4, "pretrain_val_epochs": 2})
+    model = build_scratch_model(config, tokenizer)
+    users = dict(list(run_data.split.train.items())[:6])
+    scores = iter([0.3, 0.1])  # epoch 3 scores higher than epoch 4: epoch 3's weights must come back
+    kept = {}
+
+    def validate() -> float:
+        score = next(scores)
+        kept[score] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return score
+
+    stats = pretrain(model, tokenizer, lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e)),
+                     config, False, progress=False, validate=validate)
+    assert [("valid_ndcg@10" in h) for h in stats["history"]] == [False, False, True, True]
+    assert stats["best_epoch"] == 3 and stats["best_valid_ndcg@10"] == 0.3
+    assert all(torch.equal(v, kept[0.3][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, kept[0.1][k]) for k, v in model.state_dict().items())
+
+
+def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, tokenizer):
+    """Why training does not re-score the pre-trained model before the first LoRA epoch."""
+    from finetune.lora import attach_lora
+    from finetune.models import build_scratch_model
+    from finetune.tokenizer import add_sid_tokens
+
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
+    model = build_scratch_model(run_data.config.train, tokenizer).eval()
+    probe = torch.tensor([sid_rows[:12]])
+    with torch.no_grad():
+        before = model(input_ids=probe).logits.clone()
+        after = attach_lora(model, run_data.config.train, sid_rows).eval()(input_ids=probe).logits
+    assert torch.equal(before, after)
+
+
 def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data, tokenizer, tmp_path):
     from peft import PeftModel
     from safetensors import safe_open
@@ -329,7 +369,7 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
     assert meta["max_history"] == 20 and [e["epoch"] for e in report["epochs"]] == [0, 1] and report["epochs"][1]["loss"] > 0
-    # pre-training is validated every epoch; the LoRA stage starts from the best pre-training epoch
+    # the LoRA stage starts from the best pre-training epoch, carrying its validation score
     assert report["pretrain_epochs"] and all(0 <= e["valid_ndcg@10"] <= 1 for e in report["pretrain_epochs"])
     best_pretrain = max(e["valid_ndcg@10"] for e in report["pretrain_epochs"])
     assert report["epochs"][0]["valid_ndcg@10"] == pytest.approx(best_pretrain, abs=1e-9)
