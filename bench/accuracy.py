@@ -182,7 +182,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from genrec.memory import keep_freed_memory
+    from genrec.memory import keep_freed_memory, limit_onednn_cache
 
-    keep_freed_memory()  # training steps otherwise page-fault their tensors anew (see genrec/memory.py)
+    keep_freed_memory()  # see genrec/memory.py: training otherwise page-faults its tensors anew
+    limit_onednn_cache()
     main()

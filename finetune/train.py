@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from rich.console import Console
 from eval.split import Split, leave_one_out
 from finetune.inference import GenrecModel, bf16_supported, file_sha256
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
-from finetune.lora import attach_lora, export_model
+from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
 from finetune.recommender import GenrecRecommender
@@ -225,7 +225,12 @@ def train(
         `known`: the score of this very model measured moments ago (pre-training's kept epoch; LoRA
         starts at identity), so it is not scored twice."""
         t0 = time.perf_counter()
-        score = known if known is not None else validation_score(genrec, data, config.val_users, config.seed)
+        if known is not None:
+            score = known
+        else:
+            merged = replace(genrec, model=merged_copy(peft_model))
+            score = validation_score(merged, data, config.val_users, config.seed)
+            del merged
         report.epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score,
                               "train_seconds": seconds, "valid_seconds": time.perf_counter() - t0})
         improved = score > report.best_valid_ndcg10

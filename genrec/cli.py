@@ -13,7 +13,7 @@ import typer
 
 from genrec import demo as demo_command
 from genrec.errors import GenrecError
-from genrec.memory import keep_freed_memory
+from genrec.memory import keep_freed_memory, limit_onednn_cache
 from agent import commands as agent_commands
 from agent import serve_commands
 from eval import commands as eval_commands
@@ -52,6 +52,7 @@ def main() -> None:
     """Run the command line; user errors print one line and exit 2."""
     offline_environment()
     keep_freed_memory()
+    limit_onednn_cache()
     try:
         app()
     except GenrecError as exc:

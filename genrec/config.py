@@ -109,7 +109,10 @@ class TrainConfig(Section):
     epochs: int = 3
     lr: float = 1e-3
     tokens_per_batch: int = 8192  # padded tokens per optimizer step (batches group similar lengths)
-    max_history: int = 50  # items of history in one prompt / one training chunk
+    # items of history in one prompt / one training chunk: 112 is what fits max_length 512 with
+    # 4-token IDs; on ML-100K it validated 0.1275 against 0.1123 for 50 (test NDCG@10 0.107 vs 0.100)
+    # and trained in 19.7 min against 20.1 (fewer, longer examples). SASRec there sees 200.
+    max_history: int = 112
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
     template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
     val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all); 300 proved too noisy to pick epochs

@@ -18,9 +18,10 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from genrec.memory import keep_freed_memory  # noqa: E402
+from genrec.memory import keep_freed_memory, limit_onednn_cache  # noqa: E402
 
-keep_freed_memory()  # as the CLI does: training in tests runs at the speed it runs for users
+keep_freed_memory()
+limit_onednn_cache()  # as the CLI does: training in tests runs at the speed it runs for users
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

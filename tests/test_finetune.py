@@ -300,6 +300,26 @@ def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, t
     assert torch.equal(before, after)
 
 
+def test_validation_copy_folds_the_adapter_in_and_leaves_the_trained_model_alone(run_data, tokenizer):
+    from finetune.lora import attach_lora, merged_copy
+    from finetune.models import build_scratch_model
+    from finetune.tokenizer import add_sid_tokens
+
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
+    peft_model = attach_lora(build_scratch_model(run_data.config.train, tokenizer), run_data.config.train, sid_rows)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a trained, non-identity adapter
+    before = {k: v.clone() for k, v in peft_model.state_dict().items()}
+    probe = torch.tensor([sid_rows[:12]])
+    merged = merged_copy(peft_model.eval())
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=probe).logits, peft_model(input_ids=probe).logits, atol=1e-5)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert all(torch.equal(v, before[k]) for k, v in peft_model.state_dict().items())
+
+
 def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data, tokenizer, tmp_path):
     from peft import PeftModel
     from safetensors import safe_open

