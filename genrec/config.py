@@ -100,7 +100,7 @@ class TrainConfig(Section):
     vocab_size: int = 4000  # byte-level BPE vocabulary trained on the catalog (scratch only)
     pretrain_epochs: int = 8
     pretrain_lr: float = 2e-3
-    pretrain_val_epochs: int = 4  # validate (and keep the best of) only the last N pre-training epochs
+    pretrain_val_epochs: int = 3  # validate (and keep the best of) only the last N pre-training epochs (on ML-100K epoch 5 of 8 was never the best)
     # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
