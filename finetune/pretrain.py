@@ -27,7 +27,7 @@ FINGERPRINT_FILE = "genrec_pretrain.json"
 # settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
 PRETRAIN_FIELDS = (
     "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
-    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+    "dropout", "residual_dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
 )
 
 

@@ -24,7 +24,7 @@ from eval.split import Split, leave_one_out
 from finetune.inference import GenrecModel, bf16_supported, file_sha256
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
-from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
+from finetune.models import SCRATCH, add_residual_dropout, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
 from finetune.recommender import GenrecRecommender
 from finetune.sid_tokens import codebook_sizes
@@ -117,10 +117,12 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
     cached = load_cached(cache, expected)
     if cached is not None:
         console.print(f"using the pre-trained scratch model cached in {cache}")
+        add_residual_dropout(cached[0], config.residual_dropout)
         return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
     tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
     add_sid_tokens(tokenizer, sizes)
     model = build_scratch_model(config, tokenizer)
+    add_residual_dropout(model, config.residual_dropout)  # stays on for the LoRA stage
     console.print(
         f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"

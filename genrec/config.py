@@ -96,6 +96,9 @@ class TrainConfig(Section):
     num_heads: int = 4
     intermediate_size: int = 1024
     dropout: float = 0.1  # attention dropout of the scratch model
+    # scratch model, training only: dropout on embeddings and on each attention/MLP output (as SASRec).
+    # Off: on ML-100K 0.2 validated 0.114 against 0.127 and tested 0.086 against 0.107 (8 epochs underfit with it)
+    residual_dropout: float = 0.0
     max_length: int = 512  # tokens per training example
     vocab_size: int = 4000  # byte-level BPE vocabulary trained on the catalog (scratch only)
     pretrain_epochs: int = 8

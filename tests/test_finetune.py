@@ -300,6 +300,32 @@ def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, t
     assert torch.equal(before, after)
 
 
+def test_residual_dropout_acts_in_training_only_and_leaves_a_plain_llama_to_save(run_data, tokenizer, tmp_path):
+    """The regulariser must not change what vLLM serves: eval outputs and saved weights are untouched."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune.lora import attach_lora
+    from finetune.models import add_residual_dropout, build_scratch_model
+    from finetune.tokenizer import add_sid_tokens
+
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
+    model = build_scratch_model(run_data.config.train, tokenizer).eval()
+    probe = torch.tensor([sid_rows[:12]])
+    with torch.no_grad():
+        plain = model(input_ids=probe).logits.clone()
+        hooks = add_residual_dropout(model, 0.3)
+        assert len(hooks) == 1 + 2 * run_data.config.train.num_layers
+        assert torch.equal(model(input_ids=probe).logits, plain)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=probe).logits, plain)
+        peft_model = attach_lora(model, run_data.config.train, sid_rows).train()  # the hooks stay under LoRA
+        first, second = (peft_model(input_ids=probe).logits for _ in range(2))
+        assert not torch.equal(first, second) and not torch.equal(first, plain)
+    assert not add_residual_dropout(model, 0.0)
+
+
 def test_validation_copy_folds_the_adapter_in_and_leaves_the_trained_model_alone(run_data, tokenizer):
     from finetune.lora import attach_lora, merged_copy
     from finetune.models import build_scratch_model
