@@ -102,6 +102,7 @@ def run_dataset(name: str, run: Path, config: RunConfig, users: int | None) -> d
     """Train genrec on the run, then score genrec, SASRec and popularity on the same test users."""
     import json
 
+    from eval.compare import paired_models
     from eval.evaluate import print_results
     from eval.run_eval import evaluate_run
     from finetune.train import train
@@ -130,6 +131,7 @@ def run_dataset(name: str, run: Path, config: RunConfig, users: int | None) -> d
             "epochs": report.epochs,
             "pretrain_epochs": report.pretrain_epochs,
         },
+        "genrec_vs_sasrec": paired_models(evaluation.results["genrec"], evaluation.results["sasrec"]),
         "genrec_eval_users_per_s": results["genrec"].get("users_per_s"),
         "semantic_ids": {k: sids.get(k) for k in ("method", "source", "levels", "codebook_size", "final_level_size")},
         "settings": {"train": config.train.model_dump(), "generate": config.generate.model_dump(),

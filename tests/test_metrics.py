@@ -156,3 +156,22 @@ def test_evaluate_detailed_keeps_per_user_ranks_and_validation_uses_valid_target
     assert dict(zip(detailed["f"].users, detailed["f"].ranks.tolist())) == {"u1": 2, "u2": 0}
     valid = evaluate_validation(_Fixed("f", ["m4", "m5"]), split, catalog, ks=[2])
     assert valid["recall@2"] == pytest.approx(0.5)  # u1's validation target is m4
+
+
+def test_paired_model_test_matches_users_and_tells_a_real_gap_from_noise():
+    from eval.compare import paired_models
+    from eval.evaluate import ModelEvaluation
+
+    rng = np.random.default_rng(0)
+    users = [str(u) for u in range(400)]
+    targets = [f"i{u}" for u in range(400)]
+    noise = rng.integers(0, 21, size=400)  # rank 0 = missed, else 1..20
+    same = ModelEvaluation("b", {}, users[::-1], targets[::-1], noise[::-1].copy())  # other order: paired by user
+    first = ModelEvaluation("a", {}, users, targets, noise.copy())
+    tie = paired_models(first, same)
+    assert tie["users"] == 400 and tie["diff"] == 0.0 and tie["bootstrap_p"] == 1.0
+    better = ModelEvaluation("a", {}, users, targets, np.where(noise > 1, noise - 1, noise))  # every hit one place higher
+    gap = paired_models(better, same)
+    assert gap["diff"] > 0 and gap["ci95"][0] > 0 and gap["bootstrap_p"] < 0.01
+    with pytest.raises(Exception, match="no common user"):
+        paired_models(first, ModelEvaluation("c", {}, ["x"], ["y"], np.array([1])))
