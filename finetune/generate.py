@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from finetune.item_head import ItemHead, final_states
 from finetune.trie import SidTrie
 
 NEG_INF = float("-inf")
@@ -76,18 +77,25 @@ def beam_search(
     removed: Sequence[Mapping[tuple[int, ...], int] | None] | None = None,
     bf16: bool = False,
     temperature: float = 1.0,
+    item_head: ItemHead | None = None,
+    item_weight: float = 0.0,
 ) -> list[list[tuple[str, float]]]:
     """Top-`beam_width` items for each left-padded prompt, best first, as (item_id, log-prob).
 
     `removed[i]` narrows the trie for prompt `i` (history exclusion, metadata filter); a request
     whose narrowed trie holds fewer items than `beam_width` gets fewer results, never an invalid one.
     `temperature` divides the logits before the log-softmax (what a prompt experiment varies).
+    With `item_head` and `item_weight` > 0, each found item's score becomes its sequence log-prob
+    plus `item_weight` x its item log-softmax from the prompt's last state, and results are re-sorted.
     """
     batch, prompt_length = input_ids.shape
     removed = list(removed) if removed is not None else [None] * batch
     boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-    with autocast(bf16):
+    rerank = item_head is not None and item_weight > 0
+    capture = final_states(model) if rerank else contextlib.nullcontext([])
+    with autocast(bf16), capture as states:
         out = _encode_prompt(model, input_ids, attention_mask)
+    item_logp = torch.log_softmax(item_head.scores(model, states[0][:, -1, :]).float(), dim=-1) if rerank else None
     cache = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (batch * beams, vocab)
     vocab = logp.shape[-1]
@@ -124,11 +132,17 @@ def beam_search(
         cache = out.past_key_values
         logp = torch.log_softmax(out.logits.float() / temperature, dim=-1).view(batch * width, vocab)
     results: list[list[tuple[str, float]]] = []
+    column = item_head.index() if rerank else {}
     for b in range(batch):
         found = []
         for j in range(beams):
             prefix, score = prefixes[b * beams + j], float(scores[b, j])
             if prefix is not None and score != NEG_INF:
                 found.append((trie.item_of(prefix), score))
+        if item_logp is not None:
+            found = sorted(
+                ((item, score + item_weight * float(item_logp[b, column[item]])) for item, score in found),
+                key=lambda pair: -pair[1],
+            )
         results.append(found)
     return results

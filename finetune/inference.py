@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from finetune.generate import beam_search
+from finetune.item_head import ItemHead
 from finetune.tasks import next_item_prompt
 from finetune.trie import SidTrie
 from genrec.errors import GenrecError
@@ -50,6 +51,8 @@ class GenrecModel:
     batch_size: int = 16
     bf16: bool = field(default_factory=bf16_supported)
     temperature: float = 1.0  # divides the logits before beam scores are summed
+    item_head: ItemHead | None = None  # with item_weight > 0: beams re-scored by item-level scores
+    item_weight: float = 0.0
 
     def prompt(self, history: Sequence[str]) -> str:
         """The next-item prompt for a history (unknown items are skipped; the last `max_history` kept)."""
@@ -94,7 +97,7 @@ class GenrecModel:
                     ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
                     mask[j, length - len(encoded[i]) :] = 1
                 found = beam_search(self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16,
-                                    self.temperature)
+                                    self.temperature, self.item_head, self.item_weight)
                 for i, items in zip(rows, found):
                     results[i] = items[:k]
         finally:
@@ -114,7 +117,8 @@ def load_genrec_model(paths: RunPaths, codes: dict[str, list[int]], merge: bool 
 
     The adapter is merged into the base for inference speed (`merge=False` keeps a PeftModel).
     Fails with a one-line error if the run has no model yet, or if its semantic IDs changed since
-    training (the SID tokens would then mean other items).
+    training (the SID tokens would then mean other items). A model trained with `train.item_loss`
+    re-scores its beams with item-level scores, weighted by `item_weight` (default 1).
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,11 +138,16 @@ def load_genrec_model(paths: RunPaths, codes: dict[str, list[int]], merge: bool 
         if merge:
             model = model.merge_and_unload()
     model.eval()
+    trie = SidTrie(codes, tokenizer)
+    item_weight = options.pop("item_weight", 1.0)
+    item_weight = item_weight if meta.get("item_loss") else 0.0  # only a model trained with the item loss has item scores
     return GenrecModel(
         model=model,
         tokenizer=tokenizer,
-        trie=SidTrie(codes, tokenizer),
+        trie=trie,
         max_history=int(meta["max_history"]),
         template=meta.get("template"),
+        item_head=ItemHead.from_trie(trie) if item_weight > 0 else None,
+        item_weight=item_weight,
         **options,
     )

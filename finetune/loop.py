@@ -12,12 +12,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from finetune.generate import autocast
+from finetune.item_head import ItemHead, final_states
 from finetune.tasks import Example
 
 IGNORE = -100
@@ -124,8 +126,14 @@ def train_epoch(
     clip: float = 1.0,
     params: Sequence[torch.nn.Parameter] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    item_head: ItemHead | None = None,
+    item_loss: float = 0.0,
 ) -> EpochStats:
-    """One pass over `data` in length-grouped batches; the loss is averaged over target tokens."""
+    """One pass over `data` in length-grouped batches; the loss is averaged over target tokens.
+
+    With `item_head` and `item_loss` > 0, `item_loss` x the full-catalog item cross-entropy at
+    every ID position is added (see `finetune.item_head`); the reported loss stays the token loss.
+    """
     model.train()
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     batches = length_batches(data, max_tokens, rng)
@@ -134,9 +142,15 @@ def train_epoch(
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
     for batch in bar:
         inputs = collate([data[i] for i in batch], pad_id)
-        with autocast(bf16):
+        capture = final_states(model) if item_head is not None and item_loss > 0 else nullcontext([])
+        with autocast(bf16), capture as states:
             out = model(**inputs)
-        out.loss.backward()
+        loss = out.loss
+        if states:
+            extra = item_head.loss(model, states[0], inputs["labels"])
+            if extra is not None:
+                loss = loss + item_loss * extra
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         scheduler.step()

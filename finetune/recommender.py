@@ -45,5 +45,6 @@ def load_run_model(run: str | Path, beam_width: int | None = None) -> GenrecMode
     paths, config = open_run(run)
     codes = load_semantic_ids(RunPaths(paths.root))
     return load_genrec_model(
-        paths, codes, beam_width=beam_width or config.generate.beam_width, batch_size=config.generate.batch_size
+        paths, codes, beam_width=beam_width or config.generate.beam_width, batch_size=config.generate.batch_size,
+        item_weight=config.generate.item_weight,
     )

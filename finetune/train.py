@@ -22,6 +22,7 @@ from rich.console import Console
 
 from eval.split import Split, leave_one_out
 from finetune.inference import GenrecModel, bf16_supported, file_sha256
+from finetune.item_head import ItemHead
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.models import SCRATCH, add_residual_dropout, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
@@ -127,13 +128,21 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
         f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
     )
-    generate = data.config.generate
-    probe = GenrecModel(model, tokenizer, SidTrie(data.codes, tokenizer), config.max_history, config.template,
-                        generate.beam_width, generate.batch_size, bf16)
+    probe = ranker(model, tokenizer, data, config, bf16)
     stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console,
-                     validate=lambda: validation_score(probe, data, config.val_users, config.seed))
+                     validate=lambda: validation_score(probe, data, config.val_users, config.seed),
+                     item_head=probe.item_head)
     save_pretrained_cache(model, tokenizer, cache, expected, stats)
     return model, tokenizer, stats
+
+
+def ranker(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) -> GenrecModel:
+    """The model as training validates it: the run's generation settings, item scores if trained with them."""
+    generate = data.config.generate
+    trie = SidTrie(data.codes, tokenizer)
+    head = ItemHead.from_trie(trie) if config.item_loss > 0 else None
+    return GenrecModel(model, tokenizer, trie, config.max_history, config.template, generate.beam_width,
+                       generate.batch_size, bf16, item_head=head, item_weight=generate.item_weight if head else 0.0)
 
 
 def validation_score(genrec: GenrecModel, data: RunData, val_users: int | None, seed: int) -> float:
@@ -180,11 +189,8 @@ def train(
     peft_model = attach_lora(model, config, sid_rows)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
-    trie = SidTrie(data.codes, tokenizer)
-    generate = data.config.generate
-    genrec = GenrecModel(
-        peft_model, tokenizer, trie, config.max_history, config.template, generate.beam_width, generate.batch_size, bf16
-    )
+    genrec = ranker(peft_model, tokenizer, data, config, bf16)
+    trie = genrec.trie
 
     make_examples = example_maker(data, tokenizer, config)
     rng = random.Random(config.seed)
@@ -199,6 +205,7 @@ def train(
         "template": config.template,
         "semantic_ids_sha256": file_sha256(data.paths.semantic_ids),
         "sid_levels": trie.depth,
+        "item_loss": config.item_loss,
     }
     report = TrainReport(
         base=config.base,
@@ -251,6 +258,7 @@ def train(
         stats = train_epoch(
             peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
+            item_head=genrec.item_head, item_loss=config.item_loss,
         )
         report.train_seconds += stats.seconds
         examples_seen += stats.examples

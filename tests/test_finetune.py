@@ -195,6 +195,87 @@ def test_batched_and_single_requests_rank_alike(run_data, untrained):
         assert np.allclose([s for _, s in alone], [s for _, s in together], atol=1e-3)
 
 
+# ---- item-level scores ---------------------------------------------------------------------------
+
+
+def test_item_targets_are_the_states_just_before_each_complete_id(run_data, tokenizer, untrained):
+    from finetune.item_head import ItemHead
+    from finetune.loop import collate, tokenise
+    from finetune.tasks import next_item_examples
+
+    head = ItemHead.from_trie(untrained.trie)
+    train = dict(list(run_data.split.train.items())[:3])
+    data = tokenise(tokenizer, next_item_examples(tokenizer, train, run_data.codes, 20, random.Random(0)), 128)
+    labels = collate(data, tokenizer.pad_token_id)["labels"]
+    rows, positions, items = head.targets(labels)
+    assert len(items) > 10
+    for b, p, i in zip(rows.tolist(), positions.tolist(), items.tolist()):
+        assert labels[b, p + 1 : p + 1 + head.depth].tolist() == untrained.trie.tokens_of(head.item_ids[i])
+    # a cut-off ID (here: its last token masked) is no target
+    labels[rows[0], positions[0] + head.depth] = -100
+    assert len(head.targets(labels)[2]) == len(items) - 1
+
+
+def test_final_states_are_exactly_what_the_output_layer_reads(untrained):
+    from finetune.item_head import final_states
+
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad(), final_states(untrained.model) as states:
+        logits = untrained.model(input_ids=ids).logits
+    assert len(states) == 1 and states[0].shape[:2] == (2, 9)
+    assert torch.allclose(untrained.model.get_output_embeddings()(states[0]), logits, atol=1e-5)
+
+
+def test_item_scores_add_to_beam_scores_and_reorder_the_same_candidates(run_data, untrained):
+    from dataclasses import replace
+
+    from finetune.item_head import ItemHead, final_states
+
+    head = ItemHead.from_trie(untrained.trie)
+    history = run_data.split.train[sorted(run_data.split.train)[2]]
+    plain = dict(untrained.top_k([history], k=10, exclude=[set(history)])[0])
+    mixed = replace(untrained, item_head=head, item_weight=0.5).top_k([history], k=10, exclude=[set(history)])[0]
+    assert {i for i, _ in mixed} == set(plain)  # candidates still come from the trie's beams only
+    ids = untrained.tokenizer([untrained.prompt(history)], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad(), final_states(untrained.model) as states:
+        untrained.model(input_ids=ids)
+        item_logp = torch.log_softmax(head.scores(untrained.model, states[0][:, -1]), dim=-1)[0]
+    column = head.index()
+    for item, score in mixed:
+        assert score == pytest.approx(plain[item] + 0.5 * float(item_logp[column[item]]), abs=1e-4)
+    assert [s for _, s in mixed] == sorted((s for _, s in mixed), reverse=True)
+
+
+def test_training_with_the_item_loss_learns_the_catalog_softmax_and_adds_no_weights(run_data, tokenizer):
+    from finetune.item_head import ItemHead, final_states
+    from finetune.loop import collate, cosine_schedule, tokenise, train_epoch
+    from finetune.models import build_scratch_model
+    from finetune.tasks import next_item_examples
+    from finetune.trie import SidTrie
+
+    torch.manual_seed(0)
+    model = build_scratch_model(run_data.config.train, tokenizer)
+    names = set(model.state_dict())
+    head = ItemHead.from_trie(SidTrie(run_data.codes, tokenizer))
+    examples = next_item_examples(tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0))
+    data = tokenise(tokenizer, examples, 128)
+    batch = collate(data, tokenizer.pad_token_id)
+
+    def item_loss() -> float:
+        with torch.no_grad(), final_states(model) as states:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return float(head.loss(model, states[0], batch["labels"]))
+
+    before = item_loss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = cosine_schedule(optimizer, 100, warmup=1)
+    for e in range(4):
+        train_epoch(model, data, optimizer, scheduler, tokenizer.pad_token_id, 1024, random.Random(e), False, "t", False,
+                    item_head=head, item_loss=1.0)
+    assert item_loss() < before - 0.5
+    assert set(model.state_dict()) == names
+
+
 # ---- SFT data -----------------------------------------------------------------------------------
 
 
