@@ -1,7 +1,7 @@
 """Baselines under the genrec protocol on MovieLens-100K and Amazon Beauty.
 
 Leave-one-out, full ranking over the whole catalog, history excluded, every metric from
-`eval.metrics`. Item-kNN's two knobs are picked on validation NDCG@10; SASRec (full cross-entropy)
+`genrec.metrics`. Item-kNN's two knobs are picked on validation NDCG@10; SASRec (full cross-entropy)
 early-stops on validation NDCG@10; everything is then scored once on the test split.
 
     .venv/bin/python bench/baselines.py                       # both datasets
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from eval.baselines import ContentNN, ItemKNN, Popularity, SASRec  # noqa: E402
 from eval.evaluate import evaluate, evaluate_validation, print_results, save_results  # noqa: E402
-from eval.split import leave_one_out  # noqa: E402
+from retrieval.split import leave_one_out  # noqa: E402
 from genrec.config import EvalConfig  # noqa: E402
 from retrieval.catalog import Catalog, item_caption  # noqa: E402
 from retrieval.loaders import load_amazon_seq, load_movielens  # noqa: E402

@@ -1,4 +1,4 @@
-"""Command-line entry points of `eval/`: `genrec eval` and `genrec experiment` (registered in genrec/cli.py).
+"""Command-line entry points of `eval/`: `genrec eval` and `genrec experiment` (registered in app/cli.py).
 
 Heavy libraries (torch, transformers, chromadb, matplotlib) are imported inside the functions so
 `genrec --help` stays fast.

@@ -3,7 +3,7 @@
 Each run's per-user ranks come from `RUN/eval/ranks.parquet` (written by `genrec eval`; the run is
 evaluated first when the file is missing). Runs are compared on the users they share with the same
 test target, so a difference is never an artefact of different users. Metrics come from
-`eval.metrics`; the significance of each run's NDCG@10 difference to the first run is tested over
+`genrec.metrics`; the significance of each run's NDCG@10 difference to the first run is tested over
 users, pairwise: a paired bootstrap (resampling users, 10,000 draws) and a paired t-test.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from eval.evaluate import ModelEvaluation
-from eval.metrics import ndcg_at, ranking_metrics
+from genrec.metrics import ndcg_at, ranking_metrics
 from eval.run_eval import RANKS_FILE, evaluate_run, parse_models, save_ranks
 from genrec.errors import GenrecError
 

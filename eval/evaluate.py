@@ -1,9 +1,10 @@
-"""Score any number of models on the identical leave-one-out cases, through `eval.metrics` only.
+"""Score any number of models on the identical leave-one-out cases, through `genrec.metrics` only.
 
 `evaluate([genrec, sasrec, popularity], split, catalog_ids)` asks every model for its top-max(K)
 items for every test user (in batches, with a progress bar per model), and returns one flat dict of
 metrics per model. `evaluate_detailed` also keeps the per-user ranks for slices and significance
-tests; `validation_ndcg` is what training loops call for early stopping.
+tests. The ranking loop itself and `validation_ndcg` (early stopping in training) live in
+`genrec.metrics`, below every room, so training never imports `eval`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval.metrics import RankingAccumulator
-from eval.protocol import Recommender
-from eval.split import Case, Split
+from genrec.metrics import rank_cases, sample_users
+from genrec.protocol import Recommender
+from retrieval.split import Split
 from genrec.atomic import write_json
 from genrec.errors import GenrecError
 
@@ -34,44 +35,6 @@ class ModelEvaluation:
     users: list[str]
     targets: list[str]
     ranks: np.ndarray  # 1-based rank of each user's target in the returned list, 0 = not returned
-
-
-def sample_users(cases: Mapping[str, Case], max_users: int | None, seed: int = 0) -> list[str]:
-    """The users to evaluate: all (sorted), or a fixed seeded sample so every model sees the same ones."""
-    users = sorted(cases)
-    if max_users is None or max_users >= len(users):
-        return users
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(users), size=max_users, replace=False)
-    return [users[i] for i in sorted(picked)]
-
-
-def rank_cases(
-    model: Recommender,
-    cases: Mapping[str, Case],
-    users: Sequence[str],
-    catalog_item_ids: Iterable[str],
-    k: int,
-    batch_size: int = 256,
-    progress: bool = True,
-) -> tuple[RankingAccumulator, float]:
-    """Ask `model` for top-`k` lists for `users`' cases in batches; returns the scored lists and
-    the seconds spent inside `recommend` (for throughput)."""
-    acc = RankingAccumulator(catalog=frozenset(catalog_item_ids))
-    seconds = 0.0
-    with tqdm(total=len(users), desc=f"eval {model.name}", unit="user", disable=not progress, leave=False) as bar:
-        for start in range(0, len(users), batch_size):
-            batch = list(users[start : start + batch_size])
-            histories = [list(cases[u][0]) for u in batch]
-            targets = [cases[u][1] for u in batch]
-            t0 = time.perf_counter()
-            ranked = model.recommend(histories, k)
-            seconds += time.perf_counter() - t0
-            if len(ranked) != len(batch):
-                raise GenrecError(f"model {model.name!r} returned {len(ranked)} lists for {len(batch)} histories")
-            acc.add(batch, [list(r)[:k] for r in ranked], targets)
-            bar.update(len(batch))
-    return acc, seconds
 
 
 def evaluate_detailed(
@@ -134,21 +97,6 @@ def evaluate_validation(
     """Metrics of one model on the validation cases (history = train items, target = 2nd-to-last)."""
     detailed = evaluate_detailed([model], split, catalog_item_ids, ks, max_users, seed, batch_size, "valid", progress)
     return detailed[model.name].summary
-
-
-def validation_ndcg(
-    model: Recommender,
-    valid: Mapping[str, Case],
-    catalog_item_ids: Iterable[str],
-    max_users: int | None = None,
-    seed: int = 0,
-    batch_size: int = 512,
-) -> float:
-    """NDCG@10 on validation cases alone: the early-stopping signal of training loops, which see
-    only the train and valid parts of a split."""
-    users = sample_users(valid, max_users, seed)
-    acc, _ = rank_cases(model, valid, users, catalog_item_ids, 10, batch_size, progress=False)
-    return acc.summary([10])["ndcg@10"]
 
 
 def print_results(results: Mapping[str, Mapping[str, float]], title: str = "offline evaluation", console=None) -> None:

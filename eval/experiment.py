@@ -11,7 +11,7 @@ Hugging Face, or a served vLLM endpoint. See `experiments/example.yaml`.
   template's text, the user sample and the mtimes of the model's files and of the run's data, so a
   re-run only computes what changed. Cells are written atomically as they finish: a later failure
   never loses them.
-- Every metric comes from `eval.metrics` (through `eval.evaluate.rank_cases`). Each cell records the
+- Every metric comes from `genrec.metrics` (through `eval.evaluate.rank_cases`). Each cell records the
   exact rendered prompt of its first user.
 - Results: `OUTPUT/results.md`, `OUTPUT/results.csv`, `OUTPUT/results.png`.
 """
@@ -226,7 +226,7 @@ def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
 
 @dataclass
 class _CellModel:
-    """A grid cell as an `eval.protocol.Recommender`."""
+    """A grid cell as an `genrec.protocol.Recommender`."""
 
     name: str
     top_k: Any  # (histories, k) -> ranked item ids
@@ -287,7 +287,7 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    from eval.evaluate import rank_cases, sample_users
+    from genrec.metrics import rank_cases, sample_users
     from eval.run_eval import load_split
     from finetune.inference import load_genrec_model
     from genrec.run import RunPaths
@@ -380,7 +380,7 @@ def write_results(exp: Experiment, result: ExperimentResult) -> None:
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
     lines = [f"# Experiment `{exp.file.name}`", "",
-             f"Run `{exp.run}`, {exp.spec.users} {exp.spec.split} users (seed {exp.spec.seed}); metrics from `eval.metrics`.", "",
+             f"Run `{exp.run}`, {exp.spec.users} {exp.spec.split} users (seed {exp.spec.seed}); metrics from `genrec.metrics`.", "",
              "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     lines += ["", "![results](results.png)", "", "## Rendered prompt of one example per cell", ""]

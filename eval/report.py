@@ -1,7 +1,7 @@
 """`genrec eval --report`: one run's evaluation as `eval/report.md`, `eval/metrics.json` and PNG plots.
 
 Everything is derived from per-user ranks and returned lists kept by `eval.run_eval`; ranking
-numbers come from `eval.metrics` (curves, popularity buckets, cold-start slice). Two list-level
+numbers come from `genrec.metrics` (curves, popularity buckets, cold-start slice). Two list-level
 measures are added here because no ranking metric covers them: intra-list diversity (1 - mean
 pairwise cosine of the items' content embeddings within a top-10 list) and, when the run can
 explain items, explanation faithfulness (`eval.faithfulness`).
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.metrics import COLD_START_THRESHOLD, COVERAGE_K, cold_start_mask, ranking_metrics
+from genrec.metrics import COLD_START_THRESHOLD, COVERAGE_K, cold_start_mask, ranking_metrics
 from eval.run_eval import CURVE_KS, RunEvaluation, content_vectors
 from genrec.atomic import atomic_path, write_text
 from genrec.errors import GenrecError
@@ -244,7 +244,7 @@ def markdown(metrics: Mapping[str, Any], run: str) -> str:
     cols = [c for c in next(iter(models.values())) if not c.startswith("cold_")]
     lines = [f"# Evaluation of `{run}`", "",
              f"Leave-one-out, full ranking over {metrics['catalog_items']} items, {metrics['users']} test users; "
-             "every ranking metric from `eval.metrics`.", "",
+             "every ranking metric from `genrec.metrics`.", "",
              "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(_fmt(m.get(c), c) for c in cols) + " |" for name, m in models.items()]
     lines += ["", "## Recall and NDCG at K = 1..20", "", "![curves](curves.png)", "",

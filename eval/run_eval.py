@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from eval.evaluate import ModelEvaluation, evaluate_detailed
-from eval.protocol import Recommender
-from eval.split import Split, leave_one_out
+from genrec.protocol import Recommender
+from retrieval.split import Split, leave_one_out
 from genrec.atomic import write_parquet
 from genrec.config import RunConfig
 from genrec.errors import GenrecError

@@ -222,7 +222,7 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
 
     from agent.graph import AgentSettings
     from agent.session import Agent
-    from eval.evaluate import sample_users
+    from genrec.metrics import sample_users
     from eval.run_eval import load_split
     from genrec.run import open_run
 

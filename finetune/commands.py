@@ -1,4 +1,4 @@
-"""`genrec train` and `genrec recommend`: typer-annotated functions registered by `genrec/cli.py`.
+"""`genrec train` and `genrec recommend`: typer-annotated functions registered by `app/cli.py`.
 
 Heavy libraries are imported inside the bodies so `genrec --help` stays fast.
 """

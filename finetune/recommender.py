@@ -1,4 +1,4 @@
-"""genrec as an `eval.protocol.Recommender`, so `eval/` scores it beside the baselines on one split.
+"""genrec as an `genrec.protocol.Recommender`, so `eval/` scores it beside the baselines on one split.
 
 Fitting is `genrec train` (it takes minutes and writes the run's model), so `fit` only loads that
 model; `recommend` is constrained beam search with the history excluded.

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from eval.split import Split, leave_one_out
+from retrieval.split import Split, leave_one_out
 from finetune.inference import GenrecModel, bf16_supported, file_sha256
 from finetune.item_head import ItemHead
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
@@ -35,6 +35,7 @@ from finetune.trie import SidTrie
 from genrec.atomic import write_json
 from genrec.config import RunConfig, TrainConfig
 from genrec.errors import GenrecError
+from genrec.metrics import validation_ndcg
 from genrec.run import RunPaths, open_run
 
 
@@ -147,8 +148,6 @@ def ranker(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) -> 
 
 def validation_score(genrec: GenrecModel, data: RunData, val_users: int | None, seed: int) -> float:
     """NDCG@10 on a fixed sample of validation users, through `eval`'s one metric code path."""
-    from eval.evaluate import validation_ndcg
-
     return validation_ndcg(
         GenrecRecommender.from_model(genrec), data.split.valid, data.item_ids, max_users=val_users, seed=seed,
         batch_size=512,

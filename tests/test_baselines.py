@@ -11,8 +11,8 @@ import pytest
 
 from eval.baselines import ContentNN, ItemKNN, Popularity, SASRec, fit_baselines
 from eval.evaluate import evaluate
-from eval.protocol import Recommender
-from eval.split import leave_one_out
+from genrec.protocol import Recommender
+from retrieval.split import leave_one_out
 from genrec.config import EvalConfig
 from retrieval.catalog import make_interactions
 

@@ -487,7 +487,7 @@ def _reattach(run: Path):
 
 def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     from eval.evaluate import evaluate
-    from eval.split import leave_one_out
+    from retrieval.split import leave_one_out
     from finetune.recommend import RunRecommender
     from finetune.recommender import GenrecRecommender
     from retrieval.catalog import load_catalog

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from eval.evaluate import evaluate, evaluate_detailed, evaluate_validation, save_results
-from eval.metrics import cold_start_mask, hit_ranks, ndcg_at, ranking_metrics, score_lists
-from eval.split import leave_one_out, split_sequences
+from genrec.metrics import cold_start_mask, hit_ranks, ndcg_at, ranking_metrics, score_lists
+from retrieval.split import leave_one_out, split_sequences
 from retrieval.catalog import make_interactions
 
 CATALOG = [f"i{n}" for n in range(20)]

@@ -9,9 +9,9 @@ import numpy as np
 from eval.baselines.content import ContentNN
 from eval.baselines.itemknn import ItemKNN
 from eval.baselines.popularity import Popularity
-from eval.baselines.sasrec import SASRec
-from eval.protocol import Recommender
-from eval.split import Split
+from finetune.dense.sasrec import SASRec
+from genrec.protocol import Recommender
+from retrieval.split import Split
 from genrec.config import EvalConfig
 
 __all__ = ["ContentNN", "ItemKNN", "Popularity", "SASRec", "fit_baselines"]

@@ -17,9 +17,16 @@ Conventions (leave-one-out, one target per user):
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from genrec.errors import GenrecError
+from genrec.protocol import Recommender
+
+Case = tuple[list[str], str]  # (history in time order, held-out next item)
 
 COVERAGE_K = 10
 COLD_START_THRESHOLD = 5
@@ -141,3 +148,56 @@ def score_lists(
     acc = RankingAccumulator(catalog=catalog)
     acc.add([str(i) for i in range(len(ranked))], ranked, targets)
     return acc.summary(ks, train_counts)
+
+
+def sample_users(cases: Mapping[str, Case], max_users: int | None, seed: int = 0) -> list[str]:
+    """The users to evaluate: all (sorted), or a fixed seeded sample so every model sees the same ones."""
+    users = sorted(cases)
+    if max_users is None or max_users >= len(users):
+        return users
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(users), size=max_users, replace=False)
+    return [users[i] for i in sorted(picked)]
+
+
+def rank_cases(
+    model: Recommender,
+    cases: Mapping[str, Case],
+    users: Sequence[str],
+    catalog_item_ids: Iterable[str],
+    k: int,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[RankingAccumulator, float]:
+    """Ask `model` for top-`k` lists for `users`' cases in batches; returns the scored lists and
+    the seconds spent inside `recommend` (for throughput)."""
+    acc = RankingAccumulator(catalog=frozenset(catalog_item_ids))
+    seconds = 0.0
+    with tqdm(total=len(users), desc=f"eval {model.name}", unit="user", disable=not progress, leave=False) as bar:
+        for start in range(0, len(users), batch_size):
+            batch = list(users[start : start + batch_size])
+            histories = [list(cases[u][0]) for u in batch]
+            targets = [cases[u][1] for u in batch]
+            t0 = time.perf_counter()
+            ranked = model.recommend(histories, k)
+            seconds += time.perf_counter() - t0
+            if len(ranked) != len(batch):
+                raise GenrecError(f"model {model.name!r} returned {len(ranked)} lists for {len(batch)} histories")
+            acc.add(batch, [list(r)[:k] for r in ranked], targets)
+            bar.update(len(batch))
+    return acc, seconds
+
+
+def validation_ndcg(
+    model: Recommender,
+    valid: Mapping[str, Case],
+    catalog_item_ids: Iterable[str],
+    max_users: int | None = None,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> float:
+    """NDCG@10 on validation cases alone: the early-stopping signal of training loops, which see
+    only the train and valid parts of a split."""
+    users = sample_users(valid, max_users, seed)
+    acc, _ = rank_cases(model, valid, users, catalog_item_ids, 10, batch_size, progress=False)
+    return acc.summary([10])["ndcg@10"]

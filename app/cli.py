@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from genrec import demo as demo_command
+from app import demo as demo_command
 from genrec.errors import GenrecError
 from genrec.memory import keep_freed_memory, limit_onednn_cache
 from agent import commands as agent_commands

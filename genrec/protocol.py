@@ -1,7 +1,7 @@
 """The contract between the evaluation protocol and every model it compares.
 
 A model is fitted on training histories and asked, for a batch of histories, for its top-K items.
-Metrics are computed from those ranked lists only, by one implementation (`eval.metrics`), so
+Metrics are computed from those ranked lists only, by one implementation (`genrec.metrics`), so
 two models can never be scored by two code paths.
 """
 

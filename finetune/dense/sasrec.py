@@ -13,7 +13,7 @@ matches or beats BERT4Rec and TIGER in public re-runs: the strong baseline.
 
 Training: each epoch visits every user once with the last `max_len + 1` items of their training
 sequence (inputs = all but the last, targets = all but the first), Adam, and early stopping on
-validation NDCG@10 computed by `eval.evaluate.validation_ndcg` (the one metric code path).
+validation NDCG@10 computed by `genrec.metrics.validation_ndcg` (the one metric code path).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from eval.baselines.common import ItemIndex
-from eval.split import Case
+from genrec.metrics import validation_ndcg
+from retrieval.item_index import ItemIndex
+from retrieval.split import Case
 
 
 class CausalSelfAttention(nn.Module):
@@ -197,8 +198,6 @@ class SASRec:
             self._fit(train, valid)
 
     def _fit(self, train: dict[str, list[str]], valid: dict[str, Case] | None) -> None:
-        from eval.evaluate import validation_ndcg  # local: eval.evaluate is the one metric path
-
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         encoded = self.index.encode_train(train)

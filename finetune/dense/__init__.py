@@ -1,0 +1,1 @@
+"""Dense next-item models: one vector per history scored against every catalog item (SASRec)."""
