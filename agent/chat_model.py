@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, DEFAULT_URL, LLMClient, LLMError, LLMUnavailable
+from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, DEFAULT_URL, LLMClient, LLMError, LLMUnavailable
 
 
 class Breaker:

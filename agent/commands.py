@@ -30,7 +30,7 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
     import threading
     from urllib.parse import urlparse
 
-    from agent.serve import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
+    from serving.server import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
@@ -87,7 +87,7 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
 def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> str | None:
     """The chat model's URL: `chat_url` if given, else the run's (the recommender's own URL when its
     base chats, the chat server's when a separate model chats)."""
-    from agent.serve import chat_url as run_chat_url
+    from serving.server import chat_url as run_chat_url
     from genrec.run import open_run
 
     if chat_url or not llm_url:

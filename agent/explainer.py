@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from agent.chat_model import ChatModel
-from agent.llm_client import LLMError
+from serving.client import LLMError
 from finetune.explain import Explanation, explain_with, grounded_explanation
 from finetune.tasks import ItemFacts, item_facts
 

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from agent.chat_model import ChatModel
 from agent.guard import check, guard_cards, redact, tool_items
-from agent.llm_client import LLMError, LLMUnavailable
+from serving.client import LLMError, LLMUnavailable
 from agent.planner import plan_turn
 from agent.reply import PROMPT_MARKERS, name, reply_messages, rules_reply, shows_candidates, turn_cards
 from agent.state import AgentState
@@ -272,8 +272,8 @@ def make_graph(config: Any = None) -> Any:
     recommender at $GENREC_LLM_URL (default the local vLLM), the chat model at $GENREC_CHAT_URL
     (default: the run's, as `genrec chat` resolves it). No checkpointer: the LangGraph server brings its own."""
     from agent.explainer import ChatExplainer
-    from agent.generator import run_generator
-    from agent.serve import chat_url
+    from serving.ranker import run_ranker
+    from serving.server import chat_url
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
@@ -285,8 +285,7 @@ def make_graph(config: Any = None) -> Any:
     talk = os.environ.get("GENREC_CHAT_URL") or chat_url(run, run_config.serve, url)
     key = (run, url, talk or "")
     if key not in _GRAPHS:
-        generator = run_generator(run, url)
-        ctx = AgentContext.open(run, generator=generator, generator_name="fine-tuned model (vLLM)" if generator else "")
+        ctx = AgentContext.open(run, ranker=run_ranker(run, url))
         chat = ChatModel(talk) if talk else None
         if chat is not None:
             ctx.explainer = ChatExplainer(chat, ctx.searcher.items)

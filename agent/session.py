@@ -22,7 +22,9 @@ from langchain_core.messages import AIMessage, HumanMessage
 from agent.chat_model import ChatModel
 from agent.graph import AgentSettings, build_graph
 from agent.planner import MAX_MESSAGE_CHARS, message_problem
-from agent.tools import AgentContext, ItemGenerator
+from agent.tools import AgentContext
+from finetune.ranking import Ranker
+from serving.ranker import run_ranker
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"
 MAX_THREAD_CHARS = 200
@@ -88,18 +90,16 @@ class Agent:
         chat_url: str | None = None,
         db_path: str | Path | None = None,
         settings: AgentSettings | None = None,
-        generator: ItemGenerator | None = None,
+        ranker: Ranker | None = None,
         llm_timeout_s: float = 20.0,
     ) -> "Agent":
         """Open a run's agent; `llm_url=None` answers from retrieval alone (no model server at all).
 
         `llm_url` serves the fine-tuned recommender; `chat_url` the model that writes replies and
         explanations (default: `llm_url`, whose base model then chats)."""
-        if generator is None:
-            from agent.generator import run_generator
-
-            generator = run_generator(run, llm_url, timeout_s=llm_timeout_s)
-        ctx = AgentContext.open(run, generator=generator, generator_name="fine-tuned model (vLLM)" if generator else "")
+        if ranker is None:
+            ranker = run_ranker(run, llm_url, timeout_s=llm_timeout_s)
+        ctx = AgentContext.open(run, ranker=ranker)
         talk = chat_url or llm_url
         chat = ChatModel(talk, timeout_s=llm_timeout_s) if talk else None
         if chat is not None:

@@ -5,7 +5,7 @@ as its first argument and returns a JSON-ready dict whose `items` are catalog it
 items the agent may ever name. `bind_tools(ctx)` turns them into LangChain tools (context bound,
 schemas from the signatures and docstrings) for the graph's tool node and for a tool-calling model.
 
-    ctx = AgentContext.open("runs/ml100k")
+    ctx = AgentContext.open("runs/ml100k", ranker=open_ranker("runs/ml100k")[0])
     recommend(ctx, liked=["Star Wars", "Alien"], genres=["Comedy"], k=5)["items"]
 """
 
@@ -23,19 +23,13 @@ from typing import Any, Protocol
 import pandas as pd
 
 from agent.lookup import TitleIndex
+from finetune.ranking import Ranker
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
 from retrieval.search import Hit, Searcher
 
 GENRE_KEYS = ("genres", "genre", "categories", "category")  # attribute names that hold an item's kinds
 MAX_K = 20
-GENRE_WEIGHT = 0.3  # weight of genre overlap with liked items, beside cosine similarities in [0, 1]
-
-
-class ItemGenerator(Protocol):
-    """The fine-tuned model: item ids it generates for a history (constrained to the catalog), best first."""
-
-    def __call__(self, history: Sequence[str], k: int) -> list[str]: ...
 
 
 class ItemExplainer(Protocol):
@@ -54,13 +48,12 @@ class AgentContext:
     titles: TitleIndex
     genre_key: str | None
     genres: dict[str, str]  # lower-case genre -> the catalog's spelling
-    generator: ItemGenerator | None = None
-    generator_name: str = ""
+    ranker: Ranker | None = None  # the served ranking (finetune.ranking); None when the run has no trained model
     explainer: ItemExplainer | None = None  # writes the `explain` tool's text (see agent.explainer)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
-    def open(cls, run: str | Path, generator: ItemGenerator | None = None, generator_name: str = "") -> "AgentContext":
+    def open(cls, run: str | Path, ranker: Ranker | None = None) -> "AgentContext":
         """Open an indexed run: its Chroma store and encoders, its items and interactions."""
         searcher = Searcher.open(run)
         paths = searcher.paths
@@ -74,8 +67,7 @@ class AgentContext:
             if values:
                 genre_key, genres = key, {str(v).lower(): str(v) for v in values}
                 break
-        return cls(paths, searcher, interactions, TitleIndex.build(items, interactions), genre_key, genres,
-                   generator, generator_name)
+        return cls(paths, searcher, interactions, TitleIndex.build(items, interactions), genre_key, genres, ranker)
 
     def card(self, item_id: str, score: float = 0.0, explanation: str = "") -> dict[str, Any]:
         """The JSON form of a catalog item as every tool returns it."""
@@ -183,30 +175,36 @@ def recommend(
     ctx: AgentContext,
     liked: list[str] | None = None,
     user_id: str | None = None,
-    query: str | None = None,
     genres: list[str] | None = None,
     avoid_genres: list[str] | None = None,
     exclude: list[str] | None = None,
     k: int = 5,
 ) -> dict[str, Any]:
-    """Recommend catalog items for someone who liked some items, grounded in the catalog.
+    """Recommend catalog items for someone who liked some items, ranked by the fine-tuned recommender.
 
-    Candidates come from the vector store (items like each liked one, and items matching the
-    query) and from the user's history; the fine-tuned model's generated ids, when it is
-    available, re-rank and extend them. Liked items and the user's history are never recommended.
+    The ranking is the one `genrec eval` scores: semantic IDs generated from the liked items (or
+    the user's history) fused with the dense next-item model. Genres act as filters on its
+    candidates; liked items, the user's history and excluded items are never recommended.
 
     Args:
-        liked: titles or ids of items the user liked.
+        liked: titles or ids of items the user liked, oldest first.
         user_id: a catalog user whose past interactions count as liked items.
-        query: extra wishes in words ("set in space", "funny").
         genres: only items of at least one of these genres.
         avoid_genres: leave out items of any of these genres.
-        exclude: titles or ids not to recommend (already shown).
+        exclude: titles or ids not to recommend (already seen or already shown).
         k: how many items to return (1-20).
     """
     k = _clip_k(k)
     result: dict[str, Any] = {"tool": "recommend", "items": [], "liked": [], "unknown": []}
     seeds: list[str] = []
+    if user_id:
+        past = ctx.user_items(user_id, 10_000)
+        if past:
+            result["user_id"] = str(user_id)
+            result["history"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in past[-20:]]
+            seeds += past
+        else:
+            result["unknown_user"] = str(user_id)
     for name in liked or []:
         found = ctx.titles.find(str(name))
         if found is None:
@@ -214,57 +212,46 @@ def recommend(
         elif found not in seeds:
             seeds.append(found)
             result["liked"].append({"item_id": found, "title": ctx.titles.titles[found]})
-    if user_id:
-        past = ctx.user_items(user_id, 20)
-        if past:
-            result["user_id"] = str(user_id)
-            result["history"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in past]
-            seeds += [i for i in past if i not in seeds]
-        else:
-            result["unknown_user"] = str(user_id)
     wanted, unknown_genres = ctx.known_genres(genres)
     avoid, _ = ctx.known_genres(avoid_genres)
     if unknown_genres:
         result["unknown_genres"] = unknown_genres
-    skip = set(seeds) | set(ctx.user_items(user_id, 10_000) if user_id else [])
-    skip |= {found for name in exclude or [] if (found := ctx.titles.find(str(name)))}
-    text = (query or "").strip()
-    if not seeds and not text and not wanted:
-        result["note"] = "nothing to go on: name an item you liked, a user id, or what you are looking for"
+    skip = set(seeds) | {found for name in exclude or [] if (found := ctx.titles.find(str(name)))}
+    if not seeds and not wanted:
+        result["note"] = "nothing to go on: name an item you liked, a user id, or a genre"
         return result
-    where = _genre_where(ctx, wanted)
-    pool = min(6 * k + len(skip), 200)
+    only = {i for i in ctx.titles.ids if _keep(ctx, i, avoid, set()) and (not wanted or set(wanted) & set(ctx.item_genres(i)))}
+    if ctx.ranker is None:
+        result["note"] = "this run has no trained recommender; showing the items most similar in content"
+        return _similar_items(ctx, result, seeds, wanted, only - skip, k)
+    try:
+        with ctx.lock:
+            ranked = ctx.ranker.rank([seeds], k, exclude=[skip], only=only)[0]
+    except (GenrecError, ValueError) as exc:  # the model server is down or refused
+        result["model_unavailable"] = str(exc)
+        result["note"] = "the recommender is unavailable; showing the items most similar in content"
+        return _similar_items(ctx, result, seeds, wanted, only - skip, k)
+    result["model"] = ctx.ranker.name
+    for rank, (item, score) in enumerate(ranked):
+        result["items"].append(ctx.card(item, score, reasons(ctx, item, seeds, wanted, rank)))
+    return result
+
+
+def _similar_items(ctx: AgentContext, result: dict[str, Any], seeds: list[str], wanted: list[str],
+                   allowed: set[str], k: int) -> dict[str, Any]:
+    """The fallback when no recommender answers: nearest items in content to the liked ones."""
     scores: dict[str, float] = {}
-    recent = seeds[-10:]
     with ctx.lock:
-        for seed in recent:
-            for hit in ctx.searcher.search(item_id=seed, k=pool, where=where):
-                scores[hit.item_id] = scores.get(hit.item_id, 0.0) + hit.score / len(recent)
-        if text or (wanted and not recent):
-            for hit in ctx.searcher.search(query=text or " ".join(wanted), k=pool, where=where):
-                scores[hit.item_id] = scores.get(hit.item_id, 0.0) + 0.7 * hit.score
-    if recent and ctx.genre_key:
-        # Text similarity of captions leans on surface words (years, title words); shared genres
-        # with the liked items are the signal users mean by "like these".
-        seed_genres = [set(ctx.item_genres(s)) for s in recent]
-        for item in scores:
-            g = set(ctx.item_genres(item))
-            scores[item] += GENRE_WEIGHT * sum(len(g & sg) / len(g | sg) for sg in seed_genres if g | sg) / len(recent)
-    model_rank: dict[str, int] = {}
-    if ctx.generator is not None and seeds:
-        try:
-            generated = ctx.generator(seeds, 3 * k + len(skip))
-            model_rank = {item: r for r, item in enumerate(i for i in generated if i in ctx.titles.ids)}
-            result["model"] = ctx.generator_name or "fine-tuned model"
-        except (GenrecError, ValueError) as exc:  # server down, refused, or nothing left to generate
-            result["model_unavailable"] = str(exc)
-    for item, rank in model_rank.items():
-        if where is None or set(wanted) & set(ctx.item_genres(item)):
-            scores[item] = scores.get(item, 0.0) + 0.5 / (1 + rank)
-    ranked = sorted(((i, s) for i, s in scores.items() if _keep(ctx, i, avoid, skip)), key=lambda kv: (-kv[1], kv[0]))
+        for seed in seeds[-10:]:
+            for hit in ctx.searcher.search(item_id=seed, k=min(6 * k + len(seeds), 200)):
+                scores[hit.item_id] = max(scores.get(hit.item_id, 0.0), hit.score)
+        if not seeds:
+            for hit in ctx.searcher.search(query=" ".join(wanted), k=min(6 * k, 200)):
+                scores[hit.item_id] = hit.score
+    ranked = sorted(((i, s) for i, s in scores.items() if i in allowed), key=lambda kv: (-kv[1], kv[0]))
+    result["model"] = "content similarity (fallback)"
     for item, score in ranked[:k]:
-        why = reasons(ctx, item, seeds, wanted, model_rank.get(item))
-        result["items"].append(ctx.card(item, score, why))
+        result["items"].append(ctx.card(item, score, reasons(ctx, item, seeds, wanted, None)))
     return result
 
 
@@ -375,7 +362,7 @@ def reasons(
     if asked:
         said.append(f"is {', '.join(asked)} as you asked")
     if model_rank is not None:
-        said.append(f"the fine-tuned model ranks it #{model_rank + 1} for your history")
+        said.append(f"the recommender ranks it #{model_rank + 1} for your history")
     if detailed or not said:
         attrs = describe(ctx.searcher.hit(item_id).attributes)
         if attrs:

@@ -1,6 +1,7 @@
 """The `genrec` console command: one entry point for every stage.
 
-Commands live beside the code they drive (`retrieval/commands.py`, `finetune/commands.py`, ...);
+Commands live beside the code they drive (`retrieval/commands.py`, `finetune/commands.py`,
+`serving/commands.py`, ...);
 this module only registers them and turns `GenrecError` into a one-line message and exit code 2.
 """
 
@@ -15,10 +16,10 @@ from app import demo as demo_command
 from genrec.errors import GenrecError
 from genrec.memory import keep_freed_memory, limit_onednn_cache
 from agent import commands as agent_commands
-from agent import serve_commands
 from eval import commands as eval_commands
 from finetune import commands as finetune_commands
 from retrieval import commands as retrieval_commands
+from serving import commands as serving_commands
 
 app = typer.Typer(
     help="genrec: multimodal generative recommendation with semantic IDs, LoRA, vLLM and a LangGraph agent.",
@@ -31,8 +32,8 @@ app.command("demo")(demo_command.demo)
 app.command("index")(retrieval_commands.index)
 app.command("search")(retrieval_commands.search)
 app.command("train")(finetune_commands.train)
-app.command("recommend")(finetune_commands.recommend)
-app.command("serve")(serve_commands.serve)
+app.command("recommend")(serving_commands.recommend)
+app.command("serve")(serving_commands.serve)
 app.command("chat")(agent_commands.chat)
 app.command("ui")(agent_commands.ui)
 app.command("api")(agent_commands.api)

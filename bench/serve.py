@@ -189,7 +189,7 @@ def measure_vllm(client, prompts: list[Prompt], trie, concurrency: int, n_reques
 
 def measure_constraints(client, catalogs: dict[str, dict], prompt: Prompt, repeats: int = 3) -> dict:
     """First (compiling) and warm latency of each structured-output constraint shape, per catalog size."""
-    from agent.llm_client import LLMError
+    from serving.client import LLMError
     from agent.sid_constraints import CONSTRAINT_KINDS, structured_outputs
     from finetune.sid_tokens import CodeTrie
 
@@ -285,8 +285,8 @@ def main() -> None:
     import psutil
     import torch
 
-    from agent.llm_client import LLMClient
-    from agent.serve import ServerSpec, VllmServer, free_port
+    from serving.client import LLMClient
+    from serving.server import ServerSpec, VllmServer, free_port
     from finetune.sid_tokens import CodeTrie
     from genrec.atomic import write_json
 

@@ -224,62 +224,35 @@ def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-@dataclass
-class _CellModel:
-    """A grid cell as an `genrec.protocol.Recommender`."""
+def _local_cell(gen: Any, cell: dict[str, Any]) -> Any:
+    """A grid cell ranked in process: the model with the cell's template, beam width and temperature."""
+    from finetune.ranking import Ranker
 
-    name: str
-    top_k: Any  # (histories, k) -> ranked item ids
-    prompt: Any  # history -> exact prompt text
-
-    def fit(self, train: dict[str, list[str]]) -> None:
-        """Nothing to fit: the model is trained already."""
-
-    def recommend(self, histories: list[list[str]], k: int) -> list[list[str]]:
-        """The cell's top-`k` items per history, history excluded."""
-        return self.top_k(histories, k)
+    prompts = replace(gen.prompts, template=cell["template"])
+    return Ranker(replace(gen, prompts=prompts, beam_width=cell["beam_width"], temperature=cell["temperature"]),
+                  name=cell["model"])
 
 
-def _local_cell(genrec: Any, cell: dict[str, Any]) -> _CellModel:
-    gm = replace(genrec, template=cell["template"], beam_width=cell["beam_width"], temperature=cell["temperature"])
-
-    def top_k(histories: list[list[str]], k: int) -> list[list[str]]:
-        found = gm.top_k(histories, k, exclude=[set(h) for h in histories])
-        return [[item for item, _ in row] for row in found]
-
-    return _CellModel(cell["model"], top_k, gm.prompt)
-
-
-def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> _CellModel:
+def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> Any:
+    """A grid cell ranked by a served model: the same prompts, beams from the vLLM server."""
     from transformers import AutoTokenizer
 
-    from agent.llm_client import LLMClient
-    from finetune.inference import model_meta
-    from finetune.sid_tokens import CodeTrie
-    from finetune.tasks import next_item_prompt
+    from finetune.decoding.local import model_meta
+    from finetune.decoding.prompts import HistoryPrompt
+    from finetune.decoding.trie import SidTrie
+    from finetune.ranking import Ranker
     from genrec.run import RunPaths
     from retrieval.semantic_ids import load_semantic_ids
+    from serving.client import LLMClient
+    from serving.vllm_generator import VllmGenerator
 
     paths = RunPaths(exp.run)
-    codes = {item: tuple(code) for item, code in load_semantic_ids(paths).items()}
-    trie = CodeTrie(codes)
+    trie = SidTrie(load_semantic_ids(paths))
     tokenizer = AutoTokenizer.from_pretrained(paths.model / "base")
-    max_history = int(model_meta(paths).get("max_history", 50))
+    prompts = HistoryPrompt(tokenizer, trie.code_of, int(model_meta(paths)["max_history"]), cell["template"])
     client = LLMClient(entry.endpoint, **({"model": entry.served_model} if entry.served_model else {}))
-
-    def prompt(history: list[str]) -> str:
-        known = [i for i in history if i in codes][-max_history:]
-        return next_item_prompt(tokenizer, [codes[i] for i in known], cell["template"])
-
-    def top_k(histories: list[list[str]], k: int) -> list[list[str]]:
-        out = []
-        for history in histories:
-            found = client.recommend_ids(prompt(history), trie, k=k, beam_width=max(cell["beam_width"], k),
-                                         exclude=[codes[i] for i in history if i in codes])
-            out.append([trie.item_of[code] for code, _ in found])
-        return out
-
-    return _CellModel(cell["model"], top_k, prompt)
+    return Ranker(VllmGenerator(client, trie, prompts, beam_width=cell["beam_width"], model=client.model),
+                  name=cell["model"])
 
 
 def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) -> ExperimentResult:
@@ -289,7 +262,7 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
 
     from genrec.metrics import rank_cases, sample_users
     from eval.run_eval import load_split
-    from finetune.inference import load_genrec_model
+    from finetune.decoding.local import load_local_generator
     from genrec.run import RunPaths
     from retrieval.semantic_ids import load_semantic_ids
 
@@ -314,7 +287,7 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
             if entry.path is not None:
                 if cell["model"] not in loaded:
                     folder = exp.model_dirs[cell["model"]]
-                    loaded[cell["model"]] = load_genrec_model(
+                    loaded[cell["model"]] = load_local_generator(
                         _ModelPaths(exp.run, folder), load_semantic_ids(paths), batch_size=exp.spec.batch_size)
                 model = _local_cell(loaded[cell["model"]], cell)
             else:
@@ -326,7 +299,7 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
                    **{m: v for m, v in acc.summary(ks).items()},
                    "users_per_s": len(users) / seconds if seconds else None,
                    "seconds": time.perf_counter() - t0,
-                   "example_user": users[0], "example_prompt": model.prompt(list(cases[users[0]][0]))}
+                   "example_user": users[0], "example_prompt": model.generator.prompts.text(list(cases[users[0]][0]))}
             write_json(path, row)  # atomic: a crash later never loses or corrupts this cell
             result.computed += 1
         except Exception as exc:  # one failing cell must not cost the others; it is reported and retried next time

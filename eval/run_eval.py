@@ -25,7 +25,7 @@ from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
 
-KNOWN_MODELS = ("genrec", "sasrec", "popularity", "itemknn", "content")
+KNOWN_MODELS = ("genrec", "genrec-gen", "sasrec", "popularity", "itemknn", "content")
 RANKS_FILE = "ranks.parquet"
 CURVE_KS = tuple(range(1, 21))  # lists of 20 let every K in 1..20 be scored from the same ranks
 
@@ -105,22 +105,37 @@ def parse_models(models: Sequence[str] | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
+def genrec_models(paths: RunPaths, names: list[str] | None, console=None) -> list[Recommender]:
+    """The served ranking (`genrec`, exactly what `genrec recommend`, the agent and the API rank with)
+    and pure generation (`genrec-gen`) beside it, so the dense model's gain is visible."""
+    from serving.ranker import open_ranker
+
+    wanted = [n for n in ("genrec", "genrec-gen") if (names is None and has_model(paths)) or (names and n in names)]
+    if not wanted:
+        return []
+    paths.require(paths.model / "genrec.json", f"genrec train --run {paths.root}")
+    served, notice = open_ranker(paths.root)
+    if notice:
+        (console.print if console is not None else print)(f"note: {notice}")
+    models: list[Recommender] = []
+    if "genrec" in wanted:
+        served.name = "genrec"
+        models.append(served)
+    if "genrec-gen" in wanted and (served.hybrid or "genrec" not in wanted):
+        from finetune.ranking import Ranker
+
+        models.append(Ranker(served.generator, name="genrec-gen"))
+    return models
+
+
 def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: list[str],
                  names: list[str] | None, progress: bool = True) -> list[Recommender]:
-    """Fitted models: genrec first (if trained, or asked for), then the baselines in config order."""
+    """Fitted models: genrec and genrec-gen first (if trained, or asked for), then the baselines in config order."""
     from eval.baselines import fit_baselines
 
-    models: list[Recommender] = []
-    want_genrec = has_model(paths) if names is None else "genrec" in names
-    if want_genrec:
-        from finetune.recommender import GenrecRecommender
-
-        paths.require(paths.model / "genrec.json", f"genrec train --run {paths.root}")
-        genrec = GenrecRecommender(paths.root)
-        genrec.fit(split.train)
-        models.append(genrec)
+    models: list[Recommender] = genrec_models(paths, names)
     baselines = [b for b in config.eval.baselines if names is None or b in names]
-    baselines += [b for b in (names or []) if b not in baselines and b != "genrec"]
+    baselines += [b for b in (names or []) if b not in baselines and not b.startswith("genrec")]
     eval_config = config.eval.model_copy(update={"baselines": baselines})
     vectors = content_vectors(paths, len(item_ids)) if "content" in baselines else None
     if vectors is None and names is not None and "content" in names:

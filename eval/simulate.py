@@ -235,7 +235,7 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
     paths, config = open_run(run)
     paths.require(paths.chroma, f"genrec index --run {paths.root}")
     if llm_url and not chat_url:
-        from agent.serve import chat_url as run_chat_url
+        from serving.server import chat_url as run_chat_url
 
         chat_url = run_chat_url(paths.root, config.serve, llm_url)
     if simulator == "llm" and not chat_url:

@@ -12,14 +12,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from finetune.generate import autocast
-from finetune.item_head import ItemHead, final_states
+from finetune.decoding.beam import autocast
 from finetune.tasks import Example
 
 IGNORE = -100
@@ -126,14 +124,8 @@ def train_epoch(
     clip: float = 1.0,
     params: Sequence[torch.nn.Parameter] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    item_head: ItemHead | None = None,
-    item_loss: float = 0.0,
 ) -> EpochStats:
-    """One pass over `data` in length-grouped batches; the loss is averaged over target tokens.
-
-    With `item_head` and `item_loss` > 0, `item_loss` x the full-catalog item cross-entropy at
-    every ID position is added (see `finetune.item_head`); the reported loss stays the token loss.
-    """
+    """One pass over `data` in length-grouped batches; the loss is averaged over target tokens."""
     model.train()
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     batches = length_batches(data, max_tokens, rng)
@@ -142,15 +134,9 @@ def train_epoch(
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
     for batch in bar:
         inputs = collate([data[i] for i in batch], pad_id)
-        capture = final_states(model) if item_head is not None and item_loss > 0 else nullcontext([])
-        with autocast(bf16), capture as states:
+        with autocast(bf16):
             out = model(**inputs)
-        loss = out.loss
-        if states:
-            extra = item_head.loss(model, states[0], inputs["labels"])
-            if extra is not None:
-                loss = loss + item_loss * extra
-        loss.backward()
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         scheduler.step()

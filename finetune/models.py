@@ -144,31 +144,6 @@ def build_scratch_model(config: TrainConfig, tokenizer):
     return model
 
 
-def add_residual_dropout(model, p: float) -> list:
-    """Dropout on the token embeddings and on every attention and MLP output before its residual add.
-
-    SASRec and GPT-2 regularise there; a Llama config has only attention dropout, and on a small
-    catalog a scratch model memorises its training sequences without it. Forward hooks do it, so
-    the weights and the saved folder stay a plain Llama that vLLM serves, and nothing changes in
-    eval mode. Returns the hook handles (`handle.remove()` undoes it).
-    """
-    import torch.nn.functional as F
-
-    if p <= 0:
-        return []
-
-    def drop(module, args, output):
-        if not module.training:
-            return None
-        if isinstance(output, tuple):
-            return (F.dropout(output[0], p, True), *output[1:])
-        return F.dropout(output, p, True)
-
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    modules = [inner.embed_tokens] + [m for layer in inner.layers for m in (layer.self_attn, layer.mlp)]
-    return [m.register_forward_hook(drop) for m in modules]
-
-
 def resize_for_tokenizer(model, tokenizer) -> None:
     """Grow the embeddings (and a tied or untied output layer) to the tokenizer's size.
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from finetune.item_head import ItemHead
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.tasks import Example
 from genrec.atomic import atomic_dir, write_json
@@ -28,7 +27,7 @@ FINGERPRINT_FILE = "genrec_pretrain.json"
 # settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
 PRETRAIN_FIELDS = (
     "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
-    "dropout", "residual_dropout", "item_loss", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
 )
 
 
@@ -57,15 +56,13 @@ def pretrain(
     progress: bool = True,
     console: Console | None = None,
     validate: Callable[[], float] | None = None,
-    item_head: ItemHead | None = None,
 ) -> dict:
     """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
 
     With `validate` (validation NDCG@10 of the model as it is), it is scored after each of the last
     `config.pretrain_val_epochs` epochs and the best of those epochs' weights is kept: on sparse data
     the last epoch can be past the best one, while early epochs (still warming up, far below the
-    later ones in every run made) are not worth the time it takes to score them. `item_head` adds
-    the item-level loss of weight `config.item_loss` (see `finetune.item_head`).
+    later ones) are not worth the time it takes to score them.
     """
     console = console or Console(stderr=True)
     rng = random.Random(config.seed)
@@ -80,7 +77,6 @@ def pretrain(
         stats = train_epoch(
             model, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress,
-            item_head=item_head, item_loss=config.item_loss,
         )
         record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
                   "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}

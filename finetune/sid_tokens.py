@@ -1,9 +1,9 @@
-"""Semantic-ID tokens: how a code tuple is written as text, read back, and laid out as a trie.
+"""Semantic-ID tokens: how a code tuple is written as text, read back, and mapped to token ids.
 
 A code `[12, 7, 201, 0]` is written `<a_12><b_7><c_201><d_0>`: one token per (level, code), the
-level named by a letter (`a` for level 0, `b` for level 1, ...). Training, Hugging Face generation,
-the vLLM client and evaluation all go through these functions so that the three never disagree
-on the format.
+level named by a letter (`a` for level 0, `b` for level 1, ...). Training, decoding (the trie in
+`finetune.decoding.trie`), serving and evaluation all go through these functions so that they
+never disagree on the format.
 """
 
 from __future__ import annotations
@@ -78,55 +78,6 @@ def codebook_sizes(codes: Iterable[Sequence[int]]) -> list[int]:
     return sizes
 
 
-class CodeTrie:
-    """The prefix tree of valid code tuples, the constraint used by every constrained decoder.
-
-    `children(prefix)` is the sorted list of codes that may follow `prefix`; a full-length
-    prefix maps to its item id. Built once per catalog; lookups are dict reads.
-    """
-
-    def __init__(self, item_codes: Mapping[str, Sequence[int]]):
-        if not item_codes:
-            raise ValueError("no item codes to build a trie from")
-        lengths = {len(code) for code in item_codes.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"item codes have different lengths {sorted(lengths)}; semantic IDs must share one length")
-        self.depth: int = lengths.pop()
-        self.item_of: dict[tuple[int, ...], str] = {}
-        children: dict[tuple[int, ...], set[int]] = {}
-        for item_id, code in item_codes.items():
-            key = tuple(int(c) for c in code)
-            if key in self.item_of:
-                raise ValueError(f"items {self.item_of[key]!r} and {item_id!r} share the code {list(key)}")
-            self.item_of[key] = str(item_id)
-            for level in range(self.depth):
-                children.setdefault(key[:level], set()).add(key[level])
-        self._children = {prefix: sorted(codes) for prefix, codes in children.items()}
-        self.codebook_sizes: list[int] = codebook_sizes(self.item_of)
-
-    def children(self, prefix: Sequence[int]) -> list[int]:
-        """Codes allowed after `prefix` (empty for a complete or unknown prefix)."""
-        return self._children.get(tuple(prefix), [])
-
-    def __contains__(self, code: object) -> bool:
-        return isinstance(code, tuple) and code in self.item_of
-
-    def __len__(self) -> int:
-        return len(self.item_of)
-
-    def codes(self) -> list[tuple[int, ...]]:
-        """Every valid code tuple, sorted."""
-        return sorted(self.item_of)
-
-    def without(self, codes: Iterable[Sequence[int]]) -> CodeTrie:
-        """A trie of the same items minus `codes` (e.g. a user's history), so no beam is spent on them."""
-        drop = {tuple(int(c) for c in code) for code in codes}
-        kept = {item: list(code) for code, item in self.item_of.items() if code not in drop}
-        if not kept:
-            raise ValueError("excluding these codes leaves no item to recommend")
-        return CodeTrie(kept)
-
-
 class SidVocab:
     """Token ids of the SID tokens in one tokenizer: (level, code) <-> token id.
 
@@ -164,22 +115,3 @@ class SidVocab:
     def decode(self, token_ids: Sequence[int]) -> tuple[int, ...]:
         """Codes of a run of SID token ids, in order (ids that are not SID tokens are skipped)."""
         return tuple(self.code_of[t][1] for t in token_ids if t in self.code_of)
-
-
-def prefix_allowed_tokens_fn(trie: CodeTrie, vocab: SidVocab, prompt_length: int, eos_token_id: int | None = None):
-    """A Hugging Face `generate(prefix_allowed_tokens_fn=...)` callback that walks the trie.
-
-    After `prompt_length` tokens, each step allows only the SID tokens of the codes that may follow
-    the codes generated so far; once a code is complete it allows only `eos_token_id`. Without an
-    EOS, call `generate(max_new_tokens=trie.depth)` so that no step comes after a complete code.
-    Prompts in a batch must be left-padded to the same `prompt_length`.
-    """
-
-    def allowed(batch_id: int, input_ids) -> list[int]:
-        generated = input_ids[prompt_length:].tolist()
-        prefix = vocab.decode(generated)
-        if len(prefix) != len(generated) or len(prefix) >= trie.depth:  # complete (or padded after EOS)
-            return [eos_token_id] if eos_token_id is not None else []
-        return [vocab.token_id(len(prefix), c) for c in trie.children(prefix)]
-
-    return allowed

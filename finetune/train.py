@@ -7,7 +7,9 @@ Reads top to bottom like a training script:
    corpus; SID tokens added and their embedding rows made trainable;
 3. LoRA fine-tuning on the SFT tasks, validation NDCG@10 after each epoch on a fixed user sample;
 4. every new best is exported atomically to `RUN/model/` (base + LoRA adapter + genrec.json), so an
-   interrupted run leaves the last good checkpoint usable.
+   interrupted run leaves the last good checkpoint usable;
+5. the dense next-item model (`RUN/dense/`) and the fusion of both, chosen on validation
+   (`RUN/ranking.json`): together the ranking that every command serves (`finetune.ranking`).
 """
 
 from __future__ import annotations
@@ -20,23 +22,24 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from retrieval.split import Split, leave_one_out
-from finetune.inference import GenrecModel, bf16_supported, file_sha256
-from finetune.item_head import ItemHead
+from finetune.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
+from finetune.decoding.prompts import HistoryPrompt
+from finetune.decoding.trie import SidTrie
+from finetune.dense.store import build_dense, save_dense
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
-from finetune.models import SCRATCH, add_residual_dropout, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
+from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
-from finetune.recommender import GenrecRecommender
+from finetune.ranking import Fusion, Ranker, tune_fusion
 from finetune.sid_tokens import codebook_sizes
 from finetune.tasks import aux_examples, corpus_texts, item_facts, next_item_examples
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
-from finetune.trie import SidTrie
 from genrec.atomic import write_json
 from genrec.config import RunConfig, TrainConfig
 from genrec.errors import GenrecError
-from genrec.metrics import validation_ndcg
+from genrec.metrics import sample_users, validation_ndcg
 from genrec.run import RunPaths, open_run
+from retrieval.split import Split, leave_one_out
 
 
 @dataclass
@@ -55,6 +58,8 @@ class TrainReport:
     epochs: list[dict] = field(default_factory=list)
     pretrain_epochs: list[dict] = field(default_factory=list)  # loss and validation NDCG@10 per pre-training epoch
     model_dir: str = ""
+    dense: dict = field(default_factory=dict)  # the dense model's training (epochs, best validation, minutes)
+    fusion: dict = field(default_factory=dict)  # the fusion chosen on validation (RUN/ranking.json)
 
 
 @dataclass
@@ -119,39 +124,81 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
     cached = load_cached(cache, expected)
     if cached is not None:
         console.print(f"using the pre-trained scratch model cached in {cache}")
-        add_residual_dropout(cached[0], config.residual_dropout)
         return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
     tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
     add_sid_tokens(tokenizer, sizes)
     model = build_scratch_model(config, tokenizer)
-    add_residual_dropout(model, config.residual_dropout)  # stays on for the LoRA stage
     console.print(
         f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
     )
-    probe = ranker(model, tokenizer, data, config, bf16)
+    probe = generator(model, tokenizer, data, config, bf16)
     stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console,
-                     validate=lambda: validation_score(probe, data, config.val_users, config.seed),
-                     item_head=probe.item_head)
+                     validate=lambda: validation_score(probe, data, config.val_users, config.seed))
     save_pretrained_cache(model, tokenizer, cache, expected, stats)
     return model, tokenizer, stats
 
 
-def ranker(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) -> GenrecModel:
-    """The model as training validates it: the run's generation settings, item scores if trained with them."""
+def generator(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) -> LocalGenerator:
+    """The model as training validates it: the run's generation settings, in process."""
     generate = data.config.generate
-    trie = SidTrie(data.codes, tokenizer)
-    head = ItemHead.from_trie(trie) if config.item_loss > 0 else None
-    return GenrecModel(model, tokenizer, trie, config.max_history, config.template, generate.beam_width,
-                       generate.batch_size, bf16, item_head=head, item_weight=generate.item_weight if head else 0.0)
+    trie = SidTrie.for_tokenizer(data.codes, tokenizer)
+    prompts = HistoryPrompt(tokenizer, trie.code_of, config.max_history, config.template)
+    return LocalGenerator(model, tokenizer, trie, prompts, generate.beam_width, generate.batch_size, bf16)
 
 
-def validation_score(genrec: GenrecModel, data: RunData, val_users: int | None, seed: int) -> float:
-    """NDCG@10 on a fixed sample of validation users, through `eval`'s one metric code path."""
-    return validation_ndcg(
-        GenrecRecommender.from_model(genrec), data.split.valid, data.item_ids, max_users=val_users, seed=seed,
-        batch_size=512,
-    )
+def validation_score(gen: LocalGenerator, data: RunData, val_users: int | None, seed: int) -> float:
+    """NDCG@10 of pure generation on a fixed sample of validation users (`genrec.metrics`, the one metric path)."""
+    return validation_ndcg(Ranker(gen, name="genrec-gen"), data.split.valid, data.item_ids, max_users=val_users,
+                           seed=seed, batch_size=512)
+
+
+def train_dense(data: RunData, progress: bool, console: Console) -> dict:
+    """Train the dense next-item model on the training split (early-stopped on validation) into `RUN/dense/`."""
+    settings = data.config.dense
+    model = build_dense(settings, data.item_ids, data.split.train, progress=progress)
+    console.print(f"training the dense model ({settings.model}, history {model.max_len}) on the training split")
+    started = time.perf_counter()
+    model.fit(data.split.train, data.split.valid)
+    stats = {**model.train_stats, "minutes": (time.perf_counter() - started) / 60}
+    stats.pop("history", None)
+    save_dense(model, data.paths.dense, model.train_stats)
+    cut = " (cut by dense.max_minutes)" if model.train_stats.get("stopped_by_clock") else ""
+    console.print(f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "
+                  f"{stats.get('best_epoch')} of {stats.get('epochs')}{cut}, {stats['minutes']:.1f} min")
+    return stats
+
+
+def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
+    """Load the kept generative model and the dense model as served, and pick their fusion on every
+    validation user (`finetune.ranking.tune_fusion`); written to `RUN/ranking.json`."""
+    from finetune.dense.store import load_dense
+
+    generate = data.config.generate
+    gen = load_local_generator(data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size)
+    ranker = Ranker(gen, load_dense(data.paths.dense), Fusion(dense_candidates=data.config.dense.candidates))
+    users = sample_users(data.split.valid, None)
+    fusion = tune_fusion(ranker, data.split.valid, users, progress=progress)
+    write_json(data.paths.ranking, fusion.to_json())
+    pure = next(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 0)
+    dense_only = max(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 1)
+    console.print(f"fusion on {len(users)} validation users: dense weight {fusion.dense_weight:.2f}, miss penalty "
+                  f"{fusion.miss_penalty:g}: NDCG@10 {fusion.valid_ndcg10:.4f} (generation alone {pure:.4f}, "
+                  f"dense re-ranking alone {dense_only:.4f})")
+    return fusion
+
+
+def train_ranking(run: str | Path, progress: bool = True, console: Console | None = None) -> tuple[dict, Fusion | None]:
+    """The dense half of the served ranking and its fusion, for a run whose generative model is trained."""
+    console = console or Console(stderr=True)
+    data = load_run_data(run)
+    if data.config.dense.model == "none":
+        if data.paths.ranking.exists():
+            data.paths.ranking.unlink()
+        console.print("dense.model is none: the served ranking is generation alone")
+        return {}, None
+    stats = train_dense(data, progress, console)
+    return stats, choose_fusion(data, progress, console)
 
 
 def train(
@@ -188,7 +235,7 @@ def train(
     peft_model = attach_lora(model, config, sid_rows)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
-    genrec = ranker(peft_model, tokenizer, data, config, bf16)
+    genrec = generator(peft_model, tokenizer, data, config, bf16)
     trie = genrec.trie
 
     make_examples = example_maker(data, tokenizer, config)
@@ -204,7 +251,6 @@ def train(
         "template": config.template,
         "semantic_ids_sha256": file_sha256(data.paths.semantic_ids),
         "sid_levels": trie.depth,
-        "item_loss": config.item_loss,
     }
     report = TrainReport(
         base=config.base,
@@ -257,7 +303,6 @@ def train(
         stats = train_epoch(
             peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
-            item_head=genrec.item_head, item_loss=config.item_loss,
         )
         report.train_seconds += stats.seconds
         examples_seen += stats.examples
@@ -268,6 +313,9 @@ def train(
             break
     report.examples_per_s = examples_seen / report.train_seconds if report.train_seconds else 0.0
     report.tokens_per_s = tokens_seen / report.train_seconds if report.train_seconds else 0.0
+    write_json(data.paths.model / "train_report.json", asdict(report))
+    report.dense, fusion = train_ranking(run, progress, console)
+    report.fusion = fusion.to_json() if fusion is not None else {}
     write_json(data.paths.model / "train_report.json", asdict(report))
     console.print(
         f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "

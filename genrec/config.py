@@ -96,34 +96,23 @@ class TrainConfig(Section):
     num_heads: int = 4
     intermediate_size: int = 1024
     dropout: float = 0.1  # attention dropout of the scratch model
-    # scratch model, training only: dropout on embeddings and on each attention/MLP output (as SASRec).
-    # Off: on ML-100K 0.2 validated 0.114 against 0.127 and tested 0.086 against 0.107 (8 epochs underfit with it)
-    residual_dropout: float = 0.0
-    # weight of the full-catalog item cross-entropy beside the token loss (finetune.item_head). Off: on
-    # ML-100K 0.5 validated 0.124 and 0.2 validated 0.120, against 0.127 (the token loss fell slower:
-    # 1.42 at epoch 8 with 0.5, against 1.31)
-    item_loss: float = Field(0.0, ge=0)
     max_length: int = 512  # tokens per training example
     vocab_size: int = 4000  # byte-level BPE vocabulary trained on the catalog (scratch only)
     pretrain_epochs: int = 8
     pretrain_lr: float = 2e-3
-    pretrain_val_epochs: int = 3  # validate (and keep the best of) only the last N pre-training epochs (on ML-100K epoch 5 of 8 was never the best)
+    pretrain_val_epochs: int = 3  # validate (and keep the best of) only the last N pre-training epochs
     # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0  # PEFT dropout on every LoRA input: 0.05 cost 32% of LoRA step time on CPU (RNG) and validated lower (ML-100K 0.1158 vs 0.1184)
+    lora_dropout: float = 0.0  # PEFT dropout on every LoRA input (slow on CPU; see docs/experiments.md)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     epochs: int = 3
     lr: float = 1e-3
     tokens_per_batch: int = 8192  # padded tokens per optimizer step (batches group similar lengths)
-    # items of history in one prompt / one training chunk: 112 is what fits max_length 512 with
-    # 4-token IDs; on ML-100K it validated 0.1275 against 0.1123 for 50 (test NDCG@10 0.107 vs 0.100)
-    # and trained in 19.7 min against 20.1 (fewer, longer examples). 200 (SASRec's length there, with
-    # max_length 1024) pre-trained at 2/3 the speed and validated lower: 0.111 against 0.120.
-    max_history: int = 112
+    max_history: int = 112  # items of history in one prompt / training chunk: what fits max_length 512 with 4-token IDs
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
     template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
-    val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all); 300 proved too noisy to pick epochs
+    val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all)
     max_minutes: float | None = None  # stop LoRA epochs after this wall time (the best checkpoint is kept)
     bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
     seed: int = 0
@@ -141,14 +130,33 @@ class TrainConfig(Section):
         return self
 
 
+class DenseConfig(Section):
+    """The dense next-item model trained beside the generative one and fused with it (finetune.ranking)."""
+
+    model: Literal["sasrec", "none"] = "sasrec"  # none: the served ranking is pure generation
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    max_len: int | None = None  # None: 200 for dense data (median history > 50 items), else 50
+    dropout: float = 0.2
+    lr: float = 3e-3
+    batch_size: int = 128
+    epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends training sooner
+    patience: int = 10  # validations without improvement before stopping
+    val_users: int | None = None  # validation users scored per epoch (None: all)
+    max_minutes: float | None = None  # wall-clock cap (the demo sets one; the cut is recorded)
+    threads: int | None = 1  # torch threads while training
+    candidates: int = Field(50, ge=1)  # the dense model's top items added to the beams as candidates
+
+
 class GenerateConfig(Section):
-    """Constrained top-K generation."""
+    """Constrained top-K generation and the served ranking."""
 
     beam_width: int = 20
     k: int = 10
     batch_size: int = 32  # users per beam-search batch
-    # models trained with train.item_loss > 0: beam score + item_weight x item log-softmax (finetune.item_head)
-    item_weight: float = Field(1.0, ge=0)
+    # hybrid: beams fused with the dense model (RUN/ranking.json); generative: beams alone
+    ranking: Literal["hybrid", "generative"] = "hybrid"
     exclude_history: bool = True
     explain: bool = False
     explainer: str = "smollm2-135m"  # instruction-tuned model that writes explanations
@@ -165,7 +173,6 @@ class ServeConfig(Section):
     # float32 keeps vLLM's scores equal to Hugging Face's (vLLM's "auto" turns float32 models into bfloat16 on CPU)
     dtype: str = "float32"
     startup_timeout_s: float = 300.0
-    request_timeout_s: float = 60.0
     extra_args: list[str] = []
     # The model that writes chat replies and explanations. "auto": the run's own base when it was
     # fine-tuned from a pretrained model, else SmolLM2-135M-Instruct on a second server (a scratch
@@ -218,6 +225,7 @@ class RunConfig(Section):
     chroma: ChromaConfig = ChromaConfig()
     semantic_ids: SemanticIdConfig = SemanticIdConfig()
     train: TrainConfig = TrainConfig()
+    dense: DenseConfig = DenseConfig()
     generate: GenerateConfig = GenerateConfig()
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()

@@ -52,6 +52,16 @@ class RunPaths:
         return self.root / "model"
 
     @property
+    def dense(self) -> Path:
+        """The dense next-item model fused into the served ranking (`finetune.dense.store`)."""
+        return self.root / "dense"
+
+    @property
+    def ranking(self) -> Path:
+        """The fusion chosen on validation (`finetune.ranking.Fusion`)."""
+        return self.root / "ranking.json"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval"
 

@@ -19,7 +19,8 @@ from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
 from retrieval.catalog import image_source
 from retrieval.encoders import encode_query_image, load_encoder
-from retrieval.store import ItemStore, item_metadata, open_store, translate_where
+from retrieval.store import ItemStore, open_store
+from retrieval.where import Fields, catalog_fields, compile_where
 
 
 @dataclass
@@ -48,8 +49,7 @@ class Searcher:
     text_model: Any
     image_model: Any | None
     items: pd.DataFrame
-    list_keys: set[str]
-    keys: set[str]
+    fields: Fields  # what `where` filters may name
 
     @classmethod
     def open(cls, run: str | Path) -> "Searcher":
@@ -62,13 +62,8 @@ class Searcher:
         image_model = None
         if store.image is not None and config.encoder.image_model:
             image_model = load_encoder(config.encoder.image_model, config.encoder.device)
-        keys, list_keys = set(), set()
-        for _, row in items.iterrows():
-            for k, v in item_metadata(row).items():
-                keys.add(k)
-                if isinstance(v, list):
-                    list_keys.add(k)
-        return cls(paths, config, store, text_model, image_model, items.set_index("item_id", drop=False), list_keys, keys)
+        return cls(paths, config, store, text_model, image_model, items.set_index("item_id", drop=False),
+                   catalog_fields(items))
 
     def search(
         self,
@@ -84,7 +79,8 @@ class Searcher:
             raise GenrecError("search: give exactly one of a text query, --image FILE or an item id")
         if k < 1:
             raise GenrecError("search: k must be at least 1")
-        chroma_where = translate_where(where, self.list_keys, self.keys)
+        checked = compile_where(where, self.fields)
+        chroma_where = checked.to_chroma() if checked is not None else None
         scores: dict[str, float] = {}
         pool = max(4 * k, 20)
         weight = self.config.encoder.image_weight

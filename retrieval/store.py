@@ -136,36 +136,3 @@ def upsert_items(
             batch_size, "chroma images",
         )
         _drop_stale(store.image, {ids[i] for i in sel})
-
-
-def translate_where(where: dict[str, Any] | None, list_keys: set[str], keys: set[str]) -> dict[str, Any] | None:
-    """Turn a user filter into Chroma's: `genre` finds `genres`; equality on a list field means "contains".
-
-    `{"genre": "Sci-Fi"}` becomes `{"genres": {"$contains": "Sci-Fi"}}`; `$in` on a list field becomes an
-    `$or` of `$contains`. Unknown keys are an error naming the key and the known ones.
-    """
-    if not where:
-        return None
-    clauses = []
-    for key, cond in where.items():
-        if key in ("$and", "$or"):
-            if not isinstance(cond, list):
-                raise GenrecError(f"where: {key} takes a list of filters")
-            clauses.append({key: [translate_where(c, list_keys, keys) for c in cond]})
-            continue
-        field = key if key in keys else f"{key}s" if f"{key}s" in keys else None
-        if field is None:
-            raise GenrecError(f"where: unknown field {key!r}; known fields: {', '.join(sorted(keys))}")
-        if field in list_keys:
-            if not isinstance(cond, dict):
-                cond = {"$contains": cond}
-            elif "$eq" in cond:
-                cond = {"$contains": cond["$eq"]}
-            elif "$ne" in cond:
-                cond = {"$not_contains": cond["$ne"]}
-            elif "$in" in cond:
-                clauses.append({"$or": [{field: {"$contains": v}} for v in cond["$in"]]} if len(cond["$in"]) > 1
-                               else {field: {"$contains": cond["$in"][0]}})
-                continue
-        clauses.append({field: cond})
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}

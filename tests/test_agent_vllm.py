@@ -28,7 +28,7 @@ ARTIFACTS = REPO / "test-artifacts"
 def served(tmp_path_factory):
     """(run dir, recommender URL, chat URL): the run's two vLLM servers, as `genrec serve` starts them."""
     pytest.importorskip("vllm")
-    from agent.serve import VllmServer, chat_server_spec, free_port, run_server_spec
+    from serving.server import VllmServer, chat_server_spec, free_port, run_server_spec
     from genrec.config import ServeConfig
 
     run = tmp_path_factory.mktemp("vllm-agent") / "agent-run"
@@ -60,7 +60,7 @@ def agent(served, tmp_path_factory):
     run, url, chat_url = served
     a = Agent.open(run, llm_url=url, chat_url=chat_url, db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite",
                    llm_timeout_s=180)
-    assert a.ctx.generator is not None  # the run has a model: recommend asks it
+    assert a.ctx.ranker is not None and a.ctx.ranker.generator.name == "vllm"  # recommend ranks through the server
     yield a
     a.close()
 
@@ -78,13 +78,13 @@ def test_every_reply_is_grounded_whoever_planned_and_wrote_it(agent):
         record.append({"message": message, "planner": answer.planner, "reply_source": answer.source,
                        "guard": state.get("guard_violations"), "reply": answer.reply})
     recommend = json.loads(next(m.content for m in reversed(state["messages"]) if getattr(m, "name", "") == "recommend"))
-    assert recommend.get("model") and "model_unavailable" not in recommend  # the served generator answered
+    assert recommend.get("model") and "model_unavailable" not in recommend  # the served ranking answered
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "smollm2_agent_turns.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 def test_generated_ids_are_catalog_items_outside_the_history(agent):
-    ids = agent.ctx.generator(["1", "2", "13"], 5)
+    ids = [i for i, _ in agent.ctx.ranker.rank([["1", "2", "13"]], 5, exclude=[{"1", "2", "13"}])[0]]
     assert len(ids) == 5 and set(ids) <= set(agent.ctx.titles.ids) and not {"1", "2", "13"} & set(ids)
 
 
@@ -129,7 +129,7 @@ def test_interfaces_start_both_model_servers_when_none_answers_and_stop_them_on_
     from rich.console import Console
 
     from agent.commands import model_server
-    from agent.serve import free_port, is_healthy, port_is_free
+    from serving.server import free_port, is_healthy, port_is_free
 
     run, _, _ = served
     ports = [free_port(), free_port()]

@@ -114,11 +114,11 @@ def test_a_failing_cell_never_loses_the_cells_already_computed(tmp_path, trained
 def test_temperature_changes_beam_scores_as_rescaled_logits(trained):
     import torch
 
-    from finetune.generate import beam_search
-    from finetune.recommender import load_run_model
+    from finetune.decoding.beam import beam_search
+    from serving.ranker import open_ranker
 
-    genrec = load_run_model(trained)
-    enc = genrec.tokenizer([genrec.prompt(["1", "2"])], return_tensors="pt", add_special_tokens=False)
+    genrec = open_ranker(trained)[0].generator
+    enc = genrec.tokenizer([genrec.prompts.text(["1", "2"])], return_tensors="pt", add_special_tokens=False)
     hot = beam_search(genrec.model, enc.input_ids, enc.attention_mask, genrec.trie, 5, temperature=0.5)[0]
     # the score of a code is the sum over its levels of log-softmax(logits / T) at each step
     item, score = hot[0]
@@ -137,7 +137,7 @@ def test_a_served_endpoint_cell_scores_like_the_same_model_run_locally(tmp_path,
     """The experiment grid against a live vLLM server of the trained run: same model, same prompts,
     both exact trie beam search, so the served cell's metrics match the local cell's."""
     pytest.importorskip("vllm")
-    from agent.serve import free_port, serve_run
+    from serving.server import free_port, serve_run
     from eval.experiment import load_experiment, run_experiment
     from genrec.config import ServeConfig
 

@@ -31,6 +31,8 @@ def tiny_config() -> RunConfig:
     t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha = 1, 1, 4, 8
     t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.3, 2048
     config.generate.beam_width = 10
+    d = config.dense
+    d.hidden, d.max_len, d.epochs, d.patience, d.candidates = 16, 20, 3, 2, 20
     return config
 
 
@@ -97,13 +99,15 @@ def tokenizer(run_data):
 
 @pytest.fixture(scope="module")
 def untrained(run_data, tokenizer):
-    """A randomly initialised tiny Llama behind `GenrecModel`: nothing learned, so only the trie keeps it valid."""
-    from finetune.inference import GenrecModel
+    """A randomly initialised tiny Llama behind `LocalGenerator`: nothing learned, so only the trie keeps it valid."""
+    from finetune.decoding.local import LocalGenerator
+    from finetune.decoding.prompts import HistoryPrompt
+    from finetune.decoding.trie import SidTrie
     from finetune.models import build_scratch_model
-    from finetune.trie import SidTrie
 
     model = build_scratch_model(run_data.config.train, tokenizer).eval()
-    return GenrecModel(model, tokenizer, SidTrie(run_data.codes, tokenizer), max_history=20, beam_width=10, bf16=False)
+    trie = SidTrie.for_tokenizer(run_data.codes, tokenizer)
+    return LocalGenerator(model, tokenizer, trie, HistoryPrompt(tokenizer, trie.code_of, 20), beam_width=10, bf16=False)
 
 
 # ---- SID tokens -------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def test_adding_sid_tokens_twice_changes_nothing(run_data, tokenizer):
 def test_recommend_never_returns_invalid_or_history_items_even_untrained(run_data, untrained):
     catalog = set(run_data.item_ids)
     histories = [items for _, (items, _) in sorted(run_data.split.valid.items())][:12]
-    found = untrained.top_k(histories, k=10, exclude=[set(h) for h in histories])
+    found = untrained.generate(histories, 10, exclude=[set(h) for h in histories])
     for history, items in zip(histories, found):
         ids = [i for i, _ in items]
         assert len(ids) == 10 and len(set(ids)) == 10
@@ -147,133 +151,56 @@ def test_recommend_never_returns_invalid_or_history_items_even_untrained(run_dat
 
 
 def test_where_filter_and_tiny_allowed_sets_are_respected(run_data, untrained):
-    from finetune.filters import filter_items
-    from retrieval.catalog import load_catalog
     from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.where import catalog_fields, compile_where, filter_items
 
     items = load_catalog(RunPaths(run_data.paths.root)).items
-    comedies_90s = filter_items(items, {"$and": [{"genres": "Comedy"}, {"year": {"$gte": 1990}}]})
+    fields = catalog_fields(items)
+    comedies_90s = filter_items(items, compile_where({"$and": [{"genre": "Comedy"}, {"year": {"$gte": 1990}}]}, fields))
     assert 10 < len(comedies_90s) < len(items)
+    # the singular names the list attribute, as in search: {"genre": ...} is {"genres": ...}
+    assert comedies_90s == filter_items(items, compile_where({"genres": "Comedy", "year": {"$gte": 1990}}, fields))
     history = run_data.split.train[sorted(run_data.split.train)[0]]
-    found = untrained.top_k([history], k=10, exclude=[set(history)], only=comedies_90s)[0]
+    found = untrained.generate([history], 10, exclude=[set(history)], only=comedies_90s)[0]
     assert found and {i for i, _ in found} <= comedies_90s - set(history)
     # fewer allowed items than k: fewer results, never an item outside the allowed set
     three = set(sorted(comedies_90s - set(history))[:3])
-    found = untrained.top_k([history], k=10, exclude=[set(history)], only=three)[0]
+    found = untrained.generate([history], 10, exclude=[set(history)], only=three)[0]
     assert {i for i, _ in found} == three
 
 
-def test_beam_search_agrees_with_hf_generate_on_the_trie(run_data, untrained):
-    from transformers import LogitsProcessorList
+def test_an_unknown_filter_field_is_an_error_naming_the_valid_ones(run_data):
+    from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.where import catalog_fields, compile_where
 
-    from finetune.trie import TrieLogitsProcessor
+    fields = catalog_fields(load_catalog(RunPaths(run_data.paths.root)).items)
+    with pytest.raises(GenrecError, match=r"unknown field 'colour'; known fields: .*genres.*year"):
+        compile_where({"colour": "red"}, fields)
+    with pytest.raises(GenrecError, match=r"unknown operator '\$like'"):
+        compile_where({"year": {"$like": 1990}}, fields)
+
+
+def test_beam_search_agrees_with_hf_generate_on_the_trie(run_data, untrained):
+    from hf_reference import hf_trie_topk
 
     history = run_data.split.train[sorted(run_data.split.train)[1]]
     exclude = set(history)
-    ours = untrained.top_k([history], k=10, exclude=[exclude])[0]
-    ids = untrained.tokenizer([untrained.prompt(history)], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    processor = TrieLogitsProcessor(untrained.trie, ids.shape[1], num_beams=10, removed=[untrained.trie.exclusion(exclude)])
-    out = untrained.model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=10, num_return_sequences=10, do_sample=False,
-        max_new_tokens=untrained.trie.depth, length_penalty=0.0, logits_processor=LogitsProcessorList([processor]),
-        output_scores=True, return_dict_in_generate=True, pad_token_id=untrained.tokenizer.pad_token_id,
-    )
-    theirs = [
-        (untrained.trie.item_of(untrained.trie.prefix_of(seq[ids.shape[1]:].tolist())), float(score))
-        for seq, score in zip(out.sequences, out.sequences_scores)
-    ]
+    ours = untrained.generate([history], 10, exclude=[exclude])[0]
+    theirs = hf_trie_topk(untrained.model, untrained.tokenizer, untrained.prompts.token_ids(history), untrained.trie, 10,
+                          untrained.trie.exclusion(exclude))
     assert [i for i, _ in ours] == [i for i, _ in theirs]
     assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-4)
 
 
 def test_batched_and_single_requests_rank_alike(run_data, untrained):
     histories = [items for _, (items, _) in sorted(run_data.split.valid.items())][:6]
-    batched = untrained.top_k(histories, k=5)
+    batched = untrained.generate(histories, 5)
     for history, together in zip(histories, batched):
-        alone = untrained.top_k([history], k=5)[0]
+        alone = untrained.generate([history], 5)[0]
         assert [i for i, _ in alone] == [i for i, _ in together]
         assert np.allclose([s for _, s in alone], [s for _, s in together], atol=1e-3)
-
-
-# ---- item-level scores ---------------------------------------------------------------------------
-
-
-def test_item_targets_are_the_states_just_before_each_complete_id(run_data, tokenizer, untrained):
-    from finetune.item_head import ItemHead
-    from finetune.loop import collate, tokenise
-    from finetune.tasks import next_item_examples
-
-    head = ItemHead.from_trie(untrained.trie)
-    train = dict(list(run_data.split.train.items())[:3])
-    data = tokenise(tokenizer, next_item_examples(tokenizer, train, run_data.codes, 20, random.Random(0)), 128)
-    labels = collate(data, tokenizer.pad_token_id)["labels"]
-    rows, positions, items = head.targets(labels)
-    assert len(items) > 10
-    for b, p, i in zip(rows.tolist(), positions.tolist(), items.tolist()):
-        assert labels[b, p + 1 : p + 1 + head.depth].tolist() == untrained.trie.tokens_of(head.item_ids[i])
-    # a cut-off ID (here: its last token masked) is no target
-    labels[rows[0], positions[0] + head.depth] = -100
-    assert len(head.targets(labels)[2]) == len(items) - 1
-
-
-def test_final_states_are_exactly_what_the_output_layer_reads(untrained):
-    from finetune.item_head import final_states
-
-    ids = torch.randint(0, 300, (2, 9))
-    with torch.no_grad(), final_states(untrained.model) as states:
-        logits = untrained.model(input_ids=ids).logits
-    assert len(states) == 1 and states[0].shape[:2] == (2, 9)
-    assert torch.allclose(untrained.model.get_output_embeddings()(states[0]), logits, atol=1e-5)
-
-
-def test_item_scores_add_to_beam_scores_and_reorder_the_same_candidates(run_data, untrained):
-    from dataclasses import replace
-
-    from finetune.item_head import ItemHead, final_states
-
-    head = ItemHead.from_trie(untrained.trie)
-    history = run_data.split.train[sorted(run_data.split.train)[2]]
-    plain = dict(untrained.top_k([history], k=10, exclude=[set(history)])[0])
-    mixed = replace(untrained, item_head=head, item_weight=0.5).top_k([history], k=10, exclude=[set(history)])[0]
-    assert {i for i, _ in mixed} == set(plain)  # candidates still come from the trie's beams only
-    ids = untrained.tokenizer([untrained.prompt(history)], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with torch.no_grad(), final_states(untrained.model) as states:
-        untrained.model(input_ids=ids)
-        item_logp = torch.log_softmax(head.scores(untrained.model, states[0][:, -1]), dim=-1)[0]
-    column = head.index()
-    for item, score in mixed:
-        assert score == pytest.approx(plain[item] + 0.5 * float(item_logp[column[item]]), abs=1e-4)
-    assert [s for _, s in mixed] == sorted((s for _, s in mixed), reverse=True)
-
-
-def test_training_with_the_item_loss_learns_the_catalog_softmax_and_adds_no_weights(run_data, tokenizer):
-    from finetune.item_head import ItemHead, final_states
-    from finetune.loop import collate, cosine_schedule, tokenise, train_epoch
-    from finetune.models import build_scratch_model
-    from finetune.tasks import next_item_examples
-    from finetune.trie import SidTrie
-
-    torch.manual_seed(0)
-    model = build_scratch_model(run_data.config.train, tokenizer)
-    names = set(model.state_dict())
-    head = ItemHead.from_trie(SidTrie(run_data.codes, tokenizer))
-    examples = next_item_examples(tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0))
-    data = tokenise(tokenizer, examples, 128)
-    batch = collate(data, tokenizer.pad_token_id)
-
-    def item_loss() -> float:
-        with torch.no_grad(), final_states(model) as states:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            return float(head.loss(model, states[0], batch["labels"]))
-
-    before = item_loss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = cosine_schedule(optimizer, 100, warmup=1)
-    for e in range(4):
-        train_epoch(model, data, optimizer, scheduler, tokenizer.pad_token_id, 1024, random.Random(e), False, "t", False,
-                    item_head=head, item_loss=1.0)
-    assert item_loss() < before - 0.5
-    assert set(model.state_dict()) == names
 
 
 # ---- SFT data -----------------------------------------------------------------------------------
@@ -381,32 +308,6 @@ def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, t
     assert torch.equal(before, after)
 
 
-def test_residual_dropout_acts_in_training_only_and_leaves_a_plain_llama_to_save(run_data, tokenizer, tmp_path):
-    """The regulariser must not change what vLLM serves: eval outputs and saved weights are untouched."""
-    from transformers import AutoModelForCausalLM
-
-    from finetune.lora import attach_lora
-    from finetune.models import add_residual_dropout, build_scratch_model
-    from finetune.tokenizer import add_sid_tokens
-
-    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
-    model = build_scratch_model(run_data.config.train, tokenizer).eval()
-    probe = torch.tensor([sid_rows[:12]])
-    with torch.no_grad():
-        plain = model(input_ids=probe).logits.clone()
-        hooks = add_residual_dropout(model, 0.3)
-        assert len(hooks) == 1 + 2 * run_data.config.train.num_layers
-        assert torch.equal(model(input_ids=probe).logits, plain)
-    model.save_pretrained(tmp_path / "saved")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
-    with torch.no_grad():
-        assert torch.equal(reloaded(input_ids=probe).logits, plain)
-        peft_model = attach_lora(model, run_data.config.train, sid_rows).train()  # the hooks stay under LoRA
-        first, second = (peft_model(input_ids=probe).logits for _ in range(2))
-        assert not torch.equal(first, second) and not torch.equal(first, plain)
-    assert not add_residual_dropout(model, 0.0)
-
-
 def test_validation_copy_folds_the_adapter_in_and_leaves_the_trained_model_alone(run_data, tokenizer):
     from finetune.lora import attach_lora, merged_copy
     from finetune.models import build_scratch_model
@@ -467,15 +368,15 @@ def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data
 
 def test_failed_export_leaves_the_previous_checkpoint_usable(trained_run):
     from finetune.lora import export_model
-    from finetune.recommender import load_run_model
+    from serving.ranker import open_ranker
 
-    model = load_run_model(trained_run)
+    model = open_ranker(trained_run)[0].generator
     before = sorted(p.name for p in (trained_run / "model").iterdir())
     peft_like = _reattach(trained_run)
     with pytest.raises(TypeError):  # metadata that cannot be written: the export fails at its last step
         export_model(peft_like, model.tokenizer, trained_run / "model", {"bad": object()})
     assert sorted(p.name for p in (trained_run / "model").iterdir()) == before
-    assert load_run_model(trained_run).top_k([["1", "2"]], 3)
+    assert open_ranker(trained_run)[0].rank([["1", "2"]], 3)[0]
 
 
 def _reattach(run: Path):
@@ -487,11 +388,11 @@ def _reattach(run: Path):
 
 def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     from eval.evaluate import evaluate
-    from retrieval.split import leave_one_out
-    from finetune.recommend import RunRecommender
-    from finetune.recommender import GenrecRecommender
-    from retrieval.catalog import load_catalog
+    from eval.run_eval import genrec_models
     from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.split import leave_one_out
+    from serving.recommend import RunRecommender
 
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
@@ -507,7 +408,9 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     titles = dict(zip(catalog.items["item_id"], catalog.items["title"]))
     assert all(r.title == titles[r.item_id] for r in recs)
     split = leave_one_out(catalog.interactions)
-    results = evaluate([GenrecRecommender(trained_run)], split, catalog.items["item_id"], max_users=15, progress=False)
+    models = genrec_models(RunPaths(trained_run), None)
+    assert [m.name for m in models] == ["genrec", "genrec-gen"] or [m.name for m in models] == ["genrec"]
+    results = evaluate(models, split, catalog.items["item_id"], max_users=15, progress=False)
     assert results["genrec"]["valid_rate"] == 1.0 and results["genrec"]["users"] == 15
 
 
@@ -515,7 +418,7 @@ def test_recommend_command_prints_json(trained_run):
     import typer
     from typer.testing import CliRunner
 
-    from finetune.commands import recommend
+    from serving.commands import recommend
 
     app = typer.Typer()
     app.command()(recommend)
@@ -526,11 +429,81 @@ def test_recommend_command_prints_json(trained_run):
     assert len(rows) == 4 and {"item_id", "title", "score"} <= set(rows[0])
 
 
+# ---- the served ranking -------------------------------------------------------------------------
+
+
+def test_fusion_mixes_the_two_log_probabilities_and_floors_items_no_beam_reached():
+    from finetune.ranking import Candidates, fused_order
+
+    c = Candidates(["a", "b", "c"], np.array([-1.0, -2.0, np.nan]), np.array([-5.0, -3.0, -1.0]))
+    order, _ = fused_order(c, 0.0, 1.0)
+    assert [c.items[j] for j in order] == ["a", "b", "c"]  # generation alone: beams first, in beam order
+    order, _ = fused_order(c, 1.0, 1.0)
+    assert [c.items[j] for j in order] == ["c", "b", "a"]  # dense alone
+    order, scores = fused_order(c, 0.5, 1.0)
+    by_item = {c.items[j]: s for j, s in zip(order, scores)}
+    assert by_item["c"] == pytest.approx(0.5 * (-2.0 - 1.0) + 0.5 * -1.0)  # floor = lowest beam -2 minus the penalty
+    assert by_item["a"] == pytest.approx(0.5 * -1.0 + 0.5 * -5.0)
+
+
+def test_the_served_ranking_never_returns_history_or_unknown_items(trained_run):
+    from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.split import leave_one_out
+    from serving.ranker import open_ranker
+
+    ranker, notice = open_ranker(trained_run)
+    assert notice is None and ranker.hybrid and ranker.name == "genrec"
+    split = leave_one_out(load_catalog(RunPaths(trained_run)).interactions)
+    histories = [h for h, _ in list(split.test.values())[:10]]
+    catalog = set(ranker.dense.item_ids)
+    for history, row in zip(histories, ranker.rank(histories, 15, exclude=[set(h) for h in histories])):
+        ids = [i for i, _ in row]
+        assert len(ids) == 15 == len(set(ids)) and set(ids) <= catalog and not set(ids) & set(history)
+        assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
+
+
+def test_training_chooses_the_fusion_on_validation_and_serves_exactly_what_it_scored(trained_run):
+    from finetune.ranking import Fusion
+    from genrec.metrics import validation_ndcg
+    from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.split import leave_one_out
+    from serving.ranker import open_ranker
+
+    fusion = Fusion.from_json(json.loads((trained_run / "ranking.json").read_text()))
+    assert fusion.valid_ndcg10 == max(g["valid_ndcg@10"] for g in fusion.grid)
+    assert any(g["dense_weight"] == 0 for g in fusion.grid)  # pure generation competes too
+    report = json.loads((trained_run / "model" / "train_report.json").read_text())
+    assert report["dense"]["best_epoch"] >= 1 and report["fusion"]["dense_weight"] == fusion.dense_weight
+    ranker, _ = open_ranker(trained_run)
+    catalog = load_catalog(RunPaths(trained_run))
+    split = leave_one_out(catalog.interactions)
+    served = validation_ndcg(ranker, split.valid, catalog.items["item_id"])
+    assert served == pytest.approx(fusion.valid_ndcg10, abs=1e-9)
+
+
+def test_a_run_without_a_dense_model_ranks_by_generation_and_says_so(trained_run, tmp_path):
+    from finetune.train import train_ranking
+    from serving.ranker import open_ranker
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_run, old)
+    shutil.rmtree(old / "dense")
+    (old / "ranking.json").unlink()
+    ranker, notice = open_ranker(old)
+    assert not ranker.hybrid and ranker.name == "genrec-gen"
+    assert "ranking by generation alone" in notice and "--dense-only" in notice
+    assert ranker.rank([["1", "2", "3"]], 5)[0]
+    train_ranking(old, progress=False)  # what `genrec train --dense-only` runs
+    assert open_ranker(old)[1] is None
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 
 def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
-    from finetune.recommend import RunRecommender
+    from serving.recommend import RunRecommender
 
     rec = RunRecommender(trained_run)
     with pytest.raises(GenrecError, match="unknown user id 'nobody'"):
@@ -554,8 +527,8 @@ def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
 
 
 def test_run_without_index_or_model_says_what_to_run_first(tiny_run, tmp_path):
-    from finetune.recommender import load_run_model
     from finetune.train import train
+    from serving.ranker import open_ranker
 
     with pytest.raises(GenrecError, match="genrec index"):
         train(tmp_path / "nothing-here", progress=False)
@@ -565,11 +538,11 @@ def test_run_without_index_or_model_says_what_to_run_first(tiny_run, tmp_path):
     with pytest.raises(GenrecError, match=r"semantic_ids.json: missing; run `genrec index"):
         train(partial, progress=False)
     with pytest.raises(GenrecError, match="genrec train"):
-        load_run_model(tiny_run)
+        open_ranker(tiny_run)
 
 
 def test_model_refuses_semantic_ids_changed_after_training(trained_run, tmp_path):
-    from finetune.recommender import load_run_model
+    from serving.ranker import open_ranker
 
     changed = tmp_path / "changed"
     shutil.copytree(trained_run, changed)
@@ -578,7 +551,7 @@ def test_model_refuses_semantic_ids_changed_after_training(trained_run, tmp_path
     codes[first], codes[second] = codes[second], codes[first]
     (changed / "semantic_ids.json").write_text(json.dumps(codes))
     with pytest.raises(GenrecError, match="changed since the model was trained"):
-        load_run_model(changed)
+        open_ranker(changed)
 
 
 # ---- SmolLM2 from its GGUF --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Semantic-ID tokens: rendering, parsing, the trie, and the Hugging Face trie constraint."""
+"""Semantic-ID tokens: rendering, parsing, the trie, and the trie as a Hugging Face constraint."""
 
 from __future__ import annotations
 
@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sid_constraints import structured_outputs, trie_choice, trie_grammar, trie_regex
-from finetune.sid_tokens import (
-    CodeTrie,
-    SidVocab,
-    codebook_sizes,
-    parse_sids,
-    prefix_allowed_tokens_fn,
-    render_sid,
-    sid_token_strings,
-)
+from finetune.decoding.trie import SidTrie
+from finetune.sid_tokens import codebook_sizes, parse_sids, render_sid, sid_token_strings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -44,7 +36,7 @@ def test_sid_token_strings_cover_every_level_and_code():
 
 
 def test_trie_children_follow_the_catalog_codes():
-    trie = CodeTrie(CODES)
+    trie = SidTrie(CODES)
     assert trie.children(()) == [0, 12]
     assert trie.children((12,)) == [3, 7]
     assert trie.children((12, 7, 201)) == [0, 1]
@@ -55,32 +47,20 @@ def test_trie_children_follow_the_catalog_codes():
 
 def test_trie_refuses_shared_codes_and_mixed_lengths():
     with pytest.raises(ValueError, match="share the code"):
-        CodeTrie({"x": [1, 2], "y": [1, 2]})
+        SidTrie({"x": [1, 2], "y": [1, 2]})
     with pytest.raises(ValueError, match="different lengths"):
-        CodeTrie({"x": [1, 2], "y": [1, 2, 3]})
+        SidTrie({"x": [1, 2], "y": [1, 2, 3]})
 
 
-def test_trie_without_history_drops_those_items_only():
-    trie = CodeTrie(CODES).without([[12, 3, 5, 0], [0, 0, 0, 0]])
-    assert trie.codes() == [(12, 7, 201, 0), (12, 7, 201, 1)]
-    assert trie.children(()) == [12]
-
-
-def test_structured_output_constraints_accept_exactly_the_catalog_codes():
-    import re
-
-    trie = CodeTrie(CODES)
-    pattern = re.compile(trie_regex(trie))
-    for code in trie.codes():
-        assert pattern.fullmatch(render_sid(code))
-    assert not pattern.fullmatch(render_sid([12, 7, 201, 2]))
-    assert not pattern.fullmatch(render_sid([12, 3, 201, 0]))
-    assert sorted(trie_choice(trie)) == sorted(render_sid(c) for c in CODES.values())
-    grammar = trie_grammar(trie)
-    assert grammar.splitlines()[0].startswith("root ::= ")
-    assert set(structured_outputs(trie, "grammar")) == {"grammar"}
-    with pytest.raises(ValueError, match="unknown constraint"):
-        structured_outputs(trie, "json")  # type: ignore[arg-type]
+def test_trie_exclusion_hides_those_items_only_without_copying_the_trie():
+    trie = SidTrie(CODES)
+    removed = trie.exclusion(["c", "d", "not-an-item"])
+    assert trie.children((), removed) == [12]
+    assert trie.children((12,), removed) == [7]
+    assert trie.children((12, 7, 201), removed) == [0, 1]
+    assert trie.available(removed) == 2 and trie.children(()) == [0, 12]  # the trie itself is unchanged
+    gone = trie.exclusion(["a"])
+    assert trie.children((12, 7, 201), gone) == [1]
 
 
 def test_hugging_face_trie_constraint_generates_only_catalog_codes(tmp_path):
@@ -93,17 +73,9 @@ def test_hugging_face_trie_constraint_generates_only_catalog_codes(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
-    trie = CodeTrie(CODES)
-    vocab = SidVocab.from_tokenizer(tokenizer, trie.codebook_sizes)
-    enc = tokenizer("User history: <a_12><b_7><c_201><d_0>", return_tensors="pt")
-    n = enc.input_ids.shape[1]
-    out = model.generate(
-        **enc,
-        num_beams=4,
-        num_return_sequences=4,
-        max_new_tokens=trie.depth,
-        do_sample=False,
-        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, vocab, n),
-    )
-    generated = {vocab.decode(seq[n:].tolist()) for seq in out}
-    assert generated == set(trie.codes())
+    from hf_reference import hf_trie_topk
+
+    trie = SidTrie.for_tokenizer(CODES, tokenizer)
+    prompt = tokenizer("User history: <a_12><b_7><c_201><d_0>")["input_ids"]
+    assert {item for item, _ in hf_trie_topk(model, tokenizer, prompt, trie, 4)} == set(CODES)
+    assert trie.tokens_of("c") == tokenizer("<a_12><b_3><c_5><d_0>", add_special_tokens=False)["input_ids"]

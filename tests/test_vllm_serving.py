@@ -1,7 +1,9 @@
-"""The vLLM serving path: `genrec serve` on a tiny semantic-ID model, and the client the agent uses.
+"""The vLLM serving path: `genrec serve` on a tiny semantic-ID model, the trie beam search inside
+the server, and the client the ranking uses.
 
-One real vLLM server (CPU build) runs for the whole session, started through the `serve` command
-function; Hugging Face `generate` on the same files is the reference the server must agree with.
+One real vLLM server (CPU build) runs for the module, started through the `serve` command function
+with an API key; Hugging Face `generate` and genrec's in-process beam search on the same files are
+the references the server must agree with.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
-from agent.serve import free_port, is_healthy, lora_rank, port_is_free, run_server_spec
-from finetune.sid_tokens import CodeTrie, SidVocab, prefix_allowed_tokens_fn, render_sid
+from finetune.decoding.trie import SidTrie
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
+from serving.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
+from serving.server import free_port, is_healthy, lora_rank, port_is_free, run_server_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
+from hf_reference import hf_trie_topk  # noqa: E402
 from tiny_models import build_tiny_sid_model  # noqa: E402
 
-PROMPTS = [
+API_KEY = "test-key-123"
+TEXTS = [
     "User history: <a_3><b_2><c_1><d_0> <a_5><b_1><c_4><d_0>. Recommend the next item.",
     "The user watched these items in order: <a_12><b_7><c_0><d_0>. Recommend the next item.",
     "I loved Star Wars and Alien, something funnier please.",
@@ -50,25 +54,44 @@ def catalog_codes(n_items: int = 300, seed: int = 0) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, CodeTrie]:
-    """A run directory holding a tiny SID model (model/base + model/adapter) and its trie."""
+def tiny_run(tmp_path_factory) -> tuple[Path, SidTrie]:
+    """A run directory holding a tiny SID model (model/base + model/adapter), its trie and training metadata."""
+    from transformers import AutoTokenizer
+
     run = tmp_path_factory.mktemp("serve-run")
     codes = catalog_codes()
     build_tiny_sid_model(run / "model", codes)
     (run / "semantic_ids.json").write_text(json.dumps(codes))
-    return run, CodeTrie(codes)
+    (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20}))
+    return run, SidTrie.for_tokenizer(codes, AutoTokenizer.from_pretrained(run / "model" / "base"))
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_run) -> list[list[int]]:
+    """Prompt token ids: free text tokenized with the BOS token this tokenizer adds, and next-item
+    prompts built from histories the way training builds them (no special tokens added)."""
+    from transformers import AutoTokenizer
+
+    from finetune.decoding.prompts import HistoryPrompt
+
+    run, trie = tiny_run
+    tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
+    with_bos = [tokenizer(t)["input_ids"] for t in TEXTS]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in with_bos)
+    history = HistoryPrompt(tokenizer, trie.code_of, max_history=20)
+    return with_bos + [history.token_ids(["item1", "item7", "item42"]), history.token_ids(["item3"])]
 
 
 @pytest.fixture(scope="module")
 def vllm_url(tiny_run) -> str:
-    """Start ONE vLLM server for the module through the `serve` command; stop it with SIGTERM at the end
-    (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
+    """Start ONE vLLM server for the module through the `serve` command (with an API key); stop it
+    with SIGTERM at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
     run, _ = tiny_run
     port = free_port()
     cmd = [
-        sys.executable, "-c", "import typer; from agent.serve_commands import serve; typer.run(serve)",
-        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat",
+        sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
+        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", API_KEY,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url_line: list[str] = []
@@ -93,7 +116,7 @@ def vllm_url(tiny_run) -> str:
 
 @pytest.fixture(scope="module")
 def client(vllm_url):
-    with LLMClient(vllm_url, timeout_s=120) as c:
+    with LLMClient(vllm_url, timeout_s=120, api_key=API_KEY) as c:
         yield c
 
 
@@ -110,85 +133,86 @@ def hf_model(tiny_run):
     return PeftModel.from_pretrained(base, run / "model" / "adapter").eval(), tokenizer
 
 
-def hf_trie_beam_topk(hf_model, prompt: str, trie: CodeTrie, k: int, beam_width: int) -> list[tuple[tuple[int, ...], float]]:
-    """Reference: Hugging Face beam search constrained by the trie through `prefix_allowed_tokens_fn`."""
-    model, tokenizer = hf_model
-    vocab = SidVocab.from_tokenizer(tokenizer, trie.codebook_sizes)
-    enc = tokenizer(prompt, return_tensors="pt")
-    n_prompt = enc.input_ids.shape[1]
-    out = model.generate(
-        **enc,
-        num_beams=beam_width,
-        num_return_sequences=k,
-        max_new_tokens=trie.depth,
-        do_sample=False,
-        length_penalty=0.0,  # scores are plain sums of log-probabilities, like the client's
-        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(trie, vocab, n_prompt),
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    return [
-        (vocab.decode(seq[n_prompt:].tolist()), float(score))
-        for seq, score in zip(out.sequences, out.sequences_scores)
-    ]
-
-
 # --------------------------------------------------------------------------- with a server
 
 
 @pytest.mark.vllm
-def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, tiny_run, hf_model):
+def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, tiny_run, hf_model, prompts):
     _, trie = tiny_run
-    for prompt in PROMPTS:
-        served = client.recommend_ids(prompt, trie, k=10, beam_width=20)
-        reference = hf_trie_beam_topk(hf_model, prompt, trie, k=10, beam_width=20)
-        assert [code for code, _ in served] == [code for code, _ in reference], prompt
+    model, tokenizer = hf_model
+    for ids in prompts:
+        served = client.recommend(ids, width=20, k=10)
+        reference = hf_trie_topk(model, tokenizer, ids, trie, 20)[:10]
+        assert [i for i, _ in served] == [i for i, _ in reference], ids
         for (_, s_vllm), (_, s_hf) in zip(served, reference):
             assert s_vllm == pytest.approx(s_hf, abs=1e-3)
 
 
 @pytest.mark.vllm
-def test_recommend_never_returns_unknown_item(client, tiny_run):
+def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
+    """The two generation backends of the served ranking: same prompts, same top-10."""
+    from finetune.decoding.local import load_local_generator
+    from finetune.decoding.prompts import HistoryPrompt
+    from genrec.run import RunPaths
+    from serving.vllm_generator import VllmGenerator
+
+    run, trie = tiny_run
+    local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20, bf16=False)
+    served = VllmGenerator(client, SidTrie(dict(trie.code_of)), HistoryPrompt(local.tokenizer, trie.code_of, 20), beam_width=20)
+    histories = [["item1", "item7", "item42"], ["item3"], ["item200", "item9"], []]
+    exclude = [set(h) for h in histories]
+    for mine, theirs in zip(local.generate(histories, exclude=exclude), served.generate(histories, exclude=exclude)):
+        assert [i for i, _ in mine][:10] == [i for i, _ in theirs][:10]
+        assert [s for _, s in mine][:10] == pytest.approx([s for _, s in theirs][:10], abs=1e-3)
+
+
+@pytest.mark.vllm
+def test_recommend_never_returns_unknown_item(client, tiny_run, prompts):
     _, trie = tiny_run
-    for prompt in PROMPTS:
+    for ids in prompts:
         for k, width in [(1, 1), (5, 5), (20, 30)]:
-            result = client.recommend_ids(prompt, trie, k=k, beam_width=width)
-            codes = [code for code, _ in result]
-            assert len(codes) == k
-            assert all(code in trie for code in codes)
-            assert len(set(codes)) == len(codes), "items must be distinct"
+            result = client.recommend(ids, width=width, k=k)
+            items = [i for i, _ in result]
+            assert len(items) == k and len(set(items)) == k
+            assert set(items) <= set(trie.code_of)
             scores = [s for _, s in result]
             assert scores == sorted(scores, reverse=True)
 
 
 @pytest.mark.vllm
-def test_recommend_skips_excluded_history(client, tiny_run):
-    _, trie = tiny_run
-    first = client.recommend_ids(PROMPTS[0], trie, k=5, beam_width=10)
-    history = [code for code, _ in first[:3]]
-    again = client.recommend_ids(PROMPTS[0], trie, k=5, beam_width=10, exclude=history)
-    assert len(again) == 5
-    assert not {code for code, _ in again} & set(history)
-    assert all(code in trie for code, _ in again)
+def test_recommend_skips_excluded_items_and_keeps_to_the_allowed_ones(client, tiny_run, prompts):
+    first = client.recommend(prompts[0], width=10, k=5)
+    history = [i for i, _ in first[:3]]
+    again = client.recommend(prompts[0], width=10, k=5, exclude=history)
+    assert len(again) == 5 and not {i for i, _ in again} & set(history)
+    only = {"item5", "item6", "item7"}
+    narrowed = client.recommend(prompts[0], width=10, k=5, only=only, exclude=["item6"])
+    assert {i for i, _ in narrowed} == {"item5", "item7"}
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("constraint", ["regex", "choice", "grammar"])
-def test_sampling_under_each_structured_output_constraint_stays_in_catalog(client, tiny_run, constraint):
-    _, trie = tiny_run
-    result = client.recommend_ids(PROMPTS[1], trie, k=8, beam_width=16, method="sample", constraint=constraint)
-    assert result, "no sample completed a code"
-    assert all(code in trie for code, _ in result)
-    assert len({code for code, _ in result}) == len(result)
-
-
-@pytest.mark.vllm
-def test_adapter_is_served_and_changes_the_model(client, tiny_run):
-    _, trie = tiny_run
+def test_adapter_is_served_and_changes_the_model(client, prompts):
     assert set(client.models()) == {ADAPTER_MODEL, BASE_MODEL}
-    with_adapter = client.recommend_ids(PROMPTS[0], trie, k=5, beam_width=5)
-    base_only = client.recommend_ids(PROMPTS[0], trie, k=5, beam_width=5, model=BASE_MODEL)
+    with_adapter = client.recommend(prompts[0], width=5)
+    base_only = client.recommend(prompts[0], width=5, model=BASE_MODEL)
     assert [s for _, s in with_adapter] != pytest.approx([s for _, s in base_only], abs=1e-3)
+
+
+@pytest.mark.vllm
+def test_the_server_refuses_requests_without_its_api_key(vllm_url, prompts):
+    with LLMClient(vllm_url, timeout_s=30) as anonymous, pytest.raises(LLMError, match="401"):
+        anonymous.recommend(prompts[0], width=3)
+    with LLMClient(vllm_url, timeout_s=30, api_key="wrong") as wrong, pytest.raises(LLMError, match="401"):
+        wrong.models()
+
+
+@pytest.mark.vllm
+def test_bad_requests_are_refused_naming_the_field(client):
+    with pytest.raises(LLMError, match="prompt_token_ids") as err:
+        client.recommend([], width=3)
+    assert not isinstance(err.value, LLMUnavailable)
+    with pytest.raises(LLMError, match="no-such-model"):
+        client.recommend([1, 2, 3], width=3, model="no-such-model")
 
 
 @pytest.mark.vllm
@@ -200,30 +224,21 @@ def test_complete_and_chat_return_text(client):
 
 
 @pytest.mark.vllm
-def test_unknown_model_is_a_clear_request_error(client, tiny_run):
-    _, trie = tiny_run
-    with pytest.raises(LLMError) as err:
-        client.recommend_ids(PROMPTS[0], trie, k=3, beam_width=3, model="no-such-model")
-    assert not isinstance(err.value, LLMUnavailable)
-
-
-@pytest.mark.vllm
-def test_concurrent_recommendations_each_get_their_own_answer(client, tiny_run):
+def test_concurrent_recommendations_each_get_their_own_answer(client, prompts):
     from concurrent.futures import ThreadPoolExecutor
 
-    _, trie = tiny_run
-    expected = {p: client.recommend_ids(p, trie, k=5, beam_width=10) for p in PROMPTS}
-    prompts = PROMPTS * 4
-    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-        answers = list(pool.map(lambda p: client.recommend_ids(p, trie, k=5, beam_width=10), prompts))
-    for prompt, answer in zip(prompts, answers):
-        assert [c for c, _ in answer] == [c for c, _ in expected[prompt]]
+    expected = [client.recommend(p, width=10, k=5) for p in prompts]
+    many = list(range(len(prompts))) * 4
+    with ThreadPoolExecutor(max_workers=len(many)) as pool:
+        answers = list(pool.map(lambda i: client.recommend(prompts[i], width=10, k=5), many))
+    for i, answer in zip(many, answers):
+        assert [c for c, _ in answer] == [c for c, _ in expected[i]]
 
 
 @pytest.mark.vllm
 def test_server_that_cannot_load_its_model_fails_fast_with_the_log(tmp_path):
     pytest.importorskip("vllm")
-    from agent.serve import VllmServer
+    from serving.server import VllmServer
 
     base = tmp_path / "run" / "model" / "base"
     base.mkdir(parents=True)
@@ -242,13 +257,12 @@ def test_server_that_cannot_load_its_model_fails_fast_with_the_log(tmp_path):
 # --------------------------------------------------------------------------- without a server
 
 
-def test_server_down_raises_llm_unavailable_fast(tiny_run):
-    _, trie = tiny_run
+def test_server_down_raises_llm_unavailable_fast():
     url = f"http://127.0.0.1:{free_port()}/v1"
     client = LLMClient(url, timeout_s=30)
     started = time.monotonic()
     with pytest.raises(LLMUnavailable, match="not reachable"):
-        client.recommend_ids(PROMPTS[0], trie, k=5)
+        client.recommend([1, 2, 3], width=5)
     with pytest.raises(LLMUnavailable):
         client.chat([{"role": "user", "content": "hi"}])
     assert time.monotonic() - started < 3
@@ -273,7 +287,7 @@ def test_hung_server_times_out_instead_of_hanging():
 
 
 def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(tmp_path):
-    from agent.serve import chat_server_spec, chat_source, chat_url
+    from serving.server import chat_server_spec, chat_source, chat_url
 
     model = tmp_path / "model"
     model.mkdir()
@@ -290,7 +304,7 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
 
 
 def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_path):
-    from agent.serve import chat_server_spec
+    from serving.server import chat_server_spec
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     with pytest.raises(GenrecError, match="not a causal LM"):
@@ -316,9 +330,24 @@ def test_adapter_carrying_embeddings_is_refused_before_starting_vllm(tmp_path):
 def test_tiny_model_tokenizer_keeps_sid_tokens_whole(tiny_run):
     from transformers import AutoTokenizer
 
+    from finetune.sid_tokens import render_sid
+
     run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
-    code = trie.codes()[0]
+    item, code = next(iter(trie.code_of.items()))
     ids = tokenizer(render_sid(code), add_special_tokens=False).input_ids
-    assert SidVocab.from_tokenizer(tokenizer, trie.codebook_sizes).decode(ids) == code
-    assert len(ids) == trie.depth
+    assert ids == trie.tokens_of(item) and len(ids) == trie.depth
+
+
+def test_serving_off_localhost_without_an_api_key_is_refused(tiny_run):
+    import typer
+    from typer.testing import CliRunner
+
+    from serving.commands import serve
+
+    run, _ = tiny_run
+    app = typer.Typer()
+    app.command()(serve)
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(app, ["serve", "--run", str(run), "--host", "0.0.0.0"], env={"GENREC_API_KEY": ""})
+    assert isinstance(result.exception, GenrecError) and "without an API key" in str(result.exception)

@@ -213,6 +213,7 @@ class SASRec:
         train_seconds = 0.0
         trained_positions = 0
         epoch = 0
+        stopped_by_clock = False
         for epoch in range(1, self.epochs + 1):
             epoch_start = time.perf_counter()
             self.net.train()
@@ -254,6 +255,7 @@ class SASRec:
             if valid and bad_evals >= self.patience:
                 break
             if self.max_minutes is not None and time.perf_counter() - started > 60 * self.max_minutes:
+                stopped_by_clock = True
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
@@ -267,6 +269,7 @@ class SASRec:
             "positions_per_epoch": positions,
             "examples_per_s": trained_positions / train_seconds if train_seconds else 0.0,
             "history": history,
+            "stopped_by_clock": stopped_by_clock,
         }
 
     # ---- inference ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Constrained top-K generation: beam search over the semantic-ID trie, prompt encoded once.
+"""In-process constrained top-K: beam search over the semantic-ID trie, prompt encoded once.
 
 Hugging Face `generate(num_beams=W)` copies the prompt W times before the first forward pass and
 then reorders a W-times-larger KV cache at every step; with prompts of a few hundred tokens and
@@ -9,19 +9,18 @@ token see the prompt and its own beam's earlier tokens only (tree attention). Po
 those the token would have in its own sequence, so the result is the same computation.
 
 Scores are sequence log-probs (log-softmax over the whole vocabulary, then masked to the trie),
-exactly what `generate(..., length_penalty=0)` with `TrieLogitsProcessor` computes; a test checks
-that both return the same items and scores.
+exactly what Hugging Face `generate(..., length_penalty=0)` with a trie logits processor computes
+and what the vLLM backend computes inside the server; tests check that all three agree.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from finetune.item_head import ItemHead, final_states
-from finetune.trie import SidTrie
+from finetune.decoding.trie import Removed, SidTrie
 
 NEG_INF = float("-inf")
 
@@ -35,8 +34,8 @@ def _trie_mask(logp: torch.Tensor, prefixes, trie: SidTrie, removed, beams: int)
     """0 where a row's next token stays on the (narrowed) trie, -inf elsewhere."""
     mask = torch.full_like(logp, NEG_INF)
     for row, prefix in enumerate(prefixes):
-        if prefix is not None:
-            mask[row, trie.allowed(prefix, removed[row // beams])] = 0.0
+        if prefix is not None and len(prefix) < trie.depth:
+            mask[row, trie.allowed_tokens(prefix, removed[row // beams])] = 0.0
     return mask
 
 
@@ -74,28 +73,21 @@ def beam_search(
     attention_mask: torch.Tensor,
     trie: SidTrie,
     beam_width: int,
-    removed: Sequence[Mapping[tuple[int, ...], int] | None] | None = None,
+    removed: Sequence[Removed | None] | None = None,
     bf16: bool = False,
     temperature: float = 1.0,
-    item_head: ItemHead | None = None,
-    item_weight: float = 0.0,
 ) -> list[list[tuple[str, float]]]:
     """Top-`beam_width` items for each left-padded prompt, best first, as (item_id, log-prob).
 
     `removed[i]` narrows the trie for prompt `i` (history exclusion, metadata filter); a request
     whose narrowed trie holds fewer items than `beam_width` gets fewer results, never an invalid one.
     `temperature` divides the logits before the log-softmax (what a prompt experiment varies).
-    With `item_head` and `item_weight` > 0, each found item's score becomes its sequence log-prob
-    plus `item_weight` x its item log-softmax from the prompt's last state, and results are re-sorted.
     """
     batch, prompt_length = input_ids.shape
     removed = list(removed) if removed is not None else [None] * batch
     boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-    rerank = item_head is not None and item_weight > 0
-    capture = final_states(model) if rerank else contextlib.nullcontext([])
-    with autocast(bf16), capture as states:
+    with autocast(bf16):
         out = _encode_prompt(model, input_ids, attention_mask)
-    item_logp = torch.log_softmax(item_head.scores(model, states[0][:, -1, :]).float(), dim=-1) if rerank else None
     cache = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (batch * beams, vocab)
     vocab = logp.shape[-1]
@@ -112,7 +104,7 @@ def beam_search(
         tokens = top_index % vocab
         rows = (torch.arange(batch).unsqueeze(-1) * beams + source).view(-1).tolist()
         prefixes = [
-            None if prefixes[row] is None or score == NEG_INF else prefixes[row] + (trie.code_of_token[token][1],)
+            None if prefixes[row] is None or score == NEG_INF else prefixes[row] + (trie.code_of_token(token)[1],)
             for row, token, score in zip(rows, tokens.view(-1).tolist(), scores.view(-1).tolist())
         ]
         beams = width
@@ -132,17 +124,11 @@ def beam_search(
         cache = out.past_key_values
         logp = torch.log_softmax(out.logits.float() / temperature, dim=-1).view(batch * width, vocab)
     results: list[list[tuple[str, float]]] = []
-    column = item_head.index() if rerank else {}
     for b in range(batch):
         found = []
         for j in range(beams):
             prefix, score = prefixes[b * beams + j], float(scores[b, j])
             if prefix is not None and score != NEG_INF:
-                found.append((trie.item_of(prefix), score))
-        if item_logp is not None:
-            found = sorted(
-                ((item, score + item_weight * float(item_logp[b, column[item]])) for item, score in found),
-                key=lambda pair: -pair[1],
-            )
+                found.append((trie.item_of[prefix], score))
         results.append(found)
     return results

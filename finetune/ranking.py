@@ -1,0 +1,211 @@
+"""The one served ranking: generated semantic IDs fused with a dense next-item score.
+
+Every ranking a user can receive (`genrec recommend`, the agent's `recommend` tool, the HTTP API,
+the vLLM path) and the `genrec` row of `genrec eval` is `Ranker.rank`. Only the generation backend
+differs: in-process beam search (`finetune.decoding.local`) or vLLM (`serving.vllm_generator`).
+
+Candidates are the generator's trie-constrained beams (every one a catalog item) and the dense
+model's top items. Each candidate's score is a log-linear mix of two next-item log-probabilities:
+
+    score(i) = (1 - a) * g(i) + a * d(i)
+
+`d(i)` is the dense model's full-catalog log-softmax; `g(i)` the item's generated sequence
+log-prob when a beam reached it, else the user's lowest beam log-prob minus `miss_penalty` (an item
+the beam search did not reach is at most that likely under the generator). `a` and the penalty
+are chosen on the validation split only (`tune_fusion`), with the same function that serves them.
+With no dense model (`a` = 0) this is pure generation, the `genrec-gen` row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from finetune.decoding.trie import SidTrie
+
+Scored = tuple[str, float]  # (item_id, score), higher is better
+
+
+class Generator(Protocol):
+    """A generation backend: trie-constrained top items for histories, as (item_id, log-prob)."""
+
+    name: str
+    trie: SidTrie
+    beam_width: int
+
+    def generate(
+        self,
+        histories: Sequence[Sequence[str]],
+        width: int | None = None,
+        exclude: Sequence[Collection[str]] | None = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]: ...
+
+
+class DenseScorer(Protocol):
+    """A dense next-item model: a log-softmax over the whole catalog for each history."""
+
+    item_ids: list[str]  # the columns of `log_scores`
+
+    def log_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray: ...
+
+
+@dataclass
+class Fusion:
+    """How generated and dense scores are mixed (chosen on validation, saved as RUN/ranking.json)."""
+
+    dense_weight: float = 0.0  # a: 0 = pure generation, 1 = the dense model re-ranking the union
+    miss_penalty: float = 1.0  # g of a candidate no beam reached: the user's lowest beam log-prob minus this
+    dense_candidates: int = 50  # the dense model's top items added to the beams as candidates
+    valid_ndcg10: float | None = None  # validation NDCG@10 of this setting (tune_fusion)
+    grid: list[dict] = field(default_factory=list)  # every setting tried on validation and its NDCG@10
+
+    def to_json(self) -> dict:
+        """Plain JSON form (RUN/ranking.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Fusion:
+        """Read RUN/ranking.json."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Candidates:
+    """One history's candidates with both scores: the input of every fusion, served or tuned."""
+
+    items: list[str]
+    generated: np.ndarray  # g: beam log-prob, NaN where no beam reached the item
+    dense: np.ndarray  # d: dense log-softmax (zeros without a dense model)
+
+
+def fused_order(c: Candidates, dense_weight: float, miss_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate positions best first, and their fused scores; ties broken by item id."""
+    if not len(c.items):
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    reached = ~np.isnan(c.generated)
+    floor = (c.generated[reached].min() if reached.any() else 0.0) - miss_penalty
+    g = np.where(reached, c.generated, floor)
+    score = (1.0 - dense_weight) * g + dense_weight * c.dense
+    order = np.lexsort((np.asarray(c.items), -score))
+    return order, score[order]
+
+
+@dataclass
+class Ranker:
+    """The served ranking of one run: a generator, optionally a dense model and its fusion."""
+
+    generator: Generator
+    dense: DenseScorer | None = None
+    fusion: Fusion = field(default_factory=Fusion)
+    name: str = "genrec"
+
+    @property
+    def hybrid(self) -> bool:
+        """True when a dense model takes part in the ranking."""
+        return self.dense is not None and self.fusion.dense_weight > 0
+
+    def candidates(
+        self,
+        histories: Sequence[Sequence[str]],
+        exclude: Sequence[Collection[str]] | None = None,
+        only: Collection[str] | None = None,
+        width: int | None = None,
+    ) -> list[Candidates]:
+        """Beams and dense top items of each history, with both scores of every candidate."""
+        beams = self.generator.generate(histories, width, exclude, only)
+        if not self.hybrid:
+            return [Candidates([i for i, _ in b], np.array([s for _, s in b], dtype=np.float64),
+                               np.zeros(len(b))) for b in beams]
+        dense = self.dense
+        column = {item: j for j, item in enumerate(dense.item_ids)}
+        scores = dense.log_scores(histories)
+        allowed = None
+        if only is not None:
+            allowed = np.zeros(len(dense.item_ids), dtype=bool)
+            allowed[[column[i] for i in only if i in column]] = True
+        out = []
+        for row, found in enumerate(beams):
+            d = np.array(scores[row], dtype=np.float64, copy=True)
+            hidden = [column[i] for i in (exclude[row] if exclude is not None else ()) if i in column]
+            d_masked = d.copy()
+            d_masked[hidden] = -np.inf
+            if allowed is not None:
+                d_masked[~allowed] = -np.inf
+            m = min(self.fusion.dense_candidates, int(np.isfinite(d_masked).sum()))
+            top = np.argpartition(-d_masked, m - 1)[:m] if m > 0 else np.zeros(0, dtype=np.int64)
+            items = [i for i, _ in found]
+            seen = set(items)
+            items += [dense.item_ids[j] for j in top if dense.item_ids[j] not in seen]
+            generated = np.full(len(items), np.nan)
+            generated[: len(found)] = [s for _, s in found]
+            out.append(Candidates(items, generated, np.array([d[column[i]] for i in items])))
+        return out
+
+    def rank(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
+        """Top-`k` (item_id, fused score) per history, best first; never an item of `exclude[i]`,
+        never one outside `only`, never one outside the catalog."""
+        a = self.fusion.dense_weight if self.hybrid else 0.0
+        out = []
+        for c in self.candidates(histories, exclude, only, max(self.generator.beam_width, k)):
+            order, score = fused_order(c, a, self.fusion.miss_penalty)
+            out.append([(c.items[j], float(s)) for j, s in zip(order[:k], score[:k])])
+        return out
+
+    # the evaluation protocol (genrec.protocol.Recommender): the same function, history excluded
+    def fit(self, train: dict[str, list[str]]) -> None:
+        """Nothing to fit: `genrec train` trained the models and chose the fusion."""
+
+    def recommend(self, histories: list[list[str]], k: int) -> list[list[str]]:
+        """Top-`k` item ids per history, history excluded."""
+        return [[i for i, _ in row] for row in self.rank(histories, k, exclude=[set(h) for h in histories])]
+
+
+def tune_fusion(
+    ranker: Ranker,
+    cases: dict[str, tuple[list[str], str]],
+    users: Sequence[str],
+    weights: Sequence[float] = tuple(np.round(np.arange(0.0, 1.0001, 0.05), 2)),
+    penalties: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Fusion:
+    """The fusion with the best NDCG@10 on validation `cases` (history -> held-out item) of `users`.
+
+    Beams and dense scores are computed once; every (weight, penalty) pair then re-ranks the same
+    candidates with `fused_order`, the function `Ranker.rank` serves with.
+    """
+    from tqdm.auto import tqdm
+
+    from genrec.metrics import ndcg_at
+
+    if ranker.dense is None:
+        raise ValueError("tune_fusion needs a dense model")
+    probe = Ranker(ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates))
+    table: list[tuple[Candidates, str]] = []
+    for start in tqdm(range(0, len(users), batch_size), desc="fusion: candidates", unit="batch", disable=not progress):
+        batch = list(users[start : start + batch_size])
+        histories = [list(cases[u][0]) for u in batch]
+        found = probe.candidates(histories, exclude=[set(h) for h in histories])
+        table += [(c, cases[u][1]) for c, u in zip(found, batch)]
+    grid = []
+    for a in weights:
+        for penalty in penalties if a > 0 else penalties[:1]:
+            ranks = np.zeros(len(table), dtype=np.int64)
+            for row, (c, target) in enumerate(table):
+                order, _ = fused_order(c, float(a), float(penalty))
+                top = [c.items[j] for j in order[:10]]
+                ranks[row] = top.index(target) + 1 if target in top else 0
+            grid.append({"dense_weight": float(a), "miss_penalty": float(penalty),
+                         "valid_ndcg@10": float(ndcg_at(ranks, 10).mean())})
+    best = max(grid, key=lambda g: (g["valid_ndcg@10"], -g["dense_weight"]))
+    return Fusion(best["dense_weight"], best["miss_penalty"], ranker.fusion.dense_candidates, best["valid_ndcg@10"], grid)
