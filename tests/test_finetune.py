@@ -517,7 +517,7 @@ def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
 def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
     from finetune.models import resolve_base
 
-    with pytest.raises(GenrecError, match="not 'scratch', 'smollm2-135m', or a model folder"):
+    with pytest.raises(GenrecError, match=r"not 'scratch', a packaged model \(smollm2-135m, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b\), or a model folder"):
         resolve_base(str(tmp_path / "missing"))
     with pytest.raises(GenrecError, match="no config.json"):
         resolve_base(str(tmp_path))

@@ -291,7 +291,7 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
 
     model = tmp_path / "model"
     model.mkdir()
-    config = ServeConfig()
+    config = ServeConfig(chat_model="auto")
     url = "http://127.0.0.1:8000/v1"
     (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
     assert chat_source(tmp_path, config) == "smollm2-135m" and chat_url(tmp_path, config, url) == "http://127.0.0.1:8001/v1"
