@@ -1,6 +1,6 @@
 """The chat side of the model server, as the agent uses it: replies and (when the server can) tool choices.
 
-Wraps `agent.llm_client.LLMClient` with what a chat needs and a single client does not: which
+Wraps `serving.client.LLMClient` with what a chat needs and a single client does not: which
 served model to talk to (the base model, not the recommendation adapter), a short memory of
 failure (after the server fails, the agent answers from retrieval alone for `retry_after_s`
 instead of waiting on a timeout every turn), and tool calling through vLLM's

@@ -13,7 +13,7 @@ what genrec needs around it:
   Small models answer poorly after raw tool messages, so callers put the tool results into a prompt
   of their own.
 
-Failures surface as `agent.llm_client` errors: `LLMUnavailable` when the server is down, too slow
+Failures surface as `serving.client` errors: `LLMUnavailable` when the server is down, too slow
 or failing (5xx), so callers fall back to the deterministic path; `LLMError` when it refused the
 request or the model's call does not fit a tool.
 """
@@ -32,7 +32,7 @@ from langchain_core.tools import BaseTool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
-from agent.llm_client import CHAT_MODEL, LLMError, LLMUnavailable
+from serving.client import CHAT_MODEL, LLMError, LLMUnavailable
 
 Messages = Sequence[BaseMessage | dict[str, Any] | tuple[str, str]]
 

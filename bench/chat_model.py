@@ -1,6 +1,6 @@
 """Benchmark: the chat models behind genrec's agent, served by vLLM and reached through `agent.llm` (LangChain).
 
-For each model, a chat server is started the way `genrec serve` starts one (`agent.serve.chat_server_spec`:
+For each model, a chat server is started the way `genrec serve` starts one (`serving.server.chat_server_spec`:
 Qwen's own chat template, Hermes tool parser, bfloat16) and measured:
 
 - start: seconds to healthy, and whether vLLM compiled (first start on this machine) or reused its cache;
@@ -90,7 +90,7 @@ def measure_planning(llm, tools, prompt: str) -> dict:
     from langchain_core.callbacks import get_usage_metadata_callback
 
     from agent.llm import plan
-    from agent.llm_client import LLMError
+    from serving.client import LLMError
 
     by_name = {t.name: t for t in tools}
     rows = []
@@ -191,7 +191,7 @@ def bench_model(name: str, run: Path, auto: int) -> dict:
     """Start the chat server of `name` for `run`, measure it, stop it."""
     from agent.graph import PLANNER_PROMPT
     from agent.llm import connect
-    from agent.serve import VllmServer, chat_server_spec, free_port, server_command
+    from serving.server import VllmServer, chat_server_spec, free_port, server_command
     from agent.tools import AgentContext, bind_tools
     from genrec.config import ServeConfig
 

@@ -19,7 +19,7 @@ import httpx
 from genrec.errors import GenrecError
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
-ADAPTER_MODEL = "genrec"  # the LoRA module name `agent.serve` registers
+ADAPTER_MODEL = "genrec"  # the LoRA module name `serving.server` registers
 BASE_MODEL = "genrec-base"  # the served name of the base model without the adapter
 CHAT_MODEL = "genrec-chat"  # the served name of a separate instruction-tuned chat model
 

@@ -19,7 +19,7 @@ PLANNER = "You are the planner of a movie recommender. Call the tool that answer
 def chat_url(tmp_path_factory):
     """The URL of a vLLM server of the 0.5B chat model (module-scoped: started once)."""
     pytest.importorskip("vllm")
-    from agent.serve import VllmServer, chat_server_spec, free_port
+    from serving.server import VllmServer, chat_server_spec, free_port
     from genrec.config import ServeConfig
 
     run = agent_run(tmp_path_factory)
@@ -75,8 +75,8 @@ def test_a_reply_streams_in_pieces_that_make_the_whole_reply(chat_url):
 
 def test_a_server_that_is_down_raises_llm_unavailable_at_once():
     from agent.llm import connect, plan, reply, stream_reply
-    from agent.llm_client import LLMUnavailable
-    from agent.serve import free_port
+    from serving.client import LLMUnavailable
+    from serving.server import free_port
     from langchain_core.tools import tool
 
     @tool
