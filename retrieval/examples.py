@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     except GenrecError as exc:
         sys.exit(f"error: {exc}")
     print(f"wrote {items} ({len(kitchenware_photos())} photos) and {items.parent / 'config.yaml'}; next:\n"
-          f"  genrec index --dataset {items} --config {items.parent / 'config.yaml'} --run runs/kitchenware")
+          f"  genrec index --dataset {items} --config {items.parent / 'config.yaml'} --run runs/kitchenware\n"
+          f"  genrec search --image {kitchenware_photos()['0412']} --run runs/kitchenware -k 4")
 
 
 if __name__ == "__main__":

