@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genrec.atomic import write_text
 from genrec.errors import GenrecError
@@ -33,13 +33,22 @@ class DataConfig(Section):
 
 
 class EncoderConfig(Section):
-    """Text and image encoders (sentence-transformers)."""
+    """Text and image encoders (see retrieval/encoders.py)."""
 
     text_model: str = "all-MiniLM-L6-v2"  # name of a packaged model or a local model folder
-    image_model: str | None = None  # local CLIP folder (sentence-transformers or HF format); None: text only
+    # images: "dinov2-s" (packaged, images only), a local CLIP/SigLIP folder (images and words), or None/"none"
+    image_model: str | None = "dinov2-s"
     batch_size: int = 64
     device: str = "cpu"
-    image_weight: float = 0.5  # weight of the image vector when text and image are fused
+    # weight of the centred image vector beside the text vector, in semantic IDs and more-like-this
+    # (chosen on validation: README, "Your own catalog with images")
+    image_weight: float = Field(1.0, ge=0)
+
+    @field_validator("image_model")
+    @classmethod
+    def _none_means_text_only(cls, value: str | None) -> str | None:
+        """`none` (any case) or an empty string switch images off, as null does."""
+        return None if value is None or value.strip().lower() in ("", "none") else value
 
 
 class ChromaConfig(Section):

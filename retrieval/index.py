@@ -27,7 +27,8 @@ class IndexReport:
     items: int
     users: int
     interactions: int
-    images: int
+    images: int  # items indexed with an image vector
+    image_failures: int  # items naming an image that could not be read (indexed text-only)
     seconds: dict[str, float] = field(default_factory=dict)
     semantic_id_stats: dict = field(default_factory=dict)
 
@@ -47,9 +48,31 @@ def save_array(path: Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
-def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
-    """Encode item texts (and images when an image model is configured); cached by content hash."""
-    from retrieval.encoders import EmbeddingCache, cache_key, encode_images, encode_texts, load_encoder, resolve_model_path
+IMAGE_ARRAYS = ("image.npy", "image_mask.npy", "image_mean.npy")
+
+
+@dataclass
+class Encoded:
+    """A catalog's vectors: text for every item; image (centred, L2-normalised) where an item has one."""
+
+    text: np.ndarray
+    image: np.ndarray | None
+    mask: np.ndarray  # True where the item's image was read and encoded
+    image_mean: np.ndarray | None  # the raw mean image vector that image queries are centred with
+    documents: list[str]
+    image_failures: int = 0  # items that name an image which could not be read
+
+
+def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> Encoded:
+    """Encode item texts, and images when an image model is configured; cached by content hash.
+
+    Writes embeddings/text.npy and, when any image was read, image.npy (centred), image_mask.npy and
+    image_mean.npy. Models load only when something is not in the cache.
+    """
+    from retrieval.encoders import (
+        EmbeddingCache, LazyEncoder, cache_key, centre_images, encode_images, encode_texts, image_model_key,
+        load_encoder, load_image_encoder, resolve_model_path,
+    )
 
     docs = item_documents(catalog)
     cache_dir = paths.embeddings / "cache"
@@ -58,22 +81,32 @@ def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> tupl
     text_model = None if text_cache.covers(docs) else load_encoder(text_path, config.encoder.device)
     text_vecs = encode_texts(text_model, docs, text_cache, config.encoder.batch_size)
     text_cache.save()
-    image_vecs, mask = None, np.zeros(len(docs), dtype=bool)
-    if config.encoder.image_model and catalog.items["image"].map(image_source).notna().any():
-        image_path = resolve_model_path(config.encoder.image_model)
-        image_cache = EmbeddingCache.open(cache_dir / f"{cache_key(image_path, 'image')}.npz")
-        image_model = load_encoder(image_path, config.encoder.device)
-        image_vecs, mask = encode_images(image_model, catalog.items["image"].tolist(), image_cache, config.encoder.batch_size)
-        image_cache.save()
     save_array(paths.embeddings / "text.npy", text_vecs)
-    if image_vecs is not None:
-        save_array(paths.embeddings / "image.npy", image_vecs)
+    encoded = Encoded(text_vecs, None, np.zeros(len(docs), dtype=bool), None, docs)
+    for stale in IMAGE_ARRAYS:  # vectors of an earlier indexing must not outlive its images
+        (paths.embeddings / stale).unlink(missing_ok=True)
+    sources = catalog.items["image"].map(image_source)
+    name = config.encoder.image_model
+    if not name or sources.isna().all():
+        return encoded
+    image_cache = EmbeddingCache.open(cache_dir / f"{cache_key(image_model_key(name), 'image')}.npz")
+    model = LazyEncoder(lambda: load_image_encoder(name, config.encoder.device))
+    raw, mask = encode_images(model, sources.tolist(), image_cache, config.encoder.batch_size,
+                              item_ids=catalog.items["item_id"].astype(str).tolist())
+    image_cache.save()
+    encoded.mask, encoded.image_failures = mask, int(sources.notna().sum() - mask.sum())
+    if raw is not None:
+        encoded.image, encoded.image_mean = centre_images(raw, mask)
+        save_array(paths.embeddings / "image.npy", encoded.image)
         save_array(paths.embeddings / "image_mask.npy", mask)
-    return text_vecs, image_vecs, mask, docs
+        save_array(paths.embeddings / "image_mean.npy", encoded.image_mean)
+    return encoded
 
 
 def content_vectors(text: np.ndarray, image: np.ndarray | None, mask: np.ndarray, image_weight: float) -> np.ndarray:
-    """The content embedding semantic IDs are learned from: text, plus weighted image where there is one."""
+    """The content embedding semantic IDs are learned from: the text vector, then the centred image
+    vector times `image_weight` (zeros for an item without an image). Both parts are unit length, so
+    the fused cosine of two items with images is (text cosine + weight^2 x image cosine) / (1 + weight^2)."""
     if image is None:
         return text
     return np.concatenate([text, image_weight * image * mask[:, None]], axis=1).astype(np.float32)
@@ -81,19 +114,19 @@ def content_vectors(text: np.ndarray, image: np.ndarray | None, mask: np.ndarray
 
 def index_catalog(
     catalog: Catalog, paths: RunPaths, config: RunConfig, seconds: dict[str, float] | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+) -> Encoded:
     """Encode a catalog and upsert it into the run's Chroma collections; returns the vectors."""
     from retrieval.store import open_store, upsert_items
 
     seconds = {} if seconds is None else seconds
     t = time.perf_counter()
-    text_vecs, image_vecs, mask, docs = encode_catalog(catalog, paths, config)
+    encoded = encode_catalog(catalog, paths, config)
     seconds["encode"] = time.perf_counter() - t
     t = time.perf_counter()
-    store = open_store(paths, config.chroma, create=True, with_image=image_vecs is not None)
-    upsert_items(store, catalog.items, docs, text_vecs, image_vecs, mask, config.chroma.batch_size)
+    store = open_store(paths, config.chroma, create=True, with_image=encoded.image is not None)
+    upsert_items(store, catalog.items, encoded.documents, encoded.text, encoded.image, encoded.mask, config.chroma.batch_size)
     seconds["store"] = time.perf_counter() - t
-    return text_vecs, image_vecs, mask
+    return encoded
 
 
 def build_index(run: str | Path, config: RunConfig, console: Console | None = None) -> IndexReport:
@@ -117,22 +150,24 @@ def build_index(run: str | Path, config: RunConfig, console: Console | None = No
     console.print(f"loaded {len(catalog.items):,} items, {catalog.interactions['user_id'].nunique():,} users, "
                   f"{len(catalog.interactions):,} interactions")
 
-    text_vecs, image_vecs, mask = index_catalog(catalog, paths, config, seconds)
+    encoded = index_catalog(catalog, paths, config, seconds)
 
     t = time.perf_counter()
-    content = content_vectors(text_vecs, image_vecs, mask, config.encoder.image_weight)
+    content = content_vectors(encoded.text, encoded.image, encoded.mask, config.encoder.image_weight)
     sids = build_semantic_ids(catalog, config.semantic_ids, content)
     save_semantic_ids(sids, paths)
     seconds["semantic_ids"] = time.perf_counter() - t
 
     report = IndexReport(
         items=len(catalog.items), users=int(catalog.interactions["user_id"].nunique()),
-        interactions=len(catalog.interactions), images=int(mask.sum()), seconds=seconds,
-        semantic_id_stats=sids.stats,
+        interactions=len(catalog.interactions), images=int(encoded.mask.sum()),
+        image_failures=encoded.image_failures, seconds=seconds, semantic_id_stats=sids.stats,
     )
     write_json(paths.root / "index.stats.json", report.__dict__)
     console.print(
-        f"[green]indexed[/] {report.items:,} items ({report.images:,} with images) into {paths.root} in "
+        f"[green]indexed[/] {report.items:,} items ({report.images:,} with images"
+        + (f", {report.image_failures:,} whose image could not be read: text-only" if report.image_failures else "")
+        + f") into {paths.root} in "
         + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
     )
     return report

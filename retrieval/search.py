@@ -1,7 +1,8 @@
-"""Search the item store by text, by image file, or by item (more like this), with metadata filters.
+"""Search the item store by text, by photo, or by item (more like this), with metadata filters.
 
 A `Searcher` holds the encoders and collections of one run, so an agent or a UI pays for loading
-them once.
+them once. Words search the text collection (and, with a CLIP/SigLIP image model, the image
+collection too); a photo searches the image collection ("items that look like this photo").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
 from retrieval.catalog import image_source
-from retrieval.encoders import encode_query_image, load_encoder
+from retrieval.encoders import LazyEncoder, centre, encode_query_image, joins_text, load_encoder, load_image_encoder
 from retrieval.store import ItemStore, open_store
 from retrieval.where import Fields, catalog_fields, compile_where
 
@@ -47,9 +48,11 @@ class Searcher:
     config: RunConfig
     store: ItemStore
     text_model: Any
-    image_model: Any | None
+    image_model: Any | None  # loaded on the first query that needs it
     items: pd.DataFrame
     fields: Fields  # what `where` filters may name
+    image_mean: np.ndarray | None = None  # image queries are centred as the indexed images were
+    words_search_images: bool = False  # True with a CLIP/SigLIP image model; dinov2-s has no text tower
 
     @classmethod
     def open(cls, run: str | Path) -> "Searcher":
@@ -59,22 +62,30 @@ class Searcher:
         store = open_store(paths, config.chroma)
         items = pd.read_parquet(paths.items)
         text_model = load_encoder(config.encoder.text_model, config.encoder.device)
-        image_model = None
-        if store.image is not None and config.encoder.image_model:
-            image_model = load_encoder(config.encoder.image_model, config.encoder.device)
+        image_model, image_mean, words_search_images = None, None, False
+        name = config.encoder.image_model
+        if store.image is not None and name:
+            image_model = LazyEncoder(lambda: load_image_encoder(name, config.encoder.device))
+            mean_path = paths.embeddings / "image_mean.npy"
+            image_mean = np.load(mean_path) if mean_path.exists() else None
+            words_search_images = joins_text(name)
         return cls(paths, config, store, text_model, image_model, items.set_index("item_id", drop=False),
-                   catalog_fields(items))
+                   catalog_fields(items), image_mean, words_search_images)
 
     def search(
         self,
         query: str | None = None,
         *,
-        image: str | None = None,
+        image: str | Path | bytes | Any | None = None,
         item_id: str | None = None,
         k: int = 10,
         where: dict[str, Any] | None = None,
     ) -> list[Hit]:
-        """Top-`k` catalog items for a text query, an image file, or an item id (more like this)."""
+        """Top-`k` catalog items for a text query, a photo, or an item id (more like this).
+
+        `image` is a file path, an http(s) URL, the bytes of an image file or a PIL image; the items
+        returned are those whose images look most like it.
+        """
         if sum(x is not None for x in (query, image, item_id)) != 1:
             raise GenrecError("search: give exactly one of a text query, --image FILE or an item id")
         if k < 1:
@@ -89,13 +100,19 @@ class Searcher:
                 raise GenrecError("search: the query is empty")
             vec = self.text_model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
             self._collect(self.store.text, vec, pool, chroma_where, scores, 1.0)
-            if self.image_model is not None and self.store.image is not None:
+            if self.words_search_images and self.image_model is not None and self.store.image is not None:
                 clip = self.image_model.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
                 self._collect(self.store.image, clip, pool, chroma_where, scores, weight)
         elif image is not None:
             if self.image_model is None or self.store.image is None:
-                raise GenrecError(f"{self.paths.root}: this run has no image index; re-index with an image model (encoder.image_model)")
-            self._collect(self.store.image, encode_query_image(self.image_model, image), pool, chroma_where, scores, 1.0)
+                raise GenrecError(
+                    f"{self.paths.root}: this run has no image index (no item image was read, or encoder.image_model "
+                    "is none); give items images and run `genrec index` again"
+                )
+            vec = encode_query_image(self.image_model, image)
+            if self.image_mean is not None:
+                vec = centre(vec, self.image_mean)[0]
+            self._collect(self.store.image, vec, pool, chroma_where, scores, 1.0)
         else:
             assert item_id is not None
             got = self.store.text.get(ids=[item_id], include=["embeddings"])

@@ -1,4 +1,7 @@
-"""The Chroma item store: one collection of text vectors and, when items have images, one of CLIP vectors.
+"""The Chroma item store: one collection of text vectors and, when items have images, one of image vectors.
+
+Text and image vectors live in different spaces, so each has its own collection and each kind of
+query searches the space it belongs to.
 
 Embedded (`PersistentClient` under the run directory) by default, or a `chroma run` server. We
 always hand Chroma our own vectors: its default embedding function would download a model.
@@ -129,6 +132,10 @@ def upsert_items(
     metas = [item_metadata(row) for _, row in items.iterrows()]
     _upsert(store.text, ids, text_vectors, metas, documents, batch_size, "chroma text")
     _drop_stale(store.text, set(ids))
+    if store.image is not None and image_vectors is None:
+        # no item has an image any more (or images were switched off): an old image space must not answer
+        store.client.delete_collection(store.image.name)
+        store.image = None
     if store.image is not None and image_vectors is not None:
         sel = np.flatnonzero(image_mask)
         _upsert(

