@@ -37,7 +37,7 @@ app.command("serve")(serving_commands.serve)
 app.command("chat")(agent_commands.chat)
 app.command("ui")(agent_commands.ui)
 app.command("api")(agent_commands.api)
-app.command("eval")(eval_commands.eval_command)
+app.add_typer(eval_commands.eval_app, name="eval")
 app.command("experiment")(eval_commands.experiment)
 
 

@@ -81,5 +81,5 @@ def demo(
             demo_conversation(agent)
     console.print(
         f"\nNext: [bold]genrec chat --run {run}[/] (terminal), [bold]genrec ui --run {run}[/] (web page), "
-        f"[bold]genrec api --run {run}[/] (HTTP), [bold]genrec eval --run {run} --report[/] (full report)."
+        f"[bold]genrec api --run {run}[/] (HTTP), [bold]genrec eval offline --run {run} --report[/] (full report)."
     )

@@ -1,4 +1,5 @@
-"""Command-line entry points of `eval/`: `genrec eval` and `genrec experiment` (registered in app/cli.py).
+"""Command-line entry points of `eval/`: `genrec eval offline|compare|chats` and `genrec experiment`
+(registered in app/cli.py).
 
 Heavy libraries (torch, transformers, chromadb, matplotlib) are imported inside the functions so
 `genrec --help` stays fast.
@@ -14,53 +15,74 @@ import typer
 from genrec.errors import GenrecError
 
 
-def eval_command(
-    run: Optional[Path] = typer.Option(None, "--run", help="Run directory to evaluate (genrec index / genrec train output)."),
+eval_app = typer.Typer(
+    help="Evaluate on the leave-one-out split: `offline` (models x metrics, report), `compare` (runs, paired "
+    "tests), `chats` (simulated conversations with the agent).",
+    no_args_is_help=True,
+)
+
+MODELS_HELP = "Models, comma-separated: genrec, genrec-gen, sasrec, bsarec, popularity, itemknn, content (default: all available)."
+
+
+@eval_app.command("offline")
+def offline(
+    run: Path = typer.Option(..., "--run", help="Run directory to evaluate (genrec index / genrec train output)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     report: bool = typer.Option(False, "--report", help="Also write RUN/eval/report.md, RUN/eval/metrics.json and PNG plots."),
-    compare: Optional[list[Path]] = typer.Option(None, "--compare", help="Compare evaluated runs side by side (repeat: --compare A --compare B)."),
-    conversations: int = typer.Option(0, "--conversations", help="Simulate this many agent conversations instead of offline ranking."),
     max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a fixed seeded sample of this many test users."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Models to evaluate, comma-separated: genrec, sasrec, popularity, itemknn, content (default: all available)."),
-    turns: int = typer.Option(5, "--turns", help="With --conversations: turns per conversation before giving up."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: the run's served recommender (default: a retrieval-only agent)."),
-    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="With --conversations: the served chat model (default: the run's, given --llm-url)."),
-    simulator: str = typer.Option("template", "--simulator", help="With --conversations: template (default) or llm (the chat model plays the user)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
     explainer: str = typer.Option("smollm2-135m", "--explainer", help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none."),
-    more_runs: Optional[list[Path]] = typer.Argument(None, metavar="[RUNS]...", help="More runs for --compare: `genrec eval --compare RUN_A RUN_B RUN_C`."),
 ) -> None:
-    """Offline evaluation of a run: genrec and the baselines on one leave-one-out split (a table, JSON,
-    optionally a report), a comparison of runs with paired significance tests, or simulated chats."""
+    """genrec (the served ranking), pure generation and the baselines on one leave-one-out split: a table,
+    per-user ranks in RUN/eval/ranks.parquet, optionally JSON and a report with plots."""
+    evaluate_and_report(run, models=models, max_users=max_users, json_out=json_out, report=report,
+                        explainer=None if explainer.lower() == "none" else explainer)
+
+
+@eval_app.command("compare")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more evaluated runs: `genrec eval compare RUN_A RUN_B`."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON to this file."),
+    max_users: Optional[int] = typer.Option(None, "--max-users", help="Compare on a fixed seeded sample of this many shared users."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
+) -> None:
+    """Runs side by side on their shared test users, with a paired bootstrap and t-test of each run's
+    NDCG@10 against the first."""
     from rich.console import Console
 
-    console = Console(stderr=True)
-    if more_runs and not compare:
-        raise GenrecError(f"genrec eval: unexpected argument {more_runs[0]}; runs are given with --run DIR or --compare RUN_A RUN_B")
-    if compare:
-        from eval.compare import compare_runs, print_comparison
+    from eval.compare import compare_runs, print_comparison
 
-        runs = ([run] if run else []) + list(compare) + list(more_runs or [])
-        result = compare_runs(runs, models=models, max_users=max_users)
-        print_comparison(result)
-        if json_out:
-            _save(result, json_out)
-        console.print(f"compared {len(runs)} runs on {result['users']} shared users")
-        return
-    if run is None:
-        raise GenrecError("genrec eval: --run DIR is required (or --compare RUN_A --compare RUN_B)")
-    if conversations:
-        from eval.simulate import print_simulation, simulate_run
+    if len(runs) < 2:
+        raise GenrecError("genrec eval compare: give at least two runs")
+    result = compare_runs(runs, models=models, max_users=max_users)
+    print_comparison(result)
+    if json_out:
+        _save(result, json_out)
+    Console(stderr=True).print(f"compared {len(runs)} runs on {result['users']} shared users")
 
-        result = simulate_run(run, conversations, max_turns=turns, llm_url=llm_url, chat_url=chat_url, simulator=simulator)
-        print_simulation(result)
-        if json_out:
-            _save(result, json_out)
-        console.print(f"{conversations} simulated conversations: success@10 {result['success@10']:.3f}, "
-                      f"avg turns {result['avg_turns']:.2f}, grounding violations {result['grounding_violations']}")
-        return
 
-    evaluate_and_report(run, models=models, max_users=max_users, json_out=json_out, report=report, console=console,
-                        explainer=None if explainer.lower() == "none" else explainer)
+@eval_app.command("chats")
+def chats(
+    run: Path = typer.Option(..., "--run", help="An indexed (and ideally trained) run."),
+    conversations: int = typer.Option(50, "--conversations", "-n", help="How many simulated conversations."),
+    turns: int = typer.Option(5, "--turns", help="Turns per conversation before giving up."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="The run's served recommender (default: rank in process)."),
+    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The served chat model (default: the run's, given --llm-url)."),
+    simulator: str = typer.Option("template", "--simulator", help="template (default) or llm (the chat model plays the user)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+) -> None:
+    """Simulated users with a hidden target (their test item) chat with the agent: success@10, turns,
+    grounding violations."""
+    from rich.console import Console
+
+    from eval.simulate import print_simulation, simulate_run
+
+    result = simulate_run(run, conversations, max_turns=turns, llm_url=llm_url, chat_url=chat_url, simulator=simulator)
+    print_simulation(result)
+    if json_out:
+        _save(result, json_out)
+    Console(stderr=True).print(f"{conversations} simulated conversations: success@10 {result['success@10']:.3f}, "
+                               f"avg turns {result['avg_turns']:.2f}, grounding violations {result['grounding_violations']}")
 
 
 def evaluate_and_report(run: Path, models: Optional[list[str]] = None, max_users: Optional[int] = None,

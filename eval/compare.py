@@ -1,4 +1,4 @@
-"""`genrec eval --compare RUN_A RUN_B ...`: runs side by side, with differences and paired tests.
+"""`genrec eval compare RUN_A RUN_B ...`: runs side by side, with differences and paired tests.
 
 Each run's per-user ranks come from `RUN/eval/ranks.parquet` (written by `genrec eval`; the run is
 evaluated first when the file is missing). Runs are compared on the users they share with the same
@@ -78,7 +78,7 @@ def compare_runs(runs: Sequence[Path], models: Sequence[str] | None = None, max_
     """Metrics of each model in each run on the shared users; differences to the first run and
     paired tests on per-user NDCG@10. Returns a JSON-ready dict."""
     if len(runs) < 2:
-        raise GenrecError("--compare: give at least two runs (genrec eval --compare RUN_A RUN_B)")
+        raise GenrecError("--compare: give at least two runs (genrec eval compare RUN_A RUN_B)")
     names = [str(r) for r in runs]
     if len(set(names)) != len(names):
         raise GenrecError(f"--compare: a run is named twice ({names})")

@@ -1,4 +1,4 @@
-"""`genrec eval --report`: one run's evaluation as `eval/report.md`, `eval/metrics.json` and PNG plots.
+"""`genrec eval offline --report`: one run's evaluation as `eval/report.md`, `eval/metrics.json` and PNG plots.
 
 Everything is derived from per-user ranks and returned lists kept by `eval.run_eval`; ranking
 numbers come from `genrec.metrics` (curves, popularity buckets, cold-start slice). Two list-level

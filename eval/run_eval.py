@@ -64,7 +64,7 @@ class RunEvaluation:
     lists: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def summaries(self) -> dict[str, dict[str, float]]:
-        """`{model: {metric: value}}` as `genrec eval --json` writes it."""
+        """`{model: {metric: value}}` as `genrec eval offline --json` writes it."""
         return {name: dict(r.summary) for name, r in self.results.items()}
 
 

@@ -18,11 +18,10 @@ HEADLINE = ("recall@10", "ndcg@10", "mrr", "valid_rate", "coverage")
 
 def cli() -> typer.Typer:
     """The eval commands as `genrec` registers them."""
-    from eval.commands import eval_command
+    from eval.commands import eval_app
 
     app = typer.Typer()
-    app.command("eval")(eval_command)
-    app.command("other")(lambda: None)  # two commands, so `eval` is a sub-command as under `genrec`
+    app.add_typer(eval_app, name="eval")
     return app
 
 
@@ -33,9 +32,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(run, tmp_path_factory):
-    """`genrec eval --run RUN --json OUT --report`, once for the module."""
+    """`genrec eval offline --run RUN --json OUT --report`, once for the module."""
     out = tmp_path_factory.mktemp("eval") / "results.json"
-    result = CliRunner().invoke(cli(), ["eval", "--run", str(run), "--json", str(out), "--report"])
+    result = CliRunner().invoke(cli(), ["eval", "offline", "--run", str(run), "--json", str(out), "--report"])
     assert result.exit_code == 0, result.output
     return run, json.loads(out.read_text()), result.output
 
@@ -98,7 +97,7 @@ def test_compare_pairs_users_and_tests_the_difference(evaluated, tmp_path):
     config["eval"]["content_last_n"] = 1  # a different content baseline on the same split
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "compare.json"
-    result = CliRunner().invoke(cli(), ["eval", "--compare", str(run), str(other), "--models", "content,popularity",
+    result = CliRunner().invoke(cli(), ["eval", "compare", str(run), str(other), "--models", "content,popularity",
                                         "--json", str(out)])
     assert result.exit_code == 0, result.output
     comparison = json.loads(out.read_text())
@@ -151,9 +150,9 @@ def test_eval_errors_are_one_line(run, tmp_path):
     runner = CliRunner()
     from genrec.errors import GenrecError
 
-    result = runner.invoke(cli(), ["eval", "--run", str(run), "--models", "bert4rec"])
+    result = runner.invoke(cli(), ["eval", "offline", "--run", str(run), "--models", "bert4rec"])
     assert isinstance(result.exception, GenrecError) and "bert4rec" in str(result.exception)
-    result = runner.invoke(cli(), ["eval", "--run", str(tmp_path / "nope")])
+    result = runner.invoke(cli(), ["eval", "offline", "--run", str(tmp_path / "nope")])
     assert isinstance(result.exception, GenrecError) and "genrec index" in str(result.exception)
-    result = runner.invoke(cli(), ["eval", "--run", str(run), "--models", "genrec"])
+    result = runner.invoke(cli(), ["eval", "offline", "--run", str(run), "--models", "genrec"])
     assert isinstance(result.exception, GenrecError) and "genrec train" in str(result.exception)

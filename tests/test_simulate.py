@@ -42,13 +42,13 @@ def test_says_title_sees_the_title_in_any_written_form():
 
 
 def test_simulation_measures_success_turns_and_grounding(run, tmp_path):
-    from eval.commands import eval_command
+    from eval.commands import eval_app
 
     app = typer.Typer()
-    app.command("eval")(eval_command)
+    app.add_typer(eval_app, name="eval")
     app.command("other")(lambda: None)
     out = tmp_path / "sim.json"
-    result = CliRunner().invoke(app, ["eval", "--run", str(run), "--conversations", "12", "--turns", "4", "--json", str(out)])
+    result = CliRunner().invoke(app, ["eval", "chats", "--run", str(run), "--conversations", "12", "--turns", "4", "--json", str(out)])
     assert result.exit_code == 0, result.output
     sim = json.loads(out.read_text())
     assert sim["conversations"] == 12 and sim["simulator"] == "template" and sim["agent"] == "retrieval-only"
