@@ -27,7 +27,7 @@ FINGERPRINT_FILE = "genrec_pretrain.json"
 # settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
 PRETRAIN_FIELDS = (
     "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
-    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_epochs", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_start", "pretrain_patience", "val_users", "max_history", "aux_ratio", "tokens_per_batch", "seed",
 )
 
 
@@ -59,10 +59,10 @@ def pretrain(
 ) -> dict:
     """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
 
-    With `validate` (validation NDCG@10 of the model as it is), it is scored after each of the last
-    `config.pretrain_val_epochs` epochs and the best of those epochs' weights is kept: on sparse data
-    the last epoch can be past the best one, while early epochs (still warming up, far below the
-    later ones) are not worth the time it takes to score them.
+    With `validate` (validation NDCG@10 of the model as it is), it is scored after every epoch from
+    `config.pretrain_val_start` on (early epochs, still warming up, are not worth the time it takes
+    to score them); training stops once `config.pretrain_patience` scored epochs in a row bring no
+    gain, and the best scored epoch's weights are kept. `pretrain_epochs` is the upper bound.
     """
     console = console or Console(stderr=True)
     rng = random.Random(config.seed)
@@ -80,7 +80,7 @@ def pretrain(
         )
         record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
                   "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}
-        scored = validate is not None and epoch >= config.pretrain_epochs - max(1, config.pretrain_val_epochs)
+        scored = validate is not None and (epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs)
         if scored:
             record["valid_ndcg@10"] = validate()
             if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
@@ -93,6 +93,9 @@ def pretrain(
                 f"{stats.tokens / stats.seconds:.0f} tokens/s"
                 + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if scored else "")
             )
+        if scored and stalled(history, config.pretrain_patience):
+            console.print(f"pre-training stops after epoch {epoch + 1}: no validation gain in {config.pretrain_patience} epochs")
+            break
     best_epoch = config.pretrain_epochs
     if validate is not None and history:
         best_record = max((h for h in history if "valid_ndcg@10" in h), key=lambda h: h["valid_ndcg@10"])
@@ -104,6 +107,12 @@ def pretrain(
     if validate is not None and history:
         stats["best_valid_ndcg@10"] = best_record["valid_ndcg@10"]
     return stats
+
+
+def stalled(history: Sequence[dict], patience: int) -> bool:
+    """True when the last `patience` validated epochs all scored below the best one before them."""
+    scores = [h["valid_ndcg@10"] for h in history if "valid_ndcg@10" in h]
+    return len(scores) > patience and max(scores[-patience:]) <= max(scores[:-patience])
 
 
 def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:

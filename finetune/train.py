@@ -308,6 +308,9 @@ def train(
         examples_seen += stats.examples
         tokens_seen += stats.tokens
         checkpoint(epoch, stats.loss, stats.seconds)
+        if epoch - report.best_epoch >= config.patience:
+            console.print(f"stopping after LoRA epoch {epoch}: no validation gain in {config.patience} epoch(s)")
+            break
         if deadline is not None and time.perf_counter() > deadline:
             console.print(f"[yellow]stopping after epoch {epoch}: train.max_minutes={config.max_minutes} reached")
             break

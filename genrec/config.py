@@ -107,15 +107,17 @@ class TrainConfig(Section):
     dropout: float = 0.1  # attention dropout of the scratch model
     max_length: int = 512  # tokens per training example
     vocab_size: int = 4000  # byte-level BPE vocabulary trained on the catalog (scratch only)
-    pretrain_epochs: int = 8
+    pretrain_epochs: int = Field(8, ge=1)  # upper bound; validation ends pre-training sooner
     pretrain_lr: float = 2e-3
-    pretrain_val_epochs: int = 3  # validate (and keep the best of) only the last N pre-training epochs
+    pretrain_val_start: int = Field(6, ge=1)  # first pre-training epoch scored on validation (the last one always is)
+    pretrain_patience: int = Field(2, ge=1)  # scored epochs without a gain before pre-training stops
     # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # PEFT dropout on every LoRA input (slow on CPU; see docs/experiments.md)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    epochs: int = 3
+    epochs: int = 3  # LoRA epochs, upper bound
+    patience: int = Field(1, ge=1)  # LoRA epochs without a validation gain before training stops
     lr: float = 1e-3
     tokens_per_batch: int = 8192  # padded tokens per optimizer step (batches group similar lengths)
     max_history: int = 112  # items of history in one prompt / training chunk: what fits max_length 512 with 4-token IDs
@@ -241,6 +243,28 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
 
 
+# Settings earlier versions wrote into every RUN/config.yaml and that no longer exist, with the value
+# that meant "off": a saved run with that value still opens (the key is dropped); any other value
+# is an error, since the run was trained with something genrec no longer does.
+RETIRED = {
+    ("train", "item_loss"): 0.0,
+    ("train", "residual_dropout"): 0.0,
+    ("train", "pretrain_val_epochs"): None,
+    ("generate", "item_weight"): None,
+    ("serve", "request_timeout_s"): None,
+}
+
+
+def drop_retired(raw: dict, path: Path) -> None:
+    """Remove retired settings from a loaded config (see `RETIRED`), refusing ones that were switched on."""
+    for (section, key), off in RETIRED.items():
+        part = raw.get(section)
+        if isinstance(part, dict) and key in part:
+            value = part.pop(key)
+            if off is not None and value != off:
+                raise GenrecError(f"{path}: {section}.{key}: {value} is no longer supported; remove it and retrain")
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a run config YAML; errors name the file and the offending key."""
     path = Path(path)
@@ -252,6 +276,7 @@ def load_config(path: str | Path) -> RunConfig:
         raise GenrecError(f"{path}: not valid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise GenrecError(f"{path}: expected a mapping at the top level")
+    drop_retired(raw, path)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

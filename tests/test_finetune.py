@@ -268,16 +268,16 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
-def test_pretraining_scores_only_its_last_epochs_and_keeps_the_best_of_them(run_data, tokenizer):
+def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_data, tokenizer):
     from finetune.models import build_scratch_model
     from finetune.pretrain import pretrain
     from finetune.tasks import next_item_examples
 
     torch.manual_seed(0)
-    config = run_data.config.train.model_copy(update={"pretrain_epochs": 4, "pretrain_val_epochs": 2})
+    config = run_data.config.train.model_copy(update={"pretrain_epochs": 8, "pretrain_val_start": 2, "pretrain_patience": 2})
     model = build_scratch_model(config, tokenizer)
     users = dict(list(run_data.split.train.items())[:6])
-    scores = iter([0.3, 0.1])  # epoch 3 scores higher than epoch 4: epoch 3's weights must come back
+    scores = iter([0.1, 0.3, 0.2, 0.25, 0.9])  # epochs 2-5; epoch 3 best, then two epochs without a gain
     kept = {}
 
     def validate() -> float:
@@ -287,10 +287,10 @@ def test_pretraining_scores_only_its_last_epochs_and_keeps_the_best_of_them(run_
 
     stats = pretrain(model, tokenizer, lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e)),
                      config, False, progress=False, validate=validate)
-    assert [("valid_ndcg@10" in h) for h in stats["history"]] == [False, False, True, True]
+    assert [("valid_ndcg@10" in h) for h in stats["history"]] == [False, True, True, True, True]  # stopped after epoch 5
     assert stats["best_epoch"] == 3 and stats["best_valid_ndcg@10"] == 0.3
     assert all(torch.equal(v, kept[0.3][k]) for k, v in model.state_dict().items())
-    assert not all(torch.equal(v, kept[0.1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, kept[0.25][k]) for k, v in model.state_dict().items())
 
 
 def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, tokenizer):
@@ -642,4 +642,15 @@ def test_a_scratch_model_vllm_could_not_serve_is_a_config_error(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("train:\n  hidden_size: 32\n  num_heads: 2\n")  # head size 16: vLLM's CPU attention refuses it
     with pytest.raises(GenrecError, match="train: .*head size 16"):
+        load_config(path)
+
+
+def test_a_run_saved_by_an_earlier_version_still_opens_unless_it_used_a_retired_option(tmp_path):
+    from genrec.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  item_loss: 0.0\n  residual_dropout: 0.0\n  pretrain_val_epochs: 3\nserve:\n  request_timeout_s: 60\n")
+    assert load_config(path).train.pretrain_patience == 2
+    path.write_text("train:\n  item_loss: 0.5\n")
+    with pytest.raises(GenrecError, match=r"train.item_loss: 0.5 is no longer supported"):
         load_config(path)
