@@ -14,7 +14,7 @@ import typer
 
 def _quiet_threads() -> None:
     # On a shared CPU, OpenMP threads that spin while waiting for a core cost several times what
-    # they gain (measured 3x slower training); passive waiting must be set before torch loads.
+    # they gain; passive waiting must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -2,8 +2,8 @@
 
 Examples are tokenised as prompt + target separately (so labels cover the target exactly) and
 grouped into batches of similar length under a token budget, which keeps padding, the main waste
-of CPU time here, near zero. bf16 autocast is used on CPUs with bf16 units (about 1.6x faster
-on AMX than float32 for these small models); master weights and optimizer state stay float32.
+of CPU time here, near zero. bf16 autocast is used on CPUs with bf16 units; master weights and
+optimizer state stay float32.
 """
 
 from __future__ import annotations

@@ -52,9 +52,7 @@ def attach_lora(model, config: TrainConfig, trainable_rows: Sequence[int]):
 def merged_copy(peft_model):
     """A plain copy of the model with the adapter folded into its weights; `peft_model` is untouched.
 
-    Inference through an unmerged adapter runs two extra matmuls per adapted layer: the three LoRA
-    validations of ML-100K training took 31, 27 and 23 s unmerged against 24, 20 and 21 s merged
-    (history 112, where the prompt pass dominates). Merging a copy,
+    Inference through an unmerged adapter runs two extra matmuls per adapted layer. Merging a copy,
     rather than merging and unmerging in place, leaves the frozen base bit-for-bit as it was.
     """
     import copy

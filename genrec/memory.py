@@ -2,10 +2,8 @@
 
 glibc serves every allocation above 32 MiB with a fresh `mmap` and returns it with `munmap` when
 the tensor dies. A training step allocates and frees logits, activations and gradients of that
-size dozens of times, so each step page-faults gigabytes of new zeroed pages: measured here, a
-5.8M-parameter Llama step (16 x 512 tokens, bf16 autocast) spent 37% of its CPU time in the
-kernel and took 3.4 s; with freed memory kept for reuse it took 1.7-1.9 s (`bench/allocator.py`,
-a new batch shape every step as in training: 22% -> 5% kernel time, 1.32x). This is the same
+size dozens of times, so each step page-faults gigabytes of new zeroed pages (`bench/allocator.py`
+measures the step time and kernel share with and without this setting). This is the same
 effect that makes PyTorch's CPU tuning guide recommend jemalloc or tcmalloc; `mallopt` gets it
 from glibc itself, with nothing to preload.
 """
@@ -43,9 +41,7 @@ def limit_onednn_cache(capacity: int = 8) -> None:
 
     bf16 matmuls on the CPU run through oneDNN, which compiles one primitive per input shape and
     keeps up to 1024 of them with their buffers. Length-bucketed training batches have a new shape
-    at nearly every step, so the cache only grows: measured here over 45 steps of random lengths,
-    the resident size rose 3.5 -> 7.3 GB with the default and 3.2 -> 5.1 GB (then flat) with 8
-    entries, at the same speed (1.16 against 1.28 s per step; beam-search validation 16.0 s against
-    15.9 s). It must run before the first bf16 matmul: oneDNN reads the variable once.
+    at nearly every step, so the cache only grows (docs/experiments.md has the figures). It must
+    run before the first bf16 matmul: oneDNN reads the variable once.
     """
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))

@@ -2,8 +2,7 @@
 
 Hugging Face `generate(num_beams=W)` copies the prompt W times before the first forward pass and
 then reorders a W-times-larger KV cache at every step; with prompts of a few hundred tokens and
-IDs of four, that copying is almost all the work (measured: 70% of the time in `index_select` and
-`cat` on the cache). Here the prompt is encoded once per request and never copied: the beams'
+IDs of four, that copying is almost all the work. Here the prompt is encoded once per request and never copied: the beams'
 tokens are appended to the same cache row, side by side, and a 4-D attention mask lets each new
 token see the prompt and its own beam's earlier tokens only (tree attention). Position ids are
 those the token would have in its own sequence, so the result is the same computation.

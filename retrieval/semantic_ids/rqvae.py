@@ -105,9 +105,8 @@ class RqvaeResult:
 def seeded(seed: int) -> Iterator[None]:
     """Run a block with torch seeded, deterministic algorithms on and one thread; restore all three after.
 
-    One thread because the model is tiny: on a busy 2-core machine two OpenMP threads made each
-    training step 80x slower (1.2 s against 14 ms, measured), and one thread also fixes the order
-    of floating-point reductions.
+    One thread because the model is tiny: on a busy machine OpenMP threads spin against each other
+    for a step that takes milliseconds, and one thread also fixes the order of floating-point reductions.
     """
     previous = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
