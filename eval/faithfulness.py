@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-KIND_KEYS = ("genres", "genre", "categories", "category", "class", "tags")
-YEAR_KEYS = ("year", "release_year")
+from retrieval.catalog import KIND_KEYS, YEAR_KEYS
+
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b(?!s)")
 _DECADE = re.compile(r"\b(?:(1[89]\d0|20\d0)|'?(\d0))s\b")
 _TITLE_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")

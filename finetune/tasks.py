@@ -27,11 +27,8 @@ import pandas as pd
 from finetune.sid_tokens import render_sid
 from finetune.templates import render, template_names
 from finetune.tokenizer import chat_prompt, end_of_turn
-from retrieval.catalog import item_caption
+from retrieval.catalog import KIND_KEYS, YEAR_KEYS, item_caption
 
-# attribute keys read as "kinds" of an item (genres, categories ...) and as its year, for queries and explanations
-KIND_KEYS = ("genres", "genre", "categories", "category", "class", "tags")
-YEAR_KEYS = ("year", "release_year")
 AUX_TASKS = ("item_to_text", "text_to_item", "query_to_item", "explain")
 
 

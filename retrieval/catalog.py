@@ -20,6 +20,10 @@ from genrec.errors import GenrecError
 from genrec.run import RunPaths
 
 ITEM_COLUMNS = ["item_id", "title", "text", "attributes", "image"]
+# attribute keys read as the "kinds" of an item (genres, categories ...) by every room that talks
+# about them: SFT tasks, explanations, the agent's genre filters, the faithfulness checker
+KIND_KEYS = ("genres", "genre", "categories", "category", "class", "tags")
+YEAR_KEYS = ("year", "release_year")  # attribute keys read as an item's year
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
 
 
