@@ -24,9 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
-from finetune.decoding.trie import SidTrie
+from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 
-Scored = tuple[str, float]  # (item_id, score), higher is better
 
 
 class Generator(Protocol):
@@ -36,13 +35,8 @@ class Generator(Protocol):
     trie: SidTrie
     beam_width: int
 
-    def generate(
-        self,
-        histories: Sequence[Sequence[str]],
-        width: int | None = None,
-        exclude: Sequence[Collection[str]] | None = None,
-        only: Collection[str] | None = None,
-    ) -> list[list[Scored]]: ...
+    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
+                 only: Collection[str] | None = None) -> list[list[Scored]]: ...
 
 
 class DenseScorer(Protocol):

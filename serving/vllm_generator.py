@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import SidTrie
+from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 from serving.client import ADAPTER_MODEL, LLMClient
 
-Scored = tuple[str, float]
 
 
 @dataclass
@@ -39,13 +38,8 @@ class VllmGenerator:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def generate(
-        self,
-        histories: Sequence[Sequence[str]],
-        width: int | None = None,
-        exclude: Sequence[Collection[str]] | None = None,
-        only: Collection[str] | None = None,
-    ) -> list[list[Scored]]:
+    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
+                 only: Collection[str] | None = None) -> list[list[Scored]]:
         """The best `width` items per history as (item_id, sequence log-prob), best first; raises
         `serving.client.LLMUnavailable` when the server does not answer."""
         width = width or self.beam_width

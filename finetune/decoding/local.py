@@ -17,12 +17,11 @@ import torch
 
 from finetune.decoding.beam import beam_search
 from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import SidTrie
+from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
 
 META_FILE = "genrec.json"
-Scored = tuple[str, float]  # (item_id, score), higher is better
 
 
 def bf16_supported() -> bool:
@@ -60,13 +59,8 @@ class LocalGenerator:
     temperature: float = 1.0  # divides the logits before beam scores are summed
     name: str = "in-process"
 
-    def generate(
-        self,
-        histories: Sequence[Sequence[str]],
-        width: int | None = None,
-        exclude: Sequence[Collection[str]] | None = None,
-        only: Collection[str] | None = None,
-    ) -> list[list[Scored]]:
+    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
+                 only: Collection[str] | None = None) -> list[list[Scored]]:
         """The best `width` items per history as (item_id, sequence log-prob), best first.
 
         `exclude[i]` items never appear for history i; with `only`, no item outside it appears.

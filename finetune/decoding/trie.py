@@ -11,12 +11,15 @@ what the in-process beam search and the vLLM server need.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from finetune.sid_tokens import SidVocab, codebook_sizes
 
 Code = tuple[int, ...]
 Removed = Mapping[Code, int]  # prefix -> how many of its items are hidden
+Scored = tuple[str, float]  # (item_id, score), higher is better
+Histories = Sequence[Sequence[str]]  # item ids in time order, one sequence per request
+Exclusions = Sequence[Collection[str]] | None  # per request: items never to return
 
 
 class SidTrie:
