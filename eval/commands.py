@@ -21,7 +21,7 @@ def eval_command(
     compare: Optional[list[Path]] = typer.Option(None, "--compare", help="Compare evaluated runs side by side (repeat: --compare A --compare B)."),
     conversations: int = typer.Option(0, "--conversations", help="Simulate this many agent conversations instead of offline ranking."),
     max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a fixed seeded sample of this many test users."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Models to evaluate, comma-separated: genrec, sasrec, popularity, itemknn, content (default: all available)."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Models to evaluate, comma-separated: genrec, sasrec, bsarec, popularity, itemknn, content (default: all available)."),
     turns: int = typer.Option(5, "--turns", help="With --conversations: turns per conversation before giving up."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: the run's served recommender (default: a retrieval-only agent)."),
     chat_url: Optional[str] = typer.Option(None, "--chat-url", help="With --conversations: the served chat model (default: the run's, given --llm-url)."),

@@ -25,7 +25,7 @@ from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
 
-KNOWN_MODELS = ("genrec", "sasrec", "popularity", "itemknn", "content")
+KNOWN_MODELS = ("genrec", "sasrec", "bsarec", "popularity", "itemknn", "content")
 RANKS_FILE = "ranks.parquet"
 CURVE_KS = tuple(range(1, 21))  # lists of 20 let every K in 1..20 be scored from the same ranks
 
@@ -126,7 +126,8 @@ def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: lis
     if vectors is None and names is not None and "content" in names:
         raise GenrecError(f"{paths.embeddings / 'text.npy'}: missing, so the content baseline has no item vectors; "
                           f"run `genrec index --run {paths.root}` first")
-    models += fit_baselines(split, item_ids, eval_config, vectors, progress=progress)
+    models += fit_baselines(split, item_ids, eval_config, vectors, progress=progress, dense=config.dense,
+                            dataset=config.data.dataset)
     return models
 
 
