@@ -67,6 +67,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return dropout(torch.softmax(scores.float(), dim=-1).to(v.dtype)) @ v
 
 
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention of `query` positions over `keys` positions: projections, `attend`, output
+    projection (no residual or norm: SASRec and BSARec place those differently)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.attn_dropout = Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, queries, hidden) attended over (batch, keys, hidden); `mask` (batch, 1, queries, keys)."""
+        b, n, hidden = query.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, x.shape[1], self.heads, hidden // self.heads).transpose(1, 2)
+
+        attended = attend(split(self.q(query)), split(self.k(keys)), split(self.v(keys)), mask, self.attn_dropout)
+        return self.out(attended.transpose(1, 2).reshape(b, n, hidden))
+
+
 class DenseRecommender(nn.Module):
     """Base of the dense networks: catalog, embeddings, history windows, full-catalog scores.
 
@@ -81,22 +107,26 @@ class DenseRecommender(nn.Module):
     causal: ClassVar[bool] = True
     fixed_length: ClassVar[bool] = False
 
-    def __init__(self, item_ids: Sequence[str], hidden: int, max_len: int):
+    def __init__(self, item_ids: Sequence[str], hidden: int, layers: int, heads: int, max_len: int, dropout: float):
         super().__init__()
         if not len(item_ids):
             raise GenrecError(f"{self.name}: the catalog is empty, so there is nothing to rank")
-        if hidden < 1 or max_len < 1:
-            raise GenrecError(f"{self.name}: hidden ({hidden}) and max_len ({max_len}) must be at least 1")
+        if min(hidden, layers, heads, max_len) < 1:
+            raise GenrecError(f"{self.name}: hidden, layers, heads and max_len must be at least 1")
         self.item_ids = [str(i) for i in item_ids]
         self.index = ItemIndex(self.item_ids)
-        self.hidden = hidden
-        self.max_len = max_len
+        self.hidden, self.layers, self.heads, self.max_len, self.dropout = hidden, layers, heads, max_len, dropout
         self.item_emb = nn.Embedding(len(self.item_ids) + 1, hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, hidden)
 
     @property
     def num_items(self) -> int:
         """Catalog size: the width of `scores`."""
         return len(self.item_ids)
+
+    def last_state(self, seq: torch.Tensor) -> torch.Tensor:
+        """The hidden state at the last position of each input row: (batch, hidden)."""
+        return self(seq)[:, -1]
 
     def item_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Score of every catalog item (padding excluded) for each hidden state: shared embeddings."""
@@ -119,7 +149,7 @@ class DenseRecommender(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return torch.log_softmax(self.item_logits(self(seq)[:, -1].float()), dim=-1)
+            return torch.log_softmax(self.item_logits(self.last_state(seq).float()), dim=-1)
         finally:
             self.train(was_training)
 

@@ -24,31 +24,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from finetune.dense.model import DenseRecommender, Dropout, attend
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head attention whose queries come from the layer-normed input (as in SASRec)."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float):
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
-        self.heads = heads
-        self.q = nn.Linear(hidden, hidden)
-        self.k = nn.Linear(hidden, hidden)
-        self.v = nn.Linear(hidden, hidden)
-        self.out = nn.Linear(hidden, hidden)
-        self.dropout = Dropout(dropout)
-
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        b, length, hidden = query.shape
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, length, self.heads, hidden // self.heads).transpose(1, 2)
-
-        attended = attend(heads(self.q(query)), heads(self.k(keys)), heads(self.v(keys)), allowed, self.dropout)
-        return self.out(attended.transpose(1, 2).reshape(b, length, hidden))
+from finetune.dense.model import DenseRecommender, Dropout, MultiHeadAttention
 
 
 class PointWiseFeedForward(nn.Module):
@@ -74,7 +50,7 @@ class Block(nn.Module):
     def __init__(self, hidden: int, heads: int, dropout: float):
         super().__init__()
         self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
-        self.attn = CausalSelfAttention(hidden, heads, dropout)
+        self.attn = MultiHeadAttention(hidden, heads, dropout)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = PointWiseFeedForward(hidden, dropout)
 
@@ -107,9 +83,7 @@ class SASRec(
         max_len: int = 50,
         dropout: float = 0.5,
     ):
-        super().__init__(item_ids, hidden, max_len)
-        self.layers, self.heads, self.dropout = layers, heads, dropout
-        self.pos_emb = nn.Embedding(max_len, hidden)
+        super().__init__(item_ids, hidden, layers, heads, max_len, dropout)
         self.emb_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(hidden, heads, dropout) for _ in range(layers))
         self.final_norm = nn.LayerNorm(hidden, eps=1e-8)
