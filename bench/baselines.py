@@ -239,6 +239,22 @@ def run_dataset(name: str, report: dict, args, save) -> None:
     print_results(entry["results"], title=f"{name}: leave-one-out, full ranking ({entry['stats']['test_users']} test users)")
 
 
+def markdown_table(report: dict) -> str:
+    """The README's table: every baseline's figures, and the published ones with ours / published."""
+    rows = ["| dataset | model | NDCG@10 | NDCG@5 | HR@10 | fit (min, 2 CPU cores) | published NDCG@10 (ours / published) |",
+            "|---|---|---|---|---|---|---|"]
+    for name, entry in report["datasets"].items():
+        results = entry.get("results", {})
+        for model in sorted(results, key=lambda m: -results[m]["ndcg@10"]):
+            r = results[model]
+            versus = entry.get("vs_published", {}).get(model, {}).get("ndcg@10")
+            published = f"{versus['published']:.4f} ({versus['ratio']:.2f})" if versus else ""
+            fit_min = f"{r['fit_minutes']:.1f}" if "fit_minutes" in r else ""
+            rows.append(f"| {name} | {model} | {r['ndcg@10']:.4f} | {r['ndcg@5']:.4f} | {r['recall@10']:.4f} | "
+                        f"{fit_min} | {published} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty"], choices=list(DATASETS))
@@ -247,7 +263,11 @@ def main() -> None:
     parser.add_argument("--max-configs", type=int, default=None, help="train only the first N sweep points")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the README table from --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return
 
     report: dict = {
         "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over the whole "
