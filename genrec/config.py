@@ -206,7 +206,7 @@ class DenseModelConfig(Section):
     max_len: int | None = Field(None, ge=1)  # items of history read (None: by density)
     dropout: float | None = Field(None, ge=0, lt=1)  # None: by density
     lr: float | None = Field(None, gt=0)  # None: by density
-    batch_size: int = Field(512, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # examples per optimizer step (None: by density)
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(200, ge=1)  # upper bound; early stopping on validation NDCG@10 ends training sooner
     patience: int = Field(5, ge=1)  # validations without improvement before stopping
@@ -225,7 +225,6 @@ class BSARecConfig(DenseModelConfig):
 
     alpha: float = Field(0.7, ge=0, le=1)  # weight of the filter branch against attention
     c: int = Field(5, ge=1)  # low-pass cut-off: the lowest c // 2 + 1 frequencies pass
-    batch_size: int = Field(256, ge=1)
     eval_every: int = Field(1, ge=1)
     patience: int = Field(10, ge=1)
 

@@ -264,7 +264,7 @@ def test_dense_settings_follow_the_density_of_the_data():
     config = DenseConfig()
     assert resolve("sasrec", config.sasrec, dense).max_len == 200
     assert resolve("sasrec", config.sasrec, sparse).model_dump() == config.sasrec.model_copy(
-        update={"max_len": 50, "dropout": 0.6, "lr": 5e-4}).model_dump()
+        update={"max_len": 50, "dropout": 0.6, "lr": 5e-4, "batch_size": 512}).model_dump()
     assert resolve("sasrec", config.sasrec.model_copy(update={"max_len": 64}), dense).max_len == 64  # configured wins
     model, settings, resolved = build("bsarec", ["1", "2"], config.bsarec, sparse)
     assert isinstance(model, BSARec) and (model.alpha, model.c, model.max_len) == (0.7, 5, 50)

@@ -23,13 +23,13 @@ DENSE_MEDIAN_HISTORY = 50  # a median training history longer than this makes th
 # (network, density) -> settings for the fields left at None
 PRESETS: dict[tuple[str, str], dict[str, float | int]] = {
     # Beauty: the published CE-SASRec settings (Xu et al. 2024)
-    ("sasrec", "sparse"): {"max_len": 50, "dropout": 0.6, "lr": 5e-4},
-    # ML-100K: the paper's length for MovieLens, dropout 0.2
-    ("sasrec", "dense"): {"max_len": 200, "dropout": 0.2, "lr": 5e-3},
+    ("sasrec", "sparse"): {"max_len": 50, "dropout": 0.6, "lr": 5e-4, "batch_size": 512},
+    # ML-100K: the paper's length for MovieLens, dropout 0.2; 943 users make 2 steps an epoch at 512
+    ("sasrec", "dense"): {"max_len": 200, "dropout": 0.2, "lr": 5e-3, "batch_size": 128},
     # Beauty: the published BSARec settings (Shin et al. 2024)
-    ("bsarec", "sparse"): {"max_len": 50, "dropout": 0.5, "lr": 5e-4},
+    ("bsarec", "sparse"): {"max_len": 50, "dropout": 0.5, "lr": 5e-4, "batch_size": 256},
     # ML-100K: BSARec's paper keeps max_len 50 on every dataset (200 took 400 s an epoch here)
-    ("bsarec", "dense"): {"max_len": 50, "dropout": 0.2, "lr": 1e-3},
+    ("bsarec", "dense"): {"max_len": 50, "dropout": 0.2, "lr": 1e-3, "batch_size": 256},
 }
 NETWORKS: dict[str, type[DenseRecommender]] = {"sasrec": SASRec, "bsarec": BSARec}
 
