@@ -12,7 +12,8 @@ choose.
     .venv/bin/python bench/baselines.py --datasets ml-100k                   # every baseline, full sweeps
 
 Resumable: every finished sweep point is written to bench/results/baselines.json at once, and a
-later invocation skips the points already there. Trained dense models are saved under
+later invocation skips the points already there; a point interrupted midway resumes from the
+checkpoint its training saves after every epoch. Trained dense models are saved under
 runs/bench-dense/DATASET/MODEL-N (`finetune.dense.load_dense`).
 """
 
@@ -142,9 +143,12 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
             continue
         print(f"== {dataset} {kind} [{key}] ({shape} data)")
         model, settings, resolved = build(kind, ids, base.model_copy(update=overrides), split.train)
+        # saved every epoch: an interrupted point resumes where it stopped
+        settings.checkpoint = str(MODELS_DIR / dataset / f"{kind}-{number}.ckpt")
         model, stats = fit(model, split.train, split.valid, settings)
         test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
         model.save_pretrained(MODELS_DIR / dataset / f"{kind}-{number}")
+        Path(settings.checkpoint).unlink(missing_ok=True)
         point = {
             "key": key,
             "config": resolved.model_dump(),

@@ -193,6 +193,21 @@ def test_sasrec_is_deterministic_for_a_seed(movielens):
     assert runs[0] == runs[1]
 
 
+def test_an_interrupted_training_resumes_from_its_checkpoint_as_if_never_stopped(movielens, tmp_path):
+    split, catalog, _ = movielens
+    train = {u: items for u, items in list(split.train.items())[:40]}
+    histories = [split.test[u][0] for u in sorted(split.test)[:20]]
+    torch.manual_seed(3)
+    straight, stats = fit(_small_sasrec(catalog), train, split.valid, _settings(epochs=3, eval_every=2, seed=3))
+    checkpoint = str(tmp_path / "sasrec.ckpt")
+    torch.manual_seed(3)
+    fit(_small_sasrec(catalog), train, split.valid, _settings(epochs=2, eval_every=2, seed=3, checkpoint=checkpoint))
+    resumed, resumed_stats = fit(_small_sasrec(catalog), train, split.valid,  # fresh weights: the checkpoint wins
+                                 _settings(epochs=3, eval_every=2, seed=3, checkpoint=checkpoint))
+    assert resumed.recommend(histories, 10) == straight.recommend(histories, 10)
+    assert [r["loss"] for r in resumed_stats["history"]] == [r["loss"] for r in stats["history"]]
+
+
 def test_a_causal_network_trains_each_user_once_and_a_filter_network_each_target(movielens):
     split, catalog, _ = movielens
     train = {"a": ["1", "2", "3"], "b": ["4"], "c": ["5", "6"]}

@@ -22,6 +22,7 @@ Every `eval_every` epochs the model is scored on the validation cases by
 `genrec.metrics.validation_ndcg` (NDCG@10, the one metric code path); the best epoch's weights
 are kept, and training stops after `patience` validations without a gain, after `epochs`, or when
 the optional wall-clock cap `max_minutes` runs out. The stats say which of the three ended it.
+With `checkpoint`, the run is saved after every epoch and an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -38,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.dense.model import DenseRecommender, left_pad
+from genrec.atomic import atomic_path
 from genrec.errors import GenrecError
 from genrec.metrics import validation_ndcg
 from retrieval.split import Case
@@ -63,6 +66,8 @@ class TrainSettings:
     threads: int | None = 1  # torch threads (None: leave torch's setting)
     bf16: bool | None = None  # bf16 autocast for training matmuls (None: where the CPU has bf16 units)
     progress: bool = True
+    # a file to save the run to after every epoch and resume from when it exists (None: no checkpoints)
+    checkpoint: str | None = None
 
 
 @contextlib.contextmanager
@@ -197,28 +202,34 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         )
     targets_per_epoch = sum(len(e[1]) if model.causal else 1 for e in examples)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-
-    best_score, best_state, best_epoch, bad_evals = -1.0, None, 0, 0
-    history: list[dict] = []
-    stopped_by = "epochs"
-    started = time.perf_counter()
-    train_seconds = valid_seconds = 0.0
-    trained = 0
-    epoch = 0
+    # everything an interrupted run needs to go on where it stopped (see `checkpoint`)
+    run = {"epoch": 0, "best_score": -1.0, "best_state": None, "best_epoch": 0, "bad_evals": 0, "history": [],
+           "stopped_by": "epochs", "train_seconds": 0.0, "valid_seconds": 0.0, "trained": 0, "elapsed": 0.0}
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        run = saved["run"]
+        tqdm.write(f"{model.name}: resumed from {checkpoint} after epoch {run['epoch']}")
+    started = time.perf_counter() - run["elapsed"]
 
     def validate(record: dict) -> None:
-        nonlocal best_score, best_state, best_epoch, bad_evals, valid_seconds
         t0 = time.perf_counter()
         score = validation_ndcg(model, valid, model.item_ids, max_users=settings.val_users, seed=settings.seed)
-        valid_seconds += time.perf_counter() - t0
+        run["valid_seconds"] += time.perf_counter() - t0
         record["valid_ndcg@10"] = score
-        if score > best_score:
-            best_score, best_epoch, bad_evals = score, record["epoch"], 0
-            best_state = copy.deepcopy(model.state_dict())
+        if score > run["best_score"]:
+            run.update(best_score=score, best_epoch=record["epoch"], bad_evals=0,
+                       best_state=copy.deepcopy(model.state_dict()))
         else:
-            bad_evals += 1
+            run["bad_evals"] += 1
 
-    for epoch in range(1, settings.epochs + 1):
+    done = run["stopped_by"] != "epochs" or run["epoch"] >= settings.epochs
+    while not done:
+        epoch = run["epoch"] + 1
         epoch_start = time.perf_counter()
         model.train()
         total_loss, total_n = 0.0, 0
@@ -234,42 +245,53 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
             total_n += n
             bar.set_postfix(loss=f"{total_loss / total_n:.4f}")
         bar.close()
-        train_seconds += time.perf_counter() - epoch_start
-        trained += total_n
+        run["train_seconds"] += time.perf_counter() - epoch_start
+        run["trained"] += total_n
         record: dict = {"epoch": epoch, "loss": total_loss / max(total_n, 1)}
         out_of_time = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
         if valid and (epoch % settings.eval_every == 0 or out_of_time or epoch == settings.epochs):
             validate(record)
         record["seconds"] = time.perf_counter() - started
-        history.append(record)
+        run["history"].append(record)
+        run["epoch"] = epoch
         if settings.progress:
             extra = f", valid ndcg@10 {record['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in record else ""
             tqdm.write(f"{model.name} epoch {epoch}: loss {record['loss']:.4f}{extra} ({record['seconds']:.0f} s)")
-        if valid and bad_evals >= settings.patience:
-            stopped_by = "patience"
-            break
-        if out_of_time:
-            stopped_by = "max_minutes"
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        if valid and run["bad_evals"] >= settings.patience:
+            run["stopped_by"] = "patience"
+        elif out_of_time:
+            run["stopped_by"] = "max_minutes"
+        done = run["stopped_by"] != "epochs" or epoch >= settings.epochs
+        run["elapsed"] = time.perf_counter() - started
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, rng, run)
+    if run["best_state"] is not None:
+        model.load_state_dict(run["best_state"])
     model.eval()
-    if stopped_by == "max_minutes":
+    found = run["best_state"] is not None
+    if run["stopped_by"] == "max_minutes":
         tqdm.write(
             f"{model.name}: training cut short by the {settings.max_minutes:g}-minute cap (max_minutes) after epoch "
-            f"{epoch}, before early stopping ended it; best validation NDCG@10 {best_score:.4f} at epoch {best_epoch}. "
-            "Set max_minutes to null to train to convergence."
+            f"{run['epoch']}, before early stopping ended it; best validation NDCG@10 {run['best_score']:.4f} at epoch "
+            f"{run['best_epoch']}. Set max_minutes to null to train to convergence."
         )
     return {
-        "epochs": epoch,
-        "best_epoch": best_epoch if best_state is not None else epoch,
-        "best_valid_ndcg@10": best_score if best_state is not None else None,
-        "stopped_by": stopped_by,
-        "train_seconds": train_seconds,
-        "valid_seconds": valid_seconds,
+        "epochs": run["epoch"],
+        "best_epoch": run["best_epoch"] if found else run["epoch"],
+        "best_valid_ndcg@10": run["best_score"] if found else None,
+        "stopped_by": run["stopped_by"],
+        "train_seconds": run["train_seconds"],
+        "valid_seconds": run["valid_seconds"],
         "total_seconds": time.perf_counter() - started,
         "targets_per_epoch": targets_per_epoch,
-        "targets_per_s": trained / train_seconds if train_seconds else 0.0,
+        "targets_per_s": run["trained"] / run["train_seconds"] if run["train_seconds"] else 0.0,
         "settings": asdict(settings),
-        "history": history,
+        "history": run["history"],
     }
+
+
+def save_checkpoint(path: Path, model: DenseRecommender, optimizer, rng: np.random.Generator, run: dict) -> None:
+    """Write what resuming needs (weights, optimizer, both random generators, the run so far), atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": rng.bit_generator.state, "run": run}, tmp)
