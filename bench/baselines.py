@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from eval.baselines import ContentNN, ItemKNN, Popularity  # noqa: E402
 from eval.evaluate import evaluate, evaluate_validation, print_results  # noqa: E402
@@ -170,6 +171,36 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
     choose(entry, kind)
 
 
+def report_partial(kind: str, dataset: str, split, ids: list[str], entry: dict, args) -> None:
+    """Score the best validated weights of a sweep point still training (or interrupted), from its
+    checkpoint, as a row marked partial: a figure for a run that has not stopped on its own, never
+    mistaken for one that has. Finishing the point later replaces it."""
+    points = SWEEPS[(kind, density(split.train))][: args.max_configs]
+    done = {p["key"] for p in entry.get("sweeps", {}).get(kind, [])}
+    for number, overrides in enumerate(points):
+        checkpoint = MODELS_DIR / dataset / f"{kind}-{number}.ckpt"
+        if sweep_key(overrides) in done or not checkpoint.exists():
+            continue
+        base = getattr(DenseConfig(), kind).model_copy(update=BENCH_DENSE[kind])
+        model, _, resolved = build(kind, ids, base.model_copy(update=overrides), split.train)
+        run = torch.load(checkpoint, weights_only=False)["run"]
+        if run["best_state"] is None:
+            continue
+        model.load_state_dict(run["best_state"])
+        model.eval()
+        test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
+        entry.setdefault("partial", {})[kind] = {
+            "key": sweep_key(overrides), "config": resolved.model_dump(), "epochs_done": run["epoch"],
+            "best_epoch": run["best_epoch"], "valid_ndcg@10": run["best_score"],
+            "minutes_so_far": run["elapsed"] / 60, "history": run["history"], "test": test,
+        }
+        if kind not in entry.get("chosen", {}):
+            entry.setdefault("results", {})[kind] = test | {"fit_minutes": run["elapsed"] / 60, "partial": True}
+        print(f"== {dataset} {kind} [{sweep_key(overrides)}] partial after {run['epoch']} epochs: valid "
+              f"{run['best_score']:.4f} (epoch {run['best_epoch']}), test NDCG@10 {test['ndcg@10']:.4f}")
+        return
+
+
 def choose(entry: dict, kind: str) -> None:
     """Report the sweep point with the best validation NDCG@10 as the model's row."""
     points = entry.get("sweeps", {}).get(kind, [])
@@ -178,6 +209,7 @@ def choose(entry: dict, kind: str) -> None:
     best = max(points, key=lambda p: p["valid_ndcg@10"])
     entry.setdefault("results", {})[kind] = best["test"] | {"fit_minutes": best["fit_minutes"]}
     entry.setdefault("chosen", {})[kind] = best["key"]
+    entry.get("partial", {}).pop(kind, None)
 
 
 def compare_published(name: str, entry: dict) -> None:
@@ -213,18 +245,18 @@ def run_dataset(name: str, report: dict, args, save) -> None:
     print(f"== {name}: {entry['stats']}")
     fit_seconds = entry.setdefault("fit_seconds", {})
     quick = []
-    if "popularity" in args.models:
+    if "popularity" in args.models and not args.report_partial:
         t0 = time.perf_counter()
         popularity = Popularity(ids)
         popularity.fit(split.train)
         fit_seconds["popularity"] = time.perf_counter() - t0
         quick.append(popularity)
-    if "itemknn" in args.models:
+    if "itemknn" in args.models and not args.report_partial:
         t0 = time.perf_counter()
         itemknn, entry["itemknn_tuning"] = tune_itemknn(split, ids)
         fit_seconds["itemknn (grid of 9)"] = time.perf_counter() - t0
         quick.append(itemknn)
-    if "content" in args.models and catalog.has_text:
+    if "content" in args.models and catalog.has_text and not args.report_partial:
         t0 = time.perf_counter()
         content = ContentNN(ids, content_vectors(catalog), last_n=EvalConfig().content_last_n)
         content.fit(split.train)
@@ -234,7 +266,10 @@ def run_dataset(name: str, report: dict, args, save) -> None:
         entry.setdefault("results", {}).update(evaluate(quick, split, ids, ks=KS, progress=False))
         save()
     for kind in ("sasrec", "bsarec"):
-        if kind in args.models:
+        if kind in args.models and args.report_partial:
+            report_partial(kind, name, split, ids, entry, args)
+            save()
+        elif kind in args.models:
             run_dense(kind, name, split, ids, entry, args, save)
     entry["load_at_end"] = os.getloadavg()
     save()
@@ -252,6 +287,8 @@ def markdown_table(report: dict) -> str:
             versus = entry.get("vs_published", {}).get(model, {}).get("ndcg@10")
             published = f"{versus['published']:.4f} ({versus['ratio']:.2f})" if versus else ""
             fit_min = f"{r['fit_minutes']:.1f}" if "fit_minutes" in r else ""
+            if r.get("partial"):
+                fit_min += f" (partial: {entry['partial'][model]['epochs_done']} epochs, not yet stopped)"
             rows.append(f"| {name} | {model} | {r['ndcg@10']:.4f} | {r['ndcg@5']:.4f} | {r['recall@10']:.4f} | "
                         f"{fit_min} | {published} |")
     return "\n".join(rows)
@@ -266,6 +303,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the README table from --out and exit")
+    parser.add_argument("--report-partial", action="store_true",
+                        help="score the best weights so far of dense sweep points still training, from their checkpoints")
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(args.out.read_text())))
