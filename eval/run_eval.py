@@ -25,7 +25,7 @@ from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
 
-KNOWN_MODELS = ("genrec", "genrec-gen", "sasrec", "popularity", "itemknn", "content")
+KNOWN_MODELS = ("genrec", "genrec-gen", "sasrec", "bsarec", "popularity", "itemknn", "content")
 RANKS_FILE = "ranks.parquet"
 CURVE_KS = tuple(range(1, 21))  # lists of 20 let every K in 1..20 be scored from the same ranks
 
@@ -128,6 +128,26 @@ def genrec_models(paths: RunPaths, names: list[str] | None, console=None) -> lis
     return models
 
 
+def run_dense_model(paths: RunPaths, config: RunConfig, item_ids: list[str]) -> dict:
+    """The run's own dense network (`RUN/dense`, trained by `genrec train` on this split), by kind, when
+    it was trained with the run's current settings for that kind over this catalog: the baseline row
+    of that name is then that very model, not a second training."""
+    import json
+
+    from finetune.dense import load_dense
+
+    stats_path = paths.dense / "train_stats.json"
+    if not stats_path.exists():
+        return {}
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    kind = stats.get("kind")
+    model = load_dense(paths.dense)
+    current = getattr(config.dense, kind, None) if kind else None
+    settings = stats.get("settings", {})
+    same = current is not None and all(settings.get(k) == v for k, v in current.model_dump().items() if v is not None)
+    return {kind: model} if same and model.item_ids == list(item_ids) else {}
+
+
 def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: list[str],
                  names: list[str] | None, progress: bool = True) -> list[Recommender]:
     """Fitted models: genrec and genrec-gen first (if trained, or asked for), then the baselines in config order."""
@@ -141,7 +161,8 @@ def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: lis
     if vectors is None and names is not None and "content" in names:
         raise GenrecError(f"{paths.embeddings / 'text.npy'}: missing, so the content baseline has no item vectors; "
                           f"run `genrec index --run {paths.root}` first")
-    models += fit_baselines(split, item_ids, eval_config, vectors, progress=progress)
+    models += fit_baselines(split, item_ids, eval_config, vectors, progress=progress, dense=config.dense,
+                            dataset=config.data.dataset, trained=run_dense_model(paths, config, item_ids))
     return models
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,9 +42,9 @@ class Generator(Protocol):
 class DenseScorer(Protocol):
     """A dense next-item model: a log-softmax over the whole catalog for each history."""
 
-    item_ids: list[str]  # the columns of `log_scores`
+    item_ids: list[str]  # the columns of `scores`
 
-    def log_scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray: ...
+    def scores(self, histories: Histories) -> Any: ...  # (batch, catalog) log-probabilities, a tensor or an array
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Ranker:
                                np.zeros(len(b))) for b in beams]
         dense = self.dense
         column = {item: j for j, item in enumerate(dense.item_ids)}
-        scores = dense.log_scores(histories)
+        scores = np.asarray(dense.scores(histories), dtype=np.float64)
         allowed = None
         if only is not None:
             allowed = np.zeros(len(dense.item_ids), dtype=bool)

@@ -25,7 +25,9 @@ from rich.console import Console
 from finetune.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
 from finetune.decoding.prompts import HistoryPrompt
 from finetune.decoding.trie import SidTrie
-from finetune.dense.store import build_dense, save_dense
+from finetune.dense import fit as fit_dense
+from finetune.dense import load_dense
+from finetune.dense.build import build as build_dense
 from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
@@ -34,7 +36,7 @@ from finetune.ranking import Fusion, Ranker, tune_fusion
 from finetune.sid_tokens import codebook_sizes
 from finetune.tasks import aux_examples, corpus_texts, item_facts, next_item_examples
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
-from genrec.atomic import write_json
+from genrec.atomic import atomic_dir, write_json
 from genrec.config import RunConfig, TrainConfig
 from genrec.errors import GenrecError
 from genrec.metrics import sample_users, validation_ndcg
@@ -155,15 +157,18 @@ def validation_score(gen: LocalGenerator, data: RunData, val_users: int | None, 
 
 def train_dense(data: RunData, progress: bool, console: Console) -> dict:
     """Train the dense next-item model on the training split (early-stopped on validation) into `RUN/dense/`."""
-    settings = data.config.dense
-    model = build_dense(settings, data.item_ids, data.split.train, progress=progress)
-    console.print(f"training the dense model ({settings.model}, history {model.max_len}) on the training split")
+    kind = data.config.dense.ranker
+    model, settings, resolved = build_dense(kind, data.item_ids, getattr(data.config.dense, kind), data.split.train,
+                                            progress=progress)
+    console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     started = time.perf_counter()
-    model.fit(data.split.train, data.split.valid)
-    stats = {**model.train_stats, "minutes": (time.perf_counter() - started) / 60}
-    stats.pop("history", None)
-    save_dense(model, data.paths.dense, model.train_stats)
-    cut = " (cut by dense.max_minutes)" if model.train_stats.get("stopped_by_clock") else ""
+    model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
+    stats = {k: v for k, v in stats.items() if k != "history"}
+    stats.update(kind=kind, minutes=(time.perf_counter() - started) / 60, settings=resolved.model_dump())
+    with atomic_dir(data.paths.dense) as tmp:
+        model.save_pretrained(tmp)
+        write_json(tmp / "train_stats.json", stats)
+    cut = " (cut by its max_minutes)" if stats.get("stopped_by") == "max_minutes" else ""
     console.print(f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "
                   f"{stats.get('best_epoch')} of {stats.get('epochs')}{cut}, {stats['minutes']:.1f} min")
     return stats
@@ -172,8 +177,6 @@ def train_dense(data: RunData, progress: bool, console: Console) -> dict:
 def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     """Load the kept generative model and the dense model as served, and pick their fusion on every
     validation user (`finetune.ranking.tune_fusion`); written to `RUN/ranking.json`."""
-    from finetune.dense.store import load_dense
-
     generate = data.config.generate
     gen = load_local_generator(data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size)
     ranker = Ranker(gen, load_dense(data.paths.dense), Fusion(dense_candidates=data.config.dense.candidates))
@@ -192,10 +195,10 @@ def train_ranking(run: str | Path, progress: bool = True, console: Console | Non
     """The dense half of the served ranking and its fusion, for a run whose generative model is trained."""
     console = console or Console(stderr=True)
     data = load_run_data(run)
-    if data.config.dense.model == "none":
+    if data.config.dense.ranker == "none":
         if data.paths.ranking.exists():
             data.paths.ranking.unlink()
-        console.print("dense.model is none: the served ranking is generation alone")
+        console.print("dense.ranker is none: the served ranking is generation alone")
         return {}, None
     stats = train_dense(data, progress, console)
     return stats, choose_fusion(data, progress, console)

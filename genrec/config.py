@@ -141,25 +141,6 @@ class TrainConfig(Section):
         return self
 
 
-class DenseConfig(Section):
-    """The dense next-item model trained beside the generative one and fused with it (finetune.ranking)."""
-
-    model: Literal["sasrec", "none"] = "sasrec"  # none: the served ranking is pure generation
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 1
-    max_len: int | None = None  # None: 200 for dense data (median history > 50 items), else 50
-    dropout: float = 0.2
-    lr: float = 3e-3
-    batch_size: int = 128
-    epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends training sooner
-    patience: int = 10  # validations without improvement before stopping
-    val_users: int | None = None  # validation users scored per epoch (None: all)
-    max_minutes: float | None = None  # wall-clock cap (the demo sets one; the cut is recorded)
-    threads: int | None = 1  # torch threads while training
-    candidates: int = Field(50, ge=1)  # the dense model's top items added to the beams as candidates
-
-
 class GenerateConfig(Section):
     """Constrained top-K generation and the served ranking."""
 
@@ -201,7 +182,8 @@ class EvalConfig(Section):
     ks: list[int] = [5, 10, 20]
     max_users: int | None = None  # evaluate a fixed sample of users (None: all)
     batch_size: int = 256  # users per recommend() call
-    baselines: list[Literal["popularity", "itemknn", "content", "sasrec"]] = [
+    # sasrec and bsarec are trained as the `dense` section sets them
+    baselines: list[Literal["popularity", "itemknn", "content", "sasrec", "bsarec"]] = [
         "popularity", "itemknn", "content", "sasrec",
     ]
     # item-kNN
@@ -210,22 +192,50 @@ class EvalConfig(Section):
     knn_recency: float = 0.7  # weight decay per step back in the history (1.0: no decay)
     # content nearest-neighbour
     content_last_n: int = 5  # history items averaged into the user vector
-    # SASRec (full cross-entropy)
-    sasrec_epochs: int = 200  # upper bound; early stopping on validation NDCG@10 ends it sooner
-    sasrec_hidden: int = 64
-    sasrec_layers: int = 2
-    sasrec_heads: int = 1
-    # None: 200 when the median training history is longer than 50 items (dense data such as
-    # MovieLens, where the paper uses 200), else 50 (sparse Amazon data)
-    sasrec_max_len: int | None = None
-    sasrec_dropout: float = 0.2
-    sasrec_lr: float = 3e-3  # 3e-3..5e-3 best on ML-100K validation, 2e-3 on Beauty
-    sasrec_batch_size: int = 128
-    sasrec_patience: int = 10  # validation evaluations without improvement (CE-SASRec plateaus early on)
-    sasrec_val_users: int | None = None  # validation users scored per epoch (None: all)
-    sasrec_max_minutes: float | None = 10.0  # wall-clock budget for training (None: no limit)
-    sasrec_threads: int | None = 1  # torch threads (1 measured 3x faster than 2 on a shared 2-core box)
     seed: int = 0
+
+
+class DenseModelConfig(Section):
+    """One dense next-item network (`finetune.dense`) and its training. Fields left at None follow
+    the density of the data (`finetune.dense.build.PRESETS`: settings chosen on validation for
+    short Amazon-like histories and for long MovieLens-like ones)."""
+
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    max_len: int | None = Field(None, ge=1)  # items of history read (None: by density)
+    dropout: float | None = Field(None, ge=0, lt=1)  # None: by density
+    lr: float | None = Field(None, gt=0)  # None: by density
+    batch_size: int | None = Field(None, ge=1)  # examples per optimizer step (None: by density)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(200, ge=1)  # upper bound; early stopping on validation NDCG@10 ends training sooner
+    patience: int = Field(5, ge=1)  # validations without improvement before stopping
+    eval_every: int = Field(5, ge=1)  # epochs between validations
+    val_users: int | None = Field(None, ge=1)  # validation users scored (None: all)
+    # wall-clock cap, so `genrec demo` finishes in minutes; training cut by it says so (and its stats
+    # record stopped_by: max_minutes). bench/baselines.py trains without it.
+    max_minutes: float | None = Field(10.0, gt=0)
+    threads: int | None = Field(1, ge=1)  # torch threads (1 measured fastest on a shared 2-core machine)
+    bf16: bool | None = None  # bf16 autocast in training (None: where the CPU has bf16 units)
+    seed: int = 0
+
+
+class BSARecConfig(DenseModelConfig):
+    """BSARec (Shin et al., AAAI 2024): SASRec's attention beside a Fourier low-pass filter."""
+
+    alpha: float = Field(0.7, ge=0, le=1)  # weight of the filter branch against attention
+    c: int = Field(5, ge=1)  # low-pass cut-off: the lowest c // 2 + 1 frequencies pass
+    eval_every: int = Field(1, ge=1)
+    patience: int = Field(10, ge=1)
+
+
+class DenseConfig(Section):
+    """The dense next-item networks: baselines in `genrec eval`, and the dense half of the served ranking."""
+
+    ranker: Literal["sasrec", "bsarec", "none"] = "sasrec"  # fused with generation (none: generation alone)
+    candidates: int = Field(50, ge=1)  # the dense model's top items added to the beams as candidates
+    sasrec: DenseModelConfig = DenseModelConfig()
+    bsarec: BSARecConfig = BSARecConfig()
 
 
 class RunConfig(Section):
@@ -237,10 +247,10 @@ class RunConfig(Section):
     chroma: ChromaConfig = ChromaConfig()
     semantic_ids: SemanticIdConfig = SemanticIdConfig()
     train: TrainConfig = TrainConfig()
-    dense: DenseConfig = DenseConfig()
     generate: GenerateConfig = GenerateConfig()
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
+    dense: DenseConfig = DenseConfig()
 
 
 # Settings earlier versions wrote into every RUN/config.yaml and that no longer exist, with the value
@@ -255,8 +265,22 @@ RETIRED = {
 }
 
 
+OLD_SASREC_DEFAULTS = {  # eval.sasrec_* as every run config before dense.sasrec wrote them
+    "sasrec_epochs": 200, "sasrec_hidden": 64, "sasrec_layers": 2, "sasrec_heads": 1, "sasrec_max_len": None,
+    "sasrec_dropout": 0.2, "sasrec_lr": 3e-3, "sasrec_batch_size": 128, "sasrec_patience": 10,
+    "sasrec_val_users": None, "sasrec_max_minutes": 10.0, "sasrec_threads": 1,
+}
+
+
 def drop_retired(raw: dict, path: Path) -> None:
-    """Remove retired settings from a loaded config (see `RETIRED`), refusing ones that were switched on."""
+    """Remove retired settings from a loaded config (see `RETIRED`), refusing ones that were switched on.
+    The SASRec baseline's settings moved from `eval.sasrec_*` to `dense.sasrec`: keys still at the old
+    defaults are dropped, a changed one is an error pointing to its new place."""
+    if isinstance(raw.get("eval"), dict):
+        for key in [k for k in raw["eval"] if isinstance(k, str) and k.startswith("sasrec_")]:
+            value = raw["eval"].pop(key)
+            if OLD_SASREC_DEFAULTS.get(key, object()) != value:
+                raise GenrecError(f"{path}: eval.{key}: SASRec settings moved to dense.sasrec.{key[7:]}")
     for (section, key), off in RETIRED.items():
         part = raw.get(section)
         if isinstance(part, dict) and key in part:

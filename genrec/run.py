@@ -53,7 +53,7 @@ class RunPaths:
 
     @property
     def dense(self) -> Path:
-        """The dense next-item model fused into the served ranking (`finetune.dense.store`)."""
+        """The dense next-item model fused into the served ranking (`finetune.dense`, saved with `save_pretrained`)."""
         return self.root / "dense"
 
     @property

@@ -27,14 +27,14 @@ from retrieval.semantic_ids import load_semantic_ids
 def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
     """Give `ranker` the run's dense model and fusion when `ranking` is hybrid; return a notice when
     the run cannot rank that way (nothing is changed silently)."""
-    from finetune.dense.store import load_dense
+    from finetune.dense import load_dense
 
     if ranking != "hybrid":
         ranker.name = "genrec-gen"
         return None
     if not paths.ranking.exists() or not paths.dense.exists():
         ranker.name = "genrec-gen"
-        return (f"{paths.root}: no dense model or fusion (trained before they existed, or dense.model is none): "
+        return (f"{paths.root}: no dense model or fusion (trained before they existed, or dense.ranker is none): "
                 f"ranking by generation alone; run `genrec train --run {paths.root} --dense-only` to add them")
     try:
         fusion = Fusion.from_json(json.loads(paths.ranking.read_text(encoding="utf-8")))

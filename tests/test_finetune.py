@@ -31,8 +31,9 @@ def tiny_config() -> RunConfig:
     t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha = 1, 1, 4, 8
     t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.3, 2048
     config.generate.beam_width = 10
-    d = config.dense
-    d.hidden, d.max_len, d.epochs, d.patience, d.candidates = 16, 20, 3, 2, 20
+    d = config.dense.sasrec
+    d.hidden, d.max_len, d.epochs, d.patience, d.eval_every = 16, 20, 3, 2, 1
+    config.dense.candidates = 20
     return config
 
 

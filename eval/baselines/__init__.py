@@ -1,4 +1,5 @@
-"""Baselines scored by the same protocol as genrec: popularity, item-kNN, content nearest-neighbour, SASRec."""
+"""Baselines scored by the same protocol as genrec: popularity, item-kNN, content nearest-neighbour,
+and the dense networks CE-SASRec and BSARec (trained by `finetune.dense`, adapted by `eval.baselines.dense`)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from eval.baselines.content import ContentNN
+from eval.baselines.dense import DenseBaseline, check_trainable
 from eval.baselines.itemknn import ItemKNN
 from eval.baselines.popularity import Popularity
-from finetune.dense.sasrec import SASRec
+from finetune.dense import DenseRecommender
+from genrec.config import DenseConfig, EvalConfig
 from genrec.protocol import Recommender
 from retrieval.split import Split
-from genrec.config import EvalConfig
 
-__all__ = ["ContentNN", "ItemKNN", "Popularity", "SASRec", "fit_baselines"]
+__all__ = ["ContentNN", "DenseBaseline", "ItemKNN", "Popularity", "check_trainable", "fit_baselines"]
 
-
-def sasrec_max_len(config: EvalConfig, train: Mapping[str, Sequence[str]]) -> int:
-    """SASRec's history length: the configured one, else 200 for dense data and 50 for sparse data
-    (Kang & McAuley's settings for MovieLens and for Amazon)."""
-    if config.sasrec_max_len is not None:
-        return config.sasrec_max_len
-    lengths = sorted(len(items) for items in train.values())
-    return 200 if lengths and lengths[len(lengths) // 2] > 50 else 50
+DENSE = ("sasrec", "bsarec")
 
 
 def fit_baselines(
@@ -32,44 +27,38 @@ def fit_baselines(
     config: EvalConfig | None = None,
     item_vectors: Mapping[str, Sequence[float]] | np.ndarray | None = None,
     progress: bool = True,
+    dense: DenseConfig | None = None,
+    dataset: str = "dataset",
+    trained: Mapping[str, DenseRecommender] | None = None,
 ) -> list[Recommender]:
     """Build and fit the baselines named in `config.baselines` on `split.train`.
 
-    SASRec early-stops on `split.valid`; the content baseline is skipped when no item vectors are
-    given (a catalog without text, such as amazon-seq files).
+    The dense networks are set by `dense` (the run's `dense` section) and early-stop on
+    `split.valid`; the content baseline is skipped when no item vectors are given (a catalog
+    without text, such as amazon-seq files). `dataset` names the data in error messages. A dense
+    network in `trained` (the run's own, trained on the same split by `genrec train` with the same
+    settings) is used as it is instead of training it again.
     """
     config = config or EvalConfig()
+    dense = dense or DenseConfig()
     models: list[Recommender] = []
     for name in config.baselines:
+        if name in DENSE:
+            model = DenseBaseline(name, catalog_item_ids, getattr(dense, name), dataset=dataset, progress=progress)
+            if trained and name in trained:
+                model.model = trained[name]
+            else:
+                model.fit(split.train, split.valid)
+            models.append(model)
+            continue
         if name == "popularity":
-            model: Recommender = Popularity(catalog_item_ids)
+            model = Popularity(catalog_item_ids)
         elif name == "itemknn":
             model = ItemKNN(catalog_item_ids, neighbors=config.knn_neighbors, recency=config.knn_recency)
-        elif name == "content":
+        else:
             if item_vectors is None:
                 continue
             model = ContentNN(catalog_item_ids, item_vectors, last_n=config.content_last_n)
-        else:
-            model = SASRec(
-                catalog_item_ids,
-                hidden=config.sasrec_hidden,
-                layers=config.sasrec_layers,
-                heads=config.sasrec_heads,
-                max_len=sasrec_max_len(config, split.train),
-                dropout=config.sasrec_dropout,
-                lr=config.sasrec_lr,
-                batch_size=config.sasrec_batch_size,
-                epochs=config.sasrec_epochs,
-                patience=config.sasrec_patience,
-                val_users=config.sasrec_val_users,
-                max_minutes=config.sasrec_max_minutes,
-                seed=config.seed,
-                threads=config.sasrec_threads,
-                progress=progress,
-            )
-            model.fit(split.train, split.valid)
-            models.append(model)
-            continue
         model.fit(split.train)
         models.append(model)
     return models
