@@ -101,7 +101,7 @@ class LLMUser:
     and does not say the target's title; otherwise the template's message is sent and counted."""
 
     template: TemplateUser
-    chat: Any  # agent.chat_model.ChatModel
+    chat: Any  # agent.llm.ChatLLM
     fallbacks: int = 0
     written: int = 0
 
@@ -249,9 +249,9 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
     rng.shuffle(users)  # the same users in the same order on every run of the same settings
     chat = None
     if simulator == "llm":
-        from agent.chat_model import ChatModel
+        from agent.llm import ChatLLM
 
-        chat = ChatModel(chat_url, timeout_s=20.0)
+        chat = ChatLLM(chat_url, timeout_s=60.0)
     results: list[Conversation] = []
     fallbacks = written = 0
     with tempfile.TemporaryDirectory(prefix="genrec-sim-") as tmp:
@@ -268,8 +268,6 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
                     written += user.written
         finally:
             agent.close()
-            if chat is not None:
-                chat.close()
     out = summarize(results, max_turns)
     out["simulator"] = "llm" if chat else "template"
     out["agent"] = "model" if llm_url else "retrieval-only"

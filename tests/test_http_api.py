@@ -81,8 +81,9 @@ def test_streaming_sends_tool_steps_then_the_reply(base_url):
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
-    assert kinds[0] == "step" and kinds[-1] == "reply"
-    assert events[0][1]["tool_calls"][0]["name"] == "recommend"
+    assert kinds[0] == "tool_call" and kinds[1] == "tool_result" and kinds[-1] == "reply"
+    assert events[0][1]["name"] == "recommend" and events[0][1]["planner"] == "rules"
+    assert events[1][1]["items"] > 0
     reply = events[-1][1]
     assert "Fargo (1996) [id 9]" in reply["reply"] and reply["items"]
 
