@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.prebuilt import ToolRuntime
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, StringConstraints, create_model, model_validator
 
 from agent import tools as plain
 from agent.tools import AgentContext
 
-MAX_ENUM_GENRES = 60  # above this many kinds (product categories) the schema takes free strings
+MAX_GENRES = 3  # a list of every genre is a small model copying, not a user asking
 ANSWER = "answer"
 
 
@@ -39,22 +39,33 @@ class Answer(BaseModel):
     message needs no tool (a greeting, thanks, a question about the conversation itself)."""
 
 
-def _genre_type(ctx: AgentContext) -> Any:
-    """The type of a genre argument: the catalog's own genres as an enum when there are few, so
-    constrained decoding cannot produce a genre the catalog does not have."""
-    names = sorted(set(ctx.genres.values()))
-    if names and len(names) <= MAX_ENUM_GENRES:
-        return Literal[tuple(names)]  # type: ignore[valid-type]
-    return str
+def _user_type(ctx: AgentContext) -> Any:
+    """The type of a user id argument: digits only when every catalog user id is digits (so constrained
+    decoding cannot write a placeholder such as "user_id")."""
+    ids = ctx.interactions["user_id"].astype(str) if len(ctx.interactions) else []
+    if len(ids) and all(i.isdigit() for i in ids.unique()[:10_000]):
+        return Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")]
+    return Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _drop_copies(args: BaseModel) -> BaseModel:
+    """What a model copied from one list into its opposite: a title both liked and excluded is liked,
+    a genre both wanted and avoided is wanted (a user does not ask for both)."""
+    for keep, drop in (("liked", "exclude"), ("genres", "avoid_genres")):
+        kept = {str(v).strip().lower() for v in getattr(args, keep, None) or []}
+        if kept and getattr(args, drop, None):
+            setattr(args, drop, [v for v in getattr(args, drop) if str(v).strip().lower() not in kept] or None)
+    return args
 
 
 def schemas(ctx: AgentContext) -> dict[str, type[BaseModel]]:
     """The model-facing argument schemas of the tools, for this catalog."""
-    genre = _genre_type(ctx)
     genre_fields: dict[str, Any] = {
-        "genres": (list[genre], Field(default_factory=list, description="only items of these genres")),
-        "avoid_genres": (list[genre], Field(default_factory=list, description="no items of these genres")),
+        "genres": (Optional[list[str]], Field(None, max_length=MAX_GENRES, description="genres the user asks for now")),
+        "avoid_genres": (Optional[list[str]], Field(None, max_length=MAX_GENRES,
+                                                    description="genres the user does not want")),
     }
+    user = _user_type(ctx)
     years: dict[str, Any] = {
         "year_from": (Optional[int], Field(None, description="only items from this year on")),
         "year_to": (Optional[int], Field(None, description="only items up to this year")),
@@ -67,16 +78,17 @@ def schemas(ctx: AgentContext) -> dict[str, type[BaseModel]]:
         like_item=(Optional[str], Field(None, description="a title: find items similar to it")),
         by_photo=(bool, Field(False, description="search by the photo attached to the user's message")),
         **genre_fields, **years,
+        __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
     )
     recommend = create_model(
         "recommend",
         __doc__="Recommend items for this user from the titles they liked, ranked by the recommender model. "
                 "Titles they liked earlier in the conversation are remembered.",
-        liked=(list[str], Field(default_factory=list, description="titles the user says they liked")),
-        exclude=(list[str], Field(default_factory=list,
-                                  description="titles the user has already seen or does not want")),
-        user_id=(Optional[str], Field(None, description="the user's id in the catalog, if they gave one")),
+        liked=(Optional[list[str]], Field(None, max_length=20, description="titles the user says they liked")),
+        exclude=(Optional[list[str]], Field(None, max_length=20,
+                                            description="titles the user has already seen or does not want")),
         **genre_fields, **years,
+        __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
     )
     details = create_model(
         "item_details", __doc__="Look up one item: its genres, year and description.",
@@ -87,10 +99,11 @@ def schemas(ctx: AgentContext) -> dict[str, type[BaseModel]]:
         item=(str, Field(description="the item's title, or 'id N'")),
     )
     history = create_model(
-        "user_history", __doc__="The items a catalog user interacted with most recently.",
-        user_id=(str, Field(description="the user's id in the catalog")),
+        "user_history", __doc__="The items a catalog user interacted with most recently. When the user gives "
+                                "their catalog id, call this; recommend then uses their history.",
+        user_id=(user, Field(description="the user's catalog id")),
     )
-    return {m.__name__: m for m in (search, recommend, details, explain, history)}
+    return {m.__name__: m for m in (recommend, search, details, explain, history)}
 
 
 def photo_bytes(state: dict[str, Any]) -> bytes | None:
@@ -106,6 +119,16 @@ def photo_bytes(state: dict[str, Any]) -> bytes | None:
 
 def _ids(values: list[str] | None) -> list[str]:
     return [f"id {v}" for v in values or []]
+
+
+def _step_user(state: dict[str, Any]) -> str | None:
+    """The user id of a `user_history` call made in the same step (the user just said who they are)."""
+    messages = state.get("messages") or []
+    last = messages[-1] if messages else None
+    for call in getattr(last, "tool_calls", None) or []:
+        if call["name"] == "user_history" and call["args"].get("user_id"):
+            return str(call["args"]["user_id"])
+    return None
 
 
 def _shown(state: dict[str, Any]) -> list[str]:
@@ -129,14 +152,15 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
             exclude=_ids((state.get("excluded") or []) + (state.get("history") or [])), k=k)
 
     def recommend(runtime: ToolRuntime, liked: list[str] | None = None, exclude: list[str] | None = None,
-                  user_id: str | None = None, genres: list[str] | None = None, avoid_genres: list[str] | None = None,
+                  genres: list[str] | None = None, avoid_genres: list[str] | None = None,
                   year_from: int | None = None, year_to: int | None = None) -> dict[str, Any]:
         state = runtime.state
+        user_id = _step_user(state) or state.get("user_id")
         seen, unknown_seen = plain._resolve(ctx, exclude)
         seen = list(dict.fromkeys((state.get("excluded") or []) + seen))
         liked_now = list(dict.fromkeys(_ids(state.get("history")) + list(liked or [])))
         result = plain._run_tool(
-            plain.recommend, ctx, liked=liked_now, user_id=user_id or state.get("user_id"), genres=genres,
+            plain.recommend, ctx, liked=liked_now, user_id=user_id, genres=genres,
             avoid_genres=avoid_genres, year_from=year_from, year_to=year_to,
             exclude=_ids(seen + _shown(state)), k=k)
         result.pop("excluded", None)  # the shown items are not the user's exclusions: say which are

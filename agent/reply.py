@@ -15,8 +15,9 @@ from agent.tools import describe
 _CARD_PRIORITY = ("recommend", "search_items", "explain", "item_details", "user_history")
 
 # a reply containing these parrots its prompt or talks about the user instead of to them
-PROMPT_MARKERS = ("RESULTS:", "The conversation remembers", "the user's", "the user wants", "the user is",
-                  "the user has")
+PROMPT_MARKERS = ("RESULTS", "The conversation remembers", "excluded as seen:", "(not in the catalog):",
+                  "recommend:", "search_items:", "item_details:", "user_history:", "the user's", "the user wants",
+                  "the user is", "the user has")
 
 
 def name(card: dict[str, Any]) -> str:

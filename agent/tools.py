@@ -83,9 +83,14 @@ class AgentContext:
 
     def known_genres(self, names: Sequence[str] | None) -> tuple[list[str], list[str]]:
         """Split genre names into the catalog's spelling of known ones and the unknown ones."""
+        from agent.planner import genre_mentions
+
         known, unknown = [], []
         for name in names or []:
             match = self.genres.get(str(name).strip().lower())
+            if match is None:  # "funny" -> Comedy, "science fiction" -> Sci-Fi
+                said, _ = genre_mentions(str(name), self.genres)
+                match = said[0] if len(said) == 1 else None
             (known.append(match) if match else unknown.append(str(name)))
         return list(dict.fromkeys(known)), unknown
 

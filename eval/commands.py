@@ -25,7 +25,7 @@ def eval_command(
     turns: int = typer.Option(5, "--turns", help="With --conversations: turns per conversation before giving up."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="With --conversations: the run's served recommender (default: a retrieval-only agent)."),
     chat_url: Optional[str] = typer.Option(None, "--chat-url", help="With --conversations: the served chat model (default: the run's, given --llm-url)."),
-    simulator: str = typer.Option("template", "--simulator", help="With --conversations: template (default) or llm (the chat model plays the user)."),
+    simulator: str = typer.Option("template", "--simulator", help="With --conversations: template (default; speaks the rule planner's grammar), paraphrase (varied wordings) or llm (a chat model words the user)."),
     explainer: str = typer.Option("smollm2-135m", "--explainer", help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none."),
     more_runs: Optional[list[Path]] = typer.Argument(None, metavar="[RUNS]...", help="More runs for --compare: `genrec eval --compare RUN_A RUN_B RUN_C`."),
 ) -> None:
