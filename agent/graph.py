@@ -328,6 +328,9 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
             text = release_checked(timed(chat.stream(reply_messages(state, deps.ctx, results),
                                                      deps.settings.reply_max_tokens)),
                                    allowed, deps.ctx, lambda chunk: write({"delta": chunk}))
+            if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
+                ends = [m.end() for m in _BOUNDARY.finditer(text)]
+                text = text[:ends[-1]] if ends else text
             if text.strip():
                 draft.update(text=text.strip(), source="model")
         except LLMError as exc:

@@ -191,10 +191,10 @@ class Agent:
     def _checked(self, thread_id: str, message: str | bytes | None, photo: bytes | None) -> tuple[str, str, str | None]:
         thread_id = self.check_thread(thread_id)
         text, problem = decode_message(message)
-        if photo is not None and not problem:
-            problem = photo_problem(photo)
-            if problem is None and not text.strip():
+        if photo is not None:
+            if message is None or not message.strip():  # a photo alone is a request
                 text, problem = "Find items that look like this photo.", None
+            problem = problem or photo_problem(photo)
         return thread_id, text, problem
 
     def ask(self, thread_id: str, message: str | bytes | None, photo: bytes | None = None,

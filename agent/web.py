@@ -84,7 +84,7 @@ def turn_events(agent: Agent, thread: str, message: str, photo: bytes | None, ke
                 history: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
     """The conversation as it should look after each event of a streamed turn: (messages, cards or None)."""
     history = list(history) + [{"role": "user", "content": message or "(photo)"}]
-    status = {"role": "assistant", "content": "", "metadata": {"title": "⏳ reading your message", "status": "pending"}}
+    status = {"role": "assistant", "content": "", "metadata": {"title": "Working: reading your message", "status": "pending"}}
     history.append(status)
     yield history, None
     steps: list[dict[str, Any]] = []
@@ -92,15 +92,15 @@ def turn_events(agent: Agent, thread: str, message: str, photo: bytes | None, ke
     for event in agent.stream(thread, message, photo, api_key=key):
         kind = event["event"]
         if kind == "status":
-            status["metadata"] = {"title": f"⏳ {event['text']}", "status": "pending"}
+            status["metadata"] = {"title": f"Working: {event['text']}", "status": "pending"}
         elif kind == "tool_call":
             by = "the chat model" if event.get("planner") == "model" else "the rule-based fallback"
             step = {"role": "assistant", "content": f"`{call_text(event['name'], event['args'])}` (chosen by {by})",
-                    "metadata": {"title": f"🔧 {event['name']}", "status": "pending"}}
+                    "metadata": {"title": f"Tool call: {event['name']}", "status": "pending"}}
             steps.append(step)
             history.insert(history.index(status), step)
         elif kind == "tool_result":
-            step = next((s for s in steps if s["metadata"]["title"] == f"🔧 {event['name']}"
+            step = next((s for s in steps if s["metadata"]["title"] == f"Tool call: {event['name']}"
                          and s["metadata"]["status"] == "pending"), None)
             if step is not None:
                 step["content"] += f"\n\n→ {'error: ' + str(event['error']) if event.get('error') else str(event['items']) + ' items'}"

@@ -198,8 +198,8 @@ def test_the_web_page_streams_the_reply_and_shows_each_tool_call_as_it_happens(a
     finally:
         demo.close()
     texts = [t for _, t in seen]
-    assert any("🔧" in t or "recommend(" in t or "search_items(" in t for t in texts), texts[-1]  # a tool step was shown
-    assert any("⏳" in t for t in texts)  # a status while the model works
+    assert any("Tool call:" in t for t in texts), texts[-1]  # a tool step was shown
+    assert any("Working:" in t for t in texts)  # a status while the model works
     growing = [t for t in dict.fromkeys(texts)]
     assert len(growing) >= 4, growing  # status, tool call, result, reply pieces: the page moved as the turn ran
     RECORD.append({"web_ui_snapshots": seen[-1][0], "distinct_page_states": len(growing)})
