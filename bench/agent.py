@@ -37,7 +37,6 @@ import argparse
 import os
 import platform
 import shlex
-import statistics
 import sys
 import tempfile
 import threading
@@ -153,6 +152,7 @@ def load(llm_agent, cases, threads: int = 16) -> dict:
     seconds: list[float] = []
     failures: list[str] = []
     mixed: list[str] = []
+    planners: list[str] = []
     lock = threading.Lock()
 
     def one(n: int, user: str, liked: str) -> None:
@@ -168,6 +168,7 @@ def load(llm_agent, cases, threads: int = 16) -> dict:
                 return
             with lock:
                 seconds.append(time.monotonic() - started)
+                planners.append(answer.planner)
         memory = llm_agent.memory(thread)
         others = {h for u, h in firsts if h != liked}
         remembered = {h["item_id"] for h in memory["history"]}
@@ -180,7 +181,8 @@ def load(llm_agent, cases, threads: int = 16) -> dict:
         for future in [pool.submit(one, n, u, h) for n, (u, h) in enumerate(firsts)]:
             future.result()
     return {"conversations": threads, "turns_each": 2, "turns": len(seconds), "failures": failures,
-            "mixed_threads": mixed, "p50_s_per_turn": percentile(seconds, 50), "p95_s_per_turn": percentile(seconds, 95),
+            "mixed_threads": mixed, "planner_turns": {p: planners.count(p) for p in ("model", "rules")},
+            "p50_s_per_turn": percentile(seconds, 50), "p95_s_per_turn": percentile(seconds, 95),
             "wall_s": round(time.monotonic() - started, 1)}
 
 

@@ -14,7 +14,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from agent_catalog import agent_run
 from agent.graph import (AgentSettings, Deps, after_plan, after_tools, guard, plan, release_checked, remember, reply,
                          rules_step)
-from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
+from agent.model_tools import ANSWER, answer_tool, known_args
 from agent.prompts import PLANNER_SYSTEM, compact_result, memory_text, planner_messages
 from agent.tools import AgentContext, recommend
 
