@@ -247,7 +247,7 @@ class Agent:
             state = self._values(thread_id)
         answer = self._reply(state, thread_id)
         yield {"event": "reply", "thread_id": thread_id, "reply": answer.reply, "items": answer.items,
-               "source": answer.source, "planner": answer.planner, "note": answer.note}
+               "source": answer.source, "planner": answer.planner, "note": answer.note, "calls": answer.calls}
 
     def _reply(self, state: dict[str, Any], thread_id: str) -> AgentReply:
         last = state["messages"][-1]
