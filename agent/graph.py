@@ -60,7 +60,7 @@ class AgentSettings:
     k: int = 5  # items per list
     model_plans: bool = True  # let the chat model choose tools (else always the rule planner)
     model_replies: bool = True  # let the chat model write replies (else always the deterministic reply)
-    reply_max_tokens: int = 160
+    reply_max_tokens: int = 120
     plan_max_tokens: int = 200
     max_steps: int = 3  # planning steps per turn (one step may call several tools)
     replan: str = "on_error"  # plan again after tools: "on_error" (to correct a bad call, once) or "always"
