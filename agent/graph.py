@@ -61,7 +61,7 @@ class AgentSettings:
     model_plans: bool = True  # let the chat model choose tools (else always the rule planner)
     model_replies: bool = True  # let the chat model write replies (else always the deterministic reply)
     reply_max_tokens: int = 120
-    plan_max_tokens: int = 200
+    plan_max_tokens: int = 300
     max_steps: int = 3  # planning steps per turn (one step may call several tools)
     replan: str = "on_error"  # plan again after tools: "on_error" (to correct a bad call, once) or "always"
 
@@ -311,6 +311,11 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     chat = deps.chat
     if chat is None:
         note = note or "no language model is configured"
+    elif results and all(r.get("tool") == "explain" and r.get("found") for r in results):
+        # the explanation is already the model's sentence, checked claim by claim: a second model
+        # pass would only add unchecked claims ("a comedy" for a drama)
+        if all(r["items"][0].get("explained_by") == "model" for r in results):
+            draft["source"] = "model"
     elif deps.settings.model_replies and not chat.unavailable():
         allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
         write = _writer()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Annotated, Any, Optional
 
 from langchain_core.tools import BaseTool, StructuredTool
@@ -49,9 +50,10 @@ def _user_type(ctx: AgentContext) -> Any:
 
 
 def _drop_copies(args: BaseModel) -> BaseModel:
-    """What a model copied from one list into its opposite: a title both liked and excluded is liked,
-    a genre both wanted and avoided is wanted (a user does not ask for both)."""
-    for keep, drop in (("liked", "exclude"), ("genres", "avoid_genres")):
+    """What a model copied from one list into its opposite. A title both liked and excluded is
+    excluded (recommending back a title the user has seen is the worse mistake); a genre both wanted
+    and avoided is wanted (a small model fills `avoid_genres` with a copy of `genres`)."""
+    for keep, drop in (("exclude", "liked"), ("genres", "avoid_genres")):
         kept = {str(v).strip().lower() for v in getattr(args, keep, None) or []}
         if kept and getattr(args, drop, None):
             setattr(args, drop, [v for v in getattr(args, drop) if str(v).strip().lower() not in kept] or None)
@@ -117,6 +119,29 @@ def photo_bytes(state: dict[str, Any]) -> bytes | None:
         return None
 
 
+def said_by_user(ctx: AgentContext, state: dict[str, Any], names: list[str] | None) -> tuple[list[str], list[str]]:
+    """Split model-written titles into those the conversation supports and those the model invented:
+    a title counts when the user wrote it (in any of their messages) or when a tool showed it earlier
+    ("the second one")."""
+    from langchain_core.messages import HumanMessage
+
+    from agent.lookup import normalize_title
+    from agent.prompts import text_of
+
+    said = " " + " ".join(normalize_title(text_of(m)) for m in state.get("messages") or []
+                          if isinstance(m, HumanMessage)) + " "
+    seen = set(state.get("grounded") or []) | {str(c["item_id"]) for c in state.get("candidates") or []}
+    kept, invented = [], []
+    for name in names or []:
+        item = ctx.titles.find(str(name))
+        words = normalize_title(re.sub(r"\[[^\]]*\]", " ", str(name)))
+        ok = bool(words) and f" {words} " in said or (item is not None and item in seen)
+        if not ok and item is not None:  # the user may write the title differently from the model
+            ok = f" {normalize_title(ctx.titles.titles[item])} " in said
+        (kept if ok else invented).append(str(name))
+    return kept, invented
+
+
 def _ids(values: list[str] | None) -> list[str]:
     return [f"id {v}" for v in values or []]
 
@@ -156,6 +181,8 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
                   year_from: int | None = None, year_to: int | None = None) -> dict[str, Any]:
         state = runtime.state
         user_id = _step_user(state) or state.get("user_id")
+        liked, invented = said_by_user(ctx, state, liked)
+        exclude, invented_too = said_by_user(ctx, state, exclude)
         seen, unknown_seen = plain._resolve(ctx, exclude)
         seen = list(dict.fromkeys((state.get("excluded") or []) + seen))
         liked_now = list(dict.fromkeys(_ids(state.get("history")) + list(liked or [])))
@@ -168,6 +195,8 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
             result["seen"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in seen]
         if unknown_seen:
             result["unknown"] = list(result.get("unknown") or []) + unknown_seen
+        if invented or invented_too:  # titles no message named: not the user's, so not used
+            result["ignored"] = invented + invented_too
         return result
 
     def item_details(runtime: ToolRuntime, item: str) -> dict[str, Any]:

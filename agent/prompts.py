@@ -127,7 +127,8 @@ def compact_result(result: dict[str, Any], items: int = 10) -> str:
         for n, card in enumerate(cards[:items], 1):
             line = f"{n}. {name(card)} ({describe(card.get('attributes') or {})})"
             if card.get("explanation"):
-                line += f": {card['explanation']}"
+                why = str(card["explanation"]) if result.get("tool") == "explain" else str(card["explanation"]).split(";")[0]
+                line += f": {why}"
             if card.get("description"):
                 line += f". Description: {str(card['description'])[:300]}"
             lines.append(line)
@@ -154,7 +155,7 @@ def planner_messages(state: dict[str, Any], ctx: AgentContext) -> list[BaseMessa
     this turn's calls with their results (compact) when the model plans a further step."""
     messages = list(state.get("messages") or [])
     start = turn_start(messages)
-    out: list[BaseMessage] = [SystemMessage(PLANNER_SYSTEM), *earlier_exchanges(messages)]
+    out: list[BaseMessage] = [SystemMessage(PLANNER_SYSTEM), *earlier_exchanges(messages, chars=200)]
     out.append(SystemMessage(memory_text(state, ctx)))
     out.append(HumanMessage(text_of(messages[start])[:2000] if messages else ""))
     for msg in messages[start + 1:]:

@@ -417,7 +417,7 @@ def converse(agent: Any, cases: Cases, users: Sequence[str], kind: str, max_turn
     counts = {"llm_user_messages": 0, "llm_fallback_messages": 0}
     for i, user_id in enumerate(tqdm(users, desc=f"simulated conversations ({kind})", unit="chat", disable=not progress)):
         user = cases.user(kind, user_id, chat, cache)
-        results.append(run_conversation(agent, f"{label}-{i}-{user_id}", user, user_id, cases.test[user_id][1],
+        results.append(run_conversation(agent, f"{label}-{kind}-{i}-{user_id}", user, user_id, cases.test[user_id][1],
                                         cases.vocab, max_turns))
         if isinstance(user, LLMUser):
             counts["llm_user_messages"] += user.written

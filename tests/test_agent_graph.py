@@ -40,15 +40,17 @@ def tool_message(result: dict, name: str = "recommend", status: str = "success")
 # ----------------------------------------------------------------------------- what the model sees
 
 
-def test_model_facing_schemas_carry_no_examples_no_image_path_and_only_catalog_genres(deps, ctx):
+def test_model_facing_schemas_carry_no_examples_no_image_path_and_no_room_for_copied_lists(deps, ctx):
     schemas = {t.name: convert_to_openai_tool(t)["function"] for t in [*deps.tools, answer_tool()]}
     assert set(schemas) == {"search_items", "recommend", "item_details", "explain", "user_history", ANSWER}
     text = json.dumps(schemas)
     assert "e.g." not in text and '("' not in text and "path" not in text  # nothing a small model would copy
     search = schemas["search_items"]["parameters"]["properties"]
     assert "image" not in search and search["by_photo"]["type"] == "boolean"  # the photo comes from the state
-    genres = schemas["recommend"]["parameters"]["properties"]["genres"]["items"]
-    assert set(genres["enum"]) == set(ctx.genres.values())  # constrained decoding cannot invent a genre
+    genres = schemas["recommend"]["parameters"]["properties"]["genres"]
+    assert "enum" not in json.dumps(genres)  # the 0.5B copied a whole enum of genres into every call
+    assert '"maxItems": 3' in json.dumps(genres)  # and no user asks for more than three at once
+    assert schemas["user_history"]["parameters"]["properties"]["user_id"]["pattern"] == "^[0-9]{1,12}$"
     assert "k" not in schemas["recommend"]["parameters"]["properties"]  # list length is the agent's setting
     assert schemas[ANSWER]["parameters"].get("properties", {}) == {}
 
@@ -130,14 +132,31 @@ def test_recommend_keeps_memory_the_model_did_not_repeat(deps, ctx):
     graph.add_node("tools", tools_node(deps))
     graph.add_edge(START, "tools")
     graph.add_edge("tools", END)
-    call = {"name": "recommend", "args": {"exclude": ["Empire Strikes Back"], "genres": ["Sci-Fi"]}, "id": "c1"}
-    state = {"messages": [AIMessage("", tool_calls=[call])], "history": ["1"], "excluded": ["3"],
-             "candidates": [ctx.card("13")]}
+    call = {"name": "recommend", "args": {"exclude": ["Empire Strikes Back", "Casablanca"], "liked": ["Heat", "Fargo"],
+                                          "genres": ["Sci-Fi"]}, "id": "c1"}
+    state = {"messages": [HumanMessage("I loved Heat but have seen The Empire Strikes Back"), AIMessage("", tool_calls=[call])],
+             "history": ["1"], "excluded": ["3"], "candidates": [ctx.card("13")]}
     result = json.loads(graph.compile().invoke(state)["messages"][-1].content)
     ids = {c["item_id"] for c in result["items"]}
-    assert [c["item_id"] for c in result["liked"]] == ["1"]  # remembered like
+    assert [c["item_id"] for c in result["liked"]] == ["1", "10"]  # remembered like, and the new one the user wrote
     assert {c["item_id"] for c in result["seen"]} == {"3", "21"}  # remembered and new exclusions
     assert not ids & {"1", "3", "21", "13"} and len(ids) == 4  # nor the item shown last
+    assert result["ignored"] == ["Fargo", "Casablanca"]  # titles the model wrote that no message named
+
+
+def test_a_title_both_liked_and_excluded_is_excluded_and_a_copied_avoid_list_is_dropped(ctx):
+    from agent.model_tools import schemas
+
+    args = schemas(ctx)["recommend"].model_validate(
+        {"liked": ["Star Wars", "Empire Strikes Back"], "exclude": ["empire strikes back"],
+         "genres": ["Comedy"], "avoid_genres": ["Comedy", "Horror"]})
+    assert args.liked == ["Star Wars"] and args.exclude == ["empire strikes back"] and args.avoid_genres == ["Horror"]
+
+
+def test_titles_written_with_an_id_resolve_by_the_pair_and_a_wrong_id_loses_to_the_title(ctx):
+    assert ctx.titles.find("Alien (1979) [id 2]") == "2"
+    assert ctx.titles.find("Empire Strikes Back (1980) [id 194]") == "21"  # no such id: the title decides
+    assert ctx.titles.find("Fargo (1996) [id 2]") == "9"  # a real id of another item: the title decides
 
 
 # ----------------------------------------------------------------------------- reply, guard, remember
