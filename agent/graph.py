@@ -47,7 +47,7 @@ from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
 from agent.planner import message_problem, plan_turn
 from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
-from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards
+from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence
 from agent.state import AgentState
 from agent.tools import AgentContext
 from serving.client import LLMError, LLMUnavailable
@@ -60,8 +60,8 @@ class AgentSettings:
     k: int = 5  # items per list
     model_plans: bool = True  # let the chat model choose tools (else always the rule planner)
     model_replies: bool = True  # let the chat model write replies (else always the deterministic reply)
-    reply_max_tokens: int = 120
-    plan_max_tokens: int = 300
+    reply_max_tokens: int = 100
+    plan_max_tokens: int = 160  # a call takes 30-110 tokens; a model looping in a list is cut here
     max_steps: int = 3  # planning steps per turn (one step may call several tools)
     replan: str = "on_error"  # plan again after tools: "on_error" (to correct a bad call, once) or "always"
 
@@ -316,6 +316,8 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
         # pass would only add unchecked claims ("a comedy" for a drama)
         if all(r["items"][0].get("explained_by") == "model" for r in results):
             draft["source"] = "model"
+    elif results and not any(r.get("items") for r in results):
+        pass  # nothing found: the deterministic reply says exactly what was missing
     elif deps.settings.model_replies and not chat.unavailable():
         allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
         write = _writer()
@@ -336,8 +338,9 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
             if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
                 ends = [m.end() for m in _BOUNDARY.finditer(text)]
                 text = text[:ends[-1]] if ends else text
-            if text.strip():
-                draft.update(text=text.strip(), source="model")
+            unknown = [n for r in results for n in r.get("unknown") or []]
+            if text.strip():  # a title the catalog lacks is always said, in the deterministic words
+                draft.update(text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""), source="model")
         except LLMError as exc:
             note = note or f"the language model is unavailable ({exc})"
         ended = time.monotonic()

@@ -15,7 +15,7 @@ from agent.tools import describe
 _CARD_PRIORITY = ("recommend", "search_items", "explain", "item_details", "user_history")
 
 # a reply containing these parrots its prompt or talks about the user instead of to them
-PROMPT_MARKERS = ("RESULTS", "The conversation remembers", "excluded as seen:", "(not in the catalog):",
+PROMPT_MARKERS = ("Results for this message", "The conversation remembers", "excluded as seen:", "(not in the catalog):",
                   "recommend:", "search_items:", "item_details:", "user_history:", "the user's", "the user wants",
                   "the user is", "the user has")
 
@@ -52,7 +52,8 @@ def _join_names(items: Sequence[dict[str, Any]]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _unknown(names: Sequence[str]) -> str:
+def unknown_sentence(names: Sequence[str]) -> str:
+    """The sentence that says which named titles the catalog does not have."""
     quoted = ", ".join(f'"{n}"' for n in names)
     return (f"I could not find {quoted} in the catalog, so I did not use "
             f"{'it' if len(names) == 1 else 'them'}.")
@@ -68,7 +69,7 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
             parts.append(f"I could not look that up: {r['error']}")
             continue
         if r.get("unknown"):
-            parts.append(_unknown(r["unknown"]))
+            parts.append(unknown_sentence(r["unknown"]))
         if r.get("unknown_user"):
             parts.append(f"There is no user {r['unknown_user']!r} in this catalog.")
         if r.get("unknown_genres"):
