@@ -16,7 +16,7 @@ import pandas as pd
 
 from agent.llm import ChatLLM
 from finetune.explain import Explanation, describe, explain_with, grounded_explanation
-from finetune.tasks import ItemFacts, item_facts, shared_kinds
+from finetune.tasks import ItemFacts, item_facts
 from serving.client import LLMError
 
 MAX_TOKENS = 70
@@ -25,16 +25,17 @@ SYSTEM = ("You explain recommendations in one or two short sentences. Use only t
 
 
 def explanation_prompt(item: ItemFacts, history: Sequence[ItemFacts]) -> list[dict[str, str]]:
-    """The chat messages asking why `item` suits someone who liked `history` (facts only)."""
+    """The chat messages asking why `item` suits someone who liked `history` (facts only): what the
+    item shares with each liked title is spelled out, so the model need not work it out (a 1.5B
+    credited every liked title with every shared genre)."""
     liked = list(history)[-5:]
-    shared, titles = shared_kinds(item, liked)
     lines = [f"Item: {describe(item)}"]
     if liked:
         lines.append("The user liked: " + "; ".join(describe(h) for h in liked))
-    if shared:
-        lines.append(f"Shared genres: {', '.join(shared)} (with {', '.join(titles)})")
-    lines.append(f"Write one sentence telling the user why they may like {item.title}, naming what it shares "
-                 "with the titles they liked.")
+        shared = [(h, [k for k in item.kinds if k in h.kinds]) for h in liked]
+        lines += [f"{item.title} shares with {h.title}: {', '.join(kinds)}" for h, kinds in shared if kinds]
+    lines.append(f"Write one sentence to the user, calling them \"you\", on why they may like {item.title}: name "
+                 "a liked title and only the genres it shares with it, as listed above.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
