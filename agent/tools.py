@@ -2,8 +2,8 @@
 
 Each tool takes an `AgentContext` (the run's searcher, catalog, title index and optional models)
 as its first argument and returns a JSON-ready dict whose `items` are catalog items: the only
-items the agent may ever name. `bind_tools(ctx)` turns them into LangChain tools (context bound,
-schemas from the signatures and docstrings) for the graph's tool node and for a tool-calling model.
+items the agent may ever name. `agent.model_tools` gives them the short schemas the chat model sees
+and the wrappers the graph's tool node runs.
 
     ctx = AgentContext.open("runs/ml100k", ranker=open_ranker("runs/ml100k")[0])
     recommend(ctx, liked=["Star Wars", "Alien"], genres=["Comedy"], k=5)["items"]
@@ -11,7 +11,6 @@ schemas from the signatures and docstrings) for the graph's tool node and for a 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import threading
@@ -435,36 +434,15 @@ def reasons(
     return text[:1].upper() + text[1:]
 
 
-# ----------------------------------------------------------------------------- binding for the graph
+# ----------------------------------------------------------------------------- running a tool
 
 
-def bind_tools(ctx: AgentContext) -> list[Any]:
-    """LangChain tools with `ctx` bound: names, descriptions and argument schemas come from the
-    functions above, so a tool-calling model sees exactly their signatures and docstrings."""
-    from langchain_core.tools import StructuredTool
-
-    tools = []
-    for name, func in TOOLS.items():
-        bound = functools.partial(_run_tool, func, ctx)
-        sig = inspect.signature(func)
-        params = list(sig.parameters.values())[1:]
-        hints = {p.name: func.__annotations__[p.name] for p in params}
-
-        def wrapper(__bound=bound, **kwargs: Any) -> dict[str, Any]:
-            return __bound(**kwargs)
-
-        wrapper.__name__ = name
-        wrapper.__doc__ = func.__doc__
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {**hints, "return": dict[str, Any]}
-        tools.append(StructuredTool.from_function(func=wrapper, name=name, description=_summary(func),
-                                                  parse_docstring=True, error_on_invalid_docstring=False))
-    return tools
-
-
-def _summary(func: Callable[..., Any]) -> str:
-    doc = inspect.getdoc(func) or func.__name__
-    return doc.split("\n\nArgs:")[0].strip()
+def run_tool(ctx: AgentContext, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run the tool `name` with those of `args` its signature has (model-facing arguments such as
+    `by_photo` have no plain counterpart and are left out)."""
+    func = TOOLS[name]
+    params = set(inspect.signature(func).parameters) - {"ctx"}
+    return _run_tool(func, ctx, **{k: v for k, v in args.items() if k in params})
 
 
 def _run_tool(func: Callable[..., dict[str, Any]], ctx: AgentContext, **kwargs: Any) -> dict[str, Any]:
