@@ -25,7 +25,8 @@ def run_script(agent: Agent, thread: str, stdin: IO[bytes], stdout: IO[str], as_
     for raw in stdin:
         answer = agent.ask(thread, raw.rstrip(b"\r\n"))
         if as_json:
-            stdout.write(json.dumps({"reply": answer.reply, "items": answer.public_items()}, ensure_ascii=False) + "\n")
+            stdout.write(json.dumps({"reply": answer.reply, "items": answer.public_items(), "source": answer.source,
+                                     "planner": answer.planner}, ensure_ascii=False) + "\n")
         else:
             stdout.write(one_line(answer) + "\n")
         stdout.flush()
@@ -38,6 +39,10 @@ def print_answer(console: Any, answer: AgentReply) -> None:
     from rich.table import Table
 
     console.print("[bold green]genrec:[/]")
+    for call in answer.calls:
+        if call.get("name") != "answer":
+            console.print(f"[dim]  tool {call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())}) "
+                          f"chosen by {'the chat model' if call.get('by') == 'model' else 'the rules'}[/]", highlight=False)
     console.print(answer.reply, markup=False, highlight=False)
     if answer.items:
         table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -77,9 +82,21 @@ def run_interactive(agent: Agent, thread: str) -> None:
         if message.strip() == "/memory":
             console.print(agent.memory(thread))
             continue
-        with console.status("thinking ..."):
-            answer = agent.ask(thread, message)
-        print_answer(console, answer)
+        answer = None
+        with console.status("thinking ...") as status:
+            for event in agent.stream(thread, message):
+                if event["event"] == "status":
+                    status.update(f"{event['text']} ...")
+                elif event["event"] == "tool_call":
+                    status.update(f"calling {event['name']} ...")
+                elif event["event"] == "delta":
+                    status.update("writing the reply ...")
+                elif event["event"] == "reply":
+                    answer = event
+        if answer is not None:
+            print_answer(console, AgentReply(answer["reply"], answer["items"], thread, answer.get("source", "rules"),
+                                             answer.get("planner", "rules"), answer.get("note", ""),
+                                             answer.get("calls", [])))
 
 
 def run_chat(agent: Agent, thread: str, as_json: bool = False) -> None:

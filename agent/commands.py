@@ -19,14 +19,24 @@ DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+API_KEY_HELP = ("Clients must send this key (several: comma-separated); also the model servers' key. "
+                "Required to bind an address other than localhost.")
+
+
+def split_keys(api_key: str | None) -> list[str]:
+    """The keys of `--api-key` / GENREC_API_KEY ("k1,k2" -> ["k1", "k2"])."""
+    return [k.strip() for k in (api_key or "").split(",") if k.strip()]
+
+
 @contextmanager
 def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait: bool = False,
-                 chat_url: str | None = None) -> Iterator[None]:
+                 chat_url: str | None = None, api_key: str | None = None) -> Iterator[None]:
     """Make sure the run's model servers answer, at `llm_url` (the recommender) and `chat_url` (the
     chat model, when it is a separate server), if they can be started; stop the ones we started.
 
     With `wait`, block until they are healthy (or failed) instead of answering from retrieval
-    alone meanwhile: the demo wants the model in its very first reply."""
+    alone meanwhile: the demo wants the model in its very first reply. Servers started here require
+    `api_key` when it is given."""
     import threading
     from urllib.parse import urlparse
 
@@ -57,6 +67,7 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
             continue
         if spec is None:
             continue
+        spec.api_key = api_key
         server = VllmServer(spec, config.serve.startup_timeout_s)
         server.start()
         servers.append(server)
@@ -96,11 +107,12 @@ def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> st
     return run_chat_url(run, config.serve, llm_url)
 
 
-def open_agent(run: Path, llm_url: str | None, timeout_s: float, chat_url: str | None = None) -> Any:
-    """The run's agent (memory in RUN/chat.sqlite)."""
+def open_agent(run: Path, llm_url: str | None, timeout_s: float, chat_url: str | None = None,
+               api_key: str | None = None) -> Any:
+    """The run's agent (memory in RUN/chat.sqlite); `api_key` is sent to the model servers."""
     from agent.session import Agent
 
-    return Agent.open(run, llm_url=llm_url, chat_url=chat_url, llm_timeout_s=timeout_s)
+    return Agent.open(run, llm_url=llm_url, chat_url=chat_url, llm_timeout_s=timeout_s, api_key=api_key)
 
 
 def chat(
@@ -111,8 +123,10 @@ def chat(
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
                                       help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(20.0, "--timeout", help="Seconds to wait for the model before answering without it."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
     as_json: bool = typer.Option(False, "--json", help="With piped input: one JSON object (reply, items) per line."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY",
+                                          help="The model servers' key (the one `genrec serve --api-key` was given)."),
 ) -> None:
     """Chat with the recommender in the terminal; piped input gets one reply per line."""
     from rich.console import Console
@@ -121,8 +135,9 @@ def chat(
 
     url = None if no_llm else llm_url
     talk = resolve_chat_url(run, url, chat_url)
-    with model_server(run, url, start_server, Console(stderr=True), chat_url=talk):
-        with open_agent(run, url, timeout, talk) as agent:
+    key = (split_keys(api_key) or [None])[0]
+    with model_server(run, url, start_server, Console(stderr=True), chat_url=talk, api_key=key):
+        with open_agent(run, url, timeout, talk, key) as agent:
             run_chat(agent, thread, as_json)
 
 
@@ -135,23 +150,29 @@ def ui(
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
                                       help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(20.0, "--timeout", help="Seconds to wait for the model before answering without it."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
 ) -> None:
-    """A web chat page with item cards (title, attributes, image, why) at http://HOST:PORT."""
+    """A web chat page with item cards (title, attributes, image, why) at http://HOST:PORT.
+    With --api-key the page asks for a key (as the password) before it opens."""
     import os
 
     from rich.console import Console
 
     from agent.web import launch_ui
+    from serving.server import require_key_off_localhost
 
+    keys = split_keys(api_key)
+    require_key_off_localhost(host, keys[0] if keys else None, "genrec ui")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     console = Console(stderr=True)
     url = None if no_llm else llm_url
     talk = resolve_chat_url(run, url, chat_url)
-    with model_server(run, url, start_server, console, chat_url=talk):
-        with open_agent(run, url, timeout, talk) as agent:
+    key = (keys or [None])[0]
+    with model_server(run, url, start_server, console, chat_url=talk, api_key=key):
+        with open_agent(run, url, timeout, talk, key) as agent:
             console.print(f"chat page on http://{host}:{port} (Ctrl-C to stop)")
-            launch_ui(agent, host, port, block=True)
+            launch_ui(agent, host, port, block=True, api_keys=keys)
 
 
 def api(
@@ -163,18 +184,24 @@ def api(
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
     start_server: bool = typer.Option(True, "--start-server/--no-start-server",
                                       help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(20.0, "--timeout", help="Seconds to wait for the model before answering without it."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
 ) -> None:
-    """HTTP API: POST /chat {"thread_id", "message"} -> {"reply", "items"}; /chat/stream (SSE); OpenAPI at /docs."""
+    """HTTP API: POST /chat {"thread_id", "message", "photo"?} -> {"reply", "items"}; /chat/stream (SSE); OpenAPI at /docs.
+    With --api-key, requests need `Authorization: Bearer KEY` and a thread is readable only with the key that started it."""
     import uvicorn
     from rich.console import Console
 
     from agent.http_api import create_app
+    from serving.server import require_key_off_localhost
 
+    keys = split_keys(api_key)
+    require_key_off_localhost(host, keys[0] if keys else None, "genrec api")
     console = Console(stderr=True)
     url = None if no_llm else llm_url
     talk = resolve_chat_url(run, url, chat_url)
-    with model_server(run, url, start_server, console, chat_url=talk):
-        with open_agent(run, url, timeout, talk) as agent:
+    key = (keys or [None])[0]
+    with model_server(run, url, start_server, console, chat_url=talk, api_key=key):
+        with open_agent(run, url, timeout, talk, key) as agent:
             console.print(f"API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs; Ctrl-C to stop)")
-            uvicorn.run(create_app(agent), host=host, port=port, log_level="warning")
+            uvicorn.run(create_app(agent, keys), host=host, port=port, log_level="warning")

@@ -1,11 +1,11 @@
 """Explanations written by the served chat model, from the catalog's facts only.
 
-The `explain` tool asks the chat model (SmolLM2-135M-Instruct by default) why an item suits the
-user, giving it the item's real attributes and the titles the user liked. A 135M model often
-invents studios, dates and sequels, so its answer is kept only when `finetune.explain.is_grounded`
-finds nothing in it beyond those facts; otherwise the user gets the template explanation. Either
-way the tool records which one it was and the model's raw answer, which is what evaluation
-scores for faithfulness.
+The `explain` tool asks the chat model why an item suits the user, giving it the item's real
+attributes, the titles the user liked with their own attributes, and what they share. Its answer is
+kept only when the claim checker (`finetune.explain.is_grounded`: every number and name comes from
+those facts, no kind the item does not have, and it names a real shared kind or liked title)
+passes it; otherwise the user gets the catalog-facts explanation. Either way the tool records which
+one it was and the model's raw answer, which evaluation scores for faithfulness.
 """
 
 from __future__ import annotations
@@ -14,18 +14,35 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from agent.chat_model import ChatModel
-from serving.client import LLMError
-from finetune.explain import Explanation, explain_with, grounded_explanation
+from agent.llm import ChatLLM
+from finetune.explain import Explanation, describe, explain_with, grounded_explanation
 from finetune.tasks import ItemFacts, item_facts
+from serving.client import LLMError
 
-MAX_TOKENS = 60
+MAX_TOKENS = 70
+SYSTEM = ("You explain recommendations in one or two short sentences. Use only the facts given: "
+          "never add a year, a person, a place or a genre that is not given.")
+
+
+def explanation_prompt(item: ItemFacts, history: Sequence[ItemFacts]) -> list[dict[str, str]]:
+    """The chat messages asking why `item` suits someone who liked `history` (facts only): what the
+    item shares with each liked title is spelled out, so the model need not work it out (a 1.5B
+    credited every liked title with every shared genre)."""
+    liked = list(history)[-5:]
+    lines = [f"Item: {describe(item)}"]
+    if liked:
+        lines.append("The user liked: " + "; ".join(describe(h) for h in liked))
+        shared = [(h, [k for k in item.kinds if k in h.kinds]) for h in liked]
+        lines += [f"{item.title} shares with {h.title}: {', '.join(kinds)}" for h, kinds in shared if kinds]
+    lines.append(f"Write one sentence to the user, calling them \"you\", on why they may like {item.title}: name "
+                 "a liked title and only the genres it shares with it, as listed above.")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
 class ChatExplainer:
     """`explainer(item_id, liked_ids)` -> an `Explanation`; never raises for a model that is down."""
 
-    def __init__(self, chat: ChatModel, items: pd.DataFrame, max_tokens: int = MAX_TOKENS):
+    def __init__(self, chat: ChatLLM, items: pd.DataFrame, max_tokens: int = MAX_TOKENS):
         frame = items.reset_index() if "item_id" not in items.columns else items
         self.facts: dict[str, ItemFacts] = item_facts(frame)
         self.kinds = {k for f in self.facts.values() for k in f.kinds}
@@ -37,6 +54,6 @@ class ChatExplainer:
         history = [self.facts[i] for i in liked if i in self.facts and i != item_id][-5:]
         try:
             return explain_with(lambda messages: self.chat.reply(messages, max_tokens=self.max_tokens), item, history,
-                                self.kinds)
+                                self.kinds, messages=explanation_prompt)
         except LLMError:
             return Explanation(grounded_explanation(item, history), "template")

@@ -1,86 +1,100 @@
-"""The LangGraph agent, built in one place.
+"""The LangGraph agent: a small typed state (`agent.state`), nodes as plain functions, the graph
+built in one place (`build_graph`).
 
-    START -> planner --(tool calls?)--> tools -> reply -> guard -> END
-                     \\----(no tools)------------^
+    START -> plan --(tool calls)--> tools --(model planned and wants another step)--> plan
+               \\                      \\----------------------------------------> reply
+                \\--(answer / direct)------------------------------------------> reply -> guard -> remember -> END
 
-- planner: a tool-calling model picks tools when the server can call tools and its calls
-  validate against the tools' schemas; otherwise the deterministic planner (`agent.planner`)
-  does. It also updates the conversation's memory (stated preferences, user id).
-- tools: LangGraph's `ToolNode` over `agent.tools` (bound to one run's `AgentContext`).
-- reply: the model writes the reply from this turn's tool results; when it is down, slow or
-  absent, the deterministic reply is used and the text says so.
-- guard: no item leaves unless a tool returned it in this conversation (`agent.guard`); the
-  model's reply is replaced by the deterministic one when it names anything else. It also
-  records what the tools resolved (liked items, user) into memory.
+- plan: the chat model (`agent.llm.ChatLLM`) picks the tools and their arguments from the
+  conversation and its memory (`agent.prompts.planner_messages`); its calls are constrained to
+  the tool schemas (`tool_choice="required"`), and calling `answer` means no (more) tools. When no
+  chat model answers, the rule planner (`agent.planner`) picks them, and the turn says so.
+- tools: LangGraph's `ToolNode` over `agent.model_tools` (memory and the attached photo come
+  from the state). A call with bad arguments is answered with the validation error; the model
+  then plans once more to correct it (and, with `replan="always"`, after every result).
+- reply: the model writes the reply from this turn's results (`agent.prompts.reply_messages`),
+  streamed to the caller sentence by sentence once each sentence passes the grounding check; the
+  deterministic reply (`agent.reply.rules_reply`) stands in when the model is down or absent.
+- guard: no item leaves unless a tool returned it in this conversation (`agent.guard`); a model
+  reply that names anything else, names none of its items, parrots its prompt or loops is
+  replaced by the deterministic one.
+- remember: what the tools resolved becomes memory (liked items, excluded items, the request's
+  constraints, the catalog user, the items shown).
 
-`build_graph(ctx, chat, checkpointer)` compiles it; `make_graph` is the entry point named in
-`langgraph.json` for LangGraph's own dev tools (run from $GENREC_RUN, model at $GENREC_LLM_URL).
+Every node takes `(state, deps)`: `Deps` holds the run's tools and models. `make_graph` is the
+entry point named in `langgraph.json` for LangGraph's own dev tools.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import functools
 import os
+import re
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
-from pydantic import ValidationError
+from langgraph.prebuilt import ToolNode
 
-from agent.chat_model import ChatModel
 from agent.guard import check, guard_cards, redact, tool_items
-from serving.client import LLMError, LLMUnavailable
-from agent.planner import plan_turn
-from agent.reply import PROMPT_MARKERS, name, reply_messages, rules_reply, shows_candidates, turn_cards
+from agent.llm import ChatLLM
+from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
+from agent.planner import message_problem, plan_turn
+from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
+from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence
 from agent.state import AgentState
-from agent.tools import AgentContext, bind_tools
-
-PLANNER_PROMPT = (
-    "You are the planner of a recommender assistant. Call the tools that answer the user's last message: "
-    "recommend (items for someone who liked titles), search_items (find by description), item_details "
-    "(one item), explain (why an item suits the user), user_history (a catalog user's items). "
-    "Pass titles exactly as the user wrote them."
-)
+from agent.tools import AgentContext
+from serving.client import LLMError, LLMUnavailable
 
 
 @dataclass
 class AgentSettings:
     """How the agent behaves; defaults suit a chat."""
 
-    k: int = 5  # items per answer
-    model_plans: bool = True  # let a tool-calling model choose tools (else always the deterministic planner)
-    model_replies: bool = True  # let the model write replies (else always the deterministic reply)
-    reply_max_tokens: int = 200
+    k: int = 5  # items per list
+    model_plans: bool = True  # let the chat model choose tools (else always the rule planner)
+    model_replies: bool = True  # let the chat model write replies (else always the deterministic reply)
+    reply_max_tokens: int = 100
+    plan_max_tokens: int = 160  # a call takes 30-110 tokens; a model looping in a list is cut here
+    max_steps: int = 3  # planning steps per turn (one step may call several tools)
+    replan: str = "on_error"  # plan again after tools: "on_error" (to correct a bad call, once) or "always"
+
+
+@dataclass
+class Deps:
+    """What the nodes use besides the state: the run's tools and the chat model."""
+
+    ctx: AgentContext
+    chat: ChatLLM | None = None
+    settings: AgentSettings = field(default_factory=AgentSettings)
+    tools: list[BaseTool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.tools:
+            self.tools = bound_tools(self.ctx, self.settings.k)
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def turn_messages(messages: list[AnyMessage]) -> tuple[str, list[AnyMessage]]:
     """The last human message's text and the messages after it (this turn's calls and results)."""
-    for i in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[i], HumanMessage):
-            content = messages[i].content
-            return (content if isinstance(content, str) else json.dumps(content)), messages[i + 1:]
-    return "", list(messages)
+    if not messages:
+        return "", []
+    start = turn_start(messages)
+    return text_of(messages[start]), list(messages[start + 1:])
 
 
 def turn_results(messages: list[AnyMessage]) -> list[dict[str, Any]]:
-    """This turn's tool results as dicts (a tool error becomes `{"tool", "error"}`)."""
+    """This turn's tool results as dicts (a tool error becomes `{"tool", "items": [], "error"}`)."""
     _, turn = turn_messages(messages)
-    results = []
-    for msg in turn:
-        if not isinstance(msg, ToolMessage):
-            continue
-        try:
-            value = json.loads(msg.content) if isinstance(msg.content, str) else msg.content
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            value = {"tool": msg.name, "items": [], "error": str(msg.content)[:300]}
-        results.append(value)
-    return results
+    return [tool_result(m) for m in turn if isinstance(m, ToolMessage)]
 
 
 def mentions_any(text: str, cards: list[dict[str, Any]]) -> bool:
@@ -107,164 +121,322 @@ def degenerate(text: str) -> bool:
     return len(words) > 40 and len(set(words)) / len(words) < 0.35
 
 
-def memory_summary(state: AgentState, ctx: AgentContext) -> str:
-    """What the conversation remembers, in words, for the model's planner prompt."""
-    parts = []
-    if state.get("history"):
-        parts.append("The user liked: " + "; ".join(f"{ctx.titles.titles[i]} [id {i}]" for i in state["history"][-8:]))
-    prefs = state.get("preferences") or {}
-    if prefs.get("genres") or prefs.get("avoid_genres"):
-        parts.append(f"Wants genres {prefs.get('genres', [])}, avoids {prefs.get('avoid_genres', [])}.")
-    if state.get("candidates"):
-        parts.append("Last shown: " + "; ".join(name(c) for c in state["candidates"][:5]))
-    if state.get("user_id"):
-        parts.append(f"Catalog user id: {state['user_id']}")
-    return "\n".join(parts)
+_BOUNDARY = re.compile(r"[.!?:](?=\s)|\n")
 
 
-def build_graph(ctx: AgentContext, chat: ChatModel | None = None, checkpointer: Any = None,
+def release_checked(pieces: Iterable[str], allowed: set[str], ctx: AgentContext, write: Any) -> str:
+    """Consume a streamed reply; pass each completed sentence to `write` once the text up to it names
+    no item outside `allowed`. After a sentence that does, nothing more is released (the guard node
+    then replaces the reply). Returns the whole text."""
+    text, released, clean = "", 0, True
+    for piece in pieces:
+        text += piece
+        if not clean:
+            continue
+        cut = max((m.end() for m in _BOUNDARY.finditer(text, released)), default=released)
+        if cut > released:
+            if check(text[:cut], allowed, ctx.titles).ok:
+                write(text[released:cut])
+                released = cut
+            else:
+                clean = False
+    return text
+
+
+def _writer() -> Any:
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError):  # called outside a graph run (a node tested alone)
+        return lambda _chunk: None
+
+
+def _fresh_turn() -> dict[str, Any]:
+    return {"planner": "rules", "steps": 0, "calls": [], "llm_note": "", "guard_violations": [], "draft": {},
+            "direct": None, "timing": {"plan_s": [], "plan_tokens": []}, "retries": 0}
+
+
+def _tool_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+def plan(state: AgentState, deps: Deps) -> dict[str, Any]:
+    """Choose this step's tool calls: the chat model's when it answers, else the rule planner's."""
+    messages = list(state.get("messages") or [])
+    first = bool(messages) and isinstance(messages[-1], HumanMessage)
+    update: dict[str, Any] = _fresh_turn() if first else {"timing": dict(state.get("timing") or {})}
+    message = text_of(messages[turn_start(messages)]) if messages else ""
+    if first:
+        problem = message_problem(message)
+        if problem:
+            return {**update, "direct": problem}
+    current = {**state, **update}
+    if deps.chat is not None and deps.settings.model_plans and (first or state.get("planner") == "model"):
+        _writer()({"status": "choosing tools" if first else "reading the results"})
+        step = model_step(current, deps)
+        if step is not None:
+            return {**update, **step}
+        update["llm_note"] = current.get("llm_note") or ""
+    if not first:
+        return update  # the model planned earlier steps and failed now: reply with what the tools returned
+    if deps.chat is None:
+        update["llm_note"] = "no language model is configured"
+    elif not update.get("llm_note"):
+        update["llm_note"] = "the language model is switched off for planning" if not deps.settings.model_plans else ""
+    return {**update, **rules_step(current, deps, message)}
+
+
+def model_step(state: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
+    """The chat model's step: its tool calls as an `AIMessage` (unknown arguments dropped, every call
+    logged), or no message when it calls `answer`. None when it did not answer (the reason is
+    left in `state["llm_note"]`)."""
+    assert deps.chat is not None
+    timing = dict(state.get("timing") or {})
+    started = time.monotonic()
+    try:
+        message = deps.chat.plan(planner_messages(state, deps.ctx), [*deps.tools, answer_tool()],
+                                 max_tokens=deps.settings.plan_max_tokens)
+    except LLMUnavailable as exc:
+        state["llm_note"] = f"the language model is unavailable ({exc})"
+        return None
+    except LLMError as exc:
+        state["llm_note"] = f"the language model made no usable tool call ({exc})"
+        return None
+    timing["plan_s"] = [*timing.get("plan_s", []), round(time.monotonic() - started, 3)]
+    timing["plan_tokens"] = [*timing.get("plan_tokens", []), (message.usage_metadata or {}).get("output_tokens", 0)]
+    by_name = {t.name: t for t in deps.tools}
+    calls, log = [], list(state.get("calls") or [])
+    for bad in message.invalid_tool_calls:
+        log.append({"name": bad.get("name"), "args": bad.get("args"), "by": "model", "valid": False,
+                    "error": bad.get("error") or "arguments are not JSON"})
+    for call in message.tool_calls:
+        if call["name"] == ANSWER:
+            log.append({"name": ANSWER, "args": {}, "by": "model", "valid": True})
+            continue
+        tool = by_name.get(call["name"])
+        if tool is None:  # constrained decoding names only offered tools; kept for other servers
+            log.append({"name": call["name"], "args": call["args"], "by": "model", "valid": False, "error": "unknown tool"})
+            continue
+        args, dropped = known_args(tool, dict(call["args"] or {}))
+        entry = {"name": tool.name, "args": args, "by": "model", "valid": True}
+        if dropped:
+            entry["dropped"] = dropped
+        log.append(entry)
+        calls.append({**call, "args": args, "type": "tool_call"})
+    update: dict[str, Any] = {"planner": "model", "steps": int(state.get("steps") or 0) + 1, "calls": log,
+                              "timing": timing, "llm_note": ""}
+    if calls:
+        update["messages"] = [AIMessage(content="", tool_calls=calls)]
+    elif not any(c["name"] == ANSWER for c in message.tool_calls):
+        state["llm_note"] = "the language model's tool calls did not parse"
+        return None
+    return update
+
+
+def rules_step(state: dict[str, Any], deps: Deps, message: str) -> dict[str, Any]:
+    """The rule planner's step: its calls, or its direct answer, and the memory the message states."""
+    ctx = deps.ctx
+    turn = plan_turn(message, state, ctx.titles, ctx.genres, deps.settings.k)  # type: ignore[arg-type]
+    update: dict[str, Any] = {"planner": "rules", "preferences": turn.preferences, "user_id": turn.user_id,
+                              "direct": turn.direct, "steps": 1}
+    calls = list(turn.calls)
+    if state.get("photo") and turn.direct is None:
+        calls = [{"name": "search_items", "args": {"by_photo": True}}]  # a photo is a search by it
+    if turn.direct is None and calls:
+        made = [_tool_call(c["name"], rule_args(c, deps)) for c in calls]
+        update["calls"] = [*(state.get("calls") or []),
+                           *({"name": c["name"], "args": c["args"], "by": "rules", "valid": True} for c in made)]
+        update["messages"] = [AIMessage(content="", tool_calls=made)]
+    return update
+
+
+def rule_args(call: dict[str, Any], deps: Deps) -> dict[str, Any]:
+    """A rule-planner call in the bound tools' arguments (those tools fill memory and `k` themselves)."""
+    tool = next(t for t in deps.tools if t.name == call["name"])
+    args, _ = known_args(tool, call["args"])
+    if call["name"] == "recommend":
+        args.pop("exclude", None)  # the rule planner excludes the items shown, which the tool excludes anyway
+    return args
+
+
+def tools_node(deps: Deps) -> ToolNode:
+    """LangGraph's tool node over the bound tools: a call whose arguments do not validate is answered
+    with the error, for the model to correct."""
+    return ToolNode(deps.tools, handle_tool_errors=True)
+
+
+def after_plan(state: AgentState) -> str:
+    """Run the tools when this step called any, else write the reply."""
+    messages = state.get("messages") or []
+    last = messages[-1] if messages else None
+    return "tools" if isinstance(last, AIMessage) and last.tool_calls else "reply"
+
+
+def after_tools(state: AgentState, deps: Deps) -> str:
+    """Plan again when the model planned and (with `replan="on_error"`) a call failed, within the
+    step budget; else write the reply."""
+    if state.get("planner") != "model" or int(state.get("steps") or 0) >= deps.settings.max_steps:
+        return "reply"
+    if deps.settings.replan == "always":
+        return "plan"
+    messages = list(state.get("messages") or [])
+    last_round = []
+    for msg in reversed(messages):
+        if not isinstance(msg, ToolMessage):
+            break
+        last_round.append(msg)
+    failed = any(getattr(m, "status", "success") == "error" or tool_result(m).get("error") for m in last_round)
+    return "plan" if failed and not state.get("retries") else "reply"
+
+
+def count_retry(state: AgentState) -> dict[str, Any]:
+    """Bookkeeping between a failed round and the retry: the model gets one."""
+    return {"retries": int(state.get("retries") or 0) + 1}
+
+
+def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
+    """The reply draft: the model's (streamed, sentence by sentence, once grounded) or the deterministic one."""
+    message, _ = turn_messages(list(state.get("messages") or []))
+    results = turn_results(list(state.get("messages") or []))
+    if state.get("direct"):
+        return {"draft": {"text": state["direct"], "fallback": state["direct"], "source": "rules", "cards": []}}
+    fallback = rules_reply(results, state.get("preferences")) if results else (
+        plan_turn(message, state, deps.ctx.titles, deps.ctx.genres).direct  # type: ignore[arg-type]
+        or "Tell me titles you liked, or describe what you are looking for.")
+    draft = {"text": fallback, "fallback": fallback, "source": "rules", "cards": turn_cards(results, deps.settings.k)}
+    note = state.get("llm_note") or ""
+    timing = dict(state.get("timing") or {})
+    chat = deps.chat
+    if chat is None:
+        note = note or "no language model is configured"
+    elif results and all(r.get("tool") == "explain" and r.get("found") for r in results):
+        # the explanation is already the model's sentence, checked claim by claim: a second model
+        # pass would only add unchecked claims ("a comedy" for a drama)
+        if all(r["items"][0].get("explained_by") == "model" for r in results):
+            draft["source"] = "model"
+    elif results and not any(r.get("items") for r in results):
+        pass  # nothing found: the deterministic reply says exactly what was missing
+    elif deps.settings.model_replies and not chat.unavailable():
+        allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
+        write = _writer()
+        started, first_at, pieces = time.monotonic(), None, 0
+
+        def timed(stream: Iterator[str]) -> Iterator[str]:
+            nonlocal first_at, pieces
+            for piece in stream:
+                first_at = first_at if first_at is not None else time.monotonic()
+                pieces += 1
+                yield piece
+
+        try:
+            write({"status": "writing the reply"})
+            text = release_checked(timed(chat.stream(reply_messages(state, deps.ctx, results),
+                                                     deps.settings.reply_max_tokens)),
+                                   allowed, deps.ctx, lambda chunk: write({"delta": chunk}))
+            if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
+                ends = [m.end() for m in _BOUNDARY.finditer(text)]
+                text = text[:ends[-1]] if ends else text
+            unknown = [n for r in results for n in r.get("unknown") or []]
+            if text.strip():  # a title the catalog lacks is always said, in the deterministic words
+                draft.update(text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""), source="model")
+        except LLMError as exc:
+            note = note or f"the language model is unavailable ({exc})"
+        ended = time.monotonic()
+        timing.update(reply_s=round(ended - started, 3), reply_tokens=pieces,
+                      reply_first_s=round((first_at or ended) - started, 3),
+                      reply_tokens_per_s=round((pieces - 1) / (ended - first_at), 2) if first_at and pieces > 1 and ended > first_at else None)
+    elif deps.settings.model_replies:
+        note = note or f"the language model is unavailable ({chat.unavailable()})"
+    return {"draft": draft, "llm_note": note, "timing": timing}
+
+
+def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
+    """The reply that leaves: the model's draft unless it breaks grounding (then the deterministic
+    one), every item mention checked, cards limited to items the tools returned."""
+    ctx = deps.ctx
+    results = turn_results(list(state.get("messages") or []))
+    allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
+    draft = state.get("draft") or {}
+    violations: list[str] = []
+    text = str(draft.get("text") or "")
+    if draft.get("source") == "model":
+        checked = check(text, allowed, ctx.titles)
+        if not checked.ok:
+            violations = [v.describe() for v in checked.violations]
+        elif draft.get("cards") and not mentions_any(text, draft["cards"]):
+            violations = ["the model's reply names none of the items it is about"]
+        elif any(marker.lower() in text.lower() for marker in PROMPT_MARKERS):
+            violations = ["the model's reply repeats its prompt"]
+        elif degenerate(text):
+            violations = ["the model's reply repeats itself"]
+        if violations:
+            text = str(draft.get("fallback") or "")
+    cleaned = redact(text, allowed, ctx.titles)
+    violations += [v.describe() for v in cleaned.violations]
+    text = cleaned.text
+    note = state.get("llm_note")
+    if note and not state.get("direct"):
+        text += f"\n\n(Rule-based fallback: {note}.)"
+    cards = guard_cards(draft.get("cards") or [], allowed, ctx.titles)
+    source = "rules" if violations else draft.get("source", "rules")
+    return {"messages": [AIMessage(content=text, additional_kwargs={
+                "items": cards, "source": source, "planner": state.get("planner", "rules"), "note": note or ""})],
+            "guard_violations": violations}
+
+
+def remember(state: AgentState, deps: Deps) -> dict[str, Any]:
+    """Memory from this turn's results: liked and excluded items, the request, the user, the items shown."""
+    results = turn_results(list(state.get("messages") or []))
+    update: dict[str, Any] = {"grounded": [i for r in results for i in tool_items(r)], "photo": None}
+    history = list(state.get("history") or [])
+    excluded = list(state.get("excluded") or [])
+    for r in results:
+        if r.get("tool") == "recommend":  # the titles the user named, as the tool resolved them
+            history += [c["item_id"] for c in r.get("liked") or [] if c["item_id"] not in history]
+            excluded += [c["item_id"] for c in r.get("seen") or [] if c["item_id"] not in excluded]
+            if r.get("user_id"):
+                update["user_id"] = r["user_id"]
+        if r.get("tool") in ("recommend", "search_items") and state.get("planner") == "model" and "request" in r:
+            update["preferences"] = {k: v for k, v in r["request"].items() if v}
+        if r.get("tool") == "user_history" and r.get("found"):
+            update["user_id"] = r["user_id"]
+        if r.get("unknown_user") or (r.get("tool") == "user_history" and not r.get("found")):
+            update["user_id"] = None
+    update["history"] = history
+    update["excluded"] = [i for i in excluded if i not in history]
+    if shows_candidates(results):
+        last = (state.get("messages") or [None])[-1]
+        update["candidates"] = list(getattr(last, "additional_kwargs", {}).get("items") or [])
+    return update
+
+
+# ----------------------------------------------------------------------------- the graph
+
+
+def build_graph(ctx: AgentContext, chat: ChatLLM | None = None, checkpointer: Any = None,
                 settings: AgentSettings | None = None) -> Any:
     """Compile the agent graph over one run's tools; `checkpointer` (e.g. SqliteSaver) keeps threads."""
-    settings = settings or AgentSettings()
-    tools = bind_tools(ctx)
-    by_name = {t.name: t for t in tools}
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-
-    schemas = [convert_to_openai_tool(t) for t in tools]
-
-    def model_calls(state: AgentState, message: str) -> list[dict[str, Any]] | None:
-        """The model's tool calls, only if every one names a tool and validates; else None."""
-        if chat is None or not settings.model_plans or not chat.tool_calling or chat.unavailable():
-            return None
-        convo = [{"role": "system", "content": PLANNER_PROMPT + "\n" + memory_summary(state, ctx)}]
-        for msg in state["messages"][-7:-1]:
-            if isinstance(msg, HumanMessage) and isinstance(msg.content, str):
-                convo.append({"role": "user", "content": msg.content[:1000]})
-            elif isinstance(msg, AIMessage) and msg.content and not msg.tool_calls:
-                convo.append({"role": "assistant", "content": str(msg.content)[:1000]})
-        convo.append({"role": "user", "content": message})
-        try:
-            calls = chat.choose_tools(convo, schemas)
-        except LLMUnavailable:
-            return None
-        except LLMError:
-            chat.tool_outcome(False)
-            return None
-        valid = validate_calls(calls, state)
-        chat.tool_outcome(valid is not None)
-        return valid
-
-    def validate_calls(calls: list[dict[str, Any]], state: AgentState) -> list[dict[str, Any]] | None:
-        """The calls with memory filled in, if every one names a tool and its arguments validate; else None."""
-        valid = []
-        for call in calls:
-            tool = by_name.get(call.get("name") or "")
-            if tool is None or not isinstance(call.get("args"), dict):
-                return None
-            args = dict(call["args"])
-            if tool.name in ("recommend", "explain"):
-                # Memory the model may not repeat: liked items and the user stay part of the request.
-                args["liked"] = list(dict.fromkeys(list(args.get("liked") or []) + [f"id {h}" for h in state.get("history") or []]))
-                if state.get("user_id") and not args.get("user_id"):
-                    args["user_id"] = state["user_id"]
-            try:
-                tool.args_schema.model_validate(args)  # type: ignore[union-attr]
-            except ValidationError:
-                return None
-            valid.append({"name": tool.name, "args": args})
-        return valid or None
-
-    def planner(state: AgentState) -> dict[str, Any]:
-        message, _ = turn_messages(state["messages"])
-        plan = plan_turn(message, state, ctx.titles, ctx.genres, settings.k)
-        update: dict[str, Any] = {"preferences": plan.preferences, "user_id": plan.user_id, "direct": plan.direct,
-                                  "planner": "rules", "llm_note": "", "guard_violations": [], "draft": {}}
-        if plan.direct:
-            return update
-        calls = model_calls(state, message) if plan.intent != "invalid" else None
-        if calls:
-            update["planner"] = "model"
-        calls = calls or plan.calls
-        update["messages"] = [AIMessage(content="", tool_calls=[
-            {"name": c["name"], "args": c["args"], "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
-            for c in calls])]
-        return update
-
-    def reply(state: AgentState) -> dict[str, Any]:
-        message, _ = turn_messages(state["messages"])
-        if state.get("direct"):
-            return {"draft": {"text": state["direct"], "fallback": state["direct"], "source": "rules", "cards": []}}
-        results = turn_results(state["messages"])
-        fallback = rules_reply(results, state.get("preferences"))
-        draft = {"text": fallback, "fallback": fallback, "source": "rules", "cards": turn_cards(results, settings.k)}
-        note = ""
-        if chat is None:
-            note = "no language model is configured"
-        elif settings.model_replies:
-            try:
-                text = chat.reply(reply_messages(message, results, fallback), max_tokens=settings.reply_max_tokens)
-                if text:
-                    draft.update(text=text, source="model")
-            except LLMError as exc:
-                note = f"the language model is unavailable ({exc})"
-        return {"draft": draft, "llm_note": note}
-
-    def guard(state: AgentState) -> dict[str, Any]:
-        results = turn_results(state["messages"])
-        new_ids = [i for r in results for i in tool_items(r)]
-        allowed = set(state.get("grounded") or []) | set(new_ids)
-        draft = state.get("draft") or {}
-        violations: list[str] = []
-        text = str(draft.get("text") or "")
-        if draft.get("source") == "model":
-            checked = check(text, allowed, ctx.titles)
-            if not checked.ok:
-                violations = [v.describe() for v in checked.violations]
-            elif draft.get("cards") and not mentions_any(text, draft["cards"]):
-                violations = ["the model's reply names none of the items it is about"]
-            elif any(marker.lower() in text.lower() for marker in PROMPT_MARKERS):
-                violations = ["the model's reply repeats its prompt"]
-            elif degenerate(text):
-                violations = ["the model's reply repeats itself"]
-            if violations:
-                text = str(draft.get("fallback") or "")
-        cleaned = redact(text, allowed, ctx.titles)
-        violations += [v.describe() for v in cleaned.violations]
-        text = cleaned.text
-        if state.get("llm_note") and not state.get("direct"):
-            text += f"\n\n(Answered from retrieval alone: {state['llm_note']}.)"
-        cards = guard_cards(draft.get("cards") or [], allowed, ctx.titles)
-        source = "rules" if violations else draft.get("source", "rules")
-        update: dict[str, Any] = {
-            "messages": [AIMessage(content=text, additional_kwargs={"items": cards, "source": source})],
-            "grounded": new_ids,
-            "guard_violations": violations,
-        }
-        if shows_candidates(results):
-            update["candidates"] = cards
-        history = list(state.get("history") or [])
-        for r in results:
-            if r.get("tool") == "recommend":  # the titles the user named, as the tool resolved them
-                history += [c["item_id"] for c in r.get("liked") or [] if c["item_id"] not in history]
-            if r.get("unknown_user") or (r.get("tool") == "user_history" and not r.get("found")):
-                update["user_id"] = None
-        update["history"] = history
-        return update
-
+    deps = Deps(ctx, chat, settings or AgentSettings())
     graph = StateGraph(AgentState)
-    graph.add_node("planner", planner)
-    graph.add_node("tools", ToolNode(tools, handle_tool_errors=True))
-    graph.add_node("reply", reply)
-    graph.add_node("guard", guard)
-    graph.add_edge(START, "planner")
-    graph.add_conditional_edges("planner", tools_condition, {"tools": "tools", END: "reply"})
-    graph.add_edge("tools", "reply")
+    graph.add_node("plan", functools.partial(plan, deps=deps))
+    graph.add_node("tools", tools_node(deps))
+    graph.add_node("retry", count_retry)
+    graph.add_node("reply", functools.partial(reply, deps=deps))
+    graph.add_node("guard", functools.partial(guard, deps=deps))
+    graph.add_node("remember", functools.partial(remember, deps=deps))
+    graph.add_edge(START, "plan")
+    graph.add_conditional_edges("plan", after_plan, {"tools": "tools", "reply": "reply"})
+    graph.add_conditional_edges("tools", functools.partial(after_tools, deps=deps), {"plan": "retry", "reply": "reply"})
+    graph.add_edge("retry", "plan")
     graph.add_edge("reply", "guard")
-    graph.add_edge("guard", END)
+    graph.add_edge("guard", "remember")
+    graph.add_edge("remember", END)
     return graph.compile(checkpointer=checkpointer, name="genrec-agent")
 
 
-_GRAPHS: dict[tuple[str, str, str], Any] = {}  # one compiled graph per (run, url): the dev server may ask often
+_GRAPHS: dict[tuple[str, str, str], Any] = {}  # one compiled graph per (run, urls): the dev server may ask often
 
 
 def make_graph(config: Any = None) -> Any:
@@ -272,10 +444,10 @@ def make_graph(config: Any = None) -> Any:
     recommender at $GENREC_LLM_URL (default the local vLLM), the chat model at $GENREC_CHAT_URL
     (default: the run's, as `genrec chat` resolves it). No checkpointer: the LangGraph server brings its own."""
     from agent.explainer import ChatExplainer
-    from serving.ranker import run_ranker
-    from serving.server import chat_url
     from genrec.errors import GenrecError
     from genrec.run import open_run
+    from serving.ranker import run_ranker
+    from serving.server import chat_url
 
     run = os.environ.get("GENREC_RUN")
     if not run:
@@ -286,7 +458,7 @@ def make_graph(config: Any = None) -> Any:
     key = (run, url, talk or "")
     if key not in _GRAPHS:
         ctx = AgentContext.open(run, ranker=run_ranker(run, url))
-        chat = ChatModel(talk) if talk else None
+        chat = ChatLLM(talk, timeout_s=60.0) if talk else None
         if chat is not None:
             ctx.explainer = ChatExplainer(chat, ctx.searcher.items)
         _GRAPHS[key] = build_graph(ctx, chat)

@@ -1,27 +1,34 @@
 """The agent over HTTP, for other applications (FastAPI; OpenAPI page at /docs).
 
-    POST /chat         {"thread_id": "...", "message": "..."} -> {"reply": "...", "items": [{"item_id", "title", "explanation"}]}
-    POST /chat/stream  same body -> Server-Sent Events: `step` events while tools run, then one `reply`
+    POST /chat         {"thread_id", "message", "photo"?} -> {"reply", "items": [{"item_id", "title", "explanation"}],
+                       "source", "planner"}   (`photo`: an image file, base64; the agent searches by it)
+    POST /chat/stream  same body -> Server-Sent Events as they happen: `status`, `tool_call`, `tool_result`,
+                       `delta` (the reply as it is written), then one `reply` (the checked reply)
     GET  /threads/{id} what a thread remembers (liked items, preferences, last items)
-    GET  /health       ok, and whether the model server answers
+    GET  /health       ok, and whether the chat model answers
 
-A body that is not UTF-8 JSON of that shape gets a 400 with the same `{"reply", "items"}` shape,
-so a client always has a sentence to show.
+With API keys (`genrec api --api-key`, env GENREC_API_KEY, several separated by commas), every
+route but /health and the docs needs `Authorization: Bearer KEY`, and a thread is readable and
+continuable only with the key that started it (403 otherwise). A body that is not UTF-8 JSON of
+that shape gets a 400 with the same `{"reply", "items"}` shape, so a client always has a sentence to show.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.session import Agent
+from agent.session import MAX_PHOTO_BYTES, Agent, ThreadForbidden
 
 
 class ChatRequest(BaseModel):
@@ -29,7 +36,16 @@ class ChatRequest(BaseModel):
 
     thread_id: str = Field("default", description="Conversation id; the same id continues the same conversation.",
                            max_length=200)
-    message: str = Field(..., description="What the user said.")
+    message: str = Field("", description="What the user said.")
+    photo: str | None = Field(None, description="A photo to search by: the bytes of a JPEG/PNG/GIF/WebP/BMP file, base64.",
+                              max_length=(MAX_PHOTO_BYTES * 4) // 3 + 8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def message_or_photo(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "message" not in data and not data.get("photo"):
+            raise ValueError("message: field required (or send a photo)")
+        return data
 
 
 class Item(BaseModel):
@@ -46,12 +62,55 @@ class ChatResponse(BaseModel):
     reply: str
     items: list[Item] = []
     thread_id: str = ""
+    source: str = Field("rules", description="who wrote the reply: `model` (the chat model) or `rules` (the fallback)")
+    planner: str = Field("rules", description="who chose the tools: `model` or `rules`")
 
 
-def create_app(agent: Agent) -> FastAPI:
-    """A FastAPI app serving `agent`; endpoints are sync so each chat runs in the server's thread pool."""
+class Forbidden(Exception):
+    """A request without a valid key, or for a thread another key started."""
+
+    def __init__(self, status: int, reason: str):
+        self.status, self.reason = status, reason
+
+
+def request_key(request: Request) -> str | None:
+    """The API key a request carries (`Authorization: Bearer KEY` or `X-API-Key: KEY`), or None."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def decode_photo(photo: str | None) -> bytes | None:
+    """The bytes of a base64 photo (a `data:` URL prefix is allowed); raises ValueError when it is not base64."""
+    if not photo:
+        return None
+    if photo.startswith("data:") and "," in photo:
+        photo = photo.split(",", 1)[1]
+    try:
+        return base64.b64decode(photo, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("photo: not base64") from None
+
+
+def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
+    """A FastAPI app serving `agent`; endpoints are sync so each chat runs in the server's thread pool.
+    With `api_keys`, requests must carry one of them, and a thread belongs to the key that started it."""
+    keys = [k for k in api_keys if k]
     app = FastAPI(title="genrec agent", version="0.1.0",
                   description="Chat with the genrec recommender: every item it names comes from the catalog.")
+
+    def caller(request: Request) -> str | None:
+        """The caller's key: checked against `keys` when the API has any."""
+        key = request_key(request)
+        if keys and not any(key and hmac.compare_digest(key, k) for k in keys):
+            raise Forbidden(401, "missing or wrong API key: send `Authorization: Bearer KEY`")
+        return key if keys else None
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"reply": exc.reason, "items": [], "error": exc.reason},
+                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     def unreadable(problem: str) -> JSONResponse:
         reply = (f"I could not read that request: {problem}. "
@@ -73,20 +132,36 @@ def create_app(agent: Agent) -> FastAPI:
             return unreadable("the request body is not valid UTF-8 JSON")
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
 
+    def photo_of(request: ChatRequest) -> bytes | None:
+        try:
+            return decode_photo(request.photo)
+        except ValueError as exc:
+            raise Forbidden(400, f"I could not read that request: {exc}") from None
+
     @app.post("/chat", response_model=ChatResponse)
-    def chat(request: ChatRequest) -> ChatResponse:
-        """Send one message; get the reply and the items it is about."""
-        answer = agent.ask(request.thread_id, request.message)
+    def chat(request: ChatRequest, key: str | None = Depends(caller)) -> ChatResponse:
+        """Send one message (and optionally a photo); get the reply and the items it is about."""
+        try:
+            answer = agent.ask(request.thread_id, request.message, photo_of(request), api_key=key)
+        except ThreadForbidden as exc:
+            raise Forbidden(403, str(exc)) from None
         return ChatResponse(reply=answer.reply, items=[Item(**i) for i in answer.public_items()],
-                            thread_id=answer.thread_id)
+                            thread_id=answer.thread_id, source=answer.source, planner=answer.planner)
 
     @app.post("/chat/stream", response_class=StreamingResponse,
-              responses={200: {"content": {"text/event-stream": {}}, "description": "step events, then a reply event"}})
-    def chat_stream(request: ChatRequest) -> StreamingResponse:
-        """The same as /chat as Server-Sent Events: `step` (tool calls and results) as they happen, then `reply`."""
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "status, tool_call, tool_result and delta events, then a reply event"}})
+    def chat_stream(request: ChatRequest, key: str | None = Depends(caller)) -> StreamingResponse:
+        """The same as /chat as Server-Sent Events: what the agent does as it happens, the reply as it is
+        written (`delta`), then the checked `reply`, which replaces the deltas."""
+        photo = photo_of(request)
+        try:
+            agent.check_owner(agent.check_thread(request.thread_id), key)
+        except ThreadForbidden as exc:
+            raise Forbidden(403, str(exc)) from None
 
         def events() -> Iterator[str]:
-            for event in agent.stream(request.thread_id, request.message):
+            for event in agent.stream(request.thread_id, request.message, photo, api_key=key):
                 kind = event.pop("event")
                 if kind == "reply":
                     event["items"] = [{"item_id": i["item_id"], "title": i["title"],
@@ -96,9 +171,12 @@ def create_app(agent: Agent) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/threads/{thread_id}")
-    def thread(thread_id: str) -> dict[str, Any]:
-        """What a conversation remembers."""
-        return agent.memory(thread_id)
+    def thread(thread_id: str, key: str | None = Depends(caller)) -> dict[str, Any]:
+        """What a conversation remembers (only for the key that started it)."""
+        try:
+            return agent.memory(thread_id, api_key=key)
+        except ThreadForbidden as exc:
+            raise Forbidden(403, str(exc)) from None
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -106,7 +184,7 @@ def create_app(agent: Agent) -> FastAPI:
         if agent.chat is None:
             llm = "not configured (retrieval only)"
         else:
-            llm = agent.chat.unavailable() or ("up" if agent.chat.client.is_up() else "not answering")
+            llm = agent.chat.unavailable() or ("up" if agent.chat.is_up() else "not answering")
         return {"status": "ok", "run": str(agent.ctx.paths.root), "llm": llm}
 
     return app

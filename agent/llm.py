@@ -11,7 +11,10 @@ what genrec needs around it:
   arguments are validated against its tool's schema;
 - `reply(llm, messages)` / `stream_reply(llm, messages)`: the reply step, plain text, no tools.
   Small models answer poorly after raw tool messages, so callers put the tool results into a prompt
-  of their own.
+  of their own;
+- `ChatLLM`: what the agent holds: the served model's `ChatOpenAI` (its served name found on first
+  use), a breaker that makes a down server cost one timeout rather than one per turn, and the calls
+  above through it. Thread-safe: concurrent conversations send concurrent requests, which vLLM batches.
 
 Failures surface as `serving.client` errors: `LLMUnavailable` when the server is down, too slow
 or failing (5xx), so callers fall back to the deterministic path; `LLMError` when it refused the
@@ -21,8 +24,10 @@ request or the model's call does not fit a tool.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -32,9 +37,10 @@ from langchain_core.tools import BaseTool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
-from serving.client import CHAT_MODEL, LLMError, LLMUnavailable
+from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, LLMError, LLMUnavailable
 
 Messages = Sequence[BaseMessage | dict[str, Any] | tuple[str, str]]
+T = TypeVar("T")
 
 
 def connect(
@@ -43,17 +49,18 @@ def connect(
     timeout_s: float = 60.0,
     connect_timeout_s: float = 2.0,
     max_tokens: int = 256,
+    api_key: str | None = None,
 ) -> ChatOpenAI:
     """A LangChain chat model for the vLLM server at `url` (`http://HOST:PORT/v1`) serving `model`.
 
     `timeout_s` bounds a whole request (first start compiles for minutes: wait for `/health`
     first), `connect_timeout_s` the connection, so a down server fails fast. No retries: the caller
-    decides what to do when the model is not there.
+    decides what to do when the model is not there. `api_key`: the server's `--api-key`, if it has one.
     """
     return ChatOpenAI(
         model=model,
         base_url=url,
-        api_key="EMPTY",  # vLLM checks no key unless started with --api-key
+        api_key=api_key or "EMPTY",  # vLLM checks no key unless started with --api-key
         temperature=0.0,
         max_tokens=max_tokens,
         timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
@@ -83,20 +90,22 @@ def plan(llm: ChatOpenAI, messages: Messages, tools: Sequence[BaseTool], tool: s
     return [_checked(call, by_name) for call in message.tool_calls]
 
 
-def reply(llm: ChatOpenAI, messages: Messages) -> str:
+def reply(llm: ChatOpenAI, messages: Messages, max_tokens: int | None = None) -> str:
     """The model's plain-text answer to `messages` (no tools). Raises `LLMUnavailable`/`LLMError`."""
+    extra = {"max_tokens": max_tokens} if max_tokens else {}
     with _llm_errors(llm):
-        message = llm.invoke(list(messages))
+        message = llm.invoke(list(messages), **extra)
     return str(message.content).strip()
 
 
-def stream_reply(llm: ChatOpenAI, messages: Messages) -> Iterator[str]:
+def stream_reply(llm: ChatOpenAI, messages: Messages, max_tokens: int | None = None) -> Iterator[str]:
     """The model's plain-text answer to `messages`, piece by piece as the server writes it.
 
     Raises `LLMUnavailable`/`LLMError` like `reply`, also part-way through.
     """
+    extra = {"max_tokens": max_tokens} if max_tokens else {}
     with _llm_errors(llm):
-        for chunk in llm.stream(list(messages)):
+        for chunk in llm.stream(list(messages), **extra):
             if chunk.content:
                 yield str(chunk.content)
 
@@ -120,10 +129,13 @@ def _checked(call: ToolCall, by_name: dict[str, BaseTool]) -> ToolCall:
     return ToolCall(name=call["name"], args=args, id=call.get("id"), type="tool_call")
 
 
-@contextlib.contextmanager
-def _llm_errors(llm: ChatOpenAI) -> Iterator[None]:
+def _llm_errors(llm: ChatOpenAI) -> contextlib.AbstractContextManager[None]:
     """Turn the OpenAI client's exceptions into genrec's: unavailable (fall back) or refused."""
-    url = llm.openai_api_base
+    return _llm_errors_at(str(llm.openai_api_base))
+
+
+@contextlib.contextmanager
+def _llm_errors_at(url: str) -> Iterator[None]:
     try:
         yield
     except openai.APITimeoutError:
@@ -148,3 +160,117 @@ def _first_line(exc: openai.APIStatusError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
     message = body.get("message") or (body.get("error") or {}).get("message") if body else None
     return str(message or exc.message).splitlines()[0][:300]
+
+
+class Breaker:
+    """After a call fails with `LLMUnavailable`, fail at once for `retry_after_s` (then try again):
+    a down or hung server costs one timeout, not one per turn."""
+
+    def __init__(self, retry_after_s: float = 30.0):
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._reason = ""
+        self._lock = threading.Lock()  # guards the two fields only; never held during a call
+
+    def open_reason(self) -> str | None:
+        """Why calls are being refused right now, or None."""
+        with self._lock:
+            return self._reason if time.monotonic() < self._down_until else None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()`, unless the breaker is open; an `LLMUnavailable` from it opens the breaker."""
+        reason = self.open_reason()
+        if reason:
+            raise LLMUnavailable(reason)
+        try:
+            return fn()
+        except LLMUnavailable as exc:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_after_s
+                self._reason = str(exc)
+            raise
+
+
+class ChatLLM:
+    """The served chat model as the agent uses it: plan, reply and stream through one breaker.
+
+    `model=None` uses the server's chat model: `genrec-chat` if served, else the run's base model,
+    else the first model that is not the recommendation adapter (looked up once, on first use).
+    """
+
+    def __init__(self, url: str, model: str | None = None, timeout_s: float = 60.0, connect_timeout_s: float = 2.0,
+                 retry_after_s: float = 30.0, api_key: str | None = None, max_tokens: int = 256):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout_s, self.connect_timeout_s, self.api_key, self.max_tokens = timeout_s, connect_timeout_s, api_key, max_tokens
+        self.breaker = Breaker(retry_after_s)
+        self._llm: ChatOpenAI | None = None
+        self._lock = threading.Lock()
+
+    def unavailable(self) -> str | None:
+        """Why the model is being skipped right now (it failed recently), or None."""
+        return self.breaker.open_reason()
+
+    def is_up(self) -> bool:
+        """True if the server answers its health check (never raises)."""
+        root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+        try:
+            return httpx.get(root + "/health", timeout=self.connect_timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def llm(self) -> ChatOpenAI:
+        """The LangChain chat model (resolving the served name on first use; raises `LLMUnavailable`)."""
+        with self._lock:
+            if self._llm is None:
+                name = self.model or self.breaker.call(self._served_name)
+                self._llm = connect(self.url, name, self.timeout_s, self.connect_timeout_s, self.max_tokens, self.api_key)
+            return self._llm
+
+    def _served_name(self) -> str:
+        client = openai.OpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", max_retries=0,
+                               timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s))
+        with _llm_errors_at(self.url):
+            names = [m.id for m in client.models.list()]
+        for preferred in (CHAT_MODEL, BASE_MODEL):
+            if preferred in names:
+                return preferred
+        others = [n for n in names if n != ADAPTER_MODEL]
+        if not (others or names):
+            raise LLMUnavailable(f"{self.url}: the server serves no model")
+        return (others or names)[0]
+
+    def plan(self, messages: Messages, tools: Sequence[BaseTool], max_tokens: int | None = None) -> AIMessage:
+        """The model's next step: an `AIMessage` with at least one tool call, constrained to the tools'
+        schemas (`tool_choice="required"`). Arguments are not validated here: the tool node answers a
+        bad call with the tool's error, so the model can correct it."""
+        llm = self.llm
+        extra = {"max_tokens": max_tokens} if max_tokens else {}
+        planner = llm.bind_tools(list(tools), tool_choice="required", **extra)
+
+        def call() -> AIMessage:
+            with _llm_errors(llm):
+                message = planner.invoke(list(messages))
+            if not isinstance(message, AIMessage) or not (message.tool_calls or message.invalid_tool_calls):
+                raise LLMError(f"{self.url}: the model made no tool call ({str(getattr(message, 'content', ''))[:200]!r})")
+            return message
+
+        return self.breaker.call(call)
+
+    def reply(self, messages: Messages, max_tokens: int | None = None) -> str:
+        """The model's plain-text answer (no tools). Raises `LLMUnavailable`/`LLMError`."""
+        llm = self.llm
+        return self.breaker.call(lambda: reply(llm, messages, max_tokens))
+
+    def stream(self, messages: Messages, max_tokens: int | None = None) -> Iterator[str]:
+        """The model's plain-text answer piece by piece; a failure part-way opens the breaker too."""
+        reason = self.breaker.open_reason()
+        if reason:
+            raise LLMUnavailable(reason)
+        pieces = stream_reply(self.llm, messages, max_tokens)
+        while True:
+            piece = self.breaker.call(lambda: next(pieces, None))
+            if piece is None:
+                return
+            yield piece

@@ -19,6 +19,7 @@ _YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*-\s*\d{0,4})\)\s*$")
 _ARTICLES = ("the", "a", "an", "le", "la", "les", "il", "el", "das", "der", "die")
 _INVERTED = re.compile(r"^(.*),\s*(" + "|".join(_ARTICLES) + r")$", re.IGNORECASE)
 _NON_WORD = re.compile(r"[^\w]+")
+_ID_TAG = re.compile(r"^(.*?)\s*\[\s*id\s*[:#]?\s*([^\]\s]+)\s*\]\s*$", re.IGNORECASE)
 
 
 def normalize_title(title: str) -> str:
@@ -85,6 +86,12 @@ class TitleIndex:
         name = name.strip().strip("\"'“”‘’").strip()
         if not name:
             return None
+        tagged = _ID_TAG.match(name)  # "Alien (1979) [id 183]", as answers write items
+        if tagged:
+            title, item = tagged.group(1).strip(), tagged.group(2)
+            if item in self.ids and (not title or normalize_title(self.titles[item]) == normalize_title(title)):
+                return item
+            name = title or name  # a wrong id beside a real title: the title decides
         explicit = re.fullmatch(r"(?:id\s*[:#]?\s*|#)(\S+)", name, re.IGNORECASE)
         if explicit and explicit.group(1) in self.ids:
             return explicit.group(1)

@@ -14,11 +14,12 @@ from langgraph.graph.message import add_messages
 
 
 class Preferences(TypedDict, total=False):
-    """What the user said they want, in a form tools can filter on."""
+    """What the user wants now, in a form tools can filter on (the last request's constraints)."""
 
     genres: list[str]  # wanted more of ("something funnier" -> Comedy)
     avoid_genres: list[str]  # wanted less of ("no horror")
-    notes: list[str]  # free-text wishes used as a retrieval query ("set in space")
+    year_from: int | None
+    year_to: int | None
 
 
 class ItemCard(TypedDict, total=False):
@@ -49,11 +50,19 @@ class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     user_id: str | None  # a catalog user (their interactions are history) when the user said who they are
     history: list[str]  # item ids the user said they liked, resolved by a tool
+    excluded: list[str]  # item ids the user said they have seen or do not want: never recommended
     preferences: Preferences
     candidates: list[ItemCard]  # the items shown in the last reply, best first
     grounded: Annotated[list[str], union]  # every item id any tool returned in this conversation
-    llm_note: str  # why the model did not write this turn's reply ("" when it did)
-    guard_violations: list[str]  # mentions the guard removed from this turn's reply
+    owner: str  # hash of the API key that started the thread ("" without keys): only it may read or continue it
+    # ---- this turn only (reset by `agent.graph.plan` at a turn's first step)
+    photo: str | None  # the photo attached to this message, base64 (tools read it from here, never from the model)
     planner: str  # "model" or "rules": who chose this turn's tools
+    steps: int  # planning steps taken (the model may call tools several times)
+    retries: int  # planning steps taken to correct a failed call (at most one)
+    calls: list[dict[str, Any]]  # every tool call of the turn: name, args, by (model/rules), valid, error
+    llm_note: str  # why the model did not plan or write this turn ("" when it did)
+    guard_violations: list[str]  # mentions the guard removed from this turn's reply
     direct: str | None  # this turn's answer when no tool is needed (greeting, unreadable message)
     draft: dict[str, Any]  # the reply before the guard: text, source ("model"/"rules"), fallback, cards
+    timing: dict[str, Any]  # seconds per planning step, reply seconds and tokens (for benchmarks)

@@ -2,8 +2,8 @@
 
 Each tool takes an `AgentContext` (the run's searcher, catalog, title index and optional models)
 as its first argument and returns a JSON-ready dict whose `items` are catalog items: the only
-items the agent may ever name. `bind_tools(ctx)` turns them into LangChain tools (context bound,
-schemas from the signatures and docstrings) for the graph's tool node and for a tool-calling model.
+items the agent may ever name. `agent.model_tools` gives them the short schemas the chat model sees
+and the wrappers the graph's tool node runs.
 
     ctx = AgentContext.open("runs/ml100k", ranker=open_ranker("runs/ml100k")[0])
     recommend(ctx, liked=["Star Wars", "Alien"], genres=["Comedy"], k=5)["items"]
@@ -11,7 +11,6 @@ schemas from the signatures and docstrings) for the graph's tool node and for a 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import threading
@@ -83,11 +82,29 @@ class AgentContext:
 
     def known_genres(self, names: Sequence[str] | None) -> tuple[list[str], list[str]]:
         """Split genre names into the catalog's spelling of known ones and the unknown ones."""
+        from agent.planner import genre_mentions
+
         known, unknown = [], []
         for name in names or []:
             match = self.genres.get(str(name).strip().lower())
+            if match is None:  # "funny" -> Comedy, "science fiction" -> Sci-Fi
+                said, _ = genre_mentions(str(name), self.genres)
+                match = said[0] if len(said) == 1 else None
             (known.append(match) if match else unknown.append(str(name)))
         return list(dict.fromkeys(known)), unknown
+
+    @property
+    def has_years(self) -> bool:
+        """True if the catalog's items have a `year` attribute (year filters then apply)."""
+        return "year" in self.searcher.fields.keys
+
+    def item_year(self, item_id: str) -> int | None:
+        """An item's year, when the catalog records one."""
+        value = self.searcher.hit(item_id).attributes.get("year")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
 
     def user_items(self, user_id: str, n: int) -> list[str]:
         """The last `n` items of a catalog user, oldest first."""
@@ -105,14 +122,37 @@ def _clip_k(k: int) -> int:
     return max(1, min(int(k), MAX_K))
 
 
-def _genre_where(ctx: AgentContext, genres: list[str]) -> dict[str, Any] | None:
-    if not genres or ctx.genre_key is None:
-        return None
-    return {"genre": genres[0]} if len(genres) == 1 else {"genre": {"$in": genres}}
+def _filter_where(ctx: AgentContext, genres: list[str], year_from: int | None, year_to: int | None) -> dict[str, Any] | None:
+    """The vector store filter of wanted genres and a year range (None when there is none)."""
+    parts: list[dict[str, Any]] = []
+    if genres and ctx.genre_key is not None:
+        parts.append({ctx.genre_key: genres[0]} if len(genres) == 1 else {ctx.genre_key: {"$in": genres}})
+    if ctx.has_years:
+        if year_from is not None:
+            parts.append({"year": {"$gte": int(year_from)}})
+        if year_to is not None:
+            parts.append({"year": {"$lte": int(year_to)}})
+    return None if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
+
+
+def _in_years(ctx: AgentContext, item_id: str, year_from: int | None, year_to: int | None) -> bool:
+    if not ctx.has_years or (year_from is None and year_to is None):
+        return True
+    year = ctx.item_year(item_id)
+    return year is not None and (year_from is None or year >= year_from) and (year_to is None or year <= year_to)
 
 
 def _keep(ctx: AgentContext, item_id: str, avoid: list[str], exclude: set[str]) -> bool:
     return item_id not in exclude and not (set(avoid) & set(ctx.item_genres(item_id)))
+
+
+def _resolve(ctx: AgentContext, names: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Item ids of `names` (titles or ids) that the catalog has, and the names it does not."""
+    found, unknown = [], []
+    for name in names or []:
+        item = ctx.titles.find(str(name))
+        (found.append(item) if item is not None else unknown.append(str(name)))
+    return list(dict.fromkeys(found)), unknown
 
 
 # ----------------------------------------------------------------------------- the tools
@@ -121,22 +161,28 @@ def _keep(ctx: AgentContext, item_id: str, avoid: list[str], exclude: set[str]) 
 def search_items(
     ctx: AgentContext,
     query: str | None = None,
-    image: str | None = None,
+    image: Any = None,
     like_item: str | None = None,
     genres: list[str] | None = None,
     avoid_genres: list[str] | None = None,
+    year_from: int | None = None,
+    year_to: int | None = None,
+    exclude: list[str] | None = None,
     where: dict[str, Any] | None = None,
     k: int = 5,
 ) -> dict[str, Any]:
-    """Search the catalog by a text description, an image file, or an item (more like it).
+    """Search the catalog by a description, a photo, or an item (more like it).
 
     Args:
-        query: what the user is looking for, in words ("a 90s sci-fi comedy").
-        image: path of an image file to find visually similar items.
+        query: what the user is looking for, in words.
+        image: a photo to find items that look like it (a path, URL, bytes or PIL image).
         like_item: an item id or title: find items similar to it.
         genres: only items of at least one of these genres.
         avoid_genres: leave out items of any of these genres.
-        where: a metadata filter such as {"year": {"$gte": 1990}}.
+        year_from: only items from this year on.
+        year_to: only items up to this year.
+        exclude: titles or ids never to return.
+        where: a metadata filter in `retrieval.where`'s language (replaces genres and years).
         k: how many items to return (1-20).
     """
     k = _clip_k(k)
@@ -145,8 +191,9 @@ def search_items(
     result: dict[str, Any] = {"tool": "search_items", "items": [], "unknown": []}
     if unknown_genres:
         result["unknown_genres"] = unknown_genres
-    filt = where if where else _genre_where(ctx, wanted)
-    exclude: set[str] = set()
+    filt = where if where else _filter_where(ctx, wanted, year_from, year_to)
+    skip, _ = _resolve(ctx, exclude)
+    excluded = set(skip)
     anchor = None
     if like_item:
         anchor = ctx.titles.find(like_item)
@@ -154,20 +201,27 @@ def search_items(
             result["unknown"] = [like_item]
             result["note"] = f"no catalog item is called {like_item!r}"
             return result
-        exclude.add(anchor)
+        excluded.add(anchor)
         result["like"] = {"item_id": anchor, "title": ctx.titles.titles[anchor]}
-    if not (query and query.strip()) and not image and anchor is None:
-        if not wanted:
-            result["note"] = "nothing to search for: give a description, an image or an item"
+    if not (query and query.strip()) and image is None and anchor is None:
+        if not wanted and year_from is None and year_to is None:
+            result["note"] = "nothing to search for: give a description, a photo or an item"
             return result
-        query = " ".join(wanted)
+        query = " ".join(wanted) or "items"
     with ctx.lock:
         hits: list[Hit] = ctx.searcher.search(
-            query=None if (image or anchor) else query, image=image, item_id=anchor, k=min(4 * k, 80), where=filt)
+            query=None if (image is not None or anchor) else query, image=image, item_id=None if image is not None else anchor,
+            k=min(4 * k + len(excluded), 100), where=filt)
+    if image is not None:
+        result["by_photo"] = True
     for hit in hits:
-        if _keep(ctx, hit.item_id, avoid, exclude) and len(result["items"]) < k:
-            why = f"similar to {ctx.titles.titles[anchor]}" if anchor else "matches your description"
+        if _keep(ctx, hit.item_id, avoid, excluded) and len(result["items"]) < k:
+            why = ("looks like your photo" if image is not None else
+                   f"similar to {ctx.titles.titles[anchor]}" if anchor else "matches your description")
             result["items"].append(ctx.card(hit.item_id, hit.score, why))
+    result["request"] = {"genres": wanted, "avoid_genres": avoid, "year_from": year_from, "year_to": year_to}
+    if skip:
+        result["excluded"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in skip]
     return result
 
 
@@ -177,20 +231,24 @@ def recommend(
     user_id: str | None = None,
     genres: list[str] | None = None,
     avoid_genres: list[str] | None = None,
+    year_from: int | None = None,
+    year_to: int | None = None,
     exclude: list[str] | None = None,
     k: int = 5,
 ) -> dict[str, Any]:
     """Recommend catalog items for someone who liked some items, ranked by the fine-tuned recommender.
 
     The ranking is the one `genrec eval` scores: semantic IDs generated from the liked items (or
-    the user's history) fused with the dense next-item model. Genres act as filters on its
-    candidates; liked items, the user's history and excluded items are never recommended.
+    the user's history) fused with the dense next-item model. Genres and years act as filters on
+    its candidates; liked items, the user's history and excluded items are never recommended.
 
     Args:
         liked: titles or ids of items the user liked, oldest first.
         user_id: a catalog user whose past interactions count as liked items.
         genres: only items of at least one of these genres.
         avoid_genres: leave out items of any of these genres.
+        year_from: only items from this year on.
+        year_to: only items up to this year.
         exclude: titles or ids not to recommend (already seen or already shown).
         k: how many items to return (1-20).
     """
@@ -216,11 +274,16 @@ def recommend(
     avoid, _ = ctx.known_genres(avoid_genres)
     if unknown_genres:
         result["unknown_genres"] = unknown_genres
-    skip = set(seeds) | {found for name in exclude or [] if (found := ctx.titles.find(str(name)))}
+    result["request"] = {"genres": wanted, "avoid_genres": avoid, "year_from": year_from, "year_to": year_to}
+    excluded, _ = _resolve(ctx, exclude)
+    if excluded:
+        result["excluded"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in excluded]
+    skip = set(seeds) | set(excluded)
     if not seeds and not wanted:
         result["note"] = "nothing to go on: name an item you liked, a user id, or a genre"
         return result
-    only = {i for i in ctx.titles.ids if _keep(ctx, i, avoid, set()) and (not wanted or set(wanted) & set(ctx.item_genres(i)))}
+    only = {i for i in ctx.titles.ids if _keep(ctx, i, avoid, set()) and _in_years(ctx, i, year_from, year_to)
+            and (not wanted or set(wanted) & set(ctx.item_genres(i)))}
     if ctx.ranker is None:
         result["note"] = "this run has no trained recommender; showing the items most similar in content"
         return _similar_items(ctx, result, seeds, wanted, only - skip, k)
@@ -259,7 +322,7 @@ def item_details(ctx: AgentContext, item: str) -> dict[str, Any]:
     """Look up one catalog item by id or title: its title, attributes, description and image.
 
     Args:
-        item: the item's id or its title ("Star Wars", "Godfather, The (1972)").
+        item: the item's id or its title.
     """
     found = ctx.titles.find(str(item))
     if found is None:
@@ -371,36 +434,15 @@ def reasons(
     return text[:1].upper() + text[1:]
 
 
-# ----------------------------------------------------------------------------- binding for the graph
+# ----------------------------------------------------------------------------- running a tool
 
 
-def bind_tools(ctx: AgentContext) -> list[Any]:
-    """LangChain tools with `ctx` bound: names, descriptions and argument schemas come from the
-    functions above, so a tool-calling model sees exactly their signatures and docstrings."""
-    from langchain_core.tools import StructuredTool
-
-    tools = []
-    for name, func in TOOLS.items():
-        bound = functools.partial(_run_tool, func, ctx)
-        sig = inspect.signature(func)
-        params = list(sig.parameters.values())[1:]
-        hints = {p.name: func.__annotations__[p.name] for p in params}
-
-        def wrapper(__bound=bound, **kwargs: Any) -> dict[str, Any]:
-            return __bound(**kwargs)
-
-        wrapper.__name__ = name
-        wrapper.__doc__ = func.__doc__
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {**hints, "return": dict[str, Any]}
-        tools.append(StructuredTool.from_function(func=wrapper, name=name, description=_summary(func),
-                                                  parse_docstring=True, error_on_invalid_docstring=False))
-    return tools
-
-
-def _summary(func: Callable[..., Any]) -> str:
-    doc = inspect.getdoc(func) or func.__name__
-    return doc.split("\n\nArgs:")[0].strip()
+def run_tool(ctx: AgentContext, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run the tool `name` with those of `args` its signature has (model-facing arguments such as
+    `by_photo` have no plain counterpart and are left out)."""
+    func = TOOLS[name]
+    params = set(inspect.signature(func).parameters) - {"ctx"}
+    return _run_tool(func, ctx, **{k: v for k, v in args.items() if k in params})
 
 
 def _run_tool(func: Callable[..., dict[str, Any]], ctx: AgentContext, **kwargs: Any) -> dict[str, Any]:

@@ -4,8 +4,9 @@ For each model, a chat server is started the way `genrec serve` starts one (`ser
 Qwen's own chat template, Hermes tool parser, bfloat16) and measured:
 
 - start: seconds to healthy, and whether vLLM compiled (first start on this machine) or reused its cache;
-- planning: each request below with the agent's planner prompt and the five tool schemas of an indexed
-  run, through `agent.llm.plan` (`tool_choice="required"`): seconds, output tokens, which tool the model
+- planning: each request below with the agent's planner prompt (`agent.prompts.PLANNER_SYSTEM`) and the
+  five model-facing tool schemas of an indexed run (`agent.model_tools`), through `agent.llm.plan`
+  (`tool_choice="required"`): seconds, output tokens, which tool the model
   picked against the expected one, whether the arguments validate and the tool runs on them;
 - `tool_choice="auto"` on the first few requests: how many calls vLLM's Hermes parser finds;
 - one planning call streamed: whether tool-call chunks stream, time to the first chunk (the prompt's prefill);
@@ -85,14 +86,14 @@ def server_rss_gib(pid: int) -> float:
     return round(total / 2**30, 2)
 
 
-def measure_planning(llm, tools, prompt: str) -> dict:
+def measure_planning(llm, tools, prompt: str, ctx) -> dict:
     """Every request through `agent.llm.plan`, timed, with the tool picked and whether its arguments run."""
     from langchain_core.callbacks import get_usage_metadata_callback
 
     from agent.llm import plan
+    from agent.tools import run_tool
     from serving.client import LLMError
 
-    by_name = {t.name: t for t in tools}
     rows = []
     for message, expected in REQUESTS:
         with get_usage_metadata_callback() as usage:
@@ -105,7 +106,7 @@ def measure_planning(llm, tools, prompt: str) -> dict:
         tokens = sum(u["output_tokens"] for u in usage.usage_metadata.values())
         runs = []
         for call in calls:
-            result = by_name[call["name"]].invoke(call["args"])
+            result = run_tool(ctx, call["name"], call["args"])
             runs.append(not result.get("error"))
         rows.append({
             "message": message, "seconds": round(seconds, 2), "output_tokens": tokens,
@@ -189,14 +190,15 @@ def measure_replies(llm, ctx) -> dict:
 
 def bench_model(name: str, run: Path, auto: int) -> dict:
     """Start the chat server of `name` for `run`, measure it, stop it."""
-    from agent.graph import PLANNER_PROMPT
     from agent.llm import connect
-    from serving.server import VllmServer, chat_server_spec, free_port, server_command
-    from agent.tools import AgentContext, bind_tools
+    from agent.model_tools import bound_tools
+    from agent.prompts import PLANNER_SYSTEM as PLANNER_PROMPT
+    from agent.tools import AgentContext
     from genrec.config import ServeConfig
+    from serving.server import VllmServer, chat_server_spec, free_port, server_command
 
     ctx = AgentContext.open(run)
-    tools = bind_tools(ctx)
+    tools = bound_tools(ctx)
     spec = chat_server_spec(run, ServeConfig(chat_model=name, startup_timeout_s=1200), port=free_port())
     before = compile_entries()
     print(f"{name}: starting vLLM ({' '.join(server_command(spec)[3:])})", flush=True)
@@ -205,7 +207,7 @@ def bench_model(name: str, run: Path, auto: int) -> dict:
                   "vllm_flags": server_command(spec)[3:]}
         print(f"{name}: healthy in {result['server_start_s']} s (compiled: {result['compiled']})", flush=True)
         llm = connect(server.url, timeout_s=600, max_tokens=256)
-        result["planning_required"] = measure_planning(llm, tools, PLANNER_PROMPT)
+        result["planning_required"] = measure_planning(llm, tools, PLANNER_PROMPT, ctx)
         result["streamed_tool_call"] = measure_streamed_call(llm, tools, PLANNER_PROMPT)
         result["planning_auto"] = measure_auto(llm, tools, PLANNER_PROMPT, auto)
         result["reply"] = measure_replies(llm, ctx)

@@ -68,7 +68,7 @@ def chats(
     turns: int = typer.Option(5, "--turns", help="Turns per conversation before giving up."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="The run's served recommender (default: rank in process)."),
     chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The served chat model (default: the run's, given --llm-url)."),
-    simulator: str = typer.Option("template", "--simulator", help="template (default) or llm (the chat model plays the user)."),
+    simulator: str = typer.Option("template", "--simulator", help="template (default; speaks the rule planner's grammar), paraphrase (varied wordings) or llm (a chat model words the user)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
 ) -> None:
     """Simulated users with a hidden target (their test item) chat with the agent: success@10, turns,

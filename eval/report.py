@@ -148,9 +148,9 @@ def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS,
 def explanation_writer(explainer: str):
     """Chat messages -> text, from a served chat model (`http://HOST:PORT/v1`) or a local model (`smollm2-135m`, a folder)."""
     if explainer.startswith(("http://", "https://")):
-        from agent.chat_model import ChatModel
+        from agent.llm import ChatLLM
 
-        chat = ChatModel(explainer, timeout_s=60.0)
+        chat = ChatLLM(explainer, timeout_s=60.0)
         return lambda messages: chat.reply(messages, max_tokens=60)
     from finetune.explain import Explainer
 

@@ -101,13 +101,16 @@ Write = Callable[[list[dict[str, str]]], str]  # chat messages -> the model's an
 
 
 def explain_with(write: Write | None, item: ItemFacts, history: Sequence[ItemFacts],
-                 other_kinds: set[str] | None = None) -> Explanation:
-    """Ask `write` (any instruction model: local, or served by vLLM) why `item` fits `history`; keep its
-    answer only if it is grounded in the facts, else fall back to the template explanation."""
+                 other_kinds: set[str] | None = None,
+                 messages: Callable[[ItemFacts, Sequence[ItemFacts]], list[dict[str, str]]] = explanation_messages,
+                 ) -> Explanation:
+    """Ask `write` (any instruction model: local, or served by vLLM) why `item` fits `history`, with the
+    prompt `messages` builds; keep its answer only if it is grounded in the facts, else fall back to
+    the template explanation."""
     fallback = grounded_explanation(item, history)
     if write is None:
         return Explanation(fallback, "template")
-    raw = " ".join(write(explanation_messages(item, history)).split())
+    raw = " ".join(write(messages(item, history)).split())
     grounded = is_grounded(raw, item, history, other_kinds=other_kinds)
     return Explanation(raw, "model", raw) if grounded else Explanation(fallback, "template", raw)
 

@@ -173,6 +173,7 @@ class ServeConfig(Section):
     chat_model: str = "qwen2.5-coder-1.5b"
     chat_port: int = 8001
     chat_kv_cache_gib: int = 1
+    chat_max_model_len: int = 4096  # the planner's prompt alone (tool schemas, memory, conversation) fills 2,048
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
 
 

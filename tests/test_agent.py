@@ -203,7 +203,8 @@ def test_three_turn_conversation_refines_and_explains_from_memory(agent, ctx):
     first = agent.ask("t", "I loved Star Wars and Alien")
     assert "Star Wars (1977) [id 1]" in first.reply and first.items
     assert not {"1", "2"} & {i["item_id"] for i in first.items}
-    assert "retrieval alone" in first.reply  # no model configured, and the reply says so
+    assert "Rule-based fallback: no language model is configured" in first.reply  # and the reply says so
+    assert first.planner == "rules" and first.source == "rules"
 
     funnier = agent.ask("t", "something funnier")
     ids = [i["item_id"] for i in funnier.items]
@@ -265,19 +266,19 @@ def test_a_model_server_that_is_down_means_retrieval_alone_and_the_reply_says_so
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from agent.chat_model import ChatModel
+    from agent.llm import ChatLLM
 
-    with Agent(ctx, ChatModel(f"http://127.0.0.1:{port}/v1", timeout_s=2), tmp_path / "d.sqlite") as a:
+    with Agent(ctx, ChatLLM(f"http://127.0.0.1:{port}/v1", timeout_s=2), tmp_path / "d.sqlite") as a:
         started = time.monotonic()
         answer = a.ask("t", "I loved Alien")
         assert time.monotonic() - started < 10
-    assert "retrieval alone" in answer.reply and "not reachable" in answer.reply
-    assert answer.items and answer.source == "rules"
+    assert "Rule-based fallback" in answer.reply and "not reachable" in answer.reply
+    assert answer.items and answer.source == "rules" and answer.planner == "rules"
 
 
 def test_a_model_server_that_hangs_times_out_instead_of_hanging_the_chat(ctx, tmp_path):
     """A server that accepts connections and never answers (a stuck vLLM) costs one timeout, then is skipped."""
-    from agent.chat_model import ChatModel
+    from agent.llm import ChatLLM
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -294,7 +295,7 @@ def test_a_model_server_that_hangs_times_out_instead_of_hanging_the_chat(ctx, tm
                 continue
 
     threading.Thread(target=accept_and_stall, daemon=True).start()
-    chat = ChatModel(f"http://127.0.0.1:{server.getsockname()[1]}/v1", timeout_s=1.5, retry_after_s=60)
+    chat = ChatLLM(f"http://127.0.0.1:{server.getsockname()[1]}/v1", model="genrec-chat", timeout_s=1.5, retry_after_s=60)
     try:
         with Agent(ctx, chat, tmp_path / "h.sqlite") as a:
             started = time.monotonic()
@@ -303,8 +304,8 @@ def test_a_model_server_that_hangs_times_out_instead_of_hanging_the_chat(ctx, tm
             started = time.monotonic()
             second = a.ask("t", "something funnier")
             second_s = time.monotonic() - started
-        assert first.items and "retrieval alone" in first.reply and first_s < 8
-        assert second.items and "retrieval alone" in second.reply and second_s < 3  # skipped, not waited on
+        assert first.items and "Rule-based fallback" in first.reply and first_s < 8
+        assert second.items and "Rule-based fallback" in second.reply and second_s < 3  # skipped, not waited on
     finally:
         stop.set()
         for conn in accepted:
@@ -364,9 +365,9 @@ def test_langgraph_json_names_a_graph_that_loads_and_answers(run_dir, monkeypatc
     monkeypatch.setitem(sys.modules, spec.name, module)  # as LangGraph's server registers a graph file
     spec.loader.exec_module(module)
     monkeypatch.setenv("GENREC_RUN", str(run_dir))
-    monkeypatch.setenv("GENREC_LLM_URL", "http://127.0.0.1:9/v1")  # nothing there: retrieval alone
+    monkeypatch.setenv("GENREC_LLM_URL", "http://127.0.0.1:9/v1")  # nothing there: the rule-based fallback
     monkeypatch.setenv("GENREC_CHAT_URL", "http://127.0.0.1:9/v1")
     graph = getattr(module, attr)({"configurable": {}})
     out = graph.invoke({"messages": [("user", "I loved Fargo")]})
     assert "Fargo (1996) [id 9]" in out["messages"][-1].content
-    assert set(graph.get_graph().nodes) >= {"planner", "tools", "reply", "guard"}
+    assert set(graph.get_graph().nodes) >= {"plan", "tools", "reply", "guard", "remember"}

@@ -81,8 +81,9 @@ def test_streaming_sends_tool_steps_then_the_reply(base_url):
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
-    assert kinds[0] == "step" and kinds[-1] == "reply"
-    assert events[0][1]["tool_calls"][0]["name"] == "recommend"
+    assert kinds[0] == "tool_call" and kinds[1] == "tool_result" and kinds[-1] == "reply"
+    assert events[0][1]["name"] == "recommend" and events[0][1]["planner"] == "rules"
+    assert events[1][1]["items"] > 0
     reply = events[-1][1]
     assert "Fargo (1996) [id 9]" in reply["reply"] and reply["items"]
 
@@ -130,3 +131,40 @@ def test_sixteen_concurrent_chats_each_get_their_own_reply_and_memory(base_url):
         assert f"{title} [id {item_id}]" in b["reply"].splitlines()[0]  # the second turn remembered this thread's like
         memory = httpx.get(f"{base_url}/threads/c{n}", timeout=10).json()
         assert memory["turns"] == 2 and [h["item_id"] for h in memory["history"]] == [item_id]
+
+
+def test_with_api_keys_a_thread_is_readable_and_continuable_only_with_the_key_that_started_it(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    run = agent_run(tmp_path_factory)
+    with Agent(AgentContext.open(run), None, tmp_path_factory.mktemp("keys") / "chat.sqlite") as agent:
+        client = TestClient(create_app(agent, ["key-a", "key-b"]))
+        alice, bob = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+        body = {"thread_id": "private", "message": "I loved Fargo"}
+        assert client.post("/chat", json=body).status_code == 401  # no key
+        refused = client.post("/chat", json=body, headers={"Authorization": "Bearer nope"})
+        assert refused.status_code == 401 and "API key" in refused.json()["reply"]
+        assert client.post("/chat", json=body, headers=alice).status_code == 200
+        assert client.get("/threads/private", headers=alice).json()["history"][0]["item_id"] == "9"
+        assert client.get("/threads/private", headers=bob).status_code == 403  # another key cannot read it
+        assert client.post("/chat", json={**body, "message": "more"}, headers=bob).status_code == 403  # nor write to it
+        assert client.post("/chat/stream", json=body, headers=bob).status_code == 403
+        assert client.get("/threads/private", headers={"X-API-Key": "key-a"}).status_code == 200
+        assert client.get("/health").status_code == 200  # liveness needs no key
+
+
+@pytest.mark.parametrize("command", ["api", "ui"])
+def test_binding_beyond_localhost_without_a_key_is_refused_in_one_line(tmp_path_factory, command):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = agent_run(tmp_path_factory)
+    env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
+    out = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", command, "--run", str(run),
+                          "--host", "0.0.0.0", "--no-llm"], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (f"error: genrec {command}: refusing to listen on 0.0.0.0 without an API key; "
+                                  "pass --api-key or set GENREC_API_KEY")

@@ -99,6 +99,37 @@ def test_photo_search_from_the_command_line(example):
     assert [h["item_id"] for h in hits][:1] == ["0412"] and len(hits) == 3
 
 
+def test_a_photo_attached_in_chat_or_through_the_api_reaches_photo_search(example, tmp_path):
+    """The agent's search_items tool searches by the attached photo: the bytes go from the message to
+    `Searcher.search(image=...)` through the graph state, never through a model-written path."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from agent.http_api import create_app
+    from agent.session import Agent
+    from agent.tools import AgentContext
+
+    run, _ = example
+    fork = kitchenware_photos()["0412"]
+    with Image.open(fork) as image:  # a phone's re-encoded copy, not the catalog file itself
+        small = tmp_path / "upload.png"
+        image.reduce(3).save(small)
+    with Agent(AgentContext.open(run), None, tmp_path / "chat.sqlite") as agent:
+        answer = agent.ask("photo", "", photo=small.read_bytes())
+        assert answer.items[0]["item_id"] == "0412" and answer.calls[0]["args"] == {"by_photo": True}
+        assert "look like your photo" in answer.reply
+        assert agent.memory("photo")["turns"] == 1 and "[photo attached]" in agent.transcript("photo")[0][1]
+        state = agent.graph.get_state(agent._config("photo")).values
+        assert state["photo"] is None  # the photo belongs to its message; the next turn does not search by it
+        assert "not a JPEG" in agent.ask("photo", "what is this?", photo=b"%PDF-1.4 not an image").reply
+        client = TestClient(create_app(agent))
+        body = {"thread_id": "api-photo", "message": "find things like this", "photo": base64.b64encode(small.read_bytes()).decode()}
+        response = client.post("/chat", json=body)
+        assert response.status_code == 200 and response.json()["items"][0]["item_id"] == "0412"
+        assert client.post("/chat", json={**body, "photo": "not base64!"}).status_code == 400
+
+
 def test_words_search_the_text_space_only_when_the_image_model_has_no_text_tower(example):
     run, _ = example
     searcher = Searcher.open(run)

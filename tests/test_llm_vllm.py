@@ -31,15 +31,23 @@ def chat_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tools(tmp_path_factory):
-    from agent.tools import AgentContext, bind_tools
+def ctx(tmp_path_factory):
+    from agent.tools import AgentContext
 
-    return bind_tools(AgentContext.open(agent_run(tmp_path_factory)))
+    return AgentContext.open(agent_run(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def tools(ctx):
+    from agent.model_tools import bound_tools
+
+    return bound_tools(ctx)
 
 
 @pytest.mark.vllm
-def test_a_required_tool_call_returns_a_known_tool_whose_args_validate_and_run(chat_url, tools):
+def test_a_required_tool_call_returns_a_known_tool_whose_args_validate_and_run(chat_url, tools, ctx):
     from agent.llm import connect, plan
+    from agent.tools import run_tool
 
     by_name = {t.name: t for t in tools}
     llm = connect(chat_url, timeout_s=300)
@@ -48,7 +56,7 @@ def test_a_required_tool_call_returns_a_known_tool_whose_args_validate_and_run(c
     for call in calls:
         tool = by_name[call["name"]]
         tool.args_schema.model_validate(call["args"])
-        result = tool.invoke(call["args"])  # the arguments are usable as they are
+        result = run_tool(ctx, call["name"], call["args"])  # the arguments are usable as they are
         assert isinstance(result, dict) and "items" in result, result  # (a tool may still report, e.g., an unknown title)
 
 

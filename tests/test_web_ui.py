@@ -68,7 +68,10 @@ def test_chat_page_shows_replies_and_item_cards(page_url, browser):
     page.wait_for_function("document.querySelectorAll('#cards .card').length >= 3", timeout=60_000)
     first_ids = page.locator("#cards .card").evaluate_all("els => els.map(e => e.dataset.itemId)")
     assert "1" not in first_ids and "2" not in first_ids  # never the liked items themselves
-    assert "Star Wars (1977) [id 1]" in page.locator("#chat").inner_text()
+    chat = page.locator("#chat").inner_text()
+    assert "Star Wars (1977) [id 1]" in chat
+    assert "Tool call: recommend" in chat  # each tool call is shown as a step of the turn
+    assert "Rule-based fallback" in chat  # and the reply says which path answered
 
     send(page, "something funnier")
     page.wait_for_function(

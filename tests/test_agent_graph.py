@@ -1,0 +1,201 @@
+"""The agent graph's nodes, each alone: plain functions of (state, deps), tested without a model server
+and without the graph around them. The whole graph is specified in test_agent.py (rule path) and
+test_agent_vllm.py (the chat model plans).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from agent_catalog import agent_run
+from agent.graph import (AgentSettings, Deps, after_plan, after_tools, guard, plan, release_checked, remember, reply,
+                         rules_step)
+from agent.model_tools import ANSWER, answer_tool, known_args
+from agent.prompts import PLANNER_SYSTEM, compact_result, memory_text, planner_messages
+from agent.tools import AgentContext, recommend
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> AgentContext:
+    return AgentContext.open(agent_run(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def deps(ctx) -> Deps:
+    return Deps(ctx, None, AgentSettings(k=4))
+
+
+def turn(message: str, **memory) -> dict:
+    return {"messages": [HumanMessage(message)], **memory}
+
+
+def tool_message(result: dict, name: str = "recommend", status: str = "success") -> ToolMessage:
+    return ToolMessage(json.dumps(result), tool_call_id="c1", name=name, status=status)
+
+
+# ----------------------------------------------------------------------------- what the model sees
+
+
+def test_model_facing_schemas_carry_no_examples_no_image_path_and_no_room_for_copied_lists(deps, ctx):
+    schemas = {t.name: convert_to_openai_tool(t)["function"] for t in [*deps.tools, answer_tool()]}
+    assert set(schemas) == {"search_items", "recommend", "item_details", "explain", "user_history", ANSWER}
+    text = json.dumps(schemas)
+    assert "e.g." not in text and '("' not in text and "path" not in text  # nothing a small model would copy
+    search = schemas["search_items"]["parameters"]["properties"]
+    assert "image" not in search and search["by_photo"]["type"] == "boolean"  # the photo comes from the state
+    genres = schemas["recommend"]["parameters"]["properties"]["genres"]
+    assert "enum" not in json.dumps(genres)  # the 0.5B copied a whole enum of genres into every call
+    assert '"maxItems": 3' in json.dumps(genres)  # and no user asks for more than three at once
+    assert schemas["user_history"]["parameters"]["properties"]["user_id"]["pattern"] == "^[0-9]{1,12}$"
+    assert "k" not in schemas["recommend"]["parameters"]["properties"]  # list length is the agent's setting
+    assert schemas[ANSWER]["parameters"].get("properties", {}) == {}
+
+
+def test_arguments_outside_a_schema_are_dropped_and_named(deps):
+    tool = next(t for t in deps.tools if t.name == "recommend")
+    args, dropped = known_args(tool, {"liked": ["Alien"], "image": "/etc/passwd", "k": 500})
+    assert args == {"liked": ["Alien"]} and sorted(dropped) == ["image", "k"]
+
+
+def test_the_planner_prompt_keeps_fixed_text_first_and_memory_last(deps, ctx):
+    state = turn("why the second one?", history=["1", "2"], excluded=["9"],
+                 preferences={"genres": ["Comedy"], "avoid_genres": ["Horror"]},
+                 candidates=[ctx.card("4"), ctx.card("6")])
+    messages = planner_messages(state, ctx)
+    assert messages[0].content == PLANNER_SYSTEM  # the same every turn: vLLM's prefix cache reuses it
+    memory = messages[-2].content
+    assert "Star Wars (1977) [id 1]" in memory and "Fargo (1996)" in memory and "no Horror" in memory
+    assert "2. Galaxy Quest (1999) [id 6]" in memory
+    assert messages[-1].content == "why the second one?"
+    assert memory_text({}, ctx) == "The conversation remembers nothing yet."
+
+
+def test_tool_results_reach_the_model_as_compact_text(ctx):
+    result = recommend(ctx, liked=["Star Wars", "Zorblax 3000"], k=3)
+    text = compact_result(result)
+    assert "liked: Star Wars (1977) [id 1]" in text and "Zorblax 3000" in text
+    assert text.count("\n") <= 6 and "{" not in text
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def test_without_a_chat_model_the_rule_planner_plans_and_says_why(deps):
+    update = plan(turn("I loved Star Wars and Alien"), deps)
+    assert update["planner"] == "rules" and update["llm_note"] == "no language model is configured"
+    call = update["messages"][-1].tool_calls[0]
+    assert call["name"] == "recommend" and call["args"]["liked"] == ["Star Wars", "Alien"]
+    assert update["calls"] == [{"name": "recommend", "args": call["args"], "by": "rules", "valid": True}]
+
+
+def test_an_unreadable_message_is_answered_directly(deps):
+    assert "empty" in plan(turn("   "), deps)["direct"]
+
+
+def test_an_attached_photo_makes_the_rule_planner_search_by_it(deps):
+    update = rules_step(turn("what is this?", photo="aGVsbG8="), deps, "what is this?")
+    assert [c["name"] for c in update["messages"][-1].tool_calls] == ["search_items"]
+    assert update["messages"][-1].tool_calls[0]["args"] == {"by_photo": True}
+
+
+def test_after_plan_runs_tools_only_when_the_step_called_some():
+    assert after_plan({"messages": [AIMessage("", tool_calls=[{"name": "x", "args": {}, "id": "1"}])]}) == "tools"
+    assert after_plan({"messages": [HumanMessage("thanks")]}) == "reply"
+
+
+def test_a_failed_model_call_gets_exactly_one_more_planning_step(deps):
+    failed = {"planner": "model", "steps": 1, "messages": [tool_message({"tool": "recommend", "items": []}, status="error")]}
+    assert after_tools(failed, deps) == "plan"
+    assert after_tools({**failed, "retries": 1}, deps) == "reply"  # retried once already
+    assert after_tools({**failed, "planner": "rules"}, deps) == "reply"  # rules never re-plan
+    ok = {**failed, "messages": [tool_message({"tool": "recommend", "items": [{"item_id": "1"}]})]}
+    assert after_tools(ok, deps) == "reply"
+    always = Deps(deps.ctx, None, AgentSettings(replan="always", max_steps=2), deps.tools)
+    assert after_tools(ok, always) == "plan" and after_tools({**ok, "steps": 2}, always) == "reply"
+
+
+# ----------------------------------------------------------------------------- tools with memory
+
+
+def test_recommend_keeps_memory_the_model_did_not_repeat(deps, ctx):
+    """The bound tool adds the remembered likes and exclusions and leaves out the items shown last."""
+    from langgraph.graph import END, START, StateGraph
+
+    from agent.graph import tools_node
+    from agent.state import AgentState
+
+    graph = StateGraph(AgentState)
+    graph.add_node("tools", tools_node(deps))
+    graph.add_edge(START, "tools")
+    graph.add_edge("tools", END)
+    call = {"name": "recommend", "args": {"exclude": ["Empire Strikes Back", "Casablanca"], "liked": ["Heat", "Fargo"],
+                                          "genres": ["Sci-Fi"]}, "id": "c1"}
+    state = {"messages": [HumanMessage("I loved Heat but have seen The Empire Strikes Back"), AIMessage("", tool_calls=[call])],
+             "history": ["1"], "excluded": ["3"], "candidates": [ctx.card("13")]}
+    result = json.loads(graph.compile().invoke(state)["messages"][-1].content)
+    ids = {c["item_id"] for c in result["items"]}
+    assert [c["item_id"] for c in result["liked"]] == ["1", "10"]  # remembered like, and the new one the user wrote
+    assert {c["item_id"] for c in result["seen"]} == {"3", "21"}  # remembered and new exclusions
+    assert not ids & {"1", "3", "21", "13"} and len(ids) == 4  # nor the item shown last
+    assert result["ignored"] == ["Fargo", "Casablanca"]  # titles the model wrote that no message named
+
+
+def test_a_title_both_liked_and_excluded_is_excluded_and_a_copied_avoid_list_is_dropped(ctx):
+    from agent.model_tools import schemas
+
+    args = schemas(ctx)["recommend"].model_validate(
+        {"liked": ["Star Wars", "Empire Strikes Back"], "exclude": ["empire strikes back"],
+         "genres": ["Comedy"], "avoid_genres": ["Comedy", "Horror"]})
+    assert args.liked == ["Star Wars"] and args.exclude == ["empire strikes back"] and args.avoid_genres == ["Horror"]
+
+
+def test_titles_written_with_an_id_resolve_by_the_pair_and_a_wrong_id_loses_to_the_title(ctx):
+    assert ctx.titles.find("Alien (1979) [id 2]") == "2"
+    assert ctx.titles.find("Empire Strikes Back (1980) [id 194]") == "21"  # no such id: the title decides
+    assert ctx.titles.find("Fargo (1996) [id 2]") == "9"  # a real id of another item: the title decides
+
+
+# ----------------------------------------------------------------------------- reply, guard, remember
+
+
+def test_streamed_sentences_are_released_only_while_grounded(ctx):
+    sent: list[str] = []
+    text = release_checked(["Try Spaceballs (1987) [id 4]. ", "Or The Godfather", " (1972). And more."],
+                           {"4"}, ctx, sent.append)
+    assert sent == ["Try Spaceballs (1987) [id 4]."]  # the sentence naming an ungrounded item is held back
+    assert text.endswith("And more.")
+
+
+def test_the_reply_without_a_model_is_the_deterministic_one(deps, ctx):
+    result = recommend(ctx, liked=["Alien"], k=2)
+    state = {"messages": [HumanMessage("I loved Alien"), AIMessage("", tool_calls=[{"name": "recommend", "args": {}, "id": "c1"}]),
+                          tool_message(result)], "planner": "rules"}
+    draft = reply(state, deps)["draft"]
+    assert draft["source"] == "rules" and "Alien (1979) [id 2]" in draft["text"] and len(draft["cards"]) == 2
+
+
+def test_the_guard_replaces_a_model_reply_that_names_an_item_no_tool_returned(deps, ctx):
+    result = recommend(ctx, liked=["Alien"], k=2)
+    state = {"messages": [HumanMessage("I loved Alien"), tool_message(result)], "planner": "model",
+             "draft": {"text": "You will love The Godfather (1972).", "fallback": "Here are my picks.", "source": "model",
+                       "cards": result["items"]}}
+    out = guard(state, deps)
+    message = out["messages"][-1]
+    assert message.content.startswith("Here are my picks.") and message.additional_kwargs["source"] == "rules"
+    assert out["guard_violations"] and message.additional_kwargs["planner"] == "model"
+
+
+def test_remember_records_likes_exclusions_the_request_and_the_items_shown(deps, ctx):
+    result = recommend(ctx, liked=["Alien"], genres=["Comedy"], k=2)
+    result["seen"] = [{"item_id": "9", "title": "Fargo (1996)"}]
+    shown = AIMessage("picks", additional_kwargs={"items": result["items"]})
+    state = {"messages": [HumanMessage("x"), tool_message(result), shown], "planner": "model", "history": ["1"]}
+    memory = remember(state, deps)
+    assert memory["history"] == ["1", "2"] and memory["excluded"] == ["9"]
+    assert memory["preferences"] == {"genres": ["Comedy"]}
+    assert [c["item_id"] for c in memory["candidates"]] == [c["item_id"] for c in result["items"]]
+    assert memory["photo"] is None  # a photo belongs to the message it came with
