@@ -75,12 +75,17 @@ class Checkpoints:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         position = EpochPosition(**state["position"]) if state["position"] else None
+        if position is not None and not self.processes.main:  # the sums saved are over every process: rank 0 carries them
+            position = EpochPosition(step=position.step, seconds=position.seconds)
         return Resumed(meta["epoch"], position, state["rng_state"], state["progress"])
 
     def save(self, model, optimizer, scheduler, epoch: int, position: EpochPosition | None, rng_state: Any,
              progress: dict, stage: str) -> None:
         """Write the state after `epoch` epochs (and `position.step` steps of the next one)."""
         processes = self.processes
+        if position is not None:  # an epoch's running sums over every process
+            sums = processes.sum([position.loss_sum, position.target_tokens, position.examples, position.padded_tokens])
+            position = EpochPosition(position.step, sums[0], int(sums[1]), int(sums[2]), int(sums[3]), position.seconds)
         if processes.sharded:  # every process writes its shards; rank 0 the rest below
             staging = self.folder.with_name(f".{self.folder.name}.engine")
             processes.accelerator.save_state(str(staging))

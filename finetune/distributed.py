@@ -166,6 +166,30 @@ def digest(rows) -> str:
     return h.hexdigest()
 
 
+def check_settings(config: DistributedConfig, world: int) -> None:
+    """Fail in one line, naming the setting, when `world` processes cannot train with `config` here."""
+    cuda = torch.cuda.is_available()
+    backend = config.backend or ("nccl" if cuda else "gloo")
+    if world > 1 and not torch.distributed.is_available():
+        raise GenrecError("train.distributed: this torch build has no torch.distributed; train in one process")
+    if world > 1 and not torch.distributed.is_backend_available(backend):
+        raise GenrecError(
+            f"train.distributed.backend {backend}: not available in this torch build "
+            f"(use {'nccl' if cuda else 'gloo'}{'' if cuda else ' on a CPU'}, or leave it unset)"
+        )
+    if config.strategy != "ddp" and not cuda:
+        raise GenrecError(
+            f"train.distributed.strategy {config.strategy}: accelerate runs FSDP and DeepSpeed on GPUs only; "
+            "use ddp on a CPU"
+        )
+    if config.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise GenrecError("train.distributed.strategy deepspeed: the deepspeed package is not installed "
+                              "(pip install deepspeed, on a CUDA machine)") from None
+
+
 def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
     """Join the training processes a launcher started (or be the only one): the accelerator with the
     strategy and backend of `config`. Settings that cannot work here fail in one line naming them."""
@@ -175,36 +199,20 @@ def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
     from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = world > 1
+    check_settings(config, world)
     cuda = torch.cuda.is_available()
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     backend = config.backend or ("nccl" if cuda else "gloo")
-    if launched and not torch.distributed.is_available():
-        raise GenrecError("train.distributed: this torch build has no torch.distributed; train in one process")
-    if launched and not torch.distributed.is_backend_available(backend):
-        raise GenrecError(
-            f"train.distributed.backend {backend}: not available in this torch build "
-            f"(use {'nccl' if cuda else 'gloo'}{'' if cuda else ' on a CPU'}, or leave it unset)"
-        )
     plugins: dict[str, Any] = {}
-    if config.strategy != "ddp":
-        if not cuda:
-            raise GenrecError(
-                f"train.distributed.strategy {config.strategy}: accelerate runs FSDP and DeepSpeed on GPUs only; "
-                "use ddp on a CPU"
-            )
-        if config.strategy == "fsdp":
-            from accelerate.utils import FullyShardedDataParallelPlugin
+    if config.strategy == "fsdp":
+        from accelerate.utils import FullyShardedDataParallelPlugin
 
-            plugins["fsdp_plugin"] = FullyShardedDataParallelPlugin(**config.fsdp)
-        else:
-            try:
-                import deepspeed  # noqa: F401
-            except ImportError:
-                raise GenrecError("train.distributed.strategy deepspeed: the deepspeed package is not installed "
-                                  "(pip install deepspeed, on a CUDA machine)") from None
-            from accelerate.utils import DeepSpeedPlugin
+        plugins["fsdp_plugin"] = FullyShardedDataParallelPlugin(**config.fsdp)
+    elif config.strategy == "deepspeed":
+        from accelerate.utils import DeepSpeedPlugin
 
-            plugins["deepspeed_plugin"] = DeepSpeedPlugin(**{"gradient_clipping": 1.0, **config.deepspeed})
+        plugins["deepspeed_plugin"] = DeepSpeedPlugin(**{"gradient_clipping": 1.0, **config.deepspeed})
     # One accelerator per process: a second `train` in the same Python process (tests) starts afresh.
     AcceleratorState._reset_state(reset_partial_state=False)
     try:

@@ -61,7 +61,8 @@ def launch_training(run: Path, processes: int, args: list[str], max_restarts: in
     os.environ[ERROR_DIR_ENV] = str(errors)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"genrec-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free port max_restarts=max_restarts,
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free port
+        max_restarts=max_restarts,
         monitor_interval=1.0, start_method="spawn",
     )
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is ours to give
