@@ -50,26 +50,15 @@ def machine() -> dict:
 
 def small_run(root: Path, users: int, pretrain_epochs: int, epochs: int) -> Path:
     """ML-100K's first `users` users, rkmeans IDs of genres and years, the default model, no dense model."""
-    from test_finetune import genre_year_vectors
+    from test_finetune import ml100k_run
 
-    from genrec.config import DataConfig, RunConfig, SemanticIdConfig
-    from genrec.run import init_run
-    from retrieval.catalog import Catalog, save_catalog
-    from retrieval.datasets import load_dataset
-    from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
+    from genrec.config import RunConfig
 
     config = RunConfig(name="bench-scale")
     t = config.train
     t.pretrain_epochs, t.epochs, t.pretrain_val_epochs, t.val_users = pretrain_epochs, epochs, 1, 50
     config.dense.model = "none"
-    paths = init_run(root, config)
-    catalog = load_dataset(DataConfig(dataset="ml-100k"))
-    keep = sorted(catalog.interactions["user_id"].unique())[:users]
-    catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(keep)])
-    save_catalog(catalog, paths)
-    sid = SemanticIdConfig(method="rkmeans", source="content", levels=2, codebook_size=16)
-    save_semantic_ids(build_semantic_ids(catalog, sid, genre_year_vectors(catalog.items), progress=False), paths)
-    return root
+    return ml100k_run(root, config, users)
 
 
 def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:

@@ -86,20 +86,24 @@ def length_batches(data: Sequence[Tokenised], max_tokens: int, rng: random.Rando
     Lengths are jittered before sorting so batches differ between epochs; batch order is shuffled.
     """
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids) + rng.random() * 8)
-    batches: list[list[int]] = []
+    batches = pack(order, data, max_tokens)
+    rng.shuffle(batches)
+    return batches
+
+
+def pack(order: Sequence[int], data: Sequence[Tokenised], max_tokens: int) -> list[list[int]]:
+    """`order` cut into consecutive groups of at most `max_tokens` padded tokens (at least one example a group)."""
+    groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
     for i in order:
         n = len(data[i].input_ids)
         if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            batches.append(current)
+            groups.append(current)
             current, longest = [], 0
         current.append(i)
         longest = max(longest, n)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+    return groups + ([current] if current else [])
 
 
 def collate(rows: Sequence[Tokenised], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -122,21 +126,11 @@ def targets(row: Tokenised) -> int:
 
 
 def micro_batches(rows: Sequence[int], data: Sequence[Tokenised], max_tokens: int | None) -> list[list[int]]:
-    """`rows` (similar lengths) cut into consecutive groups of at most `max_tokens` padded tokens each
-    (at least one row a group); None keeps them together."""
+    """`rows` (similar lengths) cut into forward passes of at most `max_tokens` padded tokens each;
+    None keeps them together."""
     if max_tokens is None:
         return [list(rows)] if rows else []
-    groups: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in rows:
-        n = len(data[i].input_ids)
-        if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            groups.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, n)
-    return groups + ([current] if current else [])
+    return pack(rows, data, max_tokens)
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_finetune import genre_year_vectors, tiny_config  # noqa: E402
+from test_finetune import ml100k_run, tiny_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_TOLERANCE = 1e-3  # relative, 1 against 2 processes, dropout off
@@ -40,24 +40,10 @@ def genrec(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def scale_run(tmp_path_factory) -> Path:
     """40 users of ML-100K, rkmeans semantic IDs of genres and years, the tiny model without dropout,
     2 pre-training and 2 LoRA epochs (so the models rank items apart), no dense model."""
-    from genrec.config import DataConfig, SemanticIdConfig
-    from genrec.run import init_run
-    from retrieval.catalog import Catalog, save_catalog
-    from retrieval.datasets import load_dataset
-    from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
-
     config = tiny_config()
     config.train.dropout, config.train.pretrain_epochs, config.train.epochs = 0.0, 2, 2
     config.dense.model = "none"
-    root = tmp_path_factory.mktemp("scale") / "run"
-    paths = init_run(root, config)
-    catalog = load_dataset(DataConfig(dataset="ml-100k"))
-    users = sorted(catalog.interactions["user_id"].unique())[:40]
-    catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(users)])
-    save_catalog(catalog, paths)
-    sid_config = SemanticIdConfig(method="rkmeans", source="content", levels=2, codebook_size=16)
-    save_semantic_ids(build_semantic_ids(catalog, sid_config, genre_year_vectors(catalog.items), progress=False), paths)
-    return root
+    return ml100k_run(tmp_path_factory.mktemp("scale") / "run", config)
 
 
 def copy_run(run: Path, name: str) -> Path:
