@@ -64,7 +64,9 @@ def small_run(root: Path, users: int, pretrain_epochs: int, epochs: int) -> Path
 def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:
     """`genrec train` in a fresh process (with the code in `source`); wall seconds and the report."""
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_WAIT_POLICY": "PASSIVE"}
-    args = [sys.executable, "-m", "app", "train", "--run", str(run)] + (["--processes", str(processes)] if processes > 1 else [])
+    # (not `-m app`: the code before this change has no app/__main__.py)
+    args = [sys.executable, "-c", "from app.cli import main; main()", "train", "--run", str(run)]
+    args += ["--processes", str(processes)] if processes > 1 else []
     started = time.perf_counter()
     done = subprocess.run(args, cwd=source, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -280,11 +282,12 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "scale.json"
-    figures = json.loads(path.read_text()) if path.exists() else {}
     for part in args.only or ["training", "encoding", "index"]:
-        figures[part] = {**globals()[part](args), "machine": machine()}
+        measured = {**globals()[part](args), "machine": machine()}
+        figures = json.loads(path.read_text()) if path.exists() else {}  # read late: parts may run side by side
+        figures[part] = measured
         path.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+        print(json.dumps(measured, indent=2))
 
 
 if __name__ == "__main__":
