@@ -83,6 +83,23 @@ def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:
             "valid_ndcg10": [e.get("valid_ndcg@10") for e in pre] + [e["valid_ndcg@10"] for e in lora]}
 
 
+NEW_SETTINGS = {"encoder": ["processes"], "train": ["micro_batch_tokens", "checkpoint_steps", "distributed"],
+                "serve": ["tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_num_seqs",
+                          "devices", "chat_tensor_parallel_size", "chat_gpu_memory_utilization", "chat_devices",
+                          "chat_extra_args"]}
+
+
+def older_config(path: Path) -> None:
+    """Drop the settings this change added (at their defaults here), which the code before it refuses."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    for section, keys in NEW_SETTINGS.items():
+        for key in keys:
+            config[section].pop(key, None)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def top10_agreement(a: Path, b: Path, users: int = 50) -> dict:
     from test_scale import fixed_prompts, same_within_ties, top10
 
@@ -105,6 +122,8 @@ def training(args) -> dict:
                 name = f"{processes}-{'before' if source != ROOT else 'now'}"
                 run = Path(tmp) / f"{name}-{repeat}"
                 shutil.copytree(base, run)
+                if source != ROOT:
+                    older_config(run / "config.yaml")
                 result = train_in(run, processes, source)
                 result["code"] = "before" if source != ROOT else "now"
                 out["runs"].append(result)
