@@ -67,9 +67,13 @@ def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:
     # (not `-m app`: the code before this change has no app/__main__.py)
     args = [sys.executable, "-c", "from app.cli import main; main()", "train", "--run", str(run)]
     args += ["--processes", str(processes)] if processes > 1 else []
-    started = time.perf_counter()
+    import resource
+
+    started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(args, cwd=source, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the processes it waited for included
+    cpu_s = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"training with {processes} process(es) failed:\n{done.stderr[-3000:]}")
     report = json.loads((run / "model" / "train_report.json").read_text())
@@ -77,7 +81,7 @@ def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:
     lora = [e for e in report["epochs"] if e["loss"] is not None]
     tokens = sum(e["tokens_per_s"] * e["seconds"] for e in pre) + report["tokens_per_s"] * report["train_seconds"]
     seconds = sum(e["seconds"] for e in pre) + report["train_seconds"]
-    return {"processes": processes, "wall_s": round(wall, 1), "train_s": round(seconds, 1),
+    return {"processes": processes, "wall_s": round(wall, 1), "cpu_s": round(cpu_s, 1), "train_s": round(seconds, 1),
             "tokens_per_s": round(tokens / seconds, 1), "load_average_1min": round(os.getloadavg()[0], 2),
             "losses": [e["loss"] for e in pre] + [e["loss"] for e in lora],
             "valid_ndcg10": [e.get("valid_ndcg@10") for e in pre] + [e["valid_ndcg@10"] for e in lora]}
