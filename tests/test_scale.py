@@ -127,6 +127,35 @@ def test_two_process_model_ranks_a_fixed_prompt_set_like_the_one_process_model(o
         assert same_within_ties(ours, theirs), (ours[:10], theirs[:10])
 
 
+def test_micro_batches_accumulate_to_the_step_of_one_pass(scale_run):
+    """Gradient accumulation (`train.micro_batch_tokens`) changes memory, not the step."""
+    import random
+
+    import torch
+
+    from finetune.loop import cosine_schedule, tokenise, train_epoch
+    from finetune.models import build_scratch_model
+    from finetune.sid_tokens import codebook_sizes
+    from finetune.tasks import corpus_texts, next_item_examples
+    from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
+    from finetune.train import load_run_data
+
+    data = load_run_data(scale_run)
+    tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), 400)
+    add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
+    users = dict(list(data.split.train.items())[:10])
+    examples = tokenise(tokenizer, next_item_examples(tokenizer, users, data.codes, 20, random.Random(0)), 128)
+    runs = []
+    for micro in (None, 300):  # batches of up to 1024 padded tokens, in passes of at most 300
+        model = build_scratch_model(data.config.train, tokenizer)  # seeded: the same weights twice
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        stats = train_epoch(model, examples, optimizer, cosine_schedule(optimizer, 100, warmup=1), tokenizer.pad_token_id,
+                            1024, random.Random(0), False, "t", progress=False, micro_tokens=micro)
+        runs.append((stats.loss, [p.detach().clone() for p in model.parameters()]))
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+
+
 def test_only_rank_zero_writes(two_processes):
     from genrec.run import RunPaths
 
