@@ -13,6 +13,7 @@ import sys
 import typer
 
 from app import demo as demo_command
+from finetune.launch import report_error
 from genrec.errors import GenrecError
 from genrec.memory import keep_freed_memory, limit_onednn_cache
 from agent import commands as agent_commands
@@ -57,7 +58,8 @@ def main() -> None:
     try:
         app()
     except GenrecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not report_error(str(exc)):  # a process of `genrec train --processes N`: its launcher prints it once
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ Heavy libraries are imported inside the bodies so `genrec --help` stays fast.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -31,14 +32,42 @@ def train(
     dense_only: bool = typer.Option(
         False, "--dense-only", help="Keep RUN/model; train only the dense model and choose the fusion (RUN/dense, RUN/ranking.json)."
     ),
+    processes: Optional[int] = typer.Option(
+        None, "--processes", min=1,
+        help="Training processes on this machine, each on its share of every batch (default: train.distributed.processes, 1).",
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Go on from the last checkpoint of an interrupted run (RUN/checkpoints), or start over.",
+    ),
 ) -> None:
     """Train the served ranking: the generative recommender (LoRA; a scratch base is pre-trained first,
-    best checkpoint in RUN/model), then the dense model (RUN/dense) and their fusion, chosen on validation (RUN/ranking.json)."""
+    best checkpoint in RUN/model), then the dense model (RUN/dense) and their fusion, chosen on validation (RUN/ranking.json).
+
+    With --processes N (or under torchrun / accelerate launch) the generative model trains in N processes
+    (DDP: GPUs when present, else CPU processes over gloo); the dense model and the fusion train in rank 0."""
     _quiet_threads()
+    from finetune.launch import launch_training, launched
     from finetune.train import train as run_training
     from finetune.train import train_ranking
+    from genrec.run import open_run
 
     if dense_only:
         train_ranking(run)
-    else:
-        run_training(run, base=base, epochs=epochs, pretrain_epochs=pretrain_epochs)
+        return
+    paths, config = open_run(run)
+    wanted = processes if processes is not None else config.train.distributed.processes
+    if wanted > 1 and not launched():
+        from finetune.distributed import check_settings
+        from finetune.loop import check_world
+
+        check_settings(config.train.distributed, wanted)  # here, before N processes start, to fail in one line at once
+        check_world(config.train, config.train.tokens_per_batch, wanted)
+        if not resume:
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)  # restarted processes must resume, so not passed on
+        args = ["--run", str(run)]
+        for flag, value in (("--base", base), ("--epochs", epochs), ("--pretrain-epochs", pretrain_epochs)):
+            if value is not None:
+                args += [flag, str(value)]
+        launch_training(paths.root, wanted, args, config.train.distributed.max_restarts)
+        return
+    run_training(run, base=base, epochs=epochs, pretrain_epochs=pretrain_epochs, resume=resume)

@@ -18,7 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.decoding.beam import autocast
+from finetune.distributed import Processes
 from finetune.tasks import Example
+from genrec.config import TrainConfig
+from genrec.errors import GenrecError
 
 IGNORE = -100
 LOGITS_BYTES = 2**28  # float32 logits of one batch stay under 256 MiB (x ~4 with bf16 copies and grads)
@@ -31,6 +34,30 @@ def token_budget(tokens_per_batch: int, vocab_size: int) -> int:
     and several copies of them exist during the backward pass.
     """
     return max(256, min(tokens_per_batch, LOGITS_BYTES // (4 * vocab_size)))
+
+
+def batch_budgets(config: TrainConfig, vocab_size: int) -> tuple[int, int | None]:
+    """The global batch (padded tokens per optimizer step, over all processes) and the micro-batch
+    (padded tokens per forward pass; None: a process's whole share in one pass).
+
+    Without micro-batches a process may hold the whole global batch in one pass (when it runs alone),
+    so the global batch is capped as a pass is (`token_budget`), the same for any number of processes.
+    """
+    if config.micro_batch_tokens is None:
+        return token_budget(config.tokens_per_batch, vocab_size), None
+    return config.tokens_per_batch, token_budget(config.micro_batch_tokens, vocab_size)
+
+
+def check_world(config: TrainConfig, global_tokens: int, world: int) -> None:
+    """Fail in one line when a global batch cannot give every process an example of the longest length."""
+    if world > 1 and global_tokens < world * config.max_length:
+        capped = " (capped for this vocabulary's logits; set train.micro_batch_tokens to lift the cap)" \
+            if global_tokens < config.tokens_per_batch else ""
+        raise GenrecError(
+            f"train.tokens_per_batch {global_tokens}{capped}: a batch of {config.max_length}-token examples "
+            f"holds {global_tokens // config.max_length}, fewer than the {world} processes "
+            f"(train.distributed.processes); raise it to at least {world * config.max_length} or use fewer processes"
+        )
 
 
 @dataclass
@@ -59,24 +86,28 @@ def length_batches(data: Sequence[Tokenised], max_tokens: int, rng: random.Rando
     Lengths are jittered before sorting so batches differ between epochs; batch order is shuffled.
     """
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids) + rng.random() * 8)
-    batches: list[list[int]] = []
+    batches = pack(order, data, max_tokens)
+    rng.shuffle(batches)
+    return batches
+
+
+def pack(order: Sequence[int], data: Sequence[Tokenised], max_tokens: int) -> list[list[int]]:
+    """`order` cut into consecutive groups of at most `max_tokens` padded tokens (at least one example a group)."""
+    groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
     for i in order:
         n = len(data[i].input_ids)
         if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            batches.append(current)
+            groups.append(current)
             current, longest = [], 0
         current.append(i)
         longest = max(longest, n)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+    return groups + ([current] if current else [])
 
 
-def collate(rows: Sequence[Tokenised], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for training."""
+def collate(rows: Sequence[Tokenised], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-padded tensors for training, on `device`."""
     length = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
@@ -85,7 +116,21 @@ def collate(rows: Sequence[Tokenised], pad_id: int) -> dict[str, torch.Tensor]:
         ids[j, : len(r.input_ids)] = torch.tensor(r.input_ids)
         labels[j, : len(r.labels)] = torch.tensor(r.labels)
         mask[j, : len(r.input_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return batch if str(device) == "cpu" else {k: v.to(device) for k, v in batch.items()}
+
+
+def targets(row: Tokenised) -> int:
+    """Tokens of `row` the loss is computed on (a label is predicted from the token before it)."""
+    return sum(1 for label in row.labels[1:] if label != IGNORE)
+
+
+def micro_batches(rows: Sequence[int], data: Sequence[Tokenised], max_tokens: int | None) -> list[list[int]]:
+    """`rows` (similar lengths) cut into forward passes of at most `max_tokens` padded tokens each;
+    None keeps them together."""
+    if max_tokens is None:
+        return [list(rows)] if rows else []
+    return pack(rows, data, max_tokens)
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -102,12 +147,24 @@ def cosine_schedule(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_
 
 @dataclass
 class EpochStats:
-    """What one pass over the data did."""
+    """What one pass over the data did (summed over the processes)."""
 
     loss: float
     examples: int
     tokens: int
     seconds: float
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch got: optimizer steps done and this process's running sums, to resume it."""
+
+    step: int = 0
+    loss_sum: float = 0.0  # loss x target tokens
+    target_tokens: int = 0
+    examples: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
 
 
 def train_epoch(
@@ -124,30 +181,64 @@ def train_epoch(
     clip: float = 1.0,
     params: Sequence[torch.nn.Parameter] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    processes: Processes | None = None,
+    micro_tokens: int | None = None,
+    start: EpochPosition | None = None,
+    on_step: Callable[[EpochPosition, int], None] | None = None,
 ) -> EpochStats:
-    """One pass over `data` in length-grouped batches; the loss is averaged over target tokens."""
+    """One pass over `data` in length-grouped global batches of at most `max_tokens` padded tokens.
+
+    Every process draws the same batches from `rng` and trains on its share of each (`Processes.share`),
+    in micro-batches of at most `micro_tokens` padded tokens (gradient accumulation). Each micro-batch's
+    mean loss is weighted by its share of the global batch's target tokens (times the number of
+    processes, whose gradients are averaged), so a step's gradient is that of the loss averaged over
+    the global batch's target tokens, whatever the number of processes or micro-batches. A process whose
+    share is empty (a last batch smaller than the world) runs one example at weight 0 to keep in step.
+    `start` resumes an epoch after its first `start.step` steps (same `rng` state as then); `on_step`
+    is called after each step with the position and the number of steps of the epoch.
+    """
+    processes = processes or Processes()
     model.train()
     params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     batches = length_batches(data, max_tokens, rng)
-    total_loss, total_tokens, seen, padded = 0.0, 0, 0, 0
-    start = time.perf_counter()
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
-    for batch in bar:
-        inputs = collate([data[i] for i in batch], pad_id)
-        with autocast(bf16):
-            out = model(**inputs)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
+    position = EpochPosition(**vars(start)) if start is not None else EpochPosition()
+    device = processes.device
+    began = time.perf_counter() - position.seconds
+    bar = tqdm(total=len(batches), initial=position.step, desc=desc, unit="batch",
+               disable=not (progress and processes.main), leave=False)
+    for step in range(position.step, len(batches)):
+        batch = batches[step]
+        global_targets = sum(targets(data[i]) for i in batch)
+        groups = micro_batches(processes.share(batch), data, micro_tokens)
+        idle = not groups
+        for j, rows in enumerate(groups or [[batch[0]]]):
+            inputs = collate([data[i] for i in rows], pad_id, device)
+            n = int((inputs["labels"][:, 1:] != IGNORE).sum())
+            with processes.no_sync(model, skip=j < len(groups) - 1):
+                with autocast(bf16, device.type):
+                    out = model(**inputs)
+                # exactly 1.0 for one process and one micro-batch: the loss as it always was
+                weight = 0.0 if idle else (n * processes.world) / max(global_targets, 1)
+                processes.backward(out.loss * weight)
+            if not idle:
+                position.loss_sum += float(out.loss.detach()) * n
+                position.target_tokens += n
+                position.examples += len(rows)
+                position.padded_tokens += int(inputs["attention_mask"].sum())
+        processes.clip(params, clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        n = int((inputs["labels"][:, 1:] != IGNORE).sum())
-        total_loss += float(out.loss.detach()) * n
-        total_tokens += n
-        seen += len(batch)
-        padded += int(inputs["attention_mask"].sum())
-        bar.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.4f}")
+        position.step = step + 1
+        position.seconds = time.perf_counter() - began
+        bar.update(1)
+        bar.set_postfix(loss=f"{position.loss_sum / max(position.target_tokens, 1):.4f}")
+        if on_step is not None:
+            on_step(position, len(batches))
         if should_stop is not None and should_stop():
             break
     bar.close()
-    return EpochStats(total_loss / max(total_tokens, 1), seen, padded, time.perf_counter() - start)
+    loss_sum, target_tokens, examples, padded = processes.sum(
+        [position.loss_sum, position.target_tokens, position.examples, position.padded_tokens]
+    )
+    return EpochStats(loss_sum / max(target_tokens, 1), int(examples), int(padded), time.perf_counter() - began)

@@ -74,7 +74,7 @@ def train_rows(model, rows: Sequence[int]) -> None:
         mask = torch.zeros(weight.shape[0], 1)
         mask[list(rows)] = 1.0
         weight.requires_grad_(True)
-        weight.register_hook(lambda grad, mask=mask: grad * mask)
+        weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))  # a no-op move on a CPU
 
 
 def base_state_dict(peft_model) -> dict[str, torch.Tensor]:

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
+from finetune.checkpoint import Checkpoints
+from finetune.distributed import Processes, digest
+from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
 from finetune.tasks import Example
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import TrainConfig
@@ -56,6 +58,8 @@ def pretrain(
     progress: bool = True,
     console: Console | None = None,
     validate: Callable[[], float] | None = None,
+    processes: Processes | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
     """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
 
@@ -63,31 +67,52 @@ def pretrain(
     `config.pretrain_val_start` on (early epochs, still warming up, are not worth the time it takes
     to score them); training stops once `config.pretrain_patience` scored epochs in a row bring no
     gain, and the best scored epoch's weights are kept. `pretrain_epochs` is the upper bound.
+    With several `processes`, each trains on its share of every batch and rank 0 alone validates.
+    `checkpoints` resumes a stopped run and saves after every epoch.
     """
     console = console or Console(stderr=True)
+    processes = processes or Processes()
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     first = tokenise(tokenizer, make_examples(0), config.max_length, loss_on_prompt=True)
-    budget = token_budget(config.tokens_per_batch, len(tokenizer))
+    budget, micro = batch_budgets(config, len(tokenizer))
+    check_world(config, budget, processes.world)
     steps_per_epoch = len(length_batches(first, budget, random.Random(0)))
     scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, warmup=min(200, steps_per_epoch))
-    history = []
-    for epoch in range(config.pretrain_epochs):
+    trained, optimizer = processes.prepare(model, optimizer)
+    history: list[dict] = []
+    best = None
+    begin, position = 0, None
+    resumed = checkpoints.load(trained, optimizer, scheduler) if checkpoints is not None else None
+    if resumed is not None:
+        begin, position, history, best = resumed.epoch, resumed.position, resumed.progress["history"], resumed.progress["best"]
+        rng.setstate(resumed.rng_state)
+        console.print(f"resuming pre-training from {checkpoints.describe()}")
+    for epoch in range(begin, config.pretrain_epochs):
         data = first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
+        processes.check_same(digest(data), f"pre-training examples (epoch {epoch + 1})")
+        epoch_rng = rng.getstate()
+        on_step = None if checkpoints is None else checkpoints.on_step(
+            trained, optimizer, scheduler, epoch, epoch_rng, lambda: {"history": history, "best": best}, "pretrain")
         stats = train_epoch(
-            model, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
-            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress,
+            trained, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
+            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress and processes.main,
+            processes=processes, micro_tokens=micro, start=position, on_step=on_step,
         )
+        position = None
         record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
                   "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}
         scored = validate is not None and (epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs)
         if scored:
-            record["valid_ndcg@10"] = validate()
+            record["valid_ndcg@10"] = processes.broadcast(validate() if processes.main else None)
             if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
-                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.train()
+                best = {k: v.detach().cpu().clone() for k, v in processes.unwrap(trained).state_dict().items()}
+            trained.train()
         history.append(record)
-        if progress:
+        if checkpoints is not None:
+            checkpoints.save(trained, optimizer, scheduler, epoch + 1, None, rng.getstate(),
+                             {"history": history, "best": best}, "pretrain")
+        if progress and processes.main:
             console.print(
                 f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
                 f"{stats.tokens / stats.seconds:.0f} tokens/s"
@@ -101,7 +126,9 @@ def pretrain(
         best_record = max((h for h in history if "valid_ndcg@10" in h), key=lambda h: h["valid_ndcg@10"])
         best_epoch = best_record["epoch"]
         model.load_state_dict(best)
-        console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
+        if processes.main:
+            console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
+    processes.release()
     model.eval()
     stats = {"history": history, "seconds": sum(h["seconds"] for h in history), "best_epoch": best_epoch}
     if validate is not None and history:

@@ -14,6 +14,8 @@ Reads top to bottom like a training script:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,13 +24,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from finetune.checkpoint import Checkpoints
 from finetune.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
 from finetune.decoding.prompts import HistoryPrompt
 from finetune.decoding.trie import SidTrie
 from finetune.dense import fit as fit_dense
 from finetune.dense import load_dense
 from finetune.dense.build import build as build_dense
-from finetune.loop import cosine_schedule, length_batches, token_budget, tokenise, train_epoch
+from finetune.distributed import Processes, digest, start_processes
+from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
@@ -62,6 +66,7 @@ class TrainReport:
     model_dir: str = ""
     dense: dict = field(default_factory=dict)  # the dense model's training (epochs, best validation, minutes)
     fusion: dict = field(default_factory=dict)  # the fusion chosen on validation (RUN/ranking.json)
+    processes: int = 1  # training processes (each on its share of every batch)
 
 
 @dataclass
@@ -111,9 +116,12 @@ def example_maker(data: RunData, tokenizer, config: TrainConfig):
     return make
 
 
-def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, progress: bool, console: Console):
+def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, progress: bool, console: Console,
+                 processes: Processes | None = None, resume: bool = True):
     """Model and tokenizer with SID tokens, and the pre-training stats (a scratch model is pre-trained,
-    keeping its best epoch on validation, or loaded from its cache)."""
+    keeping its best epoch on validation, or loaded from its cache). With several processes, rank 0
+    trains the tokenizer and writes the cache; every process then loads the same cached model."""
+    processes = processes or Processes()
     sizes = codebook_sizes(data.codes.values())
     resolved = resolve_base(base)
     if resolved != SCRATCH:
@@ -121,23 +129,40 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
         add_sid_tokens(tokenizer, sizes)
         resize_for_tokenizer(model, tokenizer)
         return model, tokenizer, {"seconds": 0.0, "history": []}
+    if processes.sharded:
+        raise GenrecError(
+            f"train.distributed.strategy {config.distributed.strategy}: shards a large pretrained base (train.base); "
+            "the scratch model trains with ddp"
+        )
     cache = data.paths.root / "pretrain"
     expected = fingerprint(config, data.data_hash)
     cached = load_cached(cache, expected)
     if cached is not None:
         console.print(f"using the pre-trained scratch model cached in {cache}")
         return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
-    tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
+    # one tokenizer for every process: rank 0's, sent to the others
+    tokenizer = processes.broadcast(train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
+                                    if processes.main else None)
     add_sid_tokens(tokenizer, sizes)
     model = build_scratch_model(config, tokenizer)
     console.print(
         f"pre-training a scratch model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
+        + (f" in {processes.world} processes" if processes.world > 1 else "")
     )
     probe = generator(model, tokenizer, data, config, bf16)
+    checkpoints = Checkpoints(data.paths.checkpoints / "pretrain", expected, processes, config.checkpoint_steps)
+    if not resume:
+        checkpoints.clear()
     stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console,
-                     validate=lambda: validation_score(probe, data, config.val_users, config.seed))
-    save_pretrained_cache(model, tokenizer, cache, expected, stats)
+                     validate=lambda: validation_score(probe, data, config.val_users, config.seed),
+                     processes=processes, checkpoints=checkpoints)
+    if processes.main:
+        save_pretrained_cache(model, tokenizer, cache, expected, stats)
+    processes.wait()
+    checkpoints.clear()
+    # every process goes on from the saved model: the same weights and tokenizer as a later run that finds the cache
+    model, tokenizer = load_cached(cache, expected)
     return model, tokenizer, stats
 
 
@@ -204,6 +229,16 @@ def train_ranking(run: str | Path, progress: bool = True, console: Console | Non
     return stats, choose_fusion(data, progress, console)
 
 
+# settings that do not change what LoRA training computes: a checkpoint made under others still resumes
+RESUME_IGNORES = {"distributed", "checkpoint_steps", "micro_batch_tokens", "max_minutes"}
+
+
+def lora_fingerprint(config: TrainConfig, data_hash: str) -> str:
+    """Hash of the settings and data a LoRA checkpoint belongs to."""
+    settings = config.model_dump(mode="json", exclude=RESUME_IGNORES)
+    return hashlib.sha256(json.dumps([settings, data_hash], sort_keys=True).encode()).hexdigest()
+
+
 def train(
     run: str | Path,
     base: str | None = None,
@@ -211,9 +246,14 @@ def train(
     pretrain_epochs: int | None = None,
     progress: bool = True,
     console: Console | None = None,
-) -> TrainReport:
-    """Fine-tune a base model with LoRA on the run's SFT tasks and export the best checkpoint to `RUN/model/`."""
-    console = console or Console(stderr=True)
+    resume: bool = True,
+) -> TrainReport | None:
+    """Fine-tune a base model with LoRA on the run's SFT tasks and export the best checkpoint to `RUN/model/`.
+
+    In a process started by a launcher (`genrec train --processes N`, torchrun, accelerate launch),
+    trains as one of them (`finetune.distributed`); rank 0 returns the report, the others None.
+    With `resume`, a stage that stopped part-way goes on from its last checkpoint (`RUN/checkpoints/`).
+    """
     data = load_run_data(run)
     config = data.config.train.model_copy()
     if base is not None:
@@ -223,6 +263,11 @@ def train(
     if pretrain_epochs is not None:
         config.pretrain_epochs = pretrain_epochs
     bf16 = bf16_supported() if config.bf16 is None else config.bf16
+    processes = start_processes(config.distributed, bf16)
+    check_world(config, config.tokens_per_batch, processes.world)  # before anything trains (the vocabulary may cap it more)
+    console = console or Console(stderr=True)
+    console.quiet = console.quiet or not processes.main  # rank 0 alone prints, draws progress bars and writes
+    progress = progress and processes.main
     depth = len(next(iter(data.codes.values())))
     # a chunk of history must fit one example with room for the prompt (~64 tokens even with a system prompt)
     fitting = max(1, (config.max_length - 64) // depth)
@@ -232,9 +277,10 @@ def train(
     torch.manual_seed(config.seed)
     started = time.perf_counter()
 
-    model, tokenizer, pretrain_stats = prepare_base(data, config.base, config, bf16, progress, console)
+    model, tokenizer, pretrain_stats = prepare_base(data, config.base, config, bf16, progress, console, processes, resume)
     pretrain_seconds = pretrain_stats["seconds"]
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
+    torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
     peft_model = attach_lora(model, config, sid_rows)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
@@ -244,10 +290,13 @@ def train(
     make_examples = example_maker(data, tokenizer, config)
     rng = random.Random(config.seed)
     first = tokenise(tokenizer, make_examples(100), config.max_length)
-    budget = token_budget(config.tokens_per_batch, len(tokenizer))
+    budget, micro = batch_budgets(config, len(tokenizer))
+    check_world(config, budget, processes.world)
     steps = len(length_batches(first, budget, random.Random(0))) * config.epochs
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
+    trained, optimizer = processes.prepare(peft_model, optimizer)
+    trainable = [p for p in trained.parameters() if p.requires_grad]  # FSDP / DeepSpeed hand back their own
     meta = {
         "base": config.base,
         "max_history": config.max_history,
@@ -267,58 +316,95 @@ def train(
         best_valid_ndcg10=-1.0,
         model_dir=str(data.paths.model),
         pretrain_epochs=pretrain_stats.get("history", []),
+        processes=processes.world,
     )
     console.print(
         f"LoRA fine-tuning {config.base}: {report.trainable_parameters / 1e6:.2f}M trainable of "
         f"{report.parameters / 1e6:.1f}M, {config.epochs} epochs, validation on "
         f"{min(config.val_users or len(data.split.valid), len(data.split.valid))} users"
+        + (f", {processes.world} processes ({config.distributed.strategy})" if processes.world > 1 else "")
     )
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
-    examples_seen, tokens_seen = 0, 0
+    seen = {"examples": 0, "tokens": 0}
 
     def checkpoint(epoch: int, loss: float | None, seconds: float, known: float | None = None) -> None:
         """Validate; export if this is the best model so far (epoch 0: the base before LoRA, LoRA at identity).
 
         `known`: the score of this very model measured moments ago (pre-training's kept epoch; LoRA
-        starts at identity), so it is not scored twice."""
+        starts at identity), so it is not scored twice. Rank 0 validates and exports; every process
+        records the same score."""
         t0 = time.perf_counter()
+        full = processes.full_model(trained)
         if known is not None:
             score = known
-        else:
-            merged = replace(genrec, model=merged_copy(peft_model))
+        elif processes.main:
+            merged = replace(genrec, model=merged_copy(full))
             score = validation_score(merged, data, config.val_users, config.seed)
             del merged
+        score = processes.broadcast(score if processes.main else None)
         report.epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score,
                               "train_seconds": seconds, "valid_seconds": time.perf_counter() - t0})
         improved = score > report.best_valid_ndcg10
         if improved:
             report.best_epoch, report.best_valid_ndcg10 = epoch, score
-            export_model(peft_model, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
+            if processes.main:
+                export_model(full, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
+        processes.wait()
         console.print(
             f"epoch {epoch}: " + (f"loss {loss:.4f}, " if loss is not None else "before LoRA, ")
             + f"valid NDCG@10 {score:.4f}"
             + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
         )
 
-    checkpoint(0, None, 0.0, pretrain_stats.get("best_valid_ndcg@10"))  # a usable model exists from here on, whatever happens to the LoRA epochs
-    for epoch in range(1, config.epochs + 1):
+    def record() -> dict:
+        return {"report": asdict(report), "seen": dict(seen)}
+
+    checkpoints = Checkpoints(data.paths.checkpoints / "lora", lora_fingerprint(config, data.data_hash), processes,
+                              config.checkpoint_steps)
+    if not resume:
+        checkpoints.clear()
+    resumed = checkpoints.load(trained, optimizer, scheduler)
+    begin, position = 1, None
+    if resumed is not None:
+        begin, position = resumed.epoch + 1, resumed.position
+        rng.setstate(resumed.rng_state)
+        saved = resumed.progress["report"]
+        report.epochs, report.best_epoch, report.best_valid_ndcg10 = saved["epochs"], saved["best_epoch"], saved["best_valid_ndcg10"]
+        report.train_seconds, seen = saved["train_seconds"], resumed.progress["seen"]
+        console.print(f"resuming LoRA fine-tuning from {checkpoints.describe()}")
+    else:
+        # a usable model exists from here on, whatever happens to the LoRA epochs
+        checkpoint(0, None, 0.0, pretrain_stats.get("best_valid_ndcg@10"))
+    for epoch in range(begin, config.epochs + 1):
         data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
+        processes.check_same(digest(data_epoch), f"LoRA examples (epoch {epoch})")
+        epoch_rng = rng.getstate()
         stats = train_epoch(
-            peft_model, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
+            trained, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
             desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
+            processes=processes, micro_tokens=micro, start=position,
+            on_step=checkpoints.on_step(trained, optimizer, scheduler, epoch - 1, epoch_rng, record, "lora"),
         )
+        position = None
         report.train_seconds += stats.seconds
-        examples_seen += stats.examples
-        tokens_seen += stats.tokens
+        seen["examples"] += stats.examples
+        seen["tokens"] += stats.tokens
         checkpoint(epoch, stats.loss, stats.seconds)
+        checkpoints.save(trained, optimizer, scheduler, epoch, None, rng.getstate(), record(), "lora")
         if epoch - report.best_epoch >= config.patience:
             console.print(f"stopping after LoRA epoch {epoch}: no validation gain in {config.patience} epoch(s)")
             break
-        if deadline is not None and time.perf_counter() > deadline:
+        out_of_time = processes.broadcast(deadline is not None and time.perf_counter() > deadline)
+        if out_of_time:
             console.print(f"[yellow]stopping after epoch {epoch}: train.max_minutes={config.max_minutes} reached")
             break
-    report.examples_per_s = examples_seen / report.train_seconds if report.train_seconds else 0.0
-    report.tokens_per_s = tokens_seen / report.train_seconds if report.train_seconds else 0.0
+    checkpoints.clear()
+    processes.release()
+    processes.finish()
+    if not processes.main:
+        return None
+    report.examples_per_s = seen["examples"] / report.train_seconds if report.train_seconds else 0.0
+    report.tokens_per_s = seen["tokens"] / report.train_seconds if report.train_seconds else 0.0
     write_json(data.paths.model / "train_report.json", asdict(report))
     report.dense, fusion = train_ranking(run, progress, console)
     report.fusion = fusion.to_json() if fusion is not None else {}

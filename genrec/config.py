@@ -40,6 +40,9 @@ class EncoderConfig(Section):
     image_model: str | None = "dinov2-s"
     batch_size: int = 64
     device: str = "cpu"
+    # text encoding in this many processes (sentence-transformers' multi-process pool); 1 encodes in
+    # this process. Pays off on large catalogs (bench/results/scale.json `encoding`)
+    processes: int = Field(1, ge=1)
     # weight of the centred image vector beside the text vector, in semantic IDs and more-like-this
     # (chosen on validation: README, "Your own catalog with images")
     image_weight: float = Field(1.0, ge=0)
@@ -95,6 +98,23 @@ class SemanticIdConfig(Section):
 VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
+class DistributedConfig(Section):
+    """Training in several processes: `genrec train --processes N`, `torchrun` or `accelerate launch`.
+
+    Every process builds the same examples and draws the same global batches; each trains on its
+    share of every batch, and the gradients are averaged (accelerate: DDP, FSDP or DeepSpeed).
+    """
+
+    processes: int = Field(1, ge=1)  # processes `genrec train` starts on this machine (--processes)
+    # ddp: a full model copy per process; fsdp / deepspeed shard a large pretrained base for LoRA (GPUs only)
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    backend: str | None = None  # torch.distributed backend; None: nccl with CUDA, gloo on CPU
+    timeout_minutes: float = Field(60.0, gt=0)  # how long processes wait for each other (rank 0 validates alone)
+    max_restarts: int = Field(0, ge=0)  # restarts of all processes after one dies (each resumes from the last checkpoint)
+    fsdp: dict = {}  # arguments of accelerate's FullyShardedDataParallelPlugin
+    deepspeed: dict = {}  # arguments of accelerate's DeepSpeedPlugin (zero_stage, hf_ds_config, ...)
+
+
 class TrainConfig(Section):
     """Base model, pre-training (scratch models) and LoRA fine-tuning."""
 
@@ -119,7 +139,14 @@ class TrainConfig(Section):
     epochs: int = 3  # LoRA epochs, upper bound
     patience: int = Field(1, ge=1)  # LoRA epochs without a validation gain before training stops
     lr: float = 1e-3
-    tokens_per_batch: int = 8192  # padded tokens per optimizer step (batches group similar lengths)
+    # padded tokens per optimizer step, summed over processes (batches group similar lengths)
+    tokens_per_batch: int = 8192
+    # split each process's share of a batch into forward passes of at most this many padded tokens
+    # (gradient accumulation); None: one pass per process and step
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    # also save a resumable checkpoint every N optimizer steps (None: at the end of each epoch only)
+    checkpoint_steps: int | None = Field(None, ge=1)
+    distributed: DistributedConfig = DistributedConfig()
     max_history: int = 112  # items of history in one prompt / training chunk: what fits max_length 512 with 4-token IDs
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
     template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
@@ -165,7 +192,14 @@ class ServeConfig(Section):
     # float32 keeps vLLM's scores equal to Hugging Face's (vLLM's "auto" turns float32 models into bfloat16 on CPU)
     dtype: str = "float32"
     startup_timeout_s: float = 300.0
-    extra_args: list[str] = []
+    # Parallelism and memory of the recommender server, passed to vLLM as its flags of the same names
+    # (the defaults add no flag: one process, as on a CPU). README, "Several GPUs".
+    tensor_parallel_size: int = Field(1, ge=1)  # GPUs each layer is sharded over
+    pipeline_parallel_size: int = Field(1, ge=1)  # GPUs (or nodes) the layers are split over, in stages
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # share of each GPU vLLM takes (None: vLLM's 0.9)
+    max_num_seqs: int | None = Field(None, ge=1)  # sequences in one engine step (None: vLLM's default)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the recommender server, e.g. "0,1" (None: inherited)
+    extra_args: list[str] = []  # any other vLLM flags, appended last (so they win)
     # The model that picks tools and writes chat replies, on a second server: "qwen2.5-coder-1.5b"
     # (Qwen2.5-Coder-1.5B-Instruct from its packaged GGUF), "qwen2.5-coder-0.5b" (faster, weaker:
     # for tests), "smollm2-135m", or a Hugging Face folder. "base": the run's own base model;
@@ -174,6 +208,10 @@ class ServeConfig(Section):
     chat_port: int = 8001
     chat_kv_cache_gib: int = 1
     chat_max_model_len: int = 4096  # the planner's prompt alone (tool schemas, memory, conversation) fills 2,048
+    chat_tensor_parallel_size: int = Field(1, ge=1)
+    chat_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    chat_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the chat server, e.g. "2,3"
+    chat_extra_args: list[str] = []
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
 
 

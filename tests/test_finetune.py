@@ -49,24 +49,29 @@ def genre_year_vectors(items) -> np.ndarray:
     return x
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A run directory: MovieLens-100K items, 40 users' interactions, semantic IDs, a tiny-model config."""
+def ml100k_run(root: Path, config: RunConfig, users: int = N_USERS) -> Path:
+    """A run directory: MovieLens-100K items, the first `users` users' interactions, rkmeans semantic
+    IDs of genres and years, `config`."""
     from genrec.config import DataConfig, SemanticIdConfig
     from genrec.run import init_run
     from retrieval.catalog import Catalog, save_catalog
     from retrieval.datasets import load_dataset
     from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
 
-    root = tmp_path_factory.mktemp("finetune") / "run"
-    paths = init_run(root, tiny_config())
+    paths = init_run(root, config)
     catalog = load_dataset(DataConfig(dataset="ml-100k"))
-    users = sorted(catalog.interactions["user_id"].unique())[:N_USERS]
-    catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(users)])
+    keep = sorted(catalog.interactions["user_id"].unique())[:users]
+    catalog = Catalog(catalog.items, catalog.interactions[catalog.interactions["user_id"].isin(keep)])
     save_catalog(catalog, paths)
     sid_config = SemanticIdConfig(method="rkmeans", source="content", levels=2, codebook_size=16)
     save_semantic_ids(build_semantic_ids(catalog, sid_config, genre_year_vectors(catalog.items), progress=False), paths)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory: MovieLens-100K items, 40 users' interactions, semantic IDs, a tiny-model config."""
+    return ml100k_run(tmp_path_factory.mktemp("finetune") / "run", tiny_config())
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from finetune.decoding.trie import Removed, SidTrie
 NEG_INF = float("-inf")
 
 
-def autocast(enabled: bool):
-    """bf16 autocast on CPUs that have bf16 units (AMX/AVX512-BF16), else a no-op context."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def autocast(enabled: bool, device_type: str = "cpu"):
+    """bf16 autocast on `device_type` (CPUs with bf16 units, CUDA GPUs), else a no-op context."""
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _trie_mask(logp: torch.Tensor, prefixes, trie: SidTrie, removed, beams: int) -> torch.Tensor:
@@ -41,13 +41,13 @@ def _trie_mask(logp: torch.Tensor, prefixes, trie: SidTrie, removed, beams: int)
 def _tree_mask(prompt_mask: torch.Tensor, ancestors: torch.Tensor, kv_length: int, boolean: bool, dtype) -> torch.Tensor:
     """(batch, 1, beams, kv_length) mask: each beam's new token sees the prompt and its ancestors."""
     batch, beams, _ = ancestors.shape
-    allowed = torch.zeros(batch, beams, kv_length, dtype=torch.bool)
+    allowed = torch.zeros(batch, beams, kv_length, dtype=torch.bool, device=prompt_mask.device)
     allowed[:, :, : prompt_mask.shape[1]] = prompt_mask[:, None, :].bool()
     allowed.scatter_(2, ancestors, True)
     allowed = allowed[:, None]
     if boolean:
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _encode_prompt(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -85,15 +85,17 @@ def beam_search(
     batch, prompt_length = input_ids.shape
     removed = list(removed) if removed is not None else [None] * batch
     boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-    with autocast(bf16):
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    with autocast(bf16, device.type):
         out = _encode_prompt(model, input_ids, attention_mask)
     cache = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (batch * beams, vocab)
     vocab = logp.shape[-1]
     beams = 1
     prefixes: list[tuple[int, ...] | None] = [()] * batch  # codes so far per beam; None = dead beam
-    scores = torch.zeros(batch, 1)
-    ancestors = torch.zeros(batch, 1, 0, dtype=torch.long)  # cache positions of each beam's tokens
+    scores = torch.zeros(batch, 1, device=device)
+    ancestors = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)  # cache positions of each beam's tokens
     for step in range(trie.depth):
         masked = (logp + _trie_mask(logp, prefixes, trie, removed, beams)).view(batch, beams, vocab)
         total = (scores.unsqueeze(-1) + masked).view(batch, beams * vocab)
@@ -101,7 +103,7 @@ def beam_search(
         scores, top_index = total.topk(width, dim=-1)
         source = torch.div(top_index, vocab, rounding_mode="floor")  # (batch, width) beam each comes from
         tokens = top_index % vocab
-        rows = (torch.arange(batch).unsqueeze(-1) * beams + source).view(-1).tolist()
+        rows = (torch.arange(batch, device=device).unsqueeze(-1) * beams + source).view(-1).tolist()
         prefixes = [
             None if prefixes[row] is None or score == NEG_INF else prefixes[row] + (trie.code_of_token(token)[1],)
             for row, token, score in zip(rows, tokens.view(-1).tolist(), scores.view(-1).tolist())
@@ -112,11 +114,11 @@ def beam_search(
         # this step's tokens go to the end of each request's cache row, one slot per beam
         kv_length = prompt_length + (step + 1) * width
         inherited = ancestors.gather(1, source.unsqueeze(-1).expand(-1, -1, ancestors.shape[2]))
-        own = torch.arange(kv_length - width, kv_length).expand(batch, width).unsqueeze(-1)
+        own = torch.arange(kv_length - width, kv_length, device=device).expand(batch, width).unsqueeze(-1)
         ancestors = torch.cat([inherited, own], dim=2)
         mask = _tree_mask(attention_mask, ancestors, kv_length, boolean_mask, torch.float32)
-        positions = torch.full((batch, width), prompt_length + step, dtype=torch.long)
-        with autocast(bf16):
+        positions = torch.full((batch, width), prompt_length + step, dtype=torch.long, device=device)
+        with autocast(bf16, device.type):
             out = model(
                 input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
             )

@@ -25,7 +25,9 @@ META_FILE = "genrec.json"
 
 
 def bf16_supported() -> bool:
-    """True on CPUs whose bf16 matrix units make autocast worthwhile (AVX512-BF16 / AMX)."""
+    """True on CUDA GPUs with bf16, and on CPUs whose bf16 matrix units make autocast worthwhile (AVX512-BF16 / AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
