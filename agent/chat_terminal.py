@@ -25,8 +25,18 @@ def run_script(agent: Agent, thread: str, stdin: IO[bytes], stdout: IO[str], as_
     for raw in stdin:
         answer = agent.ask(thread, raw.rstrip(b"\r\n"))
         if as_json:
-            stdout.write(json.dumps({"reply": answer.reply, "items": answer.public_items(), "source": answer.source,
-                                     "planner": answer.planner}, ensure_ascii=False) + "\n")
+            stdout.write(
+                json.dumps(
+                    {
+                        "reply": answer.reply,
+                        "items": answer.public_items(),
+                        "source": answer.source,
+                        "planner": answer.planner,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         else:
             stdout.write(one_line(answer) + "\n")
         stdout.flush()
@@ -41,8 +51,11 @@ def print_answer(console: Any, answer: AgentReply) -> None:
     console.print("[bold green]genrec:[/]")
     for call in answer.calls:
         if call.get("name") != "answer":
-            console.print(f"[dim]  tool {call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())}) "
-                          f"chosen by {'the chat model' if call.get('by') == 'model' else 'the rules'}[/]", highlight=False)
+            console.print(
+                f"[dim]  tool {call['name']}({', '.join(f'{k}={v!r}' for k, v in call['args'].items())}) "
+                f"chosen by {'the chat model' if call.get('by') == 'model' else 'the rules'}[/]",
+                highlight=False,
+            )
     console.print(answer.reply, markup=False, highlight=False)
     if answer.items:
         table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -63,8 +76,10 @@ def run_interactive(agent: Agent, thread: str) -> None:
     memory = agent.memory(thread)
     if memory["turns"]:
         liked = ", ".join(h["title"] for h in memory["history"]) or "nothing yet"
-        console.print(f"[dim]resuming conversation {thread!r}: {memory['turns']} turns; you liked {liked}; "
-                      f"preferences {memory['preferences'] or 'none'}[/]")
+        console.print(
+            f"[dim]resuming conversation {thread!r}: {memory['turns']} turns; you liked {liked}; "
+            f"preferences {memory['preferences'] or 'none'}[/]"
+        )
         for role, text in agent.transcript(thread)[-4:]:
             console.print(f"[dim]{role}: {text[:300]}[/]", markup=True, highlight=False)
     else:
@@ -94,9 +109,18 @@ def run_interactive(agent: Agent, thread: str) -> None:
                 elif event["event"] == "reply":
                     answer = event
         if answer is not None:
-            print_answer(console, AgentReply(answer["reply"], answer["items"], thread, answer.get("source", "rules"),
-                                             answer.get("planner", "rules"), answer.get("note", ""),
-                                             answer.get("calls", [])))
+            print_answer(
+                console,
+                AgentReply(
+                    answer["reply"],
+                    answer["items"],
+                    thread,
+                    answer.get("source", "rules"),
+                    answer.get("planner", "rules"),
+                    answer.get("note", ""),
+                    answer.get("calls", []),
+                ),
+            )
 
 
 def run_chat(agent: Agent, thread: str, as_json: bool = False) -> None:
@@ -110,8 +134,9 @@ def run_chat(agent: Agent, thread: str, as_json: bool = False) -> None:
 DEMO_MESSAGES = ("I loved Star Wars and Alien", "something funnier", "why that one?")
 
 
-def demo_conversation(agent: Agent, thread: str = "demo", messages: tuple[str, ...] = DEMO_MESSAGES,
-                      console: Any = None) -> list[AgentReply]:
+def demo_conversation(
+    agent: Agent, thread: str = "demo", messages: tuple[str, ...] = DEMO_MESSAGES, console: Any = None
+) -> list[AgentReply]:
     """The scripted chat `genrec demo` ends with: each message, then the reply and a table of its items."""
     from rich.console import Console
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -19,8 +19,10 @@ DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-API_KEY_HELP = ("Clients must send this key (several: comma-separated); also the model servers' key. "
-                "Required to bind an address other than localhost.")
+API_KEY_HELP = (
+    "Clients must send this key (several: comma-separated); also the model servers' key. "
+    "Required to bind an address other than localhost."
+)
 
 
 def split_keys(api_key: str | None) -> list[str]:
@@ -29,8 +31,15 @@ def split_keys(api_key: str | None) -> list[str]:
 
 
 @contextmanager
-def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait: bool = False,
-                 chat_url: str | None = None, api_key: str | None = None) -> Iterator[None]:
+def model_server(
+    run: Path,
+    llm_url: str | None,
+    start: bool,
+    console: Any,
+    wait: bool = False,
+    chat_url: str | None = None,
+    api_key: str | None = None,
+) -> Iterator[None]:
     """Make sure the run's model servers answer, at `llm_url` (the recommender) and `chat_url` (the
     chat model, when it is a separate server), if they can be started; stop the ones we started.
 
@@ -40,9 +49,9 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
     import threading
     from urllib.parse import urlparse
 
-    from serving.server import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
+    from serving.server import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
 
     if not llm_url or not start:
         yield
@@ -62,8 +71,10 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
         try:
             spec = make_spec(parsed.port)
         except GenrecError as exc:
-            console.print(f"[yellow]nothing answers at {url} and no model server can be started there ({exc}); "
-                          "replies come from retrieval alone[/]")
+            console.print(
+                f"[yellow]nothing answers at {url} and no model server can be started there ({exc}); "
+                "replies come from retrieval alone[/]"
+            )
             continue
         if spec is None:
             continue
@@ -71,8 +82,10 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
         server = VllmServer(spec, config.serve.startup_timeout_s)
         server.start()
         servers.append(server)
-        console.print(f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}); "
-                      "replies come from retrieval alone until it is ready[/]")
+        console.print(
+            f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}); "
+            "replies come from retrieval alone until it is ready[/]"
+        )
 
     def wait_ready(server: VllmServer) -> None:
         try:
@@ -98,8 +111,8 @@ def model_server(run: Path, llm_url: str | None, start: bool, console: Any, wait
 def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> str | None:
     """The chat model's URL: `chat_url` if given, else the run's (the recommender's own URL when its
     base chats, the chat server's when a separate model chats)."""
-    from serving.server import chat_url as run_chat_url
     from genrec.run import open_run
+    from serving.server import chat_url as run_chat_url
 
     if chat_url or not llm_url:
         return chat_url if llm_url else None
@@ -107,8 +120,9 @@ def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> st
     return run_chat_url(run, config.serve, llm_url)
 
 
-def open_agent(run: Path, llm_url: str | None, timeout_s: float, chat_url: str | None = None,
-               api_key: str | None = None) -> Any:
+def open_agent(
+    run: Path, llm_url: str | None, timeout_s: float, chat_url: str | None = None, api_key: str | None = None
+) -> Any:
     """The run's agent (memory in RUN/chat.sqlite); `api_key` is sent to the model servers."""
     from agent.session import Agent
 
@@ -117,16 +131,31 @@ def open_agent(run: Path, llm_url: str | None, timeout_s: float, chat_url: str |
 
 def chat(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
-    thread: str = typer.Option("default", "--thread", help="Conversation name; the same name resumes it (RUN/chat.sqlite)."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
-    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
+    thread: str = typer.Option(
+        "default", "--thread", help="Conversation name; the same name resumes it (RUN/chat.sqlite)."
+    ),
+    llm_url: str = typer.Option(
+        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
+    ),
+    chat_url: str | None = typer.Option(
+        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
+    ),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(True, "--start-server/--no-start-server",
-                                      help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
+    start_server: bool = typer.Option(
+        True,
+        "--start-server/--no-start-server",
+        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
+    ),
     as_json: bool = typer.Option(False, "--json", help="With piped input: one JSON object (reply, items) per line."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY",
-                                          help="The model servers' key (the one `genrec serve --api-key` was given)."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="GENREC_API_KEY",
+        help="The model servers' key (the one `genrec serve --api-key` was given).",
+    ),
 ) -> None:
     """Chat with the recommender in the terminal; piped input gets one reply per line."""
     from rich.console import Console
@@ -144,14 +173,23 @@ def chat(
 def ui(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     port: int = typer.Option(7860, "--port", help="Port of the web page."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
-    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
+    llm_url: str = typer.Option(
+        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
+    ),
+    chat_url: str | None = typer.Option(
+        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(True, "--start-server/--no-start-server",
-                                      help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
+    start_server: bool = typer.Option(
+        True,
+        "--start-server/--no-start-server",
+        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
+    ),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
 ) -> None:
     """A web chat page with item cards (title, attributes, image, why) at http://HOST:PORT.
     With --api-key the page asks for a key (as the password) before it opens."""
@@ -178,14 +216,23 @@ def ui(
 def api(
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     port: int = typer.Option(8080, "--port", help="Port of the HTTP API."),
-    llm_url: str = typer.Option(DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."),
-    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."),
+    llm_url: str = typer.Option(
+        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
+    ),
+    chat_url: str | None = typer.Option(
+        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(True, "--start-server/--no-start-server",
-                                      help="Start `genrec serve` for the run when nothing answers at --llm-url."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for a model request before answering without it."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
+    start_server: bool = typer.Option(
+        True,
+        "--start-server/--no-start-server",
+        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
+    ),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
 ) -> None:
     """HTTP API: POST /chat {"thread_id", "message", "photo"?} -> {"reply", "items"}; /chat/stream (SSE); OpenAPI at /docs.
     With --api-key, requests need `Authorization: Bearer KEY` and a thread is readable only with the key that started it."""

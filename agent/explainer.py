@@ -20,8 +20,10 @@ from finetune.tasks import ItemFacts, item_facts
 from serving.client import LLMError
 
 MAX_TOKENS = 70
-SYSTEM = ("You explain recommendations in one or two short sentences. Use only the facts given: "
-          "never add a year, a person, a place or a genre that is not given.")
+SYSTEM = (
+    "You explain recommendations in one or two short sentences. Use only the facts given: "
+    "never add a year, a person, a place or a genre that is not given."
+)
 
 
 def explanation_prompt(item: ItemFacts, history: Sequence[ItemFacts]) -> list[dict[str, str]]:
@@ -34,8 +36,10 @@ def explanation_prompt(item: ItemFacts, history: Sequence[ItemFacts]) -> list[di
         lines.append("The user liked: " + "; ".join(describe(h) for h in liked))
         shared = [(h, [k for k in item.kinds if k in h.kinds]) for h in liked]
         lines += [f"{item.title} shares with {h.title}: {', '.join(kinds)}" for h, kinds in shared if kinds]
-    lines.append(f"Write one sentence to the user, calling them \"you\", on why they may like {item.title}: name "
-                 "a liked title and only the genres it shares with it, as listed above.")
+    lines.append(
+        f'Write one sentence to the user, calling them "you", on why they may like {item.title}: name '
+        "a liked title and only the genres it shares with it, as listed above."
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -53,7 +57,12 @@ class ChatExplainer:
         item = self.facts[item_id]
         history = [self.facts[i] for i in liked if i in self.facts and i != item_id][-5:]
         try:
-            return explain_with(lambda messages: self.chat.reply(messages, max_tokens=self.max_tokens), item, history,
-                                self.kinds, messages=explanation_prompt)
+            return explain_with(
+                lambda messages: self.chat.reply(messages, max_tokens=self.max_tokens),
+                item,
+                history,
+                self.kinds,
+                messages=explanation_prompt,
+            )
         except LLMError:
             return Explanation(grounded_explanation(item, history), "template")

@@ -88,7 +88,7 @@ def turn_messages(messages: list[AnyMessage]) -> tuple[str, list[AnyMessage]]:
     if not messages:
         return "", []
     start = turn_start(messages)
-    return text_of(messages[start]), list(messages[start + 1:])
+    return text_of(messages[start]), list(messages[start + 1 :])
 
 
 def turn_results(messages: list[AnyMessage]) -> list[dict[str, Any]]:
@@ -151,8 +151,17 @@ def _writer() -> Any:
 
 
 def _fresh_turn() -> dict[str, Any]:
-    return {"planner": "rules", "steps": 0, "calls": [], "llm_note": "", "guard_violations": [], "draft": {},
-            "direct": None, "timing": {"plan_s": [], "plan_tokens": []}, "retries": 0}
+    return {
+        "planner": "rules",
+        "steps": 0,
+        "calls": [],
+        "llm_note": "",
+        "guard_violations": [],
+        "draft": {},
+        "direct": None,
+        "timing": {"plan_s": [], "plan_tokens": []},
+        "retries": 0,
+    }
 
 
 def _tool_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -196,8 +205,9 @@ def model_step(state: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
     timing = dict(state.get("timing") or {})
     started = time.monotonic()
     try:
-        message = deps.chat.plan(planner_messages(state, deps.ctx), [*deps.tools, answer_tool()],
-                                 max_tokens=deps.settings.plan_max_tokens)
+        message = deps.chat.plan(
+            planner_messages(state, deps.ctx), [*deps.tools, answer_tool()], max_tokens=deps.settings.plan_max_tokens
+        )
     except LLMUnavailable as exc:
         state["llm_note"] = f"the language model is unavailable ({exc})"
         return None
@@ -209,15 +219,24 @@ def model_step(state: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
     by_name = {t.name: t for t in deps.tools}
     calls, log = [], list(state.get("calls") or [])
     for bad in message.invalid_tool_calls:
-        log.append({"name": bad.get("name"), "args": bad.get("args"), "by": "model", "valid": False,
-                    "error": bad.get("error") or "arguments are not JSON"})
+        log.append(
+            {
+                "name": bad.get("name"),
+                "args": bad.get("args"),
+                "by": "model",
+                "valid": False,
+                "error": bad.get("error") or "arguments are not JSON",
+            }
+        )
     for call in message.tool_calls:
         if call["name"] == ANSWER:
             log.append({"name": ANSWER, "args": {}, "by": "model", "valid": True})
             continue
         tool = by_name.get(call["name"])
         if tool is None:  # constrained decoding names only offered tools; kept for other servers
-            log.append({"name": call["name"], "args": call["args"], "by": "model", "valid": False, "error": "unknown tool"})
+            log.append(
+                {"name": call["name"], "args": call["args"], "by": "model", "valid": False, "error": "unknown tool"}
+            )
             continue
         args, dropped = known_args(tool, dict(call["args"] or {}))
         entry = {"name": tool.name, "args": args, "by": "model", "valid": True}
@@ -225,8 +244,13 @@ def model_step(state: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
             entry["dropped"] = dropped
         log.append(entry)
         calls.append({**call, "args": args, "type": "tool_call"})
-    update: dict[str, Any] = {"planner": "model", "steps": int(state.get("steps") or 0) + 1, "calls": log,
-                              "timing": timing, "llm_note": ""}
+    update: dict[str, Any] = {
+        "planner": "model",
+        "steps": int(state.get("steps") or 0) + 1,
+        "calls": log,
+        "timing": timing,
+        "llm_note": "",
+    }
     if calls:
         update["messages"] = [AIMessage(content="", tool_calls=calls)]
     elif not any(c["name"] == ANSWER for c in message.tool_calls):
@@ -239,15 +263,22 @@ def rules_step(state: dict[str, Any], deps: Deps, message: str) -> dict[str, Any
     """The rule planner's step: its calls, or its direct answer, and the memory the message states."""
     ctx = deps.ctx
     turn = plan_turn(message, state, ctx.titles, ctx.genres, deps.settings.k)  # type: ignore[arg-type]
-    update: dict[str, Any] = {"planner": "rules", "preferences": turn.preferences, "user_id": turn.user_id,
-                              "direct": turn.direct, "steps": 1}
+    update: dict[str, Any] = {
+        "planner": "rules",
+        "preferences": turn.preferences,
+        "user_id": turn.user_id,
+        "direct": turn.direct,
+        "steps": 1,
+    }
     calls = list(turn.calls)
     if state.get("photo") and turn.direct is None:
         calls = [{"name": "search_items", "args": {"by_photo": True}}]  # a photo is a search by it
     if turn.direct is None and calls:
         made = [_tool_call(c["name"], rule_args(c, deps)) for c in calls]
-        update["calls"] = [*(state.get("calls") or []),
-                           *({"name": c["name"], "args": c["args"], "by": "rules", "valid": True} for c in made)]
+        update["calls"] = [
+            *(state.get("calls") or []),
+            *({"name": c["name"], "args": c["args"], "by": "rules", "valid": True} for c in made),
+        ]
         update["messages"] = [AIMessage(content="", tool_calls=made)]
     return update
 
@@ -302,9 +333,14 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     results = turn_results(list(state.get("messages") or []))
     if state.get("direct"):
         return {"draft": {"text": state["direct"], "fallback": state["direct"], "source": "rules", "cards": []}}
-    fallback = rules_reply(results, state.get("preferences")) if results else (
-        plan_turn(message, state, deps.ctx.titles, deps.ctx.genres).direct  # type: ignore[arg-type]
-        or "Tell me titles you liked, or describe what you are looking for.")
+    fallback = (
+        rules_reply(results, state.get("preferences"))
+        if results
+        else (
+            plan_turn(message, state, deps.ctx.titles, deps.ctx.genres).direct  # type: ignore[arg-type]
+            or "Tell me titles you liked, or describe what you are looking for."
+        )
+    )
     draft = {"text": fallback, "fallback": fallback, "source": "rules", "cards": turn_cards(results, deps.settings.k)}
     note = state.get("llm_note") or ""
     timing = dict(state.get("timing") or {})
@@ -332,21 +368,31 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
 
         try:
             write({"status": "writing the reply"})
-            text = release_checked(timed(chat.stream(reply_messages(state, deps.ctx, results),
-                                                     deps.settings.reply_max_tokens)),
-                                   allowed, deps.ctx, lambda chunk: write({"delta": chunk}))
+            text = release_checked(
+                timed(chat.stream(reply_messages(state, deps.ctx, results), deps.settings.reply_max_tokens)),
+                allowed,
+                deps.ctx,
+                lambda chunk: write({"delta": chunk}),
+            )
             if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
                 ends = [m.end() for m in _BOUNDARY.finditer(text)]
-                text = text[:ends[-1]] if ends else text
+                text = text[: ends[-1]] if ends else text
             unknown = [n for r in results for n in r.get("unknown") or []]
             if text.strip():  # a title the catalog lacks is always said, in the deterministic words
-                draft.update(text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""), source="model")
+                draft.update(
+                    text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""), source="model"
+                )
         except LLMError as exc:
             note = note or f"the language model is unavailable ({exc})"
         ended = time.monotonic()
-        timing.update(reply_s=round(ended - started, 3), reply_tokens=pieces,
-                      reply_first_s=round((first_at or ended) - started, 3),
-                      reply_tokens_per_s=round((pieces - 1) / (ended - first_at), 2) if first_at and pieces > 1 and ended > first_at else None)
+        timing.update(
+            reply_s=round(ended - started, 3),
+            reply_tokens=pieces,
+            reply_first_s=round((first_at or ended) - started, 3),
+            reply_tokens_per_s=round((pieces - 1) / (ended - first_at), 2)
+            if first_at and pieces > 1 and ended > first_at
+            else None,
+        )
     elif deps.settings.model_replies:
         note = note or f"the language model is unavailable ({chat.unavailable()})"
     return {"draft": draft, "llm_note": note, "timing": timing}
@@ -381,9 +427,20 @@ def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
         text += f"\n\n(Rule-based fallback: {note}.)"
     cards = guard_cards(draft.get("cards") or [], allowed, ctx.titles)
     source = "rules" if violations else draft.get("source", "rules")
-    return {"messages": [AIMessage(content=text, additional_kwargs={
-                "items": cards, "source": source, "planner": state.get("planner", "rules"), "note": note or ""})],
-            "guard_violations": violations}
+    return {
+        "messages": [
+            AIMessage(
+                content=text,
+                additional_kwargs={
+                    "items": cards,
+                    "source": source,
+                    "planner": state.get("planner", "rules"),
+                    "note": note or "",
+                },
+            )
+        ],
+        "guard_violations": violations,
+    }
 
 
 def remember(state: AgentState, deps: Deps) -> dict[str, Any]:
@@ -415,8 +472,9 @@ def remember(state: AgentState, deps: Deps) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the graph
 
 
-def build_graph(ctx: AgentContext, chat: ChatLLM | None = None, checkpointer: Any = None,
-                settings: AgentSettings | None = None) -> Any:
+def build_graph(
+    ctx: AgentContext, chat: ChatLLM | None = None, checkpointer: Any = None, settings: AgentSettings | None = None
+) -> Any:
     """Compile the agent graph over one run's tools; `checkpointer` (e.g. SqliteSaver) keeps threads."""
     deps = Deps(ctx, chat, settings or AgentSettings())
     graph = StateGraph(AgentState)

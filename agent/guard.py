@@ -31,10 +31,31 @@ from agent.lookup import TitleIndex, normalize_title
 
 REDACTED = "[item not in results]"
 # "[id 50]", "(id: 50)", "item #50"; "id" and the value apart ("(ID4)" in "Independence Day (ID4)" is a title's word)
-_ID_MENTION = re.compile(r"(?:\[|\()\s*id(?:\s*[:#]\s*|\s+)([^\]\)\s,;]+)\s*(?:\]|\))|\b(?:item|id)\s*(?:#|:)\s*([\w.-]+)", re.IGNORECASE)
+_ID_MENTION = re.compile(
+    r"(?:\[|\()\s*id(?:\s*[:#]\s*|\s+)([^\]\)\s,;]+)\s*(?:\]|\))|\b(?:item|id)\s*(?:#|:)\s*([\w.-]+)", re.IGNORECASE
+)
 _YEAR_PAREN = re.compile(r"\(\d{4}\)")
 _YEAR_AFTER = re.compile(r"\s*\(\d{4}\)")
-_CONNECTORS = {"of", "the", "and", "&", "a", "an", "in", "on", "to", "from", "for", "with", "at", "de", "la", "le", "du", "vs"}
+_CONNECTORS = {
+    "of",
+    "the",
+    "and",
+    "&",
+    "a",
+    "an",
+    "in",
+    "on",
+    "to",
+    "from",
+    "for",
+    "with",
+    "at",
+    "de",
+    "la",
+    "le",
+    "du",
+    "vs",
+}
 _WORD = re.compile(r"[\w'’&-]+(?:[.:!?][\w'’&-]+)*")
 _MAX_SPAN = 10
 
@@ -74,7 +95,12 @@ def tool_items(result: Any) -> list[str]:
             return []
     if not isinstance(result, dict):
         return []
-    ids = [str(c["item_id"]) for key in ("items", "liked", "history") for c in result.get(key) or [] if isinstance(c, dict) and "item_id" in c]
+    ids = [
+        str(c["item_id"])
+        for key in ("items", "liked", "history")
+        for c in result.get(key) or []
+        if isinstance(c, dict) and "item_id" in c
+    ]
     like = result.get("like")
     if isinstance(like, dict) and "item_id" in like:
         ids.append(str(like["item_id"]))
@@ -107,7 +133,9 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
     # grounded titles written out in full are fine, and so is every word inside them (the alias
     # "Bewegte Mann, Der" inside "Maybe, Maybe Not (Bewegte Mann, Der) (1994)" is another item's title)
     titled: list[tuple[int, int]] = [
-        (m.start(), m.end()) for i in allowed if i in titles.titles
+        (m.start(), m.end())
+        for i in allowed
+        if i in titles.titles
         for m in re.finditer(re.escape(titles.titles[i]), text)
     ]
     covered = -1  # words inside a title already read are not read again ("Pink Panther" in a longer title)
@@ -119,12 +147,12 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
             continue
         for j in range(min(len(words), i + _MAX_SPAN), i, -1):
             end = words[j - 1].end()
-            norm = normalize_title(text[w.start():end])
+            norm = normalize_title(text[w.start() : end])
             ids = titles.by_norm.get(norm)
             if not ids:
                 continue
             followed_by_year = _YEAR_AFTER.match(text, end) is not None
-            sentence_start = i == 0 or re.search(r"[.!?:\n]\s*$", text[:w.start()]) is not None
+            sentence_start = i == 0 or re.search(r"[.!?:\n]\s*$", text[: w.start()]) is not None
             if " " not in norm and not followed_by_year and (sentence_start or len(norm) < 4):
                 continue  # "Heat", "Seven": a title only when written like one
             if followed_by_year:
@@ -132,18 +160,18 @@ def find_violations(text: str, allowed: set[str], titles: TitleIndex) -> list[Vi
             covered = end
             titled.append((w.start(), end))
             if norm not in allowed_norms:
-                found.append(Violation(w.start(), end, text[w.start():end], ids[0]))
+                found.append(Violation(w.start(), end, text[w.start() : end], ids[0]))
             break
 
     for m in _YEAR_PAREN.finditer(text):
         start = _title_start(text, words, m.start())
         if start is None or any(a <= start < b or start <= a < m.end() for a, b in titled):
             continue
-        norm = normalize_title(text[start:m.end()])
+        norm = normalize_title(text[start : m.end()])
         if any(norm == a or norm.endswith(" " + a) for a in allowed_norms):
             continue
         ids = titles.by_norm.get(norm)
-        found.append(Violation(start, m.end(), text[start:m.end()], ids[0] if ids else None))
+        found.append(Violation(start, m.end(), text[start : m.end()], ids[0] if ids else None))
     return sorted(_dedupe(found), key=lambda v: v.start)
 
 
@@ -151,13 +179,13 @@ def _mismatched_title(text: str, mention: re.Match[str], item: str, titles: Titl
     """The title written just before `[id ITEM]`, when it is another catalog item's ("Annie Hall (1977) [id 50]"
     with 50 = Star Wars): both are grounded, but the pair names an item the tools did not say it is."""
     start = max(text.rfind("\n", 0, mention.start()), text.rfind("]", 0, mention.start())) + 1
-    chunk = text[start:mention.start()]
+    chunk = text[start : mention.start()]
     for w in _WORD.finditer(chunk):  # the longest run of words ending at the mention that is a title
-        norm = normalize_title(chunk[w.start():])
+        norm = normalize_title(chunk[w.start() :])
         ids = titles.by_norm.get(norm)
         if ids:
             if item not in ids:
-                return [Violation(start + w.start(), mention.end(), text[start + w.start():mention.end()], ids[0])]
+                return [Violation(start + w.start(), mention.end(), text[start + w.start() : mention.end()], ids[0])]
             return []
     return []
 
@@ -167,7 +195,7 @@ def _title_start(text: str, words: list[re.Match[str]], year_at: int) -> int | N
     before = [w for w in words if w.end() <= year_at]
     start = None
     for w in reversed(before):
-        gap = text[w.end():year_at if start is None else start]
+        gap = text[w.end() : year_at if start is None else start]
         if not re.fullmatch(r"[ ,:'’&-]{0,3}", gap):
             break  # a title's words are separated by spaces and light punctuation only
         token = w.group(0)
@@ -191,7 +219,9 @@ def _dedupe(violations: Sequence[Violation]) -> list[Violation]:
         if out and v.start < out[-1].end:
             last = out[-1]
             if v.end > last.end:  # overlapping mentions become one span, so redaction removes both
-                out[-1] = Violation(last.start, v.end, last.text + v.text[last.end - v.start:], last.item_id or v.item_id)
+                out[-1] = Violation(
+                    last.start, v.end, last.text + v.text[last.end - v.start :], last.item_id or v.item_id
+                )
             continue
         out.append(v)
     return out
@@ -201,7 +231,7 @@ def redact(text: str, allowed: set[str], titles: TitleIndex) -> GuardResult:
     """The text with every ungrounded item mention replaced by a marker."""
     violations = find_violations(text, allowed, titles)
     for v in reversed(violations):
-        text = text[:v.start] + REDACTED + text[v.end:]
+        text = text[: v.start] + REDACTED + text[v.end :]
     return GuardResult(text, violations)
 
 

@@ -34,11 +34,15 @@ from agent.session import MAX_PHOTO_BYTES, Agent, ThreadForbidden
 class ChatRequest(BaseModel):
     """One user message in a conversation thread."""
 
-    thread_id: str = Field("default", description="Conversation id; the same id continues the same conversation.",
-                           max_length=200)
+    thread_id: str = Field(
+        "default", description="Conversation id; the same id continues the same conversation.", max_length=200
+    )
     message: str = Field("", description="What the user said.")
-    photo: str | None = Field(None, description="A photo to search by: the bytes of a JPEG/PNG/GIF/WebP/BMP file, base64.",
-                              max_length=(MAX_PHOTO_BYTES * 4) // 3 + 8)
+    photo: str | None = Field(
+        None,
+        description="A photo to search by: the bytes of a JPEG/PNG/GIF/WebP/BMP file, base64.",
+        max_length=(MAX_PHOTO_BYTES * 4) // 3 + 8,
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,8 +101,11 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
     """A FastAPI app serving `agent`; endpoints are sync so each chat runs in the server's thread pool.
     With `api_keys`, requests must carry one of them, and a thread belongs to the key that started it."""
     keys = [k for k in api_keys if k]
-    app = FastAPI(title="genrec agent", version="0.1.0",
-                  description="Chat with the genrec recommender: every item it names comes from the catalog.")
+    app = FastAPI(
+        title="genrec agent",
+        version="0.1.0",
+        description="Chat with the genrec recommender: every item it names comes from the catalog.",
+    )
 
     def caller(request: Request) -> str | None:
         """The caller's key: checked against `keys` when the API has any."""
@@ -109,12 +116,17 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"reply": exc.reason, "items": [], "error": exc.reason},
-                            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+        return JSONResponse(
+            status_code=exc.status,
+            content={"reply": exc.reason, "items": [], "error": exc.reason},
+            headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None,
+        )
 
     def unreadable(problem: str) -> JSONResponse:
-        reply = (f"I could not read that request: {problem}. "
-                 'Send JSON like {"thread_id": "alice", "message": "I loved Star Wars"} as UTF-8.')
+        reply = (
+            f"I could not read that request: {problem}. "
+            'Send JSON like {"thread_id": "alice", "message": "I loved Star Wars"} as UTF-8.'
+        )
         return JSONResponse(status_code=400, content={"reply": reply, "items": [], "error": problem})
 
     @app.exception_handler(RequestValidationError)
@@ -145,12 +157,24 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
             answer = agent.ask(request.thread_id, request.message, photo_of(request), api_key=key)
         except ThreadForbidden as exc:
             raise Forbidden(403, str(exc)) from None
-        return ChatResponse(reply=answer.reply, items=[Item(**i) for i in answer.public_items()],
-                            thread_id=answer.thread_id, source=answer.source, planner=answer.planner)
+        return ChatResponse(
+            reply=answer.reply,
+            items=[Item(**i) for i in answer.public_items()],
+            thread_id=answer.thread_id,
+            source=answer.source,
+            planner=answer.planner,
+        )
 
-    @app.post("/chat/stream", response_class=StreamingResponse,
-              responses={200: {"content": {"text/event-stream": {}},
-                               "description": "status, tool_call, tool_result and delta events, then a reply event"}})
+    @app.post(
+        "/chat/stream",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "status, tool_call, tool_result and delta events, then a reply event",
+            }
+        },
+    )
     def chat_stream(request: ChatRequest, key: str | None = Depends(caller)) -> StreamingResponse:
         """The same as /chat as Server-Sent Events: what the agent does as it happens, the reply as it is
         written (`delta`), then the checked `reply`, which replaces the deltas."""
@@ -164,8 +188,10 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
             for event in agent.stream(request.thread_id, request.message, photo, api_key=key):
                 kind = event.pop("event")
                 if kind == "reply":
-                    event["items"] = [{"item_id": i["item_id"], "title": i["title"],
-                                       "explanation": i.get("explanation", "")} for i in event["items"]]
+                    event["items"] = [
+                        {"item_id": i["item_id"], "title": i["title"], "explanation": i.get("explanation", "")}
+                        for i in event["items"]
+                    ]
                 yield f"event: {kind}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -198,11 +198,24 @@ class ChatLLM:
     else the first model that is not the recommendation adapter (looked up once, on first use).
     """
 
-    def __init__(self, url: str, model: str | None = None, timeout_s: float = 60.0, connect_timeout_s: float = 2.0,
-                 retry_after_s: float = 30.0, api_key: str | None = None, max_tokens: int = 256):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 2.0,
+        retry_after_s: float = 30.0,
+        api_key: str | None = None,
+        max_tokens: int = 256,
+    ):
         self.url = url.rstrip("/")
         self.model = model
-        self.timeout_s, self.connect_timeout_s, self.api_key, self.max_tokens = timeout_s, connect_timeout_s, api_key, max_tokens
+        self.timeout_s, self.connect_timeout_s, self.api_key, self.max_tokens = (
+            timeout_s,
+            connect_timeout_s,
+            api_key,
+            max_tokens,
+        )
         self.breaker = Breaker(retry_after_s)
         self._llm: ChatOpenAI | None = None
         self._lock = threading.Lock()
@@ -225,12 +238,18 @@ class ChatLLM:
         with self._lock:
             if self._llm is None:
                 name = self.model or self.breaker.call(self._served_name)
-                self._llm = connect(self.url, name, self.timeout_s, self.connect_timeout_s, self.max_tokens, self.api_key)
+                self._llm = connect(
+                    self.url, name, self.timeout_s, self.connect_timeout_s, self.max_tokens, self.api_key
+                )
             return self._llm
 
     def _served_name(self) -> str:
-        client = openai.OpenAI(base_url=self.url, api_key=self.api_key or "EMPTY", max_retries=0,
-                               timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s))
+        client = openai.OpenAI(
+            base_url=self.url,
+            api_key=self.api_key or "EMPTY",
+            max_retries=0,
+            timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s),
+        )
         with _llm_errors_at(self.url):
             names = [m.id for m in client.models.list()]
         for preferred in (CHAT_MODEL, BASE_MODEL):
@@ -253,7 +272,9 @@ class ChatLLM:
             with _llm_errors(llm):
                 message = planner.invoke(list(messages))
             if not isinstance(message, AIMessage) or not (message.tool_calls or message.invalid_tool_calls):
-                raise LLMError(f"{self.url}: the model made no tool call ({str(getattr(message, 'content', ''))[:200]!r})")
+                raise LLMError(
+                    f"{self.url}: the model made no tool call ({str(getattr(message, 'content', ''))[:200]!r})"
+                )
             return message
 
         return self.breaker.call(call)

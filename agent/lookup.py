@@ -58,7 +58,7 @@ class TitleIndex:
     popularity: dict[str, int]
 
     @classmethod
-    def build(cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> "TitleIndex":
+    def build(cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> TitleIndex:
         """Index the `item_id`/`title` columns of a catalog's items."""
         by_norm: dict[str, list[str]] = defaultdict(list)
         titles: dict[str, str] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.prebuilt import ToolRuntime
@@ -63,46 +63,59 @@ def _drop_copies(args: BaseModel) -> BaseModel:
 def schemas(ctx: AgentContext) -> dict[str, type[BaseModel]]:
     """The model-facing argument schemas of the tools, for this catalog."""
     genre_fields: dict[str, Any] = {
-        "genres": (Optional[list[str]], Field(None, max_length=MAX_GENRES, description="genres the user asks for now")),
-        "avoid_genres": (Optional[list[str]], Field(None, max_length=MAX_GENRES,
-                                                    description="genres the user does not want")),
+        "genres": (list[str] | None, Field(None, max_length=MAX_GENRES, description="genres the user asks for now")),
+        "avoid_genres": (
+            list[str] | None,
+            Field(None, max_length=MAX_GENRES, description="genres the user does not want"),
+        ),
     }
     user = _user_type(ctx)
-    years: dict[str, Any] = {
-        "year_from": (Optional[int], Field(None, description="only items from this year on")),
-        "year_to": (Optional[int], Field(None, description="only items up to this year")),
-    } if ctx.has_years else {}
+    years: dict[str, Any] = (
+        {
+            "year_from": (int | None, Field(None, description="only items from this year on")),
+            "year_to": (int | None, Field(None, description="only items up to this year")),
+        }
+        if ctx.has_years
+        else {}
+    )
     search = create_model(
         "search_items",
         __doc__="Find catalog items by a description of what the user wants (a kind, a plot, a mood), "
-                "items similar to one title, or items that look like the photo the user attached.",
-        query=(Optional[str], Field(None, description="the description, in the user's words")),
-        like_item=(Optional[str], Field(None, description="a title: find items similar to it")),
+        "items similar to one title, or items that look like the photo the user attached.",
+        query=(str | None, Field(None, description="the description, in the user's words")),
+        like_item=(str | None, Field(None, description="a title: find items similar to it")),
         by_photo=(bool, Field(False, description="search by the photo attached to the user's message")),
-        **genre_fields, **years,
+        **genre_fields,
+        **years,
         __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
     )
     recommend = create_model(
         "recommend",
         __doc__="Recommend items for this user from the titles they liked, ranked by the recommender model. "
-                "Titles they liked earlier in the conversation are remembered.",
-        liked=(Optional[list[str]], Field(None, max_length=20, description="titles the user says they liked")),
-        exclude=(Optional[list[str]], Field(None, max_length=20,
-                                            description="titles the user has already seen or does not want")),
-        **genre_fields, **years,
+        "Titles they liked earlier in the conversation are remembered.",
+        liked=(list[str] | None, Field(None, max_length=20, description="titles the user says they liked")),
+        exclude=(
+            list[str] | None,
+            Field(None, max_length=20, description="titles the user has already seen or does not want"),
+        ),
+        **genre_fields,
+        **years,
         __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
     )
     details = create_model(
-        "item_details", __doc__="Look up one item: its genres, year and description.",
+        "item_details",
+        __doc__="Look up one item: its genres, year and description.",
         item=(str, Field(description="the item's title, or 'id N'")),
     )
     explain = create_model(
-        "explain", __doc__="Explain why an item suits this user, from its facts and the titles they liked.",
+        "explain",
+        __doc__="Explain why an item suits this user, from its facts and the titles they liked.",
         item=(str, Field(description="the item's title, or 'id N'")),
     )
     history = create_model(
-        "user_history", __doc__="The items a catalog user interacted with most recently. When the user gives "
-                                "their catalog id, call this; recommend then uses their history.",
+        "user_history",
+        __doc__="The items a catalog user interacted with most recently. When the user gives "
+        "their catalog id, call this; recommend then uses their history.",
         user_id=(user, Field(description="the user's catalog id")),
     )
     return {m.__name__: m for m in (recommend, search, details, explain, history)}
@@ -128,8 +141,11 @@ def said_by_user(ctx: AgentContext, state: dict[str, Any], names: list[str] | No
     from agent.lookup import normalize_title
     from agent.prompts import text_of
 
-    said = " " + " ".join(normalize_title(text_of(m)) for m in state.get("messages") or []
-                          if isinstance(m, HumanMessage)) + " "
+    said = (
+        " "
+        + " ".join(normalize_title(text_of(m)) for m in state.get("messages") or [] if isinstance(m, HumanMessage))
+        + " "
+    )
     seen = set(state.get("grounded") or []) | {str(c["item_id"]) for c in state.get("candidates") or []}
     kept, invented = [], []
     for name in names or []:
@@ -164,21 +180,43 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
     """The tools over `ctx` for the graph's `ToolNode` and the chat model (`k` items per list)."""
     args = schemas(ctx)
 
-    def search_items(runtime: ToolRuntime, query: str | None = None, like_item: str | None = None,
-                     by_photo: bool = False, genres: list[str] | None = None, avoid_genres: list[str] | None = None,
-                     year_from: int | None = None, year_to: int | None = None) -> dict[str, Any]:
+    def search_items(
+        runtime: ToolRuntime,
+        query: str | None = None,
+        like_item: str | None = None,
+        by_photo: bool = False,
+        genres: list[str] | None = None,
+        avoid_genres: list[str] | None = None,
+        year_from: int | None = None,
+        year_to: int | None = None,
+    ) -> dict[str, Any]:
         state = runtime.state
         photo = photo_bytes(state) if by_photo else None
         if by_photo and photo is None:
             return {"tool": "search_items", "items": [], "error": "no photo is attached to this message"}
         return plain._run_tool(
-            plain.search_items, ctx, query=query, image=photo, like_item=like_item, genres=genres,
-            avoid_genres=avoid_genres, year_from=year_from, year_to=year_to,
-            exclude=_ids((state.get("excluded") or []) + (state.get("history") or [])), k=k)
+            plain.search_items,
+            ctx,
+            query=query,
+            image=photo,
+            like_item=like_item,
+            genres=genres,
+            avoid_genres=avoid_genres,
+            year_from=year_from,
+            year_to=year_to,
+            exclude=_ids((state.get("excluded") or []) + (state.get("history") or [])),
+            k=k,
+        )
 
-    def recommend(runtime: ToolRuntime, liked: list[str] | None = None, exclude: list[str] | None = None,
-                  genres: list[str] | None = None, avoid_genres: list[str] | None = None,
-                  year_from: int | None = None, year_to: int | None = None) -> dict[str, Any]:
+    def recommend(
+        runtime: ToolRuntime,
+        liked: list[str] | None = None,
+        exclude: list[str] | None = None,
+        genres: list[str] | None = None,
+        avoid_genres: list[str] | None = None,
+        year_from: int | None = None,
+        year_to: int | None = None,
+    ) -> dict[str, Any]:
         state = runtime.state
         user_id = _step_user(state) or state.get("user_id")
         liked, invented = said_by_user(ctx, state, liked)
@@ -187,9 +225,17 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
         seen = list(dict.fromkeys((state.get("excluded") or []) + seen))
         liked_now = list(dict.fromkeys(_ids(state.get("history")) + list(liked or [])))
         result = plain._run_tool(
-            plain.recommend, ctx, liked=liked_now, user_id=user_id, genres=genres,
-            avoid_genres=avoid_genres, year_from=year_from, year_to=year_to,
-            exclude=_ids(seen + _shown(state)), k=k)
+            plain.recommend,
+            ctx,
+            liked=liked_now,
+            user_id=user_id,
+            genres=genres,
+            avoid_genres=avoid_genres,
+            year_from=year_from,
+            year_to=year_to,
+            exclude=_ids(seen + _shown(state)),
+            k=k,
+        )
         result.pop("excluded", None)  # the shown items are not the user's exclusions: say which are
         if seen:
             result["seen"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in seen]
@@ -204,24 +250,38 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
 
     def explain(runtime: ToolRuntime, item: str) -> dict[str, Any]:
         state = runtime.state
-        return plain._run_tool(plain.explain, ctx, item=item, liked=_ids(state.get("history")),
-                               user_id=state.get("user_id"),
-                               genres=(state.get("preferences") or {}).get("genres"))
+        return plain._run_tool(
+            plain.explain,
+            ctx,
+            item=item,
+            liked=_ids(state.get("history")),
+            user_id=state.get("user_id"),
+            genres=(state.get("preferences") or {}).get("genres"),
+        )
 
     def user_history(runtime: ToolRuntime, user_id: str) -> dict[str, Any]:
         return plain._run_tool(plain.user_history, ctx, user_id=user_id, n=10)
 
-    funcs = {"search_items": search_items, "recommend": recommend, "item_details": item_details,
-             "explain": explain, "user_history": user_history}
-    return [StructuredTool.from_function(func=funcs[name], name=name, description=(schema.__doc__ or "").strip(),
-                                         args_schema=schema)
-            for name, schema in args.items()]
+    funcs = {
+        "search_items": search_items,
+        "recommend": recommend,
+        "item_details": item_details,
+        "explain": explain,
+        "user_history": user_history,
+    }
+    return [
+        StructuredTool.from_function(
+            func=funcs[name], name=name, description=(schema.__doc__ or "").strip(), args_schema=schema
+        )
+        for name, schema in args.items()
+    ]
 
 
 def answer_tool() -> BaseTool:
     """The `answer` pseudo-tool the planner may call instead of a tool (never run)."""
-    return StructuredTool.from_function(func=lambda: {}, name=ANSWER, description=(Answer.__doc__ or "").strip(),
-                                        args_schema=Answer)
+    return StructuredTool.from_function(
+        func=lambda: {}, name=ANSWER, description=(Answer.__doc__ or "").strip(), args_schema=Answer
+    )
 
 
 def known_args(tool: BaseTool, args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

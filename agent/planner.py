@@ -24,8 +24,22 @@ DEFAULT_K = 5
 # Words people use for a kind of item, mapped to MovieLens-style genres; any genre the catalog has is
 # also recognised by its own name, so other catalogs work without a lexicon.
 LEXICON: dict[str, tuple[str, ...]] = {
-    "Comedy": ("funny", "funnier", "comedy", "comedies", "humor", "humour", "humorous", "laugh", "laughs",
-               "hilarious", "lighter", "light-hearted", "lighthearted", "silly"),
+    "Comedy": (
+        "funny",
+        "funnier",
+        "comedy",
+        "comedies",
+        "humor",
+        "humour",
+        "humorous",
+        "laugh",
+        "laughs",
+        "hilarious",
+        "lighter",
+        "light-hearted",
+        "lighthearted",
+        "silly",
+    ),
     "Horror": ("horror", "scary", "scarier", "frightening", "creepy", "terrifying", "spooky"),
     "Romance": ("romance", "romantic", "love story", "love stories"),
     "Action": ("action", "action-packed", "explosive"),
@@ -44,24 +58,48 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "Fantasy": ("fantasy", "magic", "magical"),
     "Adventure": ("adventure", "adventures", "adventurous"),
 }
-_NEGATIONS = ("no", "not", "less", "without", "never", "avoid", "nothing", "fewer", "too", "hate", "dislike", "don't", "dont")
+_NEGATIONS = (
+    "no",
+    "not",
+    "less",
+    "without",
+    "never",
+    "avoid",
+    "nothing",
+    "fewer",
+    "too",
+    "hate",
+    "dislike",
+    "don't",
+    "dont",
+)
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|help|yo|good (morning|evening|afternoon)|what can you do)\b[\s!.?]*$", re.I)
-_USER = re.compile(r"\b(?:i am|i'm|im|as|for|this is)\s+user\s*(?:id\s*)?#?\s*(\w+)|^\s*user\s*(?:id\s*)?#?\s*(\w+)\s*$", re.I)
+_USER = re.compile(
+    r"\b(?:i am|i'm|im|as|for|this is)\s+user\s*(?:id\s*)?#?\s*(\w+)|^\s*user\s*(?:id\s*)?#?\s*(\w+)\s*$", re.I
+)
 _EXPLAIN = re.compile(r"\bwhy\b|\bexplain\b|\bhow come\b|\breason\b", re.I)
 _DETAILS = re.compile(
     r"^\s*(?:tell me (?:more )?about|what(?:'s| is| was) |details (?:of|on|for|about)|info(?:rmation)? (?:on|about)|"
-    r"describe|who (?:is|was) in)\s*(.+?)\s*[?.!]*\s*$", re.I)
+    r"describe|who (?:is|was) in)\s*(.+?)\s*[?.!]*\s*$",
+    re.I,
+)
 _MORE_LIKE = re.compile(
     r"(?:more|movies?|films?|something|anything|items?|stuff|ones?|others?)\s+(?:like|similar to)\s+(.+?)\s*[?.!]*\s*$|"
-    r"^\s*(?:similar to|like)\s+(.+?)\s*[?.!]*\s*$", re.I)
+    r"^\s*(?:similar to|like)\s+(.+?)\s*[?.!]*\s*$",
+    re.I,
+)
 _LIKED = re.compile(
     r"\bi\s+(?:really |also |just |totally |absolutely )?(?:loved|love|liked|like|enjoyed|enjoy|adore|adored|"
-    r"am a fan of|'m a fan of|m a fan of|watched and loved)\s+(.+)", re.I)
+    r"am a fan of|'m a fan of|m a fan of|watched and loved)\s+(.+)",
+    re.I,
+)
 _REFINE = re.compile(r"\b(something|anything|another|other|different|else|more|less|fewer|instead|rather|but)\b", re.I)
 _ASK = re.compile(r"\b(recommend|suggest|what should i|any ideas|give me|show me)\b", re.I)
 _THAT = re.compile(r"^\s*(?:that|this|it|that one|this one|the (?:first|top) one|the first|the top)\s*$", re.I)
-_ORDINAL = re.compile(r"\b(?:the\s+)?(first|second|third|fourth|fifth|last|#\s*\d+|number\s+\d+|\d+(?:st|nd|rd|th))\b(?:\s+one)?", re.I)
+_ORDINAL = re.compile(
+    r"\b(?:the\s+)?(first|second|third|fourth|fifth|last|#\s*\d+|number\s+\d+|\d+(?:st|nd|rd|th))\b(?:\s+one)?", re.I
+)
 _ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "fifth": 4}
 _SPLIT = re.compile(r"(\s*(?:,|;|\band also\b|\bas well as\b|\band\b|&|\bplus\b)\s*)", re.I)
 _TRAILING = re.compile(r"\s*(?:a lot|so much|very much|too|as well|also|really|,)\s*$", re.I)
@@ -81,13 +119,17 @@ class Plan:
 def message_problem(text: str) -> str | None:
     """Why a message cannot be answered as it is (empty, too long, unreadable), or None if it can."""
     if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text) or "\ufffd" in text:
-        return ("I could not read that message: it is not valid UTF-8 text. Please send it again as plain text.")
+        return "I could not read that message: it is not valid UTF-8 text. Please send it again as plain text."
     if not text.strip() or not any(ch.isalnum() for ch in text):
-        return ("Your message is empty. Tell me titles you liked (\"I loved <title> and <title>\") "
-                "or what you are looking for (\"a 90s sci-fi comedy\").")
+        return (
+            'Your message is empty. Tell me titles you liked ("I loved <title> and <title>") '
+            'or what you are looking for ("a 90s sci-fi comedy").'
+        )
     if len(text) > MAX_MESSAGE_CHARS:
-        return (f"Your message is {len(text):,} characters long; I read at most {MAX_MESSAGE_CHARS:,}. "
-                "Please send a shorter message: a few titles or a sentence about what you want.")
+        return (
+            f"Your message is {len(text):,} characters long; I read at most {MAX_MESSAGE_CHARS:,}. "
+            "Please send a shorter message: a few titles or a sentence about what you want."
+        )
     return None
 
 
@@ -110,7 +152,7 @@ def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[s
         if target is None:
             continue
         for m in re.finditer(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", low):
-            before = low[:m.start()].split()[-3:]
+            before = low[: m.start()].split()[-3:]
             (avoid if any(b in _NEGATIONS for b in before) else wanted).append(target)
     wanted = [g for g in dict.fromkeys(wanted) if g not in avoid]
     return wanted, list(dict.fromkeys(avoid))
@@ -132,7 +174,12 @@ def liked_names(text: str, genres: dict[str, str], titles: TitleIndex | None = N
     if not m:
         return []
     # a "?" or "." right before "(1996)" ends a title ("Shall We Dance? (1996)"), not the sentence
-    rest = re.split(r"[.?!;](?![.?!]*\s*\(\d{4}\))|\n|\bbut\b|\bso\b|\bcan you\b|\bwhat\b|\bany\b|\bplease\b", m.group(1), maxsplit=1, flags=re.I)[0]
+    rest = re.split(
+        r"[.?!;](?![.?!]*\s*\(\d{4}\))|\n|\bbut\b|\bso\b|\bcan you\b|\bwhat\b|\bany\b|\bplease\b",
+        m.group(1),
+        maxsplit=1,
+        flags=re.I,
+    )[0]
     pieces = _SPLIT.split(rest)
     frags, seps = pieces[0::2], pieces[1::2] + [""]
     names: list[str] = []
@@ -141,11 +188,11 @@ def liked_names(text: str, genres: dict[str, str], titles: TitleIndex | None = N
         j = i + 1
         if titles is not None:
             for end in range(len(frags), i + 1, -1):
-                joined = "".join(f + s for f, s in zip(frags[i:end], seps[i:end - 1] + [""]))
+                joined = "".join(f + s for f, s in zip(frags[i:end], seps[i : end - 1] + [""]))
                 if normalize_title(joined) in titles.by_norm:
                     j = end
                     break
-        frag = "".join(f + s for f, s in zip(frags[i:j], seps[i:j - 1] + [""]))
+        frag = "".join(f + s for f, s in zip(frags[i:j], seps[i : j - 1] + [""]))
         i = j
         frag = _TRAILING.sub("", frag.strip(" \"'“”‘’")).strip(" \"'“”‘’")
         frag = re.sub(r"^(?:the movie|the film|movies like|films like)\s+", "", frag, flags=re.I)
@@ -193,17 +240,28 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
 
     def rec(liked: list[str], query: str | None, exclude: list[str], intent: str) -> Plan:
         args: dict[str, Any] = {"liked": liked, "k": k}
-        for key, value in (("user_id", user_id), ("query", query), ("genres", prefs.get("genres")),
-                           ("avoid_genres", prefs.get("avoid_genres")), ("exclude", exclude)):
+        for key, value in (
+            ("user_id", user_id),
+            ("query", query),
+            ("genres", prefs.get("genres")),
+            ("avoid_genres", prefs.get("avoid_genres")),
+            ("exclude", exclude),
+        ):
             if value:
                 args[key] = value
         return Plan(intent, [{"name": "recommend", "args": args}], prefs, user_id)
 
     if _GREETING.match(text):
-        return Plan("greeting", preferences=prefs, user_id=user_id, direct=(
-            "Hi! Tell me titles you liked (\"I loved <title> and <title>\"), what you are in the mood for "
-            "(\"a 90s sci-fi comedy\"), then ask for \"something funnier\", \"more like <title>\", "
-            "\"tell me about <title>\" or \"why that one?\"."))
+        return Plan(
+            "greeting",
+            preferences=prefs,
+            user_id=user_id,
+            direct=(
+                'Hi! Tell me titles you liked ("I loved <title> and <title>"), what you are in the mood for '
+                '("a 90s sci-fi comedy"), then ask for "something funnier", "more like <title>", '
+                '"tell me about <title>" or "why that one?".'
+            ),
+        )
 
     m = _USER.search(text)
     if m:
@@ -213,14 +271,23 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
         return plan
 
     if _EXPLAIN.search(text):
-        after = re.split(r"\bwhy\b(?:\s+(?:did you|do you|would i|should i)\s+(?:pick|recommend|suggest|like|choose))?|"
-                         r"\bexplain\b|\bhow come\b", text, maxsplit=1, flags=re.I)[-1]
+        after = re.split(
+            r"\bwhy\b(?:\s+(?:did you|do you|would i|should i)\s+(?:pick|recommend|suggest|like|choose))?|"
+            r"\bexplain\b|\bhow come\b",
+            text,
+            maxsplit=1,
+            flags=re.I,
+        )[-1]
         target = _reference(text, candidates, titles) or _named_item(after, titles)
         if target is None and candidates:
             target = f"id {candidates[0]['item_id']}"
         if target is None:
-            return Plan("explain", preferences=prefs, user_id=user_id, direct=(
-                "Which item should I explain? Ask me for recommendations first, or name the title."))
+            return Plan(
+                "explain",
+                preferences=prefs,
+                user_id=user_id,
+                direct=("Which item should I explain? Ask me for recommendations first, or name the title."),
+            )
         args: dict[str, Any] = {"item": target, "liked": history}
         if user_id:
             args["user_id"] = user_id

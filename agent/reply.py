@@ -15,9 +15,20 @@ from agent.tools import describe
 _CARD_PRIORITY = ("recommend", "search_items", "explain", "item_details", "user_history")
 
 # a reply containing these parrots its prompt or talks about the user instead of to them
-PROMPT_MARKERS = ("Results for this message", "The conversation remembers", "excluded as seen:", "(not in the catalog):",
-                  "recommend:", "search_items:", "item_details:", "user_history:", "the user's", "the user wants",
-                  "the user is", "the user has")
+PROMPT_MARKERS = (
+    "Results for this message",
+    "The conversation remembers",
+    "excluded as seen:",
+    "(not in the catalog):",
+    "recommend:",
+    "search_items:",
+    "item_details:",
+    "user_history:",
+    "the user's",
+    "the user wants",
+    "the user is",
+    "the user has",
+)
 
 
 def name(card: dict[str, Any]) -> str:
@@ -55,8 +66,7 @@ def _join_names(items: Sequence[dict[str, Any]]) -> str:
 def unknown_sentence(names: Sequence[str]) -> str:
     """The sentence that says which named titles the catalog does not have."""
     quoted = ", ".join(f'"{n}"' for n in names)
-    return (f"I could not find {quoted} in the catalog, so I did not use "
-            f"{'it' if len(names) == 1 else 'them'}.")
+    return f"I could not find {quoted} in the catalog, so I did not use {'it' if len(names) == 1 else 'them'}."
 
 
 def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] | None = None) -> str:
@@ -100,23 +110,32 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
             if not r.get("items"):
                 parts.append(r.get("note") or "Nothing in the catalog matches that.")
                 continue
-            head = ("Items that look like your photo:" if r.get("by_photo") else
-                    f"Items like {name(r['like'])}:" if r.get("like") else "Here is what I found:")
+            head = (
+                "Items that look like your photo:"
+                if r.get("by_photo")
+                else f"Items like {name(r['like'])}:"
+                if r.get("like")
+                else "Here is what I found:"
+            )
             parts.append("\n".join([head, *_listing(r["items"])]))
         elif tool == "item_details":
             if not r.get("found"):
-                parts.append(f"There is no item called \"{r.get('query')}\" in the catalog, so I cannot describe "
-                             "or recommend it. Ask me to search for something similar instead.")
+                parts.append(
+                    f'There is no item called "{r.get("query")}" in the catalog, so I cannot describe '
+                    "or recommend it. Ask me to search for something similar instead."
+                )
                 continue
             card = r["items"][0]
             text = f"{name(card)}: {describe(card.get('attributes') or {})}."
             desc = str(card.get("description") or "").strip()
             if desc and desc != card["title"]:
-                text += f" Catalog description: \"{desc}\""
+                text += f' Catalog description: "{desc}"'
             parts.append(text)
         elif tool == "explain":
             if not r.get("found"):
-                parts.append(f"There is no item called \"{r.get('query')}\" in the catalog, so there is nothing to explain.")
+                parts.append(
+                    f'There is no item called "{r.get("query")}" in the catalog, so there is nothing to explain.'
+                )
                 continue
             card = r["items"][0]
             parts.append(f"Why {name(card)}? {card.get('explanation') or describe(card.get('attributes') or {})}.")

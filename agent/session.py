@@ -77,7 +77,9 @@ class AgentReply:
 
     def public_items(self) -> list[dict[str, Any]]:
         """The items in the HTTP API's shape."""
-        return [{"item_id": i["item_id"], "title": i["title"], "explanation": i.get("explanation", "")} for i in self.items]
+        return [
+            {"item_id": i["item_id"], "title": i["title"], "explanation": i.get("explanation", "")} for i in self.items
+        ]
 
 
 def decode_message(raw: str | bytes | None) -> tuple[str, str | None]:
@@ -101,8 +103,7 @@ def decode_message(raw: str | bytes | None) -> tuple[str, str | None]:
 class Agent:
     """The compiled graph over one run, with a SQLite checkpointer at `RUN/chat.sqlite`."""
 
-    def __init__(self, ctx: AgentContext, chat: ChatLLM | None, db_path: Path,
-                 settings: AgentSettings | None = None):
+    def __init__(self, ctx: AgentContext, chat: ChatLLM | None, db_path: Path, settings: AgentSettings | None = None):
         self.ctx = ctx
         self.chat = chat
         self.db_path = Path(db_path)
@@ -127,7 +128,7 @@ class Agent:
         ranker: Ranker | None = None,
         llm_timeout_s: float = 60.0,
         api_key: str | None = None,
-    ) -> "Agent":
+    ) -> Agent:
         """Open a run's agent; `llm_url=None` answers from retrieval alone (no model server at all).
 
         `llm_url` serves the fine-tuned recommender; `chat_url` the model that plans, writes replies
@@ -148,7 +149,7 @@ class Agent:
         """Close the memory database."""
         self._conn.close()
 
-    def __enter__(self) -> "Agent":
+    def __enter__(self) -> Agent:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,10 +184,15 @@ class Agent:
         self.check_owner(thread_id, api_key)
         content: Any = text
         if photo is not None:  # the transcript records that a photo came; the bytes go to the tools only
-            content = [{"type": "text", "text": text or "Find items that look like this photo."},
-                       {"type": "text", "text": "[photo attached]"}]
-        return {"messages": [HumanMessage(content=content)], "owner": key_owner(api_key),
-                "photo": base64.b64encode(photo).decode("ascii") if photo is not None else None}
+            content = [
+                {"type": "text", "text": text or "Find items that look like this photo."},
+                {"type": "text", "text": "[photo attached]"},
+            ]
+        return {
+            "messages": [HumanMessage(content=content)],
+            "owner": key_owner(api_key),
+            "photo": base64.b64encode(photo).decode("ascii") if photo is not None else None,
+        }
 
     def _checked(self, thread_id: str, message: str | bytes | None, photo: bytes | None) -> tuple[str, str, str | None]:
         thread_id = self.check_thread(thread_id)
@@ -197,8 +203,9 @@ class Agent:
             problem = problem or photo_problem(photo)
         return thread_id, text, problem
 
-    def ask(self, thread_id: str, message: str | bytes | None, photo: bytes | None = None,
-            api_key: str | None = None) -> AgentReply:
+    def ask(
+        self, thread_id: str, message: str | bytes | None, photo: bytes | None = None, api_key: str | None = None
+    ) -> AgentReply:
         """Answer one message (and an optional photo) in a thread; memory is loaded from and saved to the checkpointer."""
         thread_id, text, problem = self._checked(thread_id, message, photo)
         if problem:
@@ -207,8 +214,9 @@ class Agent:
             state = self.graph.invoke(self._turn_input(thread_id, text, photo, api_key), self._config(thread_id))
         return self._reply(state, thread_id)
 
-    def stream(self, thread_id: str, message: str | bytes | None, photo: bytes | None = None,
-               api_key: str | None = None) -> Iterator[dict[str, Any]]:
+    def stream(
+        self, thread_id: str, message: str | bytes | None, photo: bytes | None = None, api_key: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Answer one message as a stream of events, as they happen:
 
         - `status`: what the agent is doing ("choosing tools", "writing the reply");
@@ -220,8 +228,14 @@ class Agent:
         """
         thread_id, text, problem = self._checked(thread_id, message, photo)
         if problem:
-            yield {"event": "reply", "thread_id": thread_id, "reply": problem, "items": [], "source": "rules",
-                   "planner": "rules"}
+            yield {
+                "event": "reply",
+                "thread_id": thread_id,
+                "reply": problem,
+                "items": [],
+                "source": "rules",
+                "planner": "rules",
+            }
             return
         with self._thread_lock(thread_id):
             turn = self._turn_input(thread_id, text, photo, api_key)
@@ -235,27 +249,50 @@ class Agent:
                 for node, delta in chunk.items():
                     if node == "plan" and delta and delta.get("messages"):
                         for call in delta["messages"][-1].tool_calls:
-                            yield {"event": "tool_call", "name": call["name"], "args": call["args"],
-                                   "planner": delta.get("planner")}
+                            yield {
+                                "event": "tool_call",
+                                "name": call["name"],
+                                "args": call["args"],
+                                "planner": delta.get("planner"),
+                            }
                     elif node == "tools" and delta:
                         from agent.prompts import tool_result
 
                         for msg in delta.get("messages", []):
                             result = tool_result(msg)
-                            yield {"event": "tool_result", "name": msg.name, "items": len(result.get("items") or []),
-                                   "error": result.get("error")}
+                            yield {
+                                "event": "tool_result",
+                                "name": msg.name,
+                                "items": len(result.get("items") or []),
+                                "error": result.get("error"),
+                            }
             state = self._values(thread_id)
         answer = self._reply(state, thread_id)
-        yield {"event": "reply", "thread_id": thread_id, "reply": answer.reply, "items": answer.items,
-               "source": answer.source, "planner": answer.planner, "note": answer.note, "calls": answer.calls}
+        yield {
+            "event": "reply",
+            "thread_id": thread_id,
+            "reply": answer.reply,
+            "items": answer.items,
+            "source": answer.source,
+            "planner": answer.planner,
+            "note": answer.note,
+            "calls": answer.calls,
+        }
 
     def _reply(self, state: dict[str, Any], thread_id: str) -> AgentReply:
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
-        return AgentReply(str(last.content), list(last.additional_kwargs.get("items") or []), thread_id,
-                          last.additional_kwargs.get("source", "rules"), state.get("planner", "rules"),
-                          state.get("llm_note", ""), list(state.get("calls") or []),
-                          list(state.get("guard_violations") or []), dict(state.get("timing") or {}))
+        return AgentReply(
+            str(last.content),
+            list(last.additional_kwargs.get("items") or []),
+            thread_id,
+            last.additional_kwargs.get("source", "rules"),
+            state.get("planner", "rules"),
+            state.get("llm_note", ""),
+            list(state.get("calls") or []),
+            list(state.get("guard_violations") or []),
+            dict(state.get("timing") or {}),
+        )
 
     def memory(self, thread_id: str, api_key: str | None = None) -> dict[str, Any]:
         """What a thread remembers: liked and excluded items, preferences, user, last items, number of turns.

@@ -52,12 +52,15 @@ class AgentContext:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
-    def open(cls, run: str | Path, ranker: Ranker | None = None) -> "AgentContext":
+    def open(cls, run: str | Path, ranker: Ranker | None = None) -> AgentContext:
         """Open an indexed run: its Chroma store and encoders, its items and interactions."""
         searcher = Searcher.open(run)
         paths = searcher.paths
-        interactions = pd.read_parquet(paths.interactions) if paths.interactions.exists() else pd.DataFrame(
-            columns=["user_id", "item_id", "timestamp", "rating"])
+        interactions = (
+            pd.read_parquet(paths.interactions)
+            if paths.interactions.exists()
+            else pd.DataFrame(columns=["user_id", "item_id", "timestamp", "rating"])
+        )
         items = searcher.items
         genre_key, genres = None, {}
         attrs = [json.loads(a) for a in items["attributes"]]
@@ -71,8 +74,14 @@ class AgentContext:
     def card(self, item_id: str, score: float = 0.0, explanation: str = "") -> dict[str, Any]:
         """The JSON form of a catalog item as every tool returns it."""
         hit = self.searcher.hit(item_id, score)
-        return {"item_id": hit.item_id, "title": hit.title, "attributes": hit.attributes, "image": hit.image,
-                "score": round(float(score), 4), "explanation": explanation}
+        return {
+            "item_id": hit.item_id,
+            "title": hit.title,
+            "attributes": hit.attributes,
+            "image": hit.image,
+            "score": round(float(score), 4),
+            "explanation": explanation,
+        }
 
     def item_genres(self, item_id: str) -> list[str]:
         """The genres (or categories) of a catalog item."""
@@ -122,7 +131,9 @@ def _clip_k(k: int) -> int:
     return max(1, min(int(k), MAX_K))
 
 
-def _filter_where(ctx: AgentContext, genres: list[str], year_from: int | None, year_to: int | None) -> dict[str, Any] | None:
+def _filter_where(
+    ctx: AgentContext, genres: list[str], year_from: int | None, year_to: int | None
+) -> dict[str, Any] | None:
     """The vector store filter of wanted genres and a year range (None when there is none)."""
     parts: list[dict[str, Any]] = []
     if genres and ctx.genre_key is not None:
@@ -210,14 +221,23 @@ def search_items(
         query = " ".join(wanted) or "items"
     with ctx.lock:
         hits: list[Hit] = ctx.searcher.search(
-            query=None if (image is not None or anchor) else query, image=image, item_id=None if image is not None else anchor,
-            k=min(4 * k + len(excluded), 100), where=filt)
+            query=None if (image is not None or anchor) else query,
+            image=image,
+            item_id=None if image is not None else anchor,
+            k=min(4 * k + len(excluded), 100),
+            where=filt,
+        )
     if image is not None:
         result["by_photo"] = True
     for hit in hits:
         if _keep(ctx, hit.item_id, avoid, excluded) and len(result["items"]) < k:
-            why = ("looks like your photo" if image is not None else
-                   f"similar to {ctx.titles.titles[anchor]}" if anchor else "matches your description")
+            why = (
+                "looks like your photo"
+                if image is not None
+                else f"similar to {ctx.titles.titles[anchor]}"
+                if anchor
+                else "matches your description"
+            )
             result["items"].append(ctx.card(hit.item_id, hit.score, why))
     result["request"] = {"genres": wanted, "avoid_genres": avoid, "year_from": year_from, "year_to": year_to}
     if skip:
@@ -282,8 +302,13 @@ def recommend(
     if not seeds and not wanted:
         result["note"] = "nothing to go on: name an item you liked, a user id, or a genre"
         return result
-    only = {i for i in ctx.titles.ids if _keep(ctx, i, avoid, set()) and _in_years(ctx, i, year_from, year_to)
-            and (not wanted or set(wanted) & set(ctx.item_genres(i)))}
+    only = {
+        i
+        for i in ctx.titles.ids
+        if _keep(ctx, i, avoid, set())
+        and _in_years(ctx, i, year_from, year_to)
+        and (not wanted or set(wanted) & set(ctx.item_genres(i)))
+    }
     if ctx.ranker is None:
         result["note"] = "this run has no trained recommender; showing the items most similar in content"
         return _similar_items(ctx, result, seeds, wanted, only - skip, k)
@@ -300,8 +325,9 @@ def recommend(
     return result
 
 
-def _similar_items(ctx: AgentContext, result: dict[str, Any], seeds: list[str], wanted: list[str],
-                   allowed: set[str], k: int) -> dict[str, Any]:
+def _similar_items(
+    ctx: AgentContext, result: dict[str, Any], seeds: list[str], wanted: list[str], allowed: set[str], k: int
+) -> dict[str, Any]:
     """The fallback when no recommender answers: nearest items in content to the liked ones."""
     scores: dict[str, float] = {}
     with ctx.lock:
@@ -326,8 +352,13 @@ def item_details(ctx: AgentContext, item: str) -> dict[str, Any]:
     """
     found = ctx.titles.find(str(item))
     if found is None:
-        return {"tool": "item_details", "found": False, "query": str(item), "items": [],
-                "note": f"no item called {str(item)!r} is in the catalog"}
+        return {
+            "tool": "item_details",
+            "found": False,
+            "query": str(item),
+            "items": [],
+            "note": f"no item called {str(item)!r} is in the catalog",
+        }
     card = ctx.card(found)
     card["description"] = str(ctx.searcher.items.loc[found, "text"])[:600]
     card["explanation"] = describe(card["attributes"])
@@ -351,8 +382,13 @@ def explain(
     """
     found = ctx.titles.find(str(item))
     if found is None:
-        return {"tool": "explain", "found": False, "query": str(item), "items": [],
-                "note": f"no item called {str(item)!r} is in the catalog"}
+        return {
+            "tool": "explain",
+            "found": False,
+            "query": str(item),
+            "items": [],
+            "note": f"no item called {str(item)!r} is in the catalog",
+        }
     seeds = [s for name in liked or [] if (s := ctx.titles.find(str(name)))]
     if user_id:
         seeds += ctx.user_items(user_id, 20)
@@ -377,8 +413,13 @@ def user_history(ctx: AgentContext, user_id: str, n: int = 10) -> dict[str, Any]
     """
     items = ctx.user_items(str(user_id), _clip_k(n))
     if not items:
-        return {"tool": "user_history", "found": False, "user_id": str(user_id), "items": [],
-                "note": f"no user {str(user_id)!r} in this catalog's interactions"}
+        return {
+            "tool": "user_history",
+            "found": False,
+            "user_id": str(user_id),
+            "items": [],
+            "note": f"no user {str(user_id)!r} in this catalog's interactions",
+        }
     cards = [ctx.card(i, explanation="in your history") for i in reversed(items)]
     return {"tool": "user_history", "found": True, "user_id": str(user_id), "items": cards}
 
@@ -398,12 +439,18 @@ def describe(attributes: dict[str, Any]) -> str:
         value = attributes[key]
         if value in (None, "", []):
             continue
-        parts.append(", ".join(map(str, value)) if isinstance(value, list) else f"{key} {value}" if key != "year" else str(value))
+        parts.append(
+            ", ".join(map(str, value)) if isinstance(value, list) else f"{key} {value}" if key != "year" else str(value)
+        )
     return "; ".join(parts)
 
 
 def reasons(
-    ctx: AgentContext, item_id: str, seeds: Sequence[str], wanted: Sequence[str], model_rank: int | None,
+    ctx: AgentContext,
+    item_id: str,
+    seeds: Sequence[str],
+    wanted: Sequence[str],
+    model_rank: int | None,
     detailed: bool = False,
 ) -> str:
     """Why an item was chosen, in facts the catalog holds: shared genres with liked items, asked-for
@@ -416,7 +463,9 @@ def reasons(
         shared_with.sort(key=lambda sg: -len(sg[1]))
         top = shared_with[:2]
         if len(top) == 2 and top[0][1] == top[1][1]:
-            said.append(f"shares {', '.join(top[0][1])} with {ctx.titles.titles[top[0][0]]} and {ctx.titles.titles[top[1][0]]}")
+            said.append(
+                f"shares {', '.join(top[0][1])} with {ctx.titles.titles[top[0][0]]} and {ctx.titles.titles[top[1][0]]}"
+            )
         else:  # each liked item with the genres it really has in common (a union would credit Alien with Romance)
             said.append("shares " + " and ".join(f"{', '.join(g)} with {ctx.titles.titles[s]}" for s, g in top))
     elif seeds:

@@ -60,7 +60,9 @@ def cards_html(items: list[dict[str, Any]]) -> str:
     out = ['<div class="cards">']
     for item in items:
         src = image_src(item.get("image"))
-        img = f'<img src="{html.escape(src, quote=True)}" alt="{html.escape(item["title"], quote=True)}">' if src else ""
+        img = (
+            f'<img src="{html.escape(src, quote=True)}" alt="{html.escape(item["title"], quote=True)}">' if src else ""
+        )
         attrs = describe(item.get("attributes") or {})
         why = item.get("explanation") or ""
         out.append(
@@ -80,11 +82,16 @@ def call_text(name: str, args: dict[str, Any]) -> str:
     return f"{name}({shown})"
 
 
-def turn_events(agent: Agent, thread: str, message: str, photo: bytes | None, key: str | None,
-                history: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
+def turn_events(
+    agent: Agent, thread: str, message: str, photo: bytes | None, key: str | None, history: list[dict[str, Any]]
+) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
     """The conversation as it should look after each event of a streamed turn: (messages, cards or None)."""
     history = list(history) + [{"role": "user", "content": message or "(photo)"}]
-    status = {"role": "assistant", "content": "", "metadata": {"title": "Working: reading your message", "status": "pending"}}
+    status = {
+        "role": "assistant",
+        "content": "",
+        "metadata": {"title": "Working: reading your message", "status": "pending"},
+    }
     history.append(status)
     yield history, None
     steps: list[dict[str, Any]] = []
@@ -95,15 +102,26 @@ def turn_events(agent: Agent, thread: str, message: str, photo: bytes | None, ke
             status["metadata"] = {"title": f"Working: {event['text']}", "status": "pending"}
         elif kind == "tool_call":
             by = "the chat model" if event.get("planner") == "model" else "the rule-based fallback"
-            step = {"role": "assistant", "content": f"`{call_text(event['name'], event['args'])}` (chosen by {by})",
-                    "metadata": {"title": f"Tool call: {event['name']}", "status": "pending"}}
+            step = {
+                "role": "assistant",
+                "content": f"`{call_text(event['name'], event['args'])}` (chosen by {by})",
+                "metadata": {"title": f"Tool call: {event['name']}", "status": "pending"},
+            }
             steps.append(step)
             history.insert(history.index(status), step)
         elif kind == "tool_result":
-            step = next((s for s in steps if s["metadata"]["title"] == f"Tool call: {event['name']}"
-                         and s["metadata"]["status"] == "pending"), None)
+            step = next(
+                (
+                    s
+                    for s in steps
+                    if s["metadata"]["title"] == f"Tool call: {event['name']}" and s["metadata"]["status"] == "pending"
+                ),
+                None,
+            )
             if step is not None:
-                step["content"] += f"\n\n→ {'error: ' + str(event['error']) if event.get('error') else str(event['items']) + ' items'}"
+                step["content"] += (
+                    f"\n\n→ {'error: ' + str(event['error']) if event.get('error') else str(event['items']) + ' items'}"
+                )
                 step["metadata"]["status"] = "done"
         elif kind == "delta":
             if status in history and status.get("metadata"):
@@ -134,12 +152,19 @@ def create_ui(agent: Agent, api_keys: Sequence[str] = ()) -> Any:
             return None, "Enter a valid API key above to chat."
         return entered, None
 
-    def respond(message: str, photo: str | None, history: list[dict[str, Any]] | None, thread: str, entered: str | None):
+    def respond(
+        message: str, photo: str | None, history: list[dict[str, Any]] | None, thread: str, entered: str | None
+    ):
         thread = agent.check_thread(thread or uuid.uuid4().hex[:12])
         history = list(history or [])
         key, refused = key_of(entered)
         if refused:
-            yield "", None, history + [{"role": "user", "content": message or ""}, {"role": "assistant", "content": refused}], gr.skip()
+            yield (
+                "",
+                None,
+                history + [{"role": "user", "content": message or ""}, {"role": "assistant", "content": refused}],
+                gr.skip(),
+            )
             return
         data = Path(photo).read_bytes() if photo else None
         try:
@@ -165,19 +190,32 @@ def create_ui(agent: Agent, api_keys: Sequence[str] = ()) -> Any:
         return "web-" + uuid.uuid4().hex[:10]
 
     with gr.Blocks(title="genrec chat", analytics_enabled=False) as demo:
-        gr.Markdown("## genrec: tell me what you liked, I will find what to watch next\n"
-                    "Every item I name comes from the catalog; ask *why that one?* for the reasons, "
-                    "or attach a photo to find items that look like it.")
+        gr.Markdown(
+            "## genrec: tell me what you liked, I will find what to watch next\n"
+            "Every item I name comes from the catalog; ask *why that one?* for the reasons, "
+            "or attach a photo to find items that look like it."
+        )
         key_box = gr.Textbox(label="API key", type="password", elem_id="api-key", visible=bool(keys))
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(elem_id="chat", height=460, label="Conversation", buttons=["copy"])
                 with gr.Row():
-                    box = gr.Textbox(elem_id="message", placeholder="I loved Star Wars and Alien", show_label=False,
-                                     scale=5, max_lines=4, autofocus=True)
+                    box = gr.Textbox(
+                        elem_id="message",
+                        placeholder="I loved Star Wars and Alien",
+                        show_label=False,
+                        scale=5,
+                        max_lines=4,
+                        autofocus=True,
+                    )
                     send = gr.Button("Send", elem_id="send", variant="primary", scale=1)
-                photo = gr.Image(label="Photo (optional): find items that look like it", type="filepath",
-                                 sources=["upload"], elem_id="photo", height=120)
+                photo = gr.Image(
+                    label="Photo (optional): find items that look like it",
+                    type="filepath",
+                    sources=["upload"],
+                    elem_id="photo",
+                    height=120,
+                )
                 thread = gr.Textbox(label="Conversation name (type one to resume it)", elem_id="thread")
             with gr.Column(scale=2):
                 cards = gr.HTML(cards_html([]), elem_id="cards", label="Items")
@@ -190,12 +228,20 @@ def create_ui(agent: Agent, api_keys: Sequence[str] = ()) -> Any:
     return demo
 
 
-def launch_ui(agent: Agent, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-              api_keys: Sequence[str] = ()) -> Any:
+def launch_ui(
+    agent: Agent, host: str = "127.0.0.1", port: int = 7860, block: bool = True, api_keys: Sequence[str] = ()
+) -> Any:
     """Serve the page; with `block=False` return at once (tests), else until Ctrl-C. Up to 16
     conversations run at once (the chat server batches their requests)."""
     demo = create_ui(agent, api_keys)
     demo.queue(default_concurrency_limit=16)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
-                css=CSS, footer_links=[], show_error=True)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        css=CSS,
+        footer_links=[],
+        show_error=True,
+    )
     return demo

@@ -12,13 +12,13 @@ import sys
 
 import typer
 
+from agent import commands as agent_commands
 from app import demo as demo_command
+from eval import commands as eval_commands
+from finetune import commands as finetune_commands
 from finetune.launch import report_error
 from genrec.errors import GenrecError
 from genrec.memory import keep_freed_memory, limit_onednn_cache
-from agent import commands as agent_commands
-from eval import commands as eval_commands
-from finetune import commands as finetune_commands
 from retrieval import commands as retrieval_commands
 from serving import commands as serving_commands
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,10 +17,16 @@ SAMPLE_QUERY = "space opera with rebels fighting an evil galactic empire"
 
 def demo(
     run: Path = typer.Option(Path("runs/demo"), "--run", help="Run directory for the demo's artefacts."),
-    dataset: str = typer.Option("ml-100k", "--dataset", help="Dataset to run on (default: the bundled MovieLens-100K)."),
+    dataset: str = typer.Option(
+        "ml-100k", "--dataset", help="Dataset to run on (default: the bundled MovieLens-100K)."
+    ),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the run directory first and redo every stage."),
-    max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a seeded sample of this many users (default: all)."),
-    chat_with_model: bool = typer.Option(True, "--llm/--no-llm", help="Serve the trained model with vLLM for the chat."),
+    max_users: int | None = typer.Option(
+        None, "--max-users", help="Evaluate a seeded sample of this many users (default: all)."
+    ),
+    chat_with_model: bool = typer.Option(
+        True, "--llm/--no-llm", help="Serve the trained model with vLLM for the chat."
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled dataset: index, search, train, evaluate, chat."""
     import os

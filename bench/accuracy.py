@@ -109,7 +109,9 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     run = base.parent / f"seed{seed}"
     if run.exists():
         shutil.rmtree(run)
-    shutil.copytree(base, run, ignore=shutil.ignore_patterns("chroma", "model", "dense", "pretrain", "eval", "ranking.json"))
+    shutil.copytree(
+        base, run, ignore=shutil.ignore_patterns("chroma", "model", "dense", "pretrain", "eval", "ranking.json")
+    )
     config = dataset_config(name, args)
     config.train.seed = seed
     config.dense.sasrec.seed = seed
@@ -146,7 +148,9 @@ def train_and_score(name: str, run: Path, users: int | None) -> dict:
             "pretrain_curve": [(e["epoch"], e.get("valid_ndcg@10")) for e in pre],
             "lora_curve": [(e["epoch"], e["valid_ndcg@10"]) for e in report.epochs],
             "dense_best_valid_ndcg@10": report.dense.get("best_valid_ndcg@10"),
-            "fusion": {k: report.fusion.get(k) for k in ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10")},
+            "fusion": {
+                k: report.fusion.get(k) for k in ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10")
+            },
         },
     }
 
@@ -173,18 +177,26 @@ def pooled(per_seed: dict[str, dict], runs: dict[str, Path]) -> dict:
     for model in MODELS:
         rows = [s["models"][model] for s in per_seed.values() if model in s["models"]]
         out["models"][model] = {
-            metric: {"mean": float(np.mean([r[metric] for r in rows])), "std": float(np.std([r[metric] for r in rows])),
-                     "values": [r[metric] for r in rows]}
-            for metric in HEADLINE if rows and rows[0].get(metric) is not None
+            metric: {
+                "mean": float(np.mean([r[metric] for r in rows])),
+                "std": float(np.std([r[metric] for r in rows])),
+                "values": [r[metric] for r in rows],
+            }
+            for metric in HEADLINE
+            if rows and rows[0].get(metric) is not None
         }
     out["genrec_minus_sasrec_ndcg@10_per_seed"] = [s["genrec_vs_sasrec"]["diff"] for s in per_seed.values()]
     present = [runs[seed] for seed in per_seed if (runs[seed] / "eval" / "ranks.parquet").exists()]
     if present:
         diff = np.concatenate([per_user_ndcg_difference(run) for run in present])
         test = paired_bootstrap(diff)
-        out["genrec_minus_sasrec_pooled"] = {"pairs": len(diff), "diff": float(diff.mean()),
-                                             "ci95": [test["ci_low"], test["ci_high"]], "bootstrap_p": test["p"],
-                                             "t_test_p": paired_t(diff)}
+        out["genrec_minus_sasrec_pooled"] = {
+            "pairs": len(diff),
+            "diff": float(diff.mean()),
+            "ci95": [test["ci_low"], test["ci_high"]],
+            "bootstrap_p": test["p"],
+            "t_test_p": paired_t(diff),
+        }
     baselines = {m: v["ndcg@10"]["mean"] for m, v in out["models"].items() if not m.startswith("genrec")}
     strongest = max(baselines, key=baselines.get)
     out["strongest_baseline"] = strongest
@@ -199,10 +211,16 @@ def main() -> None:
     parser.add_argument("--datasets", default="ml-100k", help="comma-separated: ml-100k, beauty, sports, toys")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (semantic IDs stay those of the index)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/genrec-bench"), help="where run folders are built")
-    parser.add_argument("--ml-run", type=Path, default=None, help="reuse an indexed ML-100K run (items, interactions, semantic IDs)")
+    parser.add_argument(
+        "--ml-run", type=Path, default=None, help="reuse an indexed ML-100K run (items, interactions, semantic IDs)"
+    )
     parser.add_argument("--users", type=int, default=None, help="test users evaluated (default: all)")
-    parser.add_argument("--val-users", type=int, default=None, help="validation users for early stopping (default: all)")
-    parser.add_argument("--amazon-pretrain-epochs", type=int, default=20, help="upper bound of pre-training on Amazon data")
+    parser.add_argument(
+        "--val-users", type=int, default=None, help="validation users for early stopping (default: all)"
+    )
+    parser.add_argument(
+        "--amazon-pretrain-epochs", type=int, default=20, help="upper bound of pre-training on Amazon data"
+    )
     parser.add_argument("--force", action="store_true", help="recompute finished (dataset, seed) results")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -210,12 +228,14 @@ def main() -> None:
     from genrec.atomic import write_json
 
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
-    out.update({
-        "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over the catalog, "
-        "history items excluded; every model scored by eval.evaluate on the same users",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "published_generative": PUBLISHED_GENERATIVE,
-    })
+    out.update(
+        {
+            "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over the catalog, "
+            "history items excluded; every model scored by eval.evaluate on the same users",
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "published_generative": PUBLISHED_GENERATIVE,
+        }
+    )
     out.setdefault("datasets", {})
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if name != "ml-100k" and name not in AMAZON:

@@ -79,18 +79,24 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"default": [], "genrec": []}
     for r in range(args.rounds):
-        for mode in (("default", "genrec") if r % 2 == 0 else ("genrec", "default")):
+        for mode in ("default", "genrec") if r % 2 == 0 else ("genrec", "default"):
             runs[mode].append(measure(mode, args.steps))
             print(f"round {r + 1} {mode}: {runs[mode][-1]}", file=sys.stderr)
 
     def median(mode: str, key: str) -> float:
         values = sorted(run[key] for run in runs[mode])
-        return values[len(values) // 2] if len(values) % 2 else sum(values[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
+        return (
+            values[len(values) // 2]
+            if len(values) % 2
+            else sum(values[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
+        )
 
     keys = ("s_per_step", "minor_faults_per_step", "kernel_cpu_share", "peak_rss_gb")
     result = {
         "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "steps_per_process": args.steps, "rounds": args.rounds, "tokens_per_step": 8192,
+        "steps_per_process": args.steps,
+        "rounds": args.rounds,
+        "tokens_per_step": 8192,
         "default": {k: median("default", k) for k in keys},
         "genrec_memory_settings": {k: median("genrec", k) for k in keys},
         "runs": runs,

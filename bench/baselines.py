@@ -43,7 +43,9 @@ from retrieval.split import leave_one_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout (a git worktree may sit one level deeper)
-DATA = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data")
+DATA = next(
+    (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data"
+)
 OUT = ROOT / "bench" / "results" / "baselines.json"
 MODELS_DIR = ROOT / "runs" / "bench-dense"
 KS = [5, 10, 20]
@@ -65,8 +67,13 @@ PUBLISHED = {
     "beauty": {
         "sasrec": {"recall@5": 0.0702, "ndcg@5": 0.0503, "recall@10": 0.0977, "ndcg@10": 0.0591, "source": XU},
         "bsarec": {
-            "recall@5": 0.0736, "ndcg@5": 0.0523, "recall@10": 0.1008, "ndcg@10": 0.0611,
-            "recall@20": 0.1373, "ndcg@20": 0.0703, "source": SHIN,
+            "recall@5": 0.0736,
+            "ndcg@5": 0.0523,
+            "recall@10": 0.1008,
+            "ndcg@10": 0.0611,
+            "recall@20": 0.1373,
+            "ndcg@20": 0.0703,
+            "source": SHIN,
         },
     },
 }
@@ -164,8 +171,10 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
         }
         entry["sweeps"][kind] = [p for p in entry["sweeps"][kind] if p["key"] != key] + [point]
         done[key] = point
-        print(f"   valid {point['valid_ndcg@10']:.4f} (epoch {point['best_epoch']}/{point['epochs']}), "
-              f"test NDCG@10 {test['ndcg@10']:.4f}, {point['fit_minutes']:.1f} min")
+        print(
+            f"   valid {point['valid_ndcg@10']:.4f} (epoch {point['best_epoch']}/{point['epochs']}), "
+            f"test NDCG@10 {test['ndcg@10']:.4f}, {point['fit_minutes']:.1f} min"
+        )
         choose(entry, kind)
         save()
     choose(entry, kind)
@@ -190,14 +199,21 @@ def report_partial(kind: str, dataset: str, split, ids: list[str], entry: dict, 
         model.eval()
         test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
         entry.setdefault("partial", {})[kind] = {
-            "key": sweep_key(overrides), "config": resolved.model_dump(), "epochs_done": run["epoch"],
-            "best_epoch": run["best_epoch"], "valid_ndcg@10": run["best_score"],
-            "minutes_so_far": run["elapsed"] / 60, "history": run["history"], "test": test,
+            "key": sweep_key(overrides),
+            "config": resolved.model_dump(),
+            "epochs_done": run["epoch"],
+            "best_epoch": run["best_epoch"],
+            "valid_ndcg@10": run["best_score"],
+            "minutes_so_far": run["elapsed"] / 60,
+            "history": run["history"],
+            "test": test,
         }
         if kind not in entry.get("chosen", {}):
             entry.setdefault("results", {})[kind] = test | {"fit_minutes": run["elapsed"] / 60, "partial": True}
-        print(f"== {dataset} {kind} [{sweep_key(overrides)}] partial after {run['epoch']} epochs: valid "
-              f"{run['best_score']:.4f} (epoch {run['best_epoch']}), test NDCG@10 {test['ndcg@10']:.4f}")
+        print(
+            f"== {dataset} {kind} [{sweep_key(overrides)}] partial after {run['epoch']} epochs: valid "
+            f"{run['best_score']:.4f} (epoch {run['best_epoch']}), test NDCG@10 {test['ndcg@10']:.4f}"
+        )
         return
 
 
@@ -218,8 +234,11 @@ def compare_published(name: str, entry: dict) -> None:
     entry["published"] = published
     entry["vs_published"] = {
         model: {
-            metric: {"ours": entry["results"][model][metric], "published": value,
-                     "ratio": entry["results"][model][metric] / value}
+            metric: {
+                "ours": entry["results"][model][metric],
+                "published": value,
+                "ratio": entry["results"][model][metric] / value,
+            }
             for metric, value in figures.items()
             if metric != "source" and metric in entry["results"][model]
         }
@@ -239,8 +258,11 @@ def run_dataset(name: str, report: dict, args, save) -> None:
     ids = catalog.items["item_id"].tolist()
     entry = report["datasets"].setdefault(name, {})
     entry["stats"] = {
-        "users": len(split.train), "items": len(ids), "interactions": len(catalog.interactions),
-        "test_users": len(split.test), "density": density(split.train),
+        "users": len(split.train),
+        "items": len(ids),
+        "interactions": len(catalog.interactions),
+        "test_users": len(split.test),
+        "density": density(split.train),
     }
     print(f"== {name}: {entry['stats']}")
     fit_seconds = entry.setdefault("fit_seconds", {})
@@ -273,13 +295,17 @@ def run_dataset(name: str, report: dict, args, save) -> None:
             run_dense(kind, name, split, ids, entry, args, save)
     entry["load_at_end"] = os.getloadavg()
     save()
-    print_results(entry["results"], title=f"{name}: leave-one-out, full ranking ({entry['stats']['test_users']} test users)")
+    print_results(
+        entry["results"], title=f"{name}: leave-one-out, full ranking ({entry['stats']['test_users']} test users)"
+    )
 
 
 def markdown_table(report: dict) -> str:
     """The README's table: every baseline's figures, and the published ones with ours / published."""
-    rows = ["| dataset | model | NDCG@10 | NDCG@5 | HR@10 | fit (min, 2 CPU cores) | published NDCG@10 (ours / published) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| dataset | model | NDCG@10 | NDCG@5 | HR@10 | fit (min, 2 CPU cores) | published NDCG@10 (ours / published) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, entry in report["datasets"].items():
         results = entry.get("results", {})
         for model in sorted(results, key=lambda m: -results[m]["ndcg@10"]):
@@ -289,22 +315,31 @@ def markdown_table(report: dict) -> str:
             fit_min = f"{r['fit_minutes']:.1f}" if "fit_minutes" in r else ""
             if r.get("partial"):
                 fit_min += f" (partial: {entry['partial'][model]['epochs_done']} epochs, not yet stopped)"
-            rows.append(f"| {name} | {model} | {r['ndcg@10']:.4f} | {r['ndcg@5']:.4f} | {r['recall@10']:.4f} | "
-                        f"{fit_min} | {published} |")
+            rows.append(
+                f"| {name} | {model} | {r['ndcg@10']:.4f} | {r['ndcg@5']:.4f} | {r['recall@10']:.4f} | "
+                f"{fit_min} | {published} |"
+            )
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty"], choices=list(DATASETS))
-    parser.add_argument("--models", nargs="+", default=["popularity", "itemknn", "content", "sasrec", "bsarec"],
-                        choices=["popularity", "itemknn", "content", "sasrec", "bsarec"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["popularity", "itemknn", "content", "sasrec", "bsarec"],
+        choices=["popularity", "itemknn", "content", "sasrec", "bsarec"],
+    )
     parser.add_argument("--max-configs", type=int, default=None, help="train only the first N sweep points")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the README table from --out and exit")
-    parser.add_argument("--report-partial", action="store_true",
-                        help="score the best weights so far of dense sweep points still training, from their checkpoints")
+    parser.add_argument(
+        "--report-partial",
+        action="store_true",
+        help="score the best weights so far of dense sweep points still training, from their checkpoints",
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(args.out.read_text())))

@@ -108,14 +108,22 @@ def measure_planning(llm, tools, prompt: str, ctx) -> dict:
         for call in calls:
             result = run_tool(ctx, call["name"], call["args"])
             runs.append(not result.get("error"))
-        rows.append({
-            "message": message, "seconds": round(seconds, 2), "output_tokens": tokens,
-            "calls": [{"name": c["name"], "args": c["args"]} for c in calls], "error": error,
-            "expected_tool": sorted(expected), "picked_expected": bool(calls) and calls[0]["name"] in expected,
-            "tool_ran_without_error": bool(runs) and all(runs),
-        })
-        print(f"  plan {seconds:5.1f}s {tokens:3d} tok  {message!r} -> {[(c['name'], c['args']) for c in calls] or error}",
-              flush=True)
+        rows.append(
+            {
+                "message": message,
+                "seconds": round(seconds, 2),
+                "output_tokens": tokens,
+                "calls": [{"name": c["name"], "args": c["args"]} for c in calls],
+                "error": error,
+                "expected_tool": sorted(expected),
+                "picked_expected": bool(calls) and calls[0]["name"] in expected,
+                "tool_ran_without_error": bool(runs) and all(runs),
+            }
+        )
+        print(
+            f"  plan {seconds:5.1f}s {tokens:3d} tok  {message!r} -> {[(c['name'], c['args']) for c in calls] or error}",
+            flush=True,
+        )
     seconds = [r["seconds"] for r in rows]
     return {
         "requests": len(rows),
@@ -136,10 +144,18 @@ def measure_auto(llm, tools, prompt: str, n: int) -> dict:
     for message, _ in REQUESTS[:n]:
         started = time.monotonic()
         reply = llm.bind_tools(tools, tool_choice="auto").invoke([("system", prompt), ("user", message)])
-        rows.append({"message": message, "seconds": round(time.monotonic() - started, 2),
-                     "tool_calls": len(reply.tool_calls), "content": str(reply.content)[:300]})
-        print(f"  auto {rows[-1]['seconds']:5.1f}s tool_calls={len(reply.tool_calls)} content={rows[-1]['content'][:80]!r}",
-              flush=True)
+        rows.append(
+            {
+                "message": message,
+                "seconds": round(time.monotonic() - started, 2),
+                "tool_calls": len(reply.tool_calls),
+                "content": str(reply.content)[:300],
+            }
+        )
+        print(
+            f"  auto {rows[-1]['seconds']:5.1f}s tool_calls={len(reply.tool_calls)} content={rows[-1]['content'][:80]!r}",
+            flush=True,
+        )
     return {"requests": n, "parsed_tool_calls": sum(r["tool_calls"] > 0 for r in rows), "calls": rows}
 
 
@@ -151,9 +167,13 @@ def measure_streamed_call(llm, tools, prompt: str) -> dict:
             first = first if first is not None else time.monotonic() - started
             chunks += 1
         full = chunk if full is None else full + chunk
-    return {"tool_call_chunks": chunks, "seconds_to_first_chunk": round(first or 0.0, 2),
-            "seconds": round(time.monotonic() - started, 2), "tool_calls": full.tool_calls if full else [],
-            "prompt_tokens": (full.usage_metadata or {}).get("input_tokens") if full else None}
+    return {
+        "tool_call_chunks": chunks,
+        "seconds_to_first_chunk": round(first or 0.0, 2),
+        "seconds": round(time.monotonic() - started, 2),
+        "tool_calls": full.tool_calls if full else [],
+        "prompt_tokens": (full.usage_metadata or {}).get("input_tokens") if full else None,
+    }
 
 
 def measure_replies(llm, ctx) -> dict:
@@ -176,10 +196,20 @@ def measure_replies(llm, ctx) -> dict:
             seconds = time.monotonic() - started
         tokens = sum(u["output_tokens"] for u in usage.usage_metadata.values())
         named = sum(i["title"].split(" (")[0].lower() in text.lower() for i in items)
-        rows.append({"message": message, "seconds": round(seconds, 2), "seconds_to_first_piece": round(first or 0, 2),
-                     "output_tokens": tokens, "decode_tokens_per_s": round((tokens - 1) / max(seconds - (first or 0), 1e-6), 2),
-                     "listed_titles_named": named, "reply": text})
-        print(f"  reply {seconds:5.1f}s ttft {first or 0:.1f}s {tokens} tok names {named}/5: {text[:100]!r}", flush=True)
+        rows.append(
+            {
+                "message": message,
+                "seconds": round(seconds, 2),
+                "seconds_to_first_piece": round(first or 0, 2),
+                "output_tokens": tokens,
+                "decode_tokens_per_s": round((tokens - 1) / max(seconds - (first or 0), 1e-6), 2),
+                "listed_titles_named": named,
+                "reply": text,
+            }
+        )
+        print(
+            f"  reply {seconds:5.1f}s ttft {first or 0:.1f}s {tokens} tok names {named}/5: {text[:100]!r}", flush=True
+        )
     return {
         "requests": len(rows),
         "decode_tokens_per_s_p50": round(statistics.median(r["decode_tokens_per_s"] for r in rows), 2),
@@ -203,8 +233,11 @@ def bench_model(name: str, run: Path, auto: int) -> dict:
     before = compile_entries()
     print(f"{name}: starting vLLM ({' '.join(server_command(spec)[3:])})", flush=True)
     with VllmServer(spec, 1200) as server:
-        result = {"server_start_s": round(server.startup_s or 0, 1), "compiled": compile_entries() > before,
-                  "vllm_flags": server_command(spec)[3:]}
+        result = {
+            "server_start_s": round(server.startup_s or 0, 1),
+            "compiled": compile_entries() > before,
+            "vllm_flags": server_command(spec)[3:],
+        }
         print(f"{name}: healthy in {result['server_start_s']} s (compiled: {result['compiled']})", flush=True)
         llm = connect(server.url, timeout_s=600, max_tokens=256)
         result["planning_required"] = measure_planning(llm, tools, PLANNER_PROMPT, ctx)
@@ -235,7 +268,11 @@ def main() -> None:
         figures = bench_model(name, args.run, args.auto)
         figures["folder_gib"] = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**30, 2)
         figures["command"] = "python bench/chat_model.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        figures["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()}
+        figures["machine"] = {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_at_end": os.getloadavg(),
+        }
         results["models"][name] = figures
         results["what"] = (__doc__ or "").split("\n\n")[0]
         write_json(OUT, results)

@@ -39,7 +39,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--images-only", action="store_true", help="measure the image side only; keep the rest of index.json")
+    parser.add_argument(
+        "--images-only", action="store_true", help="measure the image side only; keep the rest of index.json"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.images_only:
@@ -83,10 +85,14 @@ def main() -> None:
         "dataset": args.dataset,
         "items": report.items,
         "interactions": report.interactions,
-        "seconds": {**{k: round(v, 3) for k, v in report.seconds.items()}, "total": round(total, 3),
-                    "reindex_unchanged": round(reindex, 3)},
+        "seconds": {
+            **{k: round(v, 3) for k, v in report.seconds.items()},
+            "total": round(total, 3),
+            "reindex_unchanged": round(reindex, 3),
+        },
         "query_top10_ms": {
-            "chroma_p50": round(percentile_ms(chroma_lat, 50), 3), "chroma_p95": round(percentile_ms(chroma_lat, 95), 3),
+            "chroma_p50": round(percentile_ms(chroma_lat, 50), 3),
+            "chroma_p95": round(percentile_ms(chroma_lat, 95), 3),
             "numpy_bruteforce_p50": round(percentile_ms(brute_lat, 50), 3),
             "numpy_bruteforce_p95": round(percentile_ms(brute_lat, 95), 3),
             "ratio_chroma_over_numpy_p50": round(percentile_ms(chroma_lat, 50) / percentile_ms(brute_lat, 50), 2),
@@ -95,7 +101,11 @@ def main() -> None:
         },
         "semantic_ids": stats,
         "images": image_figures(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0],
+        },
     }
     (RESULTS / "index.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
@@ -103,10 +113,26 @@ def main() -> None:
 
 # Kinds for the neighbour and fusion measurements. The package's train.csv labels 9 of its 18 photos;
 # the other 9 were labelled by eye for this benchmark (tests use the package's labels only).
-BY_EYE = {"0000": "cup", "0001": "spoon", "0002": "plate", "0024": "spoon", "0192": "bowl", "0199": "knife",
-          "0291": "glass", "0385": "plate", "0422": "cup"}
-GROUP = {"cup": "cup/glass", "glass": "cup/glass", "knife": "cutlery", "fork": "cutlery", "spoon": "cutlery",
-         "plate": "plate/bowl", "bowl": "plate/bowl"}
+BY_EYE = {
+    "0000": "cup",
+    "0001": "spoon",
+    "0002": "plate",
+    "0024": "spoon",
+    "0192": "bowl",
+    "0199": "knife",
+    "0291": "glass",
+    "0385": "plate",
+    "0422": "cup",
+}
+GROUP = {
+    "cup": "cup/glass",
+    "glass": "cup/glass",
+    "knife": "cutlery",
+    "fork": "cutlery",
+    "spoon": "cutlery",
+    "plate": "plate/bowl",
+    "bowl": "plate/bowl",
+}
 WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
 
 
@@ -152,16 +178,24 @@ def measure_encoding(kind: str, photos: list[str]) -> dict:
             if kind == "image":
                 assert encode_images(model, batch, batch_size=16, progress=False)[1].all()
             else:
-                encode_texts(model, [f"kitchenware photo {Path(p).stem}. A kitchenware item." for p in batch], progress=False)
+                encode_texts(
+                    model, [f"kitchenware photo {Path(p).stem}. A kitchenware item." for p in batch], progress=False
+                )
 
     encode(photos[:1])
     t = time.perf_counter()
     encode(photos)
     seconds = time.perf_counter() - t
     peak = rss_mib("VmHWM")
-    return {"items": len(photos), "load_seconds": round(load, 3), "encode_seconds": round(seconds, 3),
-            "per_second": round(len(photos) / seconds, 2), "rss_before_mib": round(before, 1),
-            "rss_peak_mib": round(peak, 1), "rss_added_mib": round(peak - before, 1)}
+    return {
+        "items": len(photos),
+        "load_seconds": round(load, 3),
+        "encode_seconds": round(seconds, 3),
+        "per_second": round(len(photos) / seconds, 2),
+        "rss_before_mib": round(before, 1),
+        "rss_peak_mib": round(peak, 1),
+        "rss_added_mib": round(peak - before, 1),
+    }
 
 
 def nearest_same_kind(vectors: np.ndarray, kinds: list[str]) -> float:
@@ -179,7 +213,9 @@ def first_code_purity(vectors: np.ndarray, kinds: list[str], seeds: int = 10) ->
     shares = []
     for seed in range(seeds):
         first = residual_kmeans(vectors, 2, 4, seed, progress=False)[:, 0]
-        same = [kinds[a] == kinds[b] for a in range(len(kinds)) for b in range(a + 1, len(kinds)) if first[a] == first[b]]
+        same = [
+            kinds[a] == kinds[b] for a in range(len(kinds)) for b in range(a + 1, len(kinds)) if first[a] == first[b]
+        ]
         shares.append(np.mean(same) if same else 0.0)
     return float(np.mean(shares))
 
@@ -229,19 +265,25 @@ def image_figures() -> dict:
     def score(variant: str, regime: str, fused: np.ndarray) -> None:
         fusion.setdefault(variant, {})[regime] = {
             "nearest_same_kind": round(nearest_same_kind(fused, groups), 3),
-            "first_code_purity": round(first_code_purity(fused, groups), 3)}
+            "first_code_purity": round(first_code_purity(fused, groups), 3),
+        }
 
     for name, texts in regimes.items():
         text_vecs = encode_texts(text_model, texts, progress=False)
         # the learned alternative: ridge regression from image to text space, fitted on the catalog
-        proj = l2_normalise(centred @ np.linalg.solve(centred.T @ centred + 10.0 * np.eye(centred.shape[1]), centred.T @ text_vecs))
+        proj = l2_normalise(
+            centred @ np.linalg.solve(centred.T @ centred + 10.0 * np.eye(centred.shape[1]), centred.T @ text_vecs)
+        )
         for w in WEIGHTS:
             score(f"concat_w{w:g}", name, l2_normalise(np.concatenate([text_vecs, w * centred], axis=1)))
         for w in (0.5, 1.0, 2.0):
             score(f"concat_uncentred_w{w:g}", name, l2_normalise(np.concatenate([text_vecs, w * raw], axis=1)))
             score(f"ridge_projection_w{w:g}", name, l2_normalise(text_vecs + w * proj))
     for row in fusion.values():
-        row["mean"] = {m: round(float(np.mean([row[r][m] for r in regimes])), 3) for m in ("nearest_same_kind", "first_code_purity")}
+        row["mean"] = {
+            m: round(float(np.mean([row[r][m] for r in regimes])), 3)
+            for m in ("nearest_same_kind", "first_code_purity")
+        }
 
     return {
         "load_average_1min": round(os.getloadavg()[0], 2),  # the 2 cores are shared: speed depends on it
@@ -263,7 +305,10 @@ def image_figures() -> dict:
             "first_code_purity_image_only_centred": round(first_code_purity(centred, groups), 3),
             "mean_cosine_same_kind_raw": round(float(raw_sims[same].mean()), 3),
             "mean_cosine_other_kind_raw": round(float(raw_sims[differ].mean()), 3),
-            "range_cosine_other_kind_raw": [round(float(raw_sims[differ].min()), 3), round(float(raw_sims[differ].max()), 3)],
+            "range_cosine_other_kind_raw": [
+                round(float(raw_sims[differ].min()), 3),
+                round(float(raw_sims[differ].max()), 3),
+            ],
             "mean_cosine_same_kind_centred": round(float(centred_sims[same].mean()), 3),
             "mean_cosine_other_kind_centred": round(float(centred_sims[differ].mean()), 3),
         },

@@ -42,7 +42,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -81,16 +85,33 @@ def train_in(run: Path, processes: int, source: Path = ROOT) -> dict:
     lora = [e for e in report["epochs"] if e["loss"] is not None]
     tokens = sum(e["tokens_per_s"] * e["seconds"] for e in pre) + report["tokens_per_s"] * report["train_seconds"]
     seconds = sum(e["seconds"] for e in pre) + report["train_seconds"]
-    return {"processes": processes, "wall_s": round(wall, 1), "cpu_s": round(cpu_s, 1), "train_s": round(seconds, 1),
-            "tokens_per_s": round(tokens / seconds, 1), "load_average_1min": round(os.getloadavg()[0], 2),
-            "losses": [e["loss"] for e in pre] + [e["loss"] for e in lora],
-            "valid_ndcg10": [e.get("valid_ndcg@10") for e in pre] + [e["valid_ndcg@10"] for e in lora]}
+    return {
+        "processes": processes,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu_s, 1),
+        "train_s": round(seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "losses": [e["loss"] for e in pre] + [e["loss"] for e in lora],
+        "valid_ndcg10": [e.get("valid_ndcg@10") for e in pre] + [e["valid_ndcg@10"] for e in lora],
+    }
 
 
-NEW_SETTINGS = {"encoder": ["processes"], "train": ["micro_batch_tokens", "checkpoint_steps", "distributed"],
-                "serve": ["tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_num_seqs",
-                          "devices", "chat_tensor_parallel_size", "chat_gpu_memory_utilization", "chat_devices",
-                          "chat_extra_args"]}
+NEW_SETTINGS = {
+    "encoder": ["processes"],
+    "train": ["micro_batch_tokens", "checkpoint_steps", "distributed"],
+    "serve": [
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "devices",
+        "chat_tensor_parallel_size",
+        "chat_gpu_memory_utilization",
+        "chat_devices",
+        "chat_extra_args",
+    ],
+}
 
 
 def older_config(path: Path) -> None:
@@ -110,9 +131,12 @@ def top10_agreement(a: Path, b: Path, users: int = 50) -> dict:
     prompts = fixed_prompts(a, users)
     ours, theirs = top10(a, prompts), top10(b, prompts)
     overlap = [len({i for i, _ in x[:10]} & {i for i, _ in y[:10]}) / 10 for x, y in zip(ours, theirs)]
-    return {"prompts": len(prompts), "same_within_ties": sum(same_within_ties(x, y) for x, y in zip(ours, theirs)),
-            "identical_top10": sum([i for i, _ in x[:10]] == [i for i, _ in y[:10]] for x, y in zip(ours, theirs)),
-            "mean_overlap": round(float(np.mean(overlap)), 4)}
+    return {
+        "prompts": len(prompts),
+        "same_within_ties": sum(same_within_ties(x, y) for x, y in zip(ours, theirs)),
+        "identical_top10": sum([i for i, _ in x[:10]] == [i for i, _ in y[:10]] for x, y in zip(ours, theirs)),
+        "mean_overlap": round(float(np.mean(overlap)), 4),
+    }
 
 
 def training(args) -> dict:
@@ -145,16 +169,26 @@ def training(args) -> dict:
 
 WORDS = {
     "adjective": "compact sturdy vintage modern handmade rugged elegant minimalist classic premium lightweight foldable "
-                 "waterproof ergonomic portable cordless rustic glossy matte quiet".split(),
+    "waterproof ergonomic portable cordless rustic glossy matte quiet".split(),
     "material": "ceramic bamboo steel oak walnut glass cotton linen leather wool silicone copper marble aluminium "
-                "cast-iron porcelain hemp canvas rattan brass".split(),
+    "cast-iron porcelain hemp canvas rattan brass".split(),
     "noun": "mug teapot skillet lamp chair backpack blanket kettle knife board vase planter stool jacket wallet "
-            "speaker clock bowl candle tray".split(),
+    "speaker clock bowl candle tray".split(),
     "colour": "red blue green black white grey navy olive sand rust teal amber ivory charcoal plum".split(),
     "brand": "Norda Kaveh Lumio Birchwell Okapi Tessel Varro Quill Maren Hollis Ardent Soma Fenwick Brio Caldo".split(),
     "category": "Kitchen Home Outdoor Office Travel Garden Lighting Furniture Apparel Audio".split(),
-    "feature": ["dishwasher safe", "gift boxed", "made to order", "two-year warranty", "recycled packaging",
-                "fits small spaces", "easy to clean", "stackable", "hand finished", "lifetime repairs"],
+    "feature": [
+        "dishwasher safe",
+        "gift boxed",
+        "made to order",
+        "two-year warranty",
+        "recycled packaging",
+        "fits small spaces",
+        "easy to clean",
+        "stackable",
+        "hand finished",
+        "lifetime repairs",
+    ],
 }
 
 
@@ -165,18 +199,28 @@ def synthetic_items(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         pick = {k: rng.choice(v) for k, v in WORDS.items()}
         title = f"{pick['brand']} {pick['adjective']} {pick['material']} {pick['noun']} #{i}"
-        text = (f"A {pick['adjective']} {pick['noun']} in {pick['colour']} {pick['material']}, "
-                f"{rng.randint(1, 40) * 5} cm, {pick['feature']}.")
-        items.append({"item_id": f"s{i}", "title": title, "text": text, "image": None,
-                      "attributes": {"category": pick["category"], "brand": pick["brand"], "price": rng.randint(5, 400)}})
+        text = (
+            f"A {pick['adjective']} {pick['noun']} in {pick['colour']} {pick['material']}, "
+            f"{rng.randint(1, 40) * 5} cm, {pick['feature']}."
+        )
+        items.append(
+            {
+                "item_id": f"s{i}",
+                "title": title,
+                "text": text,
+                "image": None,
+                "attributes": {"category": pick["category"], "brand": pick["brand"], "price": rng.randint(5, 400)},
+            }
+        )
     return items
 
 
 def encoding(args) -> dict:
+    import pandas as pd
+
+    from retrieval.catalog import Catalog, make_items
     from retrieval.encoders import encode_texts, load_encoder
     from retrieval.index import item_documents
-    from retrieval.catalog import Catalog, make_items
-    import pandas as pd
 
     items = make_items(synthetic_items(args.encode_texts, seed=1), "synthetic")
     docs = item_documents(Catalog(items, pd.DataFrame(columns=["user_id", "item_id", "timestamp", "rating"])))
@@ -188,8 +232,14 @@ def encoding(args) -> dict:
         started = time.perf_counter()
         vectors[processes] = encode_texts(model, docs, progress=False, processes=processes)
         seconds = time.perf_counter() - started
-        out["runs"].append({"processes": processes, "seconds": round(seconds, 1), "texts_per_s": round(len(docs) / seconds, 1),
-                            "load_average_1min": round(os.getloadavg()[0], 2)})
+        out["runs"].append(
+            {
+                "processes": processes,
+                "seconds": round(seconds, 1),
+                "texts_per_s": round(len(docs) / seconds, 1),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+            }
+        )
         print(json.dumps(out["runs"][-1]), flush=True)
     out["max_abs_difference"] = float(np.abs(vectors[1] - vectors[2]).max())
     return out
@@ -253,10 +303,13 @@ def index_point(catalog, name: str, queries: list[str], processes: int, encode_l
             exact = {ids[i] for i in np.argpartition(-(vectors @ q), 10)[:10]}
             recall.append(len(set(res["ids"][0]) & exact) / 10)
         return {
-            "items": n, "vectors": kind, "encode_processes": processes,
+            "items": n,
+            "vectors": kind,
+            "encode_processes": processes,
             ("encode_s" if n <= encode_limit else "encode_s_projected"): round(seconds["encode"], 1),
             "encode_texts_per_s": round(n / seconds["encode"], 1),
-            "store_s": round(seconds["store"], 1), "store_items_per_s": round(n / seconds["store"], 1),
+            "store_s": round(seconds["store"], 1),
+            "store_items_per_s": round(n / seconds["store"], 1),
             "query_top10_ms_p50": round(float(np.percentile(latency, 50)) * 1000, 2),
             "query_top10_ms_p95": round(float(np.percentile(latency, 95)) * 1000, 2),
             "recall_at_10_vs_exact": round(float(np.mean(recall)), 4),
@@ -274,16 +327,24 @@ def index(args) -> dict:
     from retrieval.datasets import load_dataset
 
     rng = random.Random(2)
-    queries = [f"a {rng.choice(WORDS['adjective'])} {rng.choice(WORDS['noun'])} for the {rng.choice(WORDS['category']).lower()}"
-               for _ in range(args.queries)]
+    queries = [
+        f"a {rng.choice(WORDS['adjective'])} {rng.choice(WORDS['noun'])} for the {rng.choice(WORDS['category']).lower()}"
+        for _ in range(args.queries)
+    ]
     ml = load_dataset(DataConfig(dataset="ml-100k"))
     out = {"queries": args.queries, "points": []}
-    out["points"].append({"catalog": "ml-100k", **index_point(ml, "ml100k", queries, args.encode_processes, args.encode_limit)})
+    out["points"].append(
+        {"catalog": "ml-100k", **index_point(ml, "ml100k", queries, args.encode_processes, args.encode_limit)}
+    )
     print(json.dumps(out["points"][-1]), flush=True)
     empty = pd.DataFrame(columns=["user_id", "item_id", "timestamp", "rating"])
     synthetic = Catalog(make_items(synthetic_items(args.catalog), "synthetic"), empty)
-    out["points"].append({"catalog": f"synthetic-{args.catalog}",
-                          **index_point(synthetic, "synthetic", queries, args.encode_processes, args.encode_limit)})
+    out["points"].append(
+        {
+            "catalog": f"synthetic-{args.catalog}",
+            **index_point(synthetic, "synthetic", queries, args.encode_processes, args.encode_limit),
+        }
+    )
     print(json.dumps(out["points"][-1]), flush=True)
     return out
 
@@ -299,8 +360,12 @@ def main() -> None:
     parser.add_argument("--encode-texts", type=int, default=2000)
     parser.add_argument("--catalog", type=int, default=100_000, help="items of the synthetic catalog")
     parser.add_argument("--encode-processes", type=int, default=1, help="encoder.processes for the index points")
-    parser.add_argument("--encode-limit", type=int, default=2000,
-                        help="catalogs larger than this: encoder timed on this many items, Chroma filled with random vectors")
+    parser.add_argument(
+        "--encode-limit",
+        type=int,
+        default=2000,
+        help="catalogs larger than this: encoder timed on this many items, Chroma filled with random vectors",
+    )
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)

@@ -46,8 +46,13 @@ K, WIDTH, CONCURRENT = 10, 20, 16
 def latency_summary(latencies: list[float], wall_s: float, recs: int) -> dict:
     """Throughput and latency of one configuration (latencies in seconds, per request)."""
     ms = np.asarray(latencies) * 1000.0
-    return {"recommendations": recs, "recs_per_s": round(recs / wall_s, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p95_ms": round(float(np.percentile(ms, 95)), 1), "wall_s": round(wall_s, 2)}
+    return {
+        "recommendations": recs,
+        "recs_per_s": round(recs / wall_s, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "wall_s": round(wall_s, 2),
+    }
 
 
 class PeakMemory:
@@ -129,7 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a trained run (genrec train)")
     parser.add_argument("--prompts", type=int, default=32, help="test users whose histories are the prompts")
-    parser.add_argument("--hf-prompts", type=int, default=16, help="of those, how many Hugging Face generate runs (slow)")
+    parser.add_argument(
+        "--hf-prompts", type=int, default=16, help="of those, how many Hugging Face generate runs (slow)"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -160,8 +167,13 @@ def main() -> None:
         return [row[:K] for row in local.generate(batch, WIDTH, exclude=[set(h) for h in batch])]
 
     in_process([histories[0]])  # warm-up: first-call allocations
-    report: dict = {"run": str(args.run), "k": K, "beam_width": WIDTH, "prompts": len(histories),
-                    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_start": os.getloadavg()}}
+    report: dict = {
+        "run": str(args.run),
+        "k": K,
+        "beam_width": WIDTH,
+        "prompts": len(histories),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_start": os.getloadavg()},
+    }
     report["in_process_1"], local_1 = sequential(in_process, histories)
     report["in_process_16"], _ = batched(in_process, histories)
 
@@ -169,8 +181,10 @@ def main() -> None:
     hf_histories = histories[: args.hf_prompts]
 
     def hf(batch: list[list[str]]) -> list:
-        return [hf_trie_topk(model, tokenizer, local.prompts.token_ids(h), local.trie, WIDTH,
-                             local.trie.exclusion(h))[:K] for h in batch]
+        return [
+            hf_trie_topk(model, tokenizer, local.prompts.token_ids(h), local.trie, WIDTH, local.trie.exclusion(h))[:K]
+            for h in batch
+        ]
 
     report["hf_generate_1"], hf_1 = sequential(hf, hf_histories)
 
@@ -192,9 +206,11 @@ def main() -> None:
         report["vllm_peak_rss_mb"] = round(memory.peak_mb)
         gen.close()
 
-    report["agreement"] = {"vllm_vs_in_process": agreement(vllm_1, local_1),
-                           "vllm_vs_hf_generate": agreement(vllm_1[: len(hf_1)], hf_1),
-                           "in_process_vs_hf_generate": agreement(local_1[: len(hf_1)], hf_1)}
+    report["agreement"] = {
+        "vllm_vs_in_process": agreement(vllm_1, local_1),
+        "vllm_vs_hf_generate": agreement(vllm_1[: len(hf_1)], hf_1),
+        "in_process_vs_hf_generate": agreement(local_1[: len(hf_1)], hf_1),
+    }
     report["ratios"] = {
         "vllm_16_over_in_process_16": round(report["vllm_16"]["recs_per_s"] / report["in_process_16"]["recs_per_s"], 3),
         "vllm_16_over_hf_generate_1": round(report["vllm_16"]["recs_per_s"] / report["hf_generate_1"]["recs_per_s"], 3),

@@ -8,12 +8,10 @@ Heavy libraries (torch, transformers, chromadb, matplotlib) are imported inside 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from genrec.errors import GenrecError
-
 
 eval_app = typer.Typer(
     help="Evaluate on the leave-one-out split: `offline` (models x metrics, report), `compare` (runs, paired "
@@ -27,24 +25,40 @@ MODELS_HELP = "Models, comma-separated: genrec, genrec-gen, sasrec, bsarec, popu
 @eval_app.command("offline")
 def offline(
     run: Path = typer.Option(..., "--run", help="Run directory to evaluate (genrec index / genrec train output)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
-    report: bool = typer.Option(False, "--report", help="Also write RUN/eval/report.md, RUN/eval/metrics.json and PNG plots."),
-    max_users: Optional[int] = typer.Option(None, "--max-users", help="Evaluate a fixed seeded sample of this many test users."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
-    explainer: str = typer.Option("smollm2-135m", "--explainer", help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    report: bool = typer.Option(
+        False, "--report", help="Also write RUN/eval/report.md, RUN/eval/metrics.json and PNG plots."
+    ),
+    max_users: int | None = typer.Option(
+        None, "--max-users", help="Evaluate a fixed seeded sample of this many test users."
+    ),
+    models: list[str] | None = typer.Option(None, "--models", help=MODELS_HELP),
+    explainer: str = typer.Option(
+        "smollm2-135m",
+        "--explainer",
+        help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none.",
+    ),
 ) -> None:
     """genrec (the served ranking), pure generation and the baselines on one leave-one-out split: a table,
     per-user ranks in RUN/eval/ranks.parquet, optionally JSON and a report with plots."""
-    evaluate_and_report(run, models=models, max_users=max_users, json_out=json_out, report=report,
-                        explainer=None if explainer.lower() == "none" else explainer)
+    evaluate_and_report(
+        run,
+        models=models,
+        max_users=max_users,
+        json_out=json_out,
+        report=report,
+        explainer=None if explainer.lower() == "none" else explainer,
+    )
 
 
 @eval_app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(..., help="Two or more evaluated runs: `genrec eval compare RUN_A RUN_B`."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the comparison as JSON to this file."),
-    max_users: Optional[int] = typer.Option(None, "--max-users", help="Compare on a fixed seeded sample of this many shared users."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help=MODELS_HELP),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the comparison as JSON to this file."),
+    max_users: int | None = typer.Option(
+        None, "--max-users", help="Compare on a fixed seeded sample of this many shared users."
+    ),
+    models: list[str] | None = typer.Option(None, "--models", help=MODELS_HELP),
 ) -> None:
     """Runs side by side on their shared test users, with a paired bootstrap and t-test of each run's
     NDCG@10 against the first."""
@@ -66,10 +80,18 @@ def chats(
     run: Path = typer.Option(..., "--run", help="An indexed (and ideally trained) run."),
     conversations: int = typer.Option(50, "--conversations", "-n", help="How many simulated conversations."),
     turns: int = typer.Option(5, "--turns", help="Turns per conversation before giving up."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="The run's served recommender (default: rank in process)."),
-    chat_url: Optional[str] = typer.Option(None, "--chat-url", help="The served chat model (default: the run's, given --llm-url)."),
-    simulator: str = typer.Option("template", "--simulator", help="template (default; speaks the rule planner's grammar), paraphrase (varied wordings) or llm (a chat model words the user)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    llm_url: str | None = typer.Option(
+        None, "--llm-url", help="The run's served recommender (default: rank in process)."
+    ),
+    chat_url: str | None = typer.Option(
+        None, "--chat-url", help="The served chat model (default: the run's, given --llm-url)."
+    ),
+    simulator: str = typer.Option(
+        "template",
+        "--simulator",
+        help="template (default; speaks the rule planner's grammar), paraphrase (varied wordings) or llm (a chat model words the user).",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON to this file."),
 ) -> None:
     """Simulated users with a hidden target (their test item) chat with the agent: success@10, turns,
     grounding violations."""
@@ -81,13 +103,21 @@ def chats(
     print_simulation(result)
     if json_out:
         _save(result, json_out)
-    Console(stderr=True).print(f"{conversations} simulated conversations: success@10 {result['success@10']:.3f}, "
-                               f"avg turns {result['avg_turns']:.2f}, grounding violations {result['grounding_violations']}")
+    Console(stderr=True).print(
+        f"{conversations} simulated conversations: success@10 {result['success@10']:.3f}, "
+        f"avg turns {result['avg_turns']:.2f}, grounding violations {result['grounding_violations']}"
+    )
 
 
-def evaluate_and_report(run: Path, models: Optional[list[str]] = None, max_users: Optional[int] = None,
-                        json_out: Optional[Path] = None, report: bool = True, console=None,
-                        explainer: Optional[str] = "smollm2-135m") -> dict:
+def evaluate_and_report(
+    run: Path,
+    models: list[str] | None = None,
+    max_users: int | None = None,
+    json_out: Path | None = None,
+    report: bool = True,
+    console=None,
+    explainer: str | None = "smollm2-135m",
+) -> dict:
     """Evaluate a run's models on the test split, print the table, save ranks (and JSON/report); return the summaries."""
     from rich.console import Console
 
@@ -108,8 +138,10 @@ def evaluate_and_report(run: Path, models: Optional[list[str]] = None, max_users
         console.print(f"report: {path}")
     best = max(results, key=lambda m: results[m].get("ndcg@10", 0.0))
     users = int(next(iter(results.values()))["users"])
-    console.print(f"evaluated {len(results)} models on {users} users; best NDCG@10: {best} "
-                  f"({results[best].get('ndcg@10', 0.0):.4f})")
+    console.print(
+        f"evaluated {len(results)} models on {users} users; best NDCG@10: {best} "
+        f"({results[best].get('ndcg@10', 0.0):.4f})"
+    )
     return results
 
 
@@ -129,7 +161,9 @@ def experiment(
         f"{result.table_md}"
     )
     if result.failed:
-        raise GenrecError(f"{file}: {result.failed} cell(s) failed ({result.first_error}); finished cells are saved in {result.out}")
+        raise GenrecError(
+            f"{file}: {result.failed} cell(s) failed ({result.first_error}); finished cells are saved in {result.out}"
+        )
 
 
 def _save(obj, path: Path) -> None:

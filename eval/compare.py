@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from eval.evaluate import ModelEvaluation
-from genrec.metrics import ndcg_at, ranking_metrics
 from eval.run_eval import RANKS_FILE, evaluate_run, parse_models, save_ranks
 from genrec.errors import GenrecError
+from genrec.metrics import ndcg_at, ranking_metrics
 
 TEST_METRIC_K = 10
 BOOTSTRAP_DRAWS = 10_000
@@ -61,8 +61,14 @@ def paired_models(a: ModelEvaluation, b: ModelEvaluation, k: int = TEST_METRIC_K
     ranks_b = np.asarray([users_b[key] for _, key in shared])
     diff = ndcg_at(ranks_a, k) - ndcg_at(ranks_b, k)
     test = paired_bootstrap(diff)
-    return {"metric": f"ndcg@{k}", "users": len(diff), "diff": float(diff.mean()), "ci95": [test["ci_low"], test["ci_high"]],
-            "bootstrap_p": test["p"], "t_test_p": paired_t(diff)}
+    return {
+        "metric": f"ndcg@{k}",
+        "users": len(diff),
+        "diff": float(diff.mean()),
+        "ci95": [test["ci_low"], test["ci_high"]],
+        "bootstrap_p": test["p"],
+        "t_test_p": paired_t(diff),
+    }
 
 
 def paired_t(diff: np.ndarray) -> float:
@@ -74,7 +80,9 @@ def paired_t(diff: np.ndarray) -> float:
     return float(stats.ttest_1samp(diff, 0.0).pvalue)
 
 
-def compare_runs(runs: Sequence[Path], models: Sequence[str] | None = None, max_users: int | None = None) -> dict[str, Any]:
+def compare_runs(
+    runs: Sequence[Path], models: Sequence[str] | None = None, max_users: int | None = None
+) -> dict[str, Any]:
     """Metrics of each model in each run on the shared users; differences to the first run and
     paired tests on per-user NDCG@10. Returns a JSON-ready dict."""
     if len(runs) < 2:
@@ -88,14 +96,18 @@ def compare_runs(runs: Sequence[Path], models: Sequence[str] | None = None, max_
     if wanted:
         common &= set(wanted)
     if not common:
-        raise GenrecError(f"--compare: the runs share no evaluated model ({', '.join(names)}); evaluate the same models in each")
+        raise GenrecError(
+            f"--compare: the runs share no evaluated model ({', '.join(names)}); evaluate the same models in each"
+        )
     out: dict[str, Any] = {"runs": names, "baseline": names[0], "models": {}, "users": 0}
     for model in sorted(common):
         per_run = {n: f[f["model"] == model].set_index(["user_id", "target"])["rank"] for n, f in frames.items()}
         shared = sorted(set.intersection(*(set(s.index) for s in per_run.values())))
         if not shared:
-            raise GenrecError(f"--compare: runs share no test user with the same target for model {model!r}; "
-                              "they must be built from the same interactions")
+            raise GenrecError(
+                f"--compare: runs share no test user with the same target for model {model!r}; "
+                "they must be built from the same interactions"
+            )
         ranks = {n: s.loc[shared].to_numpy() for n, s in per_run.items()}
         base = ndcg_at(ranks[names[0]], TEST_METRIC_K)
         entry: dict[str, Any] = {"users": len(shared), "metrics": {}, "tests": {}}
@@ -135,8 +147,15 @@ def print_comparison(result: dict[str, Any], console=None) -> None:
             table.add_column(col, justify="right")
         for name, metrics in entry["metrics"].items():
             test = entry["tests"].get(name)
-            extra = ["", "", "", ""] if test is None else [
-                f"{test['diff']:+.4f}", f"{test['bootstrap_p']:.4f}",
-                f"[{test['ci95'][0]:+.4f}, {test['ci95'][1]:+.4f}]", f"{test['t_test_p']:.4f}"]
+            extra = (
+                ["", "", "", ""]
+                if test is None
+                else [
+                    f"{test['diff']:+.4f}",
+                    f"{test['bootstrap_p']:.4f}",
+                    f"[{test['ci95'][0]:+.4f}, {test['ci95'][1]:+.4f}]",
+                    f"{test['t_test_p']:.4f}",
+                ]
+            )
             table.add_row(name, *(f"{metrics[m]:.4f}" for m in HEADLINE), *extra)
         console.print(table)

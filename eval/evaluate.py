@@ -9,19 +9,17 @@ tests. The ranking loop itself and `validation_ndcg` (early stopping in training
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from genrec.atomic import write_json
+from genrec.errors import GenrecError
 from genrec.metrics import rank_cases, sample_users
 from genrec.protocol import Recommender
 from retrieval.split import Split
-from genrec.atomic import write_json
-from genrec.errors import GenrecError
 
 DEFAULT_KS = (5, 10, 20)
 

@@ -108,7 +108,9 @@ class Experiment:
         d = self.spec.decoding
         return [
             {"model": m.name, "template": str(t), "beam_width": bw, "k": k, "temperature": temp}
-            for m, t, bw, k, temp in itertools.product(self.spec.models, self.templates, d.beam_width, d.k, d.temperature)
+            for m, t, bw, k, temp in itertools.product(
+                self.spec.models, self.templates, d.beam_width, d.k, d.temperature
+            )
         ]
 
 
@@ -189,22 +191,30 @@ def load_experiment(file: str | Path) -> Experiment:
                 raise GenrecError(f"{file}: {key}.path: {path} does not exist")
             folder = _model_dir(path)
             if not (folder / "genrec.json").exists() or not (folder / "base" / "config.json").exists():
-                raise GenrecError(f"{file}: {key}.path: {path} holds no trained genrec model (expected genrec.json and "
-                                  "base/); run `genrec train` first")
+                raise GenrecError(
+                    f"{file}: {key}.path: {path} holds no trained genrec model (expected genrec.json and "
+                    "base/); run `genrec train` first"
+                )
             model_dirs[entry.name] = folder
         else:
             if not (run / "model" / "base").exists():
-                raise GenrecError(f"{file}: {key}.endpoint: the run {run} has no model/base (its tokenizer builds the prompts)")
+                raise GenrecError(
+                    f"{file}: {key}.endpoint: the run {run} has no model/base (its tokenizer builds the prompts)"
+                )
             if any(t != 1.0 for t in spec.decoding.temperature):
-                raise GenrecError(f"{file}: decoding.temperature: only 1.0 is possible with {key}.endpoint "
-                                  "(vLLM beam search does not rescale logits); use a local path model")
+                raise GenrecError(
+                    f"{file}: decoding.temperature: only 1.0 is possible with {key}.endpoint "
+                    "(vLLM beam search does not rescale logits); use a local path model"
+                )
             model_dirs[entry.name] = None
     out = _resolve(base, spec.output) if spec.output else base / f"{file.stem}.results"
     return Experiment(file, spec, run, templates, texts, model_dirs, out)
 
 
 def _mtimes(folder: Path) -> list[tuple[str, int, int]]:
-    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()
+    )
 
 
 def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
@@ -212,7 +222,9 @@ def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
     entry, the model files' mtimes, the run's data files' mtimes and the user sample."""
     entry = next(m for m in exp.spec.models if m.name == cell["model"])
     folder = exp.model_dirs[cell["model"]]
-    data = [(n, (exp.run / n).stat().st_mtime_ns) for n in ("items.parquet", "interactions.parquet", "semantic_ids.json")]
+    data = [
+        (n, (exp.run / n).stat().st_mtime_ns) for n in ("items.parquet", "interactions.parquet", "semantic_ids.json")
+    ]
     material = {
         "cell": {k: v for k, v in cell.items() if k != "template"},
         "template": exp.template_texts[Path(cell["template"])],
@@ -229,8 +241,10 @@ def _local_cell(gen: Any, cell: dict[str, Any]) -> Any:
     from finetune.ranking import Ranker
 
     prompts = replace(gen.prompts, template=cell["template"])
-    return Ranker(replace(gen, prompts=prompts, beam_width=cell["beam_width"], temperature=cell["temperature"]),
-                  name=cell["model"])
+    return Ranker(
+        replace(gen, prompts=prompts, beam_width=cell["beam_width"], temperature=cell["temperature"]),
+        name=cell["model"],
+    )
 
 
 def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> Any:
@@ -251,8 +265,9 @@ def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> 
     tokenizer = AutoTokenizer.from_pretrained(paths.model / "base")
     prompts = HistoryPrompt(tokenizer, trie.code_of, int(model_meta(paths)["max_history"]), cell["template"])
     client = LLMClient(entry.endpoint, **({"model": entry.served_model} if entry.served_model else {}))
-    return Ranker(VllmGenerator(client, trie, prompts, beam_width=cell["beam_width"], model=client.model),
-                  name=cell["model"])
+    return Ranker(
+        VllmGenerator(client, trie, prompts, beam_width=cell["beam_width"], model=client.model), name=cell["model"]
+    )
 
 
 def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) -> ExperimentResult:
@@ -260,9 +275,9 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
     from rich.console import Console
     from tqdm.auto import tqdm
 
-    from genrec.metrics import rank_cases, sample_users
     from eval.run_eval import load_split
     from finetune.decoding.local import load_local_generator
+    from genrec.metrics import rank_cases, sample_users
     from genrec.run import RunPaths
     from retrieval.semantic_ids import load_semantic_ids
 
@@ -288,23 +303,34 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
                 if cell["model"] not in loaded:
                     folder = exp.model_dirs[cell["model"]]
                     loaded[cell["model"]] = load_local_generator(
-                        _ModelPaths(exp.run, folder), load_semantic_ids(paths), batch_size=exp.spec.batch_size)
+                        _ModelPaths(exp.run, folder), load_semantic_ids(paths), batch_size=exp.spec.batch_size
+                    )
                 model = _local_cell(loaded[cell["model"]], cell)
             else:
                 model = _endpoint_cell(exp, entry, cell)
             t0 = time.perf_counter()
-            acc, seconds = rank_cases(model, cases, users, item_ids, cell["k"], batch_size=exp.spec.batch_size, progress=False)
+            acc, seconds = rank_cases(
+                model, cases, users, item_ids, cell["k"], batch_size=exp.spec.batch_size, progress=False
+            )
             ks = sorted({k for k in METRIC_KS if k <= cell["k"]} | {cell["k"]})
-            row = {**cell, "template": Path(cell["template"]).name, "key": key, "status": "ok",
-                   **{m: v for m, v in acc.summary(ks).items()},
-                   "users_per_s": len(users) / seconds if seconds else None,
-                   "seconds": time.perf_counter() - t0,
-                   "example_user": users[0], "example_prompt": model.generator.prompts.text(list(cases[users[0]][0]))}
+            row = {
+                **cell,
+                "template": Path(cell["template"]).name,
+                "key": key,
+                "status": "ok",
+                **{m: v for m, v in acc.summary(ks).items()},
+                "users_per_s": len(users) / seconds if seconds else None,
+                "seconds": time.perf_counter() - t0,
+                "example_user": users[0],
+                "example_prompt": model.generator.prompts.text(list(cases[users[0]][0])),
+            }
             write_json(path, row)  # atomic: a crash later never loses or corrupts this cell
             result.computed += 1
         except Exception as exc:  # one failing cell must not cost the others; it is reported and retried next time
-            message = f"{cell['model']} / {Path(cell['template']).name} / beam {cell['beam_width']} k {cell['k']} " \
-                      f"T {cell['temperature']}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            message = (
+                f"{cell['model']} / {Path(cell['template']).name} / beam {cell['beam_width']} k {cell['k']} "
+                f"T {cell['temperature']}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
             row = {**cell, "template": Path(cell["template"]).name, "key": key, "status": "failed", "error": message}
             result.failed += 1
             result.first_error = result.first_error or message
@@ -334,8 +360,10 @@ class _ModelPaths:
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     first = ["model", "template", "beam_width", "k", "temperature", "status"]
-    metrics = sorted({c for r in rows for c in r if c.startswith(("recall@", "ndcg@"))},
-                     key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
+    metrics = sorted(
+        {c for r in rows for c in r if c.startswith(("recall@", "ndcg@"))},
+        key=lambda c: (c.split("@")[0], int(c.split("@")[1])),
+    )
     return first + metrics + ["mrr", "valid_rate", "coverage", "users", "users_per_s", "key"]
 
 
@@ -352,15 +380,27 @@ def write_results(exp: Experiment, result: ExperimentResult) -> None:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = [f"# Experiment `{exp.file.name}`", "",
-             f"Run `{exp.run}`, {exp.spec.users} {exp.spec.split} users (seed {exp.spec.seed}); metrics from `genrec.metrics`.", "",
-             "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    lines = [
+        f"# Experiment `{exp.file.name}`",
+        "",
+        f"Run `{exp.run}`, {exp.spec.users} {exp.spec.split} users (seed {exp.spec.seed}); metrics from `genrec.metrics`.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|---" * len(cols) + "|",
+    ]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     lines += ["", "![results](results.png)", "", "## Rendered prompt of one example per cell", ""]
     for r in rows:
         if r.get("example_prompt"):
-            lines += [f"### {r['model']} / {r['template']} / beam {r['beam_width']} / k {r['k']} / T {r['temperature']}",
-                      f"user {r['example_user']}:", "", "```", r["example_prompt"], "```", ""]
+            lines += [
+                f"### {r['model']} / {r['template']} / beam {r['beam_width']} / k {r['k']} / T {r['temperature']}",
+                f"user {r['example_user']}:",
+                "",
+                "```",
+                r["example_prompt"],
+                "```",
+                "",
+            ]
     for r in rows:
         if r.get("status") == "failed":
             lines.append(f"- failed: {r['error']}")

@@ -49,7 +49,7 @@ class Vocabulary:
     values: set[str] = field(default_factory=set)
 
     @classmethod
-    def from_items(cls, items: pd.DataFrame) -> "Vocabulary":
+    def from_items(cls, items: pd.DataFrame) -> Vocabulary:
         """Build from a catalog items frame (item_id, title, attributes JSON)."""
         out: dict[str, ItemAttributes] = {}
         all_kinds: set[str] = set()
@@ -153,9 +153,14 @@ def summarize(scores: Iterable[ExplanationScore]) -> dict[str, float | int | Non
     }
 
 
-def model_explanations(write: Any, items: pd.DataFrame, cases: Mapping[str, tuple[Sequence[str], str]],
-                       picks: Mapping[str, str], vocab: Vocabulary,
-                       max_history: int = 5) -> tuple[list[ExplanationScore], list[ExplanationScore], int]:
+def model_explanations(
+    write: Any,
+    items: pd.DataFrame,
+    cases: Mapping[str, tuple[Sequence[str], str]],
+    picks: Mapping[str, str],
+    vocab: Vocabulary,
+    max_history: int = 5,
+) -> tuple[list[ExplanationScore], list[ExplanationScore], int]:
     """Explanations an instruction model writes (`write`: chat messages -> text) for each user's pick,
     scored twice: as the model wrote them (raw), and as users get them (`finetune.explain.explain_with`
     keeps a grounded answer, else the template one). Also returns how many raw answers were kept."""
@@ -174,8 +179,13 @@ def model_explanations(write: Any, items: pd.DataFrame, cases: Mapping[str, tupl
     return raw, shown, kept
 
 
-def agent_explanations(ctx: Any, cases: Mapping[str, tuple[Sequence[str], str]],
-                       picks: Mapping[str, str], vocab: Vocabulary, max_history: int = 20) -> list[ExplanationScore]:
+def agent_explanations(
+    ctx: Any,
+    cases: Mapping[str, tuple[Sequence[str], str]],
+    picks: Mapping[str, str],
+    vocab: Vocabulary,
+    max_history: int = 20,
+) -> list[ExplanationScore]:
     """Score the agent's `explain` tool (with its `AgentContext`) on recommended items: for each
     user in `picks`, why `picks[user]` suits the user's history in `cases` (what users read in chat)."""
     from agent.tools import explain

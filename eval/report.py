@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from genrec.metrics import COLD_START_THRESHOLD, COVERAGE_K, cold_start_mask, ranking_metrics
 from eval.run_eval import CURVE_KS, RunEvaluation, content_vectors
 from genrec.atomic import atomic_path, write_text
 from genrec.errors import GenrecError
+from genrec.metrics import COLD_START_THRESHOLD, COVERAGE_K, cold_start_mask, ranking_metrics
 
 POPULARITY_QUANTILES = 4  # buckets of (about) equal numbers of test users, from least to most popular target
 DIVERSITY_K = COVERAGE_K
@@ -47,8 +47,11 @@ def curves(evaluation: RunEvaluation) -> dict[str, dict[str, list[float]]]:
     out = {}
     for name, result in evaluation.results.items():
         m = ranking_metrics(result.ranks, CURVE_KS)
-        out[name] = {"k": list(CURVE_KS), "recall": [m[f"recall@{k}"] for k in CURVE_KS],
-                     "ndcg": [m[f"ndcg@{k}"] for k in CURVE_KS]}
+        out[name] = {
+            "k": list(CURVE_KS),
+            "recall": [m[f"recall@{k}"] for k in CURVE_KS],
+            "ndcg": [m[f"ndcg@{k}"] for k in CURVE_KS],
+        }
     return out
 
 
@@ -69,12 +72,16 @@ def popularity_buckets(evaluation: RunEvaluation) -> dict[str, dict[str, dict[st
 
 def _slice(ranks: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     m = ranking_metrics(ranks[mask], [COVERAGE_K])
-    return {"users": int(mask.sum()), f"recall@{COVERAGE_K}": m[f"recall@{COVERAGE_K}"],
-            f"ndcg@{COVERAGE_K}": m[f"ndcg@{COVERAGE_K}"]}
+    return {
+        "users": int(mask.sum()),
+        f"recall@{COVERAGE_K}": m[f"recall@{COVERAGE_K}"],
+        f"ndcg@{COVERAGE_K}": m[f"ndcg@{COVERAGE_K}"],
+    }
 
 
-def intra_list_diversity(lists: Sequence[Sequence[str]], item_ids: Sequence[str], vectors: np.ndarray,
-                         k: int = DIVERSITY_K) -> float | None:
+def intra_list_diversity(
+    lists: Sequence[Sequence[str]], item_ids: Sequence[str], vectors: np.ndarray, k: int = DIVERSITY_K
+) -> float | None:
     """Mean over lists of 1 - mean pairwise cosine similarity of the top-`k` items' vectors.
 
     Lists with fewer than two known items have no pairs and are skipped; None if none has.
@@ -101,17 +108,17 @@ def diversity(evaluation: RunEvaluation) -> dict[str, float | None]:
     return {name: intra_list_diversity(lists, evaluation.item_ids, vectors) for name, lists in evaluation.lists.items()}
 
 
-def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS,
-                 explainer: str | None = "smollm2-135m") -> dict[str, Any] | None:
+def faithfulness(
+    evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS, explainer: str | None = "smollm2-135m"
+) -> dict[str, Any] | None:
     """Faithfulness of explanations on a fixed sample of test users: the agent's catalog explanation
     of each model's top-1 item and, with `explainer` (a local instruction model such as
     `smollm2-135m`, or the URL of a served chat model), that model's explanations of genrec's top-1,
     raw and as shown after the grounding check. None when the run has no vector store."""
     import pandas as pd
 
-    from eval.faithfulness import Vocabulary, agent_explanations, model_explanations, summarize
-
     from agent.tools import AgentContext
+    from eval.faithfulness import Vocabulary, agent_explanations, model_explanations, summarize
 
     if not evaluation.paths.chroma.exists():
         return None
@@ -124,12 +131,16 @@ def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS,
     out: dict[str, Any] = {"source": "agent explain tool (catalog facts), top-1 item of each model", "models": {}}
     for name, result in evaluation.results.items():
         lists = evaluation.lists.get(name, [])
-        picks = {u: l[0] for u, l in list(zip(result.users, lists))[:users] if l}
+        picks = {u: ranked[0] for u, ranked in list(zip(result.users, lists))[:users] if ranked}
         scores = agent_explanations(ctx, evaluation.split.test, picks, vocab)
         out["models"][name] = summarize(scores)
         if scores:
-            out["models"][name]["example"] = {"item_id": scores[0].item_id, "text": scores[0].text,
-                                              "true": scores[0].true_claims, "false": scores[0].false_claims}
+            out["models"][name]["example"] = {
+                "item_id": scores[0].item_id,
+                "text": scores[0].text,
+                "true": scores[0].true_claims,
+                "false": scores[0].false_claims,
+            }
         if name == "genrec" and explainer:
             try:
                 write = explanation_writer(explainer)
@@ -139,8 +150,12 @@ def faithfulness(evaluation: RunEvaluation, users: int = FAITHFULNESS_USERS,
                 continue
             for label, group in ((f"genrec + {explainer} (raw)", raw), (f"genrec + {explainer} (shown)", shown)):
                 out["models"][label] = summarize(group)
-                out["models"][label]["example"] = {"item_id": group[0].item_id, "text": group[0].text,
-                                                   "true": group[0].true_claims, "false": group[0].false_claims}
+                out["models"][label]["example"] = {
+                    "item_id": group[0].item_id,
+                    "text": group[0].text,
+                    "true": group[0].true_claims,
+                    "false": group[0].false_claims,
+                }
             out["model_kept_rate"] = kept / len(raw) if raw else None
     return out
 
@@ -189,10 +204,14 @@ def plot_buckets(data: Mapping[str, Mapping[str, Mapping[str, float]]], path: Pa
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(len(models), 1)
     for j, name in enumerate(models):
-        ax.bar(np.arange(len(buckets)) + j * width, [data[name][b][f"ndcg@{COVERAGE_K}"] for b in buckets], width, label=name)
+        ax.bar(
+            np.arange(len(buckets)) + j * width,
+            [data[name][b][f"ndcg@{COVERAGE_K}"] for b in buckets],
+            width,
+            label=name,
+        )
     first = next(iter(data.values()))
-    ax.set_xticks(np.arange(len(buckets)) + 0.4 - width / 2,
-                  [f"{b}\n({first[b]['users']} users)" for b in buckets])
+    ax.set_xticks(np.arange(len(buckets)) + 0.4 - width / 2, [f"{b}\n({first[b]['users']} users)" for b in buckets])
     ax.set_xlabel("training interactions of the test item")
     ax.set_ylabel(f"NDCG@{COVERAGE_K}")
     ax.legend()
@@ -200,7 +219,9 @@ def plot_buckets(data: Mapping[str, Mapping[str, Mapping[str, float]]], path: Pa
     _save(fig, path)
 
 
-def plot_coverage_diversity(summaries: Mapping[str, Mapping[str, float]], div: Mapping[str, float | None], path: Path) -> None:
+def plot_coverage_diversity(
+    summaries: Mapping[str, Mapping[str, float]], div: Mapping[str, float | None], path: Path
+) -> None:
     """Catalog coverage and intra-list diversity side by side, per model."""
     import matplotlib
 
@@ -242,20 +263,44 @@ def markdown(metrics: Mapping[str, Any], run: str) -> str:
     """The report text: headline table, slices, diversity, faithfulness, links to the plots."""
     models = metrics["models"]
     cols = [c for c in next(iter(models.values())) if not c.startswith("cold_")]
-    lines = [f"# Evaluation of `{run}`", "",
-             f"Leave-one-out, full ranking over {metrics['catalog_items']} items, {metrics['users']} test users; "
-             "every ranking metric from `genrec.metrics`.", "",
-             "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"# Evaluation of `{run}`",
+        "",
+        f"Leave-one-out, full ranking over {metrics['catalog_items']} items, {metrics['users']} test users; "
+        "every ranking metric from `genrec.metrics`.",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     lines += [f"| {name} | " + " | ".join(_fmt(m.get(c), c) for c in cols) + " |" for name, m in models.items()]
-    lines += ["", "## Recall and NDCG at K = 1..20", "", "![curves](curves.png)", "",
-              f"## By item popularity (NDCG@{COVERAGE_K}; cold start = seen < {COLD_START_THRESHOLD} times in training)", ""]
+    lines += [
+        "",
+        "## Recall and NDCG at K = 1..20",
+        "",
+        "![curves](curves.png)",
+        "",
+        f"## By item popularity (NDCG@{COVERAGE_K}; cold start = seen < {COLD_START_THRESHOLD} times in training)",
+        "",
+    ]
     buckets = metrics["popularity_buckets"]
     names = list(next(iter(buckets.values())))
     first = next(iter(buckets.values()))
-    lines += ["| model | " + " | ".join(f"{b} ({first[b]['users']})" for b in names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(_fmt(buckets[m][b][f"ndcg@{COVERAGE_K}"]) for b in names) + " |" for m in buckets]
-    lines += ["", "![popularity](popularity.png)", "", "## Coverage and intra-list diversity", "",
-              "| model | coverage | diversity |", "|---|---|---|"]
+    lines += [
+        "| model | " + " | ".join(f"{b} ({first[b]['users']})" for b in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    lines += [
+        f"| {m} | " + " | ".join(_fmt(buckets[m][b][f"ndcg@{COVERAGE_K}"]) for b in names) + " |" for m in buckets
+    ]
+    lines += [
+        "",
+        "![popularity](popularity.png)",
+        "",
+        "## Coverage and intra-list diversity",
+        "",
+        "| model | coverage | diversity |",
+        "|---|---|---|",
+    ]
     lines += [f"| {m} | {_fmt(models[m].get('coverage'))} | {_fmt(metrics['diversity'].get(m))} |" for m in models]
     lines += ["", "![coverage and diversity](coverage_diversity.png)", ""]
     faith = metrics.get("faithfulness")
@@ -263,25 +308,36 @@ def markdown(metrics: Mapping[str, Any], run: str) -> str:
     if faith and faith.get("error"):
         lines.append(f"Not measured: {faith['error']}")
     elif faith:
-        lines += [f"Source: {faith['source']}. Attribute precision = true attribute claims / claims; "
-                  "history share = explanations naming an item of the user's history.", "",
-                  "| model | explanations | claims | attribute precision | history share |", "|---|---|---|---|---|"]
+        lines += [
+            f"Source: {faith['source']}. Attribute precision = true attribute claims / claims; "
+            "history share = explanations naming an item of the user's history.",
+            "",
+            "| model | explanations | claims | attribute precision | history share |",
+            "|---|---|---|---|---|",
+        ]
         for m, f in faith["models"].items():
-            lines.append(f"| {m} | {f['explanations']} | {f['claims']} | {_fmt(f['attribute_precision'])} | {_fmt(f['history_share'])} |")
+            lines.append(
+                f"| {m} | {f['explanations']} | {f['claims']} | {_fmt(f['attribute_precision'])} | {_fmt(f['history_share'])} |"
+            )
         if faith.get("model_kept_rate") is not None:
-            lines += ["", f"Model-written explanations kept after the grounding check: {faith['model_kept_rate']:.0%} "
-                          "(the rest were replaced by the catalog-facts template)."]
+            lines += [
+                "",
+                f"Model-written explanations kept after the grounding check: {faith['model_kept_rate']:.0%} "
+                "(the rest were replaced by the catalog-facts template).",
+            ]
         if faith.get("model_error"):
             lines += ["", f"Model-written explanations not measured: {faith['model_error']}"]
         for m, f in faith["models"].items():
             if f.get("example") and (m == "genrec" or "raw" in m):
-                lines += ["", f"Example, {m} (item {f['example']['item_id']}): \"{f['example']['text']}\""]
+                lines += ["", f'Example, {m} (item {f["example"]["item_id"]}): "{f["example"]["text"]}"']
     else:
         lines.append("No explanations could be generated (the run has no vector store; run `genrec index`).")
     return "\n".join(lines) + "\n"
 
 
-def write_report(evaluation: RunEvaluation, with_faithfulness: bool = True, explainer: str | None = "smollm2-135m") -> Path:
+def write_report(
+    evaluation: RunEvaluation, with_faithfulness: bool = True, explainer: str | None = "smollm2-135m"
+) -> Path:
     """Write `RUN/eval/report.md`, `RUN/eval/metrics.json` and the plots; returns the report path."""
     from eval.evaluate import save_results
 

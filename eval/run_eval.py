@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from eval.evaluate import ModelEvaluation, evaluate_detailed
-from genrec.protocol import Recommender
-from retrieval.split import Split, leave_one_out
 from genrec.atomic import write_parquet
 from genrec.config import RunConfig
 from genrec.errors import GenrecError
+from genrec.protocol import Recommender
 from genrec.run import RunPaths, open_run
+from retrieval.split import Split, leave_one_out
 
 KNOWN_MODELS = ("genrec", "genrec-gen", "sasrec", "bsarec", "popularity", "itemknn", "content")
 RANKS_FILE = "ranks.parquet"
@@ -85,7 +85,9 @@ def content_vectors(paths: RunPaths, n_items: int) -> np.ndarray | None:
         return None
     vectors = np.load(path)
     if vectors.shape[0] != n_items:
-        raise GenrecError(f"{path}: {vectors.shape[0]} rows for {n_items} items; run `genrec index --run {paths.root}` again")
+        raise GenrecError(
+            f"{path}: {vectors.shape[0]} rows for {n_items} items; run `genrec index --run {paths.root}` again"
+        )
     return vectors
 
 
@@ -148,8 +150,14 @@ def run_dense_model(paths: RunPaths, config: RunConfig, item_ids: list[str]) -> 
     return {kind: model} if same and model.item_ids == list(item_ids) else {}
 
 
-def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: list[str],
-                 names: list[str] | None, progress: bool = True) -> list[Recommender]:
+def build_models(
+    paths: RunPaths,
+    config: RunConfig,
+    split: Split,
+    item_ids: list[str],
+    names: list[str] | None,
+    progress: bool = True,
+) -> list[Recommender]:
     """Fitted models: genrec and genrec-gen first (if trained, or asked for), then the baselines in config order."""
     from eval.baselines import fit_baselines
 
@@ -159,22 +167,41 @@ def build_models(paths: RunPaths, config: RunConfig, split: Split, item_ids: lis
     eval_config = config.eval.model_copy(update={"baselines": baselines})
     vectors = content_vectors(paths, len(item_ids)) if "content" in baselines else None
     if vectors is None and names is not None and "content" in names:
-        raise GenrecError(f"{paths.embeddings / 'text.npy'}: missing, so the content baseline has no item vectors; "
-                          f"run `genrec index --run {paths.root}` first")
-    models += fit_baselines(split, item_ids, eval_config, vectors, progress=progress, dense=config.dense,
-                            dataset=config.data.dataset, trained=run_dense_model(paths, config, item_ids))
+        raise GenrecError(
+            f"{paths.embeddings / 'text.npy'}: missing, so the content baseline has no item vectors; "
+            f"run `genrec index --run {paths.root}` first"
+        )
+    models += fit_baselines(
+        split,
+        item_ids,
+        eval_config,
+        vectors,
+        progress=progress,
+        dense=config.dense,
+        dataset=config.data.dataset,
+        trained=run_dense_model(paths, config, item_ids),
+    )
     return models
 
 
-def evaluate_run(run: str | Path, models: Sequence[str] | None = None, max_users: int | None = None,
-                 progress: bool = True) -> RunEvaluation:
+def evaluate_run(
+    run: str | Path, models: Sequence[str] | None = None, max_users: int | None = None, progress: bool = True
+) -> RunEvaluation:
     """Fit and score the run's models on its test users (the same users for every model)."""
     paths, config = open_run(run)
     split, item_ids = load_split(paths)
     fitted = [ListRecorder(m) for m in build_models(paths, config, split, item_ids, parse_models(models), progress)]
     ks = sorted(set(config.eval.ks) | {max(CURVE_KS)})
-    results = evaluate_detailed(fitted, split, item_ids, ks=ks, max_users=max_users or config.eval.max_users,
-                                seed=config.eval.seed, batch_size=config.eval.batch_size, progress=progress)
+    results = evaluate_detailed(
+        fitted,
+        split,
+        item_ids,
+        ks=ks,
+        max_users=max_users or config.eval.max_users,
+        seed=config.eval.seed,
+        batch_size=config.eval.batch_size,
+        progress=progress,
+    )
     for r in results.values():  # the headline table keeps the configured Ks; curves use the ranks
         for k in set(ks) - set(config.eval.ks):
             r.summary.pop(f"recall@{k}", None)
@@ -185,7 +212,9 @@ def evaluate_run(run: str | Path, models: Sequence[str] | None = None, max_users
 def save_ranks(evaluation: RunEvaluation, path: Path | None = None) -> Path:
     """Per-user ranks of every model (`RUN/eval/ranks.parquet`): what `--compare` pairs users on."""
     path = path or evaluation.paths.eval / RANKS_FILE
-    frames = [pd.DataFrame({"model": name, "user_id": r.users, "target": r.targets, "rank": r.ranks})
-              for name, r in evaluation.results.items()]
+    frames = [
+        pd.DataFrame({"model": name, "user_id": r.users, "target": r.targets, "rank": r.ranks})
+        for name, r in evaluation.results.items()
+    ]
     write_parquet(path, pd.concat(frames, ignore_index=True))
     return path

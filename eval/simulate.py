@@ -135,7 +135,9 @@ class ParaphraseUser:
             out.append(rng.choice(_HINT_FORMS["decade"]).format(kinds=kinds, decade=target.year // 10 * 10))
             out.append(rng.choice(_HINT_FORMS["year"]).format(kinds=kinds, year=target.year))
         if target.values:
-            out.append(rng.choice(_HINT_FORMS["values"]).format(kinds=kinds, values=", ".join(sorted(target.values)[:2])))
+            out.append(
+                rng.choice(_HINT_FORMS["values"]).format(kinds=kinds, values=", ".join(sorted(target.values)[:2]))
+            )
         return out
 
     def message(self, turn: int, shown: Sequence[str]) -> str:
@@ -153,8 +155,10 @@ class ParaphraseUser:
 _QUOTED = re.compile(r"[\"“”]|\(\d{4}\)")  # a quoted name or a title-with-year: the model inventing an item
 
 
-USER_PROMPT = ("You play a person chatting with a movie recommender. Write the one message they type, in "
-               "their own casual words, first person, at most two sentences. Output only the message.")
+USER_PROMPT = (
+    "You play a person chatting with a movie recommender. Write the one message they type, in "
+    "their own casual words, first person, at most two sentences. Output only the message."
+)
 
 
 @dataclass
@@ -199,16 +203,21 @@ class LLMUser:
             step = turn - (1 if self.fallback.liked else 0)
             if target.year and step >= 1:
                 facts.append(f"from the {target.year // 10 * 10}s" if step == 1 else f"released in {target.year}")
-            ask = ("say the last suggestions were not it, and " if shown else "") + "ask for a movie: " + "; ".join(facts)
+            ask = (
+                ("say the last suggestions were not it, and " if shown else "") + "ask for a movie: " + "; ".join(facts)
+            )
             must = [k.lower() for k in target.kinds] + (
-                [str(target.year), f"{target.year // 10 * 10}s", f"{str(target.year)[2]}0s"] if target.year else [])
+                [str(target.year), f"{target.year // 10 * 10}s", f"{str(target.year)[2]}0s"] if target.year else []
+            )
         messages = [{"role": "system", "content": USER_PROMPT}, {"role": "user", "content": f"Task: {ask}."}]
         try:
             text = " ".join(self.chat.reply(messages, max_tokens=60).split()).strip('"')
         except GenrecError:
             return None
         lowered = text.lower()
-        keeps = all(m in lowered for m in must) if turn == 0 and self.fallback.liked else any(m in lowered for m in must)
+        keeps = (
+            all(m in lowered for m in must) if turn == 0 and self.fallback.liked else any(m in lowered for m in must)
+        )
         if not text or not keeps or _QUOTED.search(text) or says_title(text, target.title):
             return None
         return text
@@ -224,7 +233,9 @@ class Conversation:
     success_turn: dict[int, int | None]  # K -> first turn (1-based) with the target in the top K, or None
     violations: list[str]
     transcript: list[tuple[str, str]]
-    turn_stats: list[dict[str, Any]] = field(default_factory=list)  # per turn: planner, source, calls, seconds, tokens/s
+    turn_stats: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per turn: planner, source, calls, seconds, tokens/s
 
 
 def simulated_user(user: str, cases: dict, vocab: Vocabulary, items: pd.DataFrame) -> TemplateUser:
@@ -239,8 +250,9 @@ def simulated_user(user: str, cases: dict, vocab: Vocabulary, items: pd.DataFram
     return TemplateUser(attrs, text if not says_title(text, attrs.title) else "", liked)
 
 
-def liked_titles(history: Sequence[str], vocab: Vocabulary, target_title: str, n: int = 2,
-                 skip_unsayable: bool = False) -> list[str]:
+def liked_titles(
+    history: Sequence[str], vocab: Vocabulary, target_title: str, n: int = 2, skip_unsayable: bool = False
+) -> list[str]:
     """The user's last `n` liked titles as people write them ("The Godfather (1972)"); with
     `skip_unsayable`, titles the rule planner would split are passed over (the template user's habit)."""
     from agent.lookup import display_title
@@ -248,7 +260,11 @@ def liked_titles(history: Sequence[str], vocab: Vocabulary, target_title: str, n
     liked: list[str] = []
     for item in reversed(list(history)):
         title = display_title(vocab.items[item].title) if item in vocab.items else ""
-        if not title or says_title(title, target_title) or (skip_unsayable and _UNSAYABLE.search(_TITLE_YEAR.sub("", title))):
+        if (
+            not title
+            or says_title(title, target_title)
+            or (skip_unsayable and _UNSAYABLE.search(_TITLE_YEAR.sub("", title)))
+        ):
             continue
         liked.append(title)
         if len(liked) == n:
@@ -263,8 +279,15 @@ def paraphrase_user(user: str, cases: dict, vocab: Vocabulary, items: pd.DataFra
     return ParaphraseUser(template, liked_titles(history, vocab, vocab.items[target].title), seed)
 
 
-def run_conversation(agent: Any, thread: str, user: TemplateUser | ParaphraseUser | LLMUser, user_id: str, target: str,
-                     vocab: Vocabulary, max_turns: int) -> Conversation:
+def run_conversation(
+    agent: Any,
+    thread: str,
+    user: TemplateUser | ParaphraseUser | LLMUser,
+    user_id: str,
+    target: str,
+    vocab: Vocabulary,
+    max_turns: int,
+) -> Conversation:
     """Talk until the target is shown in the top max(K) items or `max_turns` run out."""
     import time
 
@@ -290,12 +313,19 @@ def run_conversation(agent: Any, thread: str, user: TemplateUser | ParaphraseUse
         liked = [h["item_id"] for h in agent.memory(thread)["history"]]
         shown = [str(card["item_id"]) for card in answer.items]
         calls = getattr(answer, "calls", []) or []
-        stats.append({"planner": getattr(answer, "planner", "rules"), "source": getattr(answer, "source", "rules"),
-                      "seconds": round(seconds, 3), "calls": len([c for c in calls if c.get("name") != "answer"]),
-                      "invalid_calls": sum(not c.get("valid", True) for c in calls),
-                      "tool_errors": tool_errors(state), "guard_replaced": bool(getattr(answer, "violations", [])),
-                      "tokens_per_s": (getattr(answer, "timing", {}) or {}).get("reply_tokens_per_s"),
-                      "plan_s": (getattr(answer, "timing", {}) or {}).get("plan_s", [])})
+        stats.append(
+            {
+                "planner": getattr(answer, "planner", "rules"),
+                "source": getattr(answer, "source", "rules"),
+                "seconds": round(seconds, 3),
+                "calls": len([c for c in calls if c.get("name") != "answer"]),
+                "invalid_calls": sum(not c.get("valid", True) for c in calls),
+                "tool_errors": tool_errors(state),
+                "guard_replaced": bool(getattr(answer, "violations", [])),
+                "tokens_per_s": (getattr(answer, "timing", {}) or {}).get("reply_tokens_per_s"),
+                "plan_s": (getattr(answer, "timing", {}) or {}).get("plan_s", []),
+            }
+        )
         for card in answer.items:
             item = str(card["item_id"])
             if item not in vocab.items:
@@ -305,7 +335,10 @@ def run_conversation(agent: Any, thread: str, user: TemplateUser | ParaphraseUse
             elif item in vocab.items and card.get("explanation"):
                 score = score_explanation(str(card["explanation"]), item, liked, vocab)
                 violations += [f"turn {turn}: item {item} explanation claims {c!r}" for c in score.false_claims]
-        violations += [f"turn {turn}: reply mentions {v.describe()}" for v in check(answer.reply, grounded, agent.ctx.titles).violations]
+        violations += [
+            f"turn {turn}: reply mentions {v.describe()}"
+            for v in check(answer.reply, grounded, agent.ctx.titles).violations
+        ]
         for k in SUCCESS_KS:
             if success[k] is None and target in shown[:k]:
                 success[k] = turn
@@ -354,7 +387,8 @@ def summarize(conversations: Sequence[Conversation], max_turns: int) -> dict[str
     out["tool_calls_invalid"] = sum(t["invalid_calls"] for t in turns)
     out["tool_calls_refused_by_schema"] = sum(t["tool_errors"] for t in turns)
     out["tool_calls_valid_share"] = (
-        (calls - out["tool_calls_invalid"] - out["tool_calls_refused_by_schema"]) / calls if calls else None)
+        (calls - out["tool_calls_invalid"] - out["tool_calls_refused_by_schema"]) / calls if calls else None
+    )
     out["guard_replaced_replies"] = sum(t["guard_replaced"] for t in turns)
     out["p50_s_per_turn"] = percentile(seconds, 50)
     out["p95_s_per_turn"] = percentile(seconds, 95)
@@ -377,7 +411,7 @@ class Cases:
     vocab: Vocabulary
 
     @classmethod
-    def of_run(cls, run: str | Path) -> "Cases":
+    def of_run(cls, run: str | Path) -> Cases:
         """The leave-one-out test cases of an indexed run."""
         from eval.run_eval import load_split
         from genrec.run import open_run
@@ -396,8 +430,9 @@ class Cases:
         random.Random(seed).shuffle(users)
         return users
 
-    def user(self, kind: str, user_id: str, chat: Any = None, cache: dict | None = None,
-             seed: int = 0) -> TemplateUser | ParaphraseUser | LLMUser:
+    def user(
+        self, kind: str, user_id: str, chat: Any = None, cache: dict | None = None, seed: int = 0
+    ) -> TemplateUser | ParaphraseUser | LLMUser:
         """The simulated user of `kind` for one test case (`chat`: the model wording an `llm` user)."""
         if kind == "template":
             return simulated_user(user_id, self.test, self.vocab, self.items)
@@ -407,28 +442,50 @@ class Cases:
         return LLMUser(paraphrase, chat, cache if cache is not None else {})
 
 
-def converse(agent: Any, cases: Cases, users: Sequence[str], kind: str, max_turns: int, chat: Any = None,
-             cache: dict | None = None, progress: bool = True, label: str = "sim") -> tuple[list[Conversation], dict[str, int]]:
+def converse(
+    agent: Any,
+    cases: Cases,
+    users: Sequence[str],
+    kind: str,
+    max_turns: int,
+    chat: Any = None,
+    cache: dict | None = None,
+    progress: bool = True,
+    label: str = "sim",
+) -> tuple[list[Conversation], dict[str, int]]:
     """Each of `users` (test cases) talks to `agent` as a simulated user of `kind`; returns the
     conversations and, for `llm` users, how many messages the model worded and how many fell back."""
     from tqdm.auto import tqdm
 
     results: list[Conversation] = []
     counts = {"llm_user_messages": 0, "llm_fallback_messages": 0}
-    for i, user_id in enumerate(tqdm(users, desc=f"simulated conversations ({kind})", unit="chat", disable=not progress)):
+    for i, user_id in enumerate(
+        tqdm(users, desc=f"simulated conversations ({kind})", unit="chat", disable=not progress)
+    ):
         user = cases.user(kind, user_id, chat, cache)
-        results.append(run_conversation(agent, f"{label}-{kind}-{i}-{user_id}", user, user_id, cases.test[user_id][1],
-                                        cases.vocab, max_turns))
+        results.append(
+            run_conversation(
+                agent, f"{label}-{kind}-{i}-{user_id}", user, user_id, cases.test[user_id][1], cases.vocab, max_turns
+            )
+        )
         if isinstance(user, LLMUser):
             counts["llm_user_messages"] += user.written
             counts["llm_fallback_messages"] += user.fallbacks
     return results, counts
 
 
-def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEFAULT_TURNS,
-                 llm_url: str | None = None, seed: int = 0, progress: bool = True,
-                 keep_transcripts: int = 3, show_violations: int = 20, chat_url: str | None = None,
-                 simulator: str = "template") -> dict[str, Any]:
+def simulate_run(
+    run: str | Path,
+    conversations: int = 200,
+    max_turns: int = DEFAULT_TURNS,
+    llm_url: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    keep_transcripts: int = 3,
+    show_violations: int = 20,
+    chat_url: str | None = None,
+    simulator: str = "template",
+) -> dict[str, Any]:
     """Simulate `conversations` chats (a fixed seeded sample of test users) with the run's agent."""
     from agent.graph import AgentSettings
     from agent.session import Agent
@@ -456,8 +513,14 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
 
         chat = ChatLLM(chat_url, timeout_s=120.0)
     with tempfile.TemporaryDirectory(prefix="genrec-sim-") as tmp:
-        agent = Agent.open(paths.root, llm_url=llm_url, chat_url=chat_url, db_path=Path(tmp) / "sim.sqlite",
-                           settings=AgentSettings(k=max(SUCCESS_KS)), llm_timeout_s=120.0)
+        agent = Agent.open(
+            paths.root,
+            llm_url=llm_url,
+            chat_url=chat_url,
+            db_path=Path(tmp) / "sim.sqlite",
+            settings=AgentSettings(k=max(SUCCESS_KS)),
+            llm_timeout_s=120.0,
+        )
         try:
             results, counts = converse(agent, cases, users, simulator, max_turns, chat, progress=progress)
         finally:
@@ -468,8 +531,16 @@ def simulate_run(run: str | Path, conversations: int = 200, max_turns: int = DEF
     out["llm_url"], out["chat_url"] = llm_url, chat_url
     if chat:
         out.update(counts)  # messages the model worded and the checks kept; paraphrases sent instead
-    out["examples"] = [{"user_id": c.user_id, "target": c.target, "success_turn": c.success_turn[max(SUCCESS_KS)],
-                        "violations": c.violations[:5], "transcript": c.transcript} for c in results[:keep_transcripts]]
+    out["examples"] = [
+        {
+            "user_id": c.user_id,
+            "target": c.target,
+            "success_turn": c.success_turn[max(SUCCESS_KS)],
+            "violations": c.violations[:5],
+            "transcript": c.transcript,
+        }
+        for c in results[:keep_transcripts]
+    ]
     return out
 
 
@@ -482,12 +553,24 @@ def print_simulation(result: dict[str, Any], console=None) -> None:
         console = Console()
         if not console.is_terminal:  # logs and pipes: keep the headers readable
             console.width = 180
-    table = Table(title=f"simulated conversations ({result['simulator']} user, {result['agent']} agent, "
-                        f"up to {result['max_turns']} turns)")
-    keys = ["conversations", *(f"success@{k}" for k in SUCCESS_KS), "avg_turns", "avg_turns_to_success",
-            "grounding_violations", "conversations_with_violations"]
+    table = Table(
+        title=f"simulated conversations ({result['simulator']} user, {result['agent']} agent, "
+        f"up to {result['max_turns']} turns)"
+    )
+    keys = [
+        "conversations",
+        *(f"success@{k}" for k in SUCCESS_KS),
+        "avg_turns",
+        "avg_turns_to_success",
+        "grounding_violations",
+        "conversations_with_violations",
+    ]
     for key in keys:
         table.add_column(key, justify="right")
-    table.add_row(*("-" if result.get(k) is None else f"{result[k]:.3f}" if isinstance(result[k], float) else str(result[k])
-                    for k in keys))
+    table.add_row(
+        *(
+            "-" if result.get(k) is None else f"{result[k]:.3f}" if isinstance(result[k], float) else str(result[k])
+            for k in keys
+        )
+    )
     console.print(table)

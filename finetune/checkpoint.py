@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -75,12 +76,23 @@ class Checkpoints:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         position = EpochPosition(**state["position"]) if state["position"] else None
-        if position is not None and not self.processes.main:  # the sums saved are over every process: rank 0 carries them
+        if (
+            position is not None and not self.processes.main
+        ):  # the sums saved are over every process: rank 0 carries them
             position = EpochPosition(step=position.step, seconds=position.seconds)
         return Resumed(meta["epoch"], position, state["rng_state"], state["progress"])
 
-    def save(self, model, optimizer, scheduler, epoch: int, position: EpochPosition | None, rng_state: Any,
-             progress: dict, stage: str) -> None:
+    def save(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        epoch: int,
+        position: EpochPosition | None,
+        rng_state: Any,
+        progress: dict,
+        stage: str,
+    ) -> None:
         """Write the state after `epoch` epochs (and `position.step` steps of the next one)."""
         processes = self.processes
         if position is not None:  # an epoch's running sums over every process
@@ -94,8 +106,9 @@ class Checkpoints:
             return
         own = processes.unwrap(model)
         state = {
-            "weights": {} if processes.sharded else
-            {name: p.detach().cpu().clone() for name, p in own.named_parameters() if p.requires_grad},
+            "weights": {}
+            if processes.sharded
+            else {name: p.detach().cpu().clone() for name, p in own.named_parameters() if p.requires_grad},
             "optimizer": {} if processes.sharded else optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -107,13 +120,22 @@ class Checkpoints:
             torch.save(state, tmp / STATE_FILE)
             if processes.sharded:
                 staging.rename(tmp / ENGINE_DIR)
-            write_json(tmp / META_FILE, {"stage": stage, "epoch": epoch, "step": position.step if position else 0,
-                                         "fingerprint": self.fingerprint, "saved_at": time.time(),
-                                         "processes": processes.world})
+            write_json(
+                tmp / META_FILE,
+                {
+                    "stage": stage,
+                    "epoch": epoch,
+                    "step": position.step if position else 0,
+                    "fingerprint": self.fingerprint,
+                    "saved_at": time.time(),
+                    "processes": processes.world,
+                },
+            )
         processes.wait()
 
-    def on_step(self, model, optimizer, scheduler, epoch: int, rng_state: Any, progress: Callable[[], dict],
-                stage: str) -> Callable[[EpochPosition, int], None] | None:
+    def on_step(
+        self, model, optimizer, scheduler, epoch: int, rng_state: Any, progress: Callable[[], dict], stage: str
+    ) -> Callable[[EpochPosition, int], None] | None:
         """The training loop's step callback that saves every `every_steps` steps (None when not asked for)."""
         if not self.every_steps:
             return None
@@ -131,12 +153,13 @@ class Checkpoints:
         self.processes.wait()
 
 
-
 def describe_checkpoint(folder: Path) -> str:
     """`FOLDER (STAGE: epoch E done[, step S of epoch E+1])`, or "" when `folder` holds no checkpoint."""
     try:
         meta = json.loads((Path(folder) / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return ""
-    done = f"epoch {meta['epoch']} done" + (f", step {meta['step']} of epoch {meta['epoch'] + 1}" if meta.get("step") else "")
+    done = f"epoch {meta['epoch']} done" + (
+        f", step {meta['step']} of epoch {meta['epoch'] + 1}" if meta.get("step") else ""
+    )
     return f"{folder} ({meta['stage']}: {done})"

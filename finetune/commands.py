@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,22 +21,28 @@ def _quiet_threads() -> None:
 
 def train(
     run: Path = typer.Option(..., "--run", help="Run directory made by `genrec index`."),
-    base: Optional[str] = typer.Option(
+    base: str | None = typer.Option(
         None, "--base", help="'scratch', 'smollm2-135m', or a Hugging Face causal-LM folder (default: train.base)."
     ),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="LoRA epochs (default: train.epochs)."),
-    pretrain_epochs: Optional[int] = typer.Option(
+    epochs: int | None = typer.Option(None, "--epochs", help="LoRA epochs (default: train.epochs)."),
+    pretrain_epochs: int | None = typer.Option(
         None, "--pretrain-epochs", help="Pre-training epochs of a scratch model (default: train.pretrain_epochs)."
     ),
     dense_only: bool = typer.Option(
-        False, "--dense-only", help="Keep RUN/model; train only the dense model and choose the fusion (RUN/dense, RUN/ranking.json)."
+        False,
+        "--dense-only",
+        help="Keep RUN/model; train only the dense model and choose the fusion (RUN/dense, RUN/ranking.json).",
     ),
-    processes: Optional[int] = typer.Option(
-        None, "--processes", min=1,
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
         help="Training processes on this machine, each on its share of every batch (default: train.distributed.processes, 1).",
     ),
     resume: bool = typer.Option(
-        True, "--resume/--no-resume", help="Go on from the last checkpoint of an interrupted run (RUN/checkpoints), or start over.",
+        True,
+        "--resume/--no-resume",
+        help="Go on from the last checkpoint of an interrupted run (RUN/checkpoints), or start over.",
     ),
 ) -> None:
     """Train the served ranking: the generative recommender (LoRA; a scratch base is pre-trained first,

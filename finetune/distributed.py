@@ -186,8 +186,10 @@ def check_settings(config: DistributedConfig, world: int) -> None:
         try:
             import deepspeed  # noqa: F401
         except ImportError:
-            raise GenrecError("train.distributed.strategy deepspeed: the deepspeed package is not installed "
-                              "(pip install deepspeed, on a CUDA machine)") from None
+            raise GenrecError(
+                "train.distributed.strategy deepspeed: the deepspeed package is not installed "
+                "(pip install deepspeed, on a CUDA machine)"
+            ) from None
 
 
 def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
@@ -221,9 +223,12 @@ def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
             mixed_precision="bf16" if bf16 and config.strategy != "ddp" else "no",
             # (alone, no process group: accelerate would otherwise try to join one)
             kwargs_handlers=[InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=config.timeout_minutes))]
-            if launched else [],
+            if launched
+            else [],
             **plugins,
         )
     except (RuntimeError, ValueError) as exc:
-        raise GenrecError(f"train.distributed: cannot join the training processes ({str(exc).splitlines()[0]})") from None
+        raise GenrecError(
+            f"train.distributed: cannot join the training processes ({str(exc).splitlines()[0]})"
+        ) from None
     return Processes(accelerator, config.strategy)

@@ -52,8 +52,9 @@ def _title_words(title: str) -> str:
     return _norm(re.sub(r",\s*(The|A|An)$", "", bare)).strip()
 
 
-def is_grounded(text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60,
-                other_kinds: set[str] | None = None) -> bool:
+def is_grounded(
+    text: str, item: ItemFacts, history: Sequence[ItemFacts], max_words: int = 60, other_kinds: set[str] | None = None
+) -> bool:
     """True if `text` says something the facts support and nothing beyond them.
 
     Nothing beyond: every number and every capitalised word (other than a sentence's first)
@@ -100,10 +101,13 @@ class Explanation:
 Write = Callable[[list[dict[str, str]]], str]  # chat messages -> the model's answer
 
 
-def explain_with(write: Write | None, item: ItemFacts, history: Sequence[ItemFacts],
-                 other_kinds: set[str] | None = None,
-                 messages: Callable[[ItemFacts, Sequence[ItemFacts]], list[dict[str, str]]] = explanation_messages,
-                 ) -> Explanation:
+def explain_with(
+    write: Write | None,
+    item: ItemFacts,
+    history: Sequence[ItemFacts],
+    other_kinds: set[str] | None = None,
+    messages: Callable[[ItemFacts, Sequence[ItemFacts]], list[dict[str, str]]] = explanation_messages,
+) -> Explanation:
     """Ask `write` (any instruction model: local, or served by vLLM) why `item` fits `history`, with the
     prompt `messages` builds; keep its answer only if it is grounded in the facts, else fall back to
     the template explanation."""
@@ -140,7 +144,10 @@ class Explainer:
         )
         with torch.no_grad():
             out = self._model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, repetition_penalty=1.2,
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                repetition_penalty=1.2,
                 pad_token_id=self._tokenizer.pad_token_id,
             )
         return self._tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -60,10 +60,15 @@ def launch_training(run: Path, processes: int, args: list[str], max_restarts: in
     errors = Path(tempfile.mkdtemp(prefix="genrec-train-errors-"))
     os.environ[ERROR_DIR_ENV] = str(errors)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"genrec-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free port
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=f"genrec-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # as `torchrun --standalone`: a free port
         max_restarts=max_restarts,
-        monitor_interval=1.0, start_method="spawn",
+        monitor_interval=1.0,
+        start_method="spawn",
     )
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is ours to give
     try:
@@ -73,7 +78,9 @@ def launch_training(run: Path, processes: int, args: list[str], max_restarts: in
         said = sorted(errors.glob("rank*.txt"))
         if said:
             raise GenrecError(said[0].read_text(encoding="utf-8")) from None
-        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        how = (
+            f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        )
         raise GenrecError(
             f"training process {rank} of {processes} (--processes) {how}; last checkpoint: {last_checkpoint(run)}; "
             f"run the same command to resume (train.distributed.max_restarts restarts by itself)"

@@ -51,8 +51,11 @@ def batch_budgets(config: TrainConfig, vocab_size: int) -> tuple[int, int | None
 def check_world(config: TrainConfig, global_tokens: int, world: int) -> None:
     """Fail in one line when a global batch cannot give every process an example of the longest length."""
     if world > 1 and global_tokens < world * config.max_length:
-        capped = " (capped for this vocabulary's logits; set train.micro_batch_tokens to lift the cap)" \
-            if global_tokens < config.tokens_per_batch else ""
+        capped = (
+            " (capped for this vocabulary's logits; set train.micro_batch_tokens to lift the cap)"
+            if global_tokens < config.tokens_per_batch
+            else ""
+        )
         raise GenrecError(
             f"train.tokens_per_batch {global_tokens}{capped}: a batch of {config.max_length}-token examples "
             f"holds {global_tokens // config.max_length}, fewer than the {world} processes "
@@ -204,8 +207,14 @@ def train_epoch(
     position = EpochPosition(**vars(start)) if start is not None else EpochPosition()
     device = processes.device
     began = time.perf_counter() - position.seconds
-    bar = tqdm(total=len(batches), initial=position.step, desc=desc, unit="batch",
-               disable=not (progress and processes.main), leave=False)
+    bar = tqdm(
+        total=len(batches),
+        initial=position.step,
+        desc=desc,
+        unit="batch",
+        disable=not (progress and processes.main),
+        leave=False,
+    )
     for step in range(position.step, len(batches)):
         batch = batches[step]
         global_targets = sum(targets(data[i]) for i in batch)

@@ -98,7 +98,9 @@ def export_model(peft_model, tokenizer, target: Path, meta: dict) -> None:
         missing, unexpected = base.load_state_dict(base_state_dict(peft_model), strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
         if missing or unexpected:
-            raise RuntimeError(f"export: base weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise RuntimeError(
+                f"export: base weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         base.tie_weights()
         base.generation_config = peft_model.get_base_model().generation_config
         base.save_pretrained(tmp / "base")

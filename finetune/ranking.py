@@ -27,7 +27,6 @@ import numpy as np
 from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 
 
-
 class Generator(Protocol):
     """A generation backend: trie-constrained top items for histories, as (item_id, log-prob)."""
 
@@ -35,8 +34,13 @@ class Generator(Protocol):
     trie: SidTrie
     beam_width: int
 
-    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
-                 only: Collection[str] | None = None) -> list[list[Scored]]: ...
+    def generate(
+        self,
+        histories: Histories,
+        width: int | None = None,
+        exclude: Exclusions = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]: ...
 
 
 class DenseScorer(Protocol):
@@ -112,8 +116,10 @@ class Ranker:
         """Beams and dense top items of each history, with both scores of every candidate."""
         beams = self.generator.generate(histories, width, exclude, only)
         if not self.hybrid:
-            return [Candidates([i for i, _ in b], np.array([s for _, s in b], dtype=np.float64),
-                               np.zeros(len(b))) for b in beams]
+            return [
+                Candidates([i for i, _ in b], np.array([s for _, s in b], dtype=np.float64), np.zeros(len(b)))
+                for b in beams
+            ]
         dense = self.dense
         column = {item: j for j, item in enumerate(dense.item_ids)}
         scores = np.asarray(dense.scores(histories), dtype=np.float64)
@@ -184,7 +190,9 @@ def tune_fusion(
 
     if ranker.dense is None:
         raise ValueError("tune_fusion needs a dense model")
-    probe = Ranker(ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates))
+    probe = Ranker(
+        ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates)
+    )
     table: list[tuple[Candidates, str]] = []
     for start in tqdm(range(0, len(users), batch_size), desc="fusion: candidates", unit="batch", disable=not progress):
         batch = list(users[start : start + batch_size])
@@ -199,7 +207,14 @@ def tune_fusion(
                 order, _ = fused_order(c, float(a), float(penalty))
                 top = [c.items[j] for j in order[:10]]
                 ranks[row] = top.index(target) + 1 if target in top else 0
-            grid.append({"dense_weight": float(a), "miss_penalty": float(penalty),
-                         "valid_ndcg@10": float(ndcg_at(ranks, 10).mean())})
+            grid.append(
+                {
+                    "dense_weight": float(a),
+                    "miss_penalty": float(penalty),
+                    "valid_ndcg@10": float(ndcg_at(ranks, 10).mean()),
+                }
+            )
     best = max(grid, key=lambda g: (g["valid_ndcg@10"], -g["dense_weight"]))
-    return Fusion(best["dense_weight"], best["miss_penalty"], ranker.fusion.dense_candidates, best["valid_ndcg@10"], grid)
+    return Fusion(
+        best["dense_weight"], best["miss_penalty"], ranker.fusion.dense_candidates, best["valid_ndcg@10"], grid
+    )

@@ -19,7 +19,7 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 TASKS = ("next_item", "item_to_text", "text_to_item", "query_to_item", "explain", "explain_answer")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _environment(folder: str) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),

@@ -99,7 +99,9 @@ def load_run_data(run: str | Path) -> RunData:
     split = leave_one_out(catalog.interactions)
     if not split.valid:
         raise GenrecError(f"{paths.interactions}: no user has 3 or more interactions; nothing to train or validate on")
-    data_hash = file_sha256(paths.semantic_ids)[:16] + file_sha256(paths.interactions)[:16] + file_sha256(paths.items)[:16]
+    data_hash = (
+        file_sha256(paths.semantic_ids)[:16] + file_sha256(paths.interactions)[:16] + file_sha256(paths.items)[:16]
+    )
     return RunData(paths, config, split, codes, item_facts(catalog.items), list(catalog.items["item_id"]), data_hash)
 
 
@@ -116,8 +118,16 @@ def example_maker(data: RunData, tokenizer, config: TrainConfig):
     return make
 
 
-def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, progress: bool, console: Console,
-                 processes: Processes | None = None, resume: bool = True):
+def prepare_base(
+    data: RunData,
+    base: str,
+    config: TrainConfig,
+    bf16: bool,
+    progress: bool,
+    console: Console,
+    processes: Processes | None = None,
+    resume: bool = True,
+):
     """Model and tokenizer with SID tokens, and the pre-training stats (a scratch model is pre-trained,
     keeping its best epoch on validation, or loaded from its cache). With several processes, rank 0
     trains the tokenizer and writes the cache; every process then loads the same cached model."""
@@ -141,8 +151,9 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
         console.print(f"using the pre-trained scratch model cached in {cache}")
         return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
     # one tokenizer for every process: rank 0's, sent to the others
-    tokenizer = processes.broadcast(train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size)
-                                    if processes.main else None)
+    tokenizer = processes.broadcast(
+        train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size) if processes.main else None
+    )
     add_sid_tokens(tokenizer, sizes)
     model = build_scratch_model(config, tokenizer)
     console.print(
@@ -154,9 +165,18 @@ def prepare_base(data: RunData, base: str, config: TrainConfig, bf16: bool, prog
     checkpoints = Checkpoints(data.paths.checkpoints / "pretrain", expected, processes, config.checkpoint_steps)
     if not resume:
         checkpoints.clear()
-    stats = pretrain(model, tokenizer, example_maker(data, tokenizer, config), config, bf16, progress, console,
-                     validate=lambda: validation_score(probe, data, config.val_users, config.seed),
-                     processes=processes, checkpoints=checkpoints)
+    stats = pretrain(
+        model,
+        tokenizer,
+        example_maker(data, tokenizer, config),
+        config,
+        bf16,
+        progress,
+        console,
+        validate=lambda: validation_score(probe, data, config.val_users, config.seed),
+        processes=processes,
+        checkpoints=checkpoints,
+    )
     if processes.main:
         save_pretrained_cache(model, tokenizer, cache, expected, stats)
     processes.wait()
@@ -176,15 +196,17 @@ def generator(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) 
 
 def validation_score(gen: LocalGenerator, data: RunData, val_users: int | None, seed: int) -> float:
     """NDCG@10 of pure generation on a fixed sample of validation users (`genrec.metrics`, the one metric path)."""
-    return validation_ndcg(Ranker(gen, name="genrec-gen"), data.split.valid, data.item_ids, max_users=val_users,
-                           seed=seed, batch_size=512)
+    return validation_ndcg(
+        Ranker(gen, name="genrec-gen"), data.split.valid, data.item_ids, max_users=val_users, seed=seed, batch_size=512
+    )
 
 
 def train_dense(data: RunData, progress: bool, console: Console) -> dict:
     """Train the dense next-item model on the training split (early-stopped on validation) into `RUN/dense/`."""
     kind = data.config.dense.ranker
-    model, settings, resolved = build_dense(kind, data.item_ids, getattr(data.config.dense, kind), data.split.train,
-                                            progress=progress)
+    model, settings, resolved = build_dense(
+        kind, data.item_ids, getattr(data.config.dense, kind), data.split.train, progress=progress
+    )
     console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     started = time.perf_counter()
     model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
@@ -194,8 +216,10 @@ def train_dense(data: RunData, progress: bool, console: Console) -> dict:
         model.save_pretrained(tmp)
         write_json(tmp / "train_stats.json", stats)
     cut = " (cut by its max_minutes)" if stats.get("stopped_by") == "max_minutes" else ""
-    console.print(f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "
-                  f"{stats.get('best_epoch')} of {stats.get('epochs')}{cut}, {stats['minutes']:.1f} min")
+    console.print(
+        f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "
+        f"{stats.get('best_epoch')} of {stats.get('epochs')}{cut}, {stats['minutes']:.1f} min"
+    )
     return stats
 
 
@@ -210,9 +234,11 @@ def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     write_json(data.paths.ranking, fusion.to_json())
     pure = next(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 0)
     dense_only = max(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 1)
-    console.print(f"fusion on {len(users)} validation users: dense weight {fusion.dense_weight:.2f}, miss penalty "
-                  f"{fusion.miss_penalty:g}: NDCG@10 {fusion.valid_ndcg10:.4f} (generation alone {pure:.4f}, "
-                  f"dense re-ranking alone {dense_only:.4f})")
+    console.print(
+        f"fusion on {len(users)} validation users: dense weight {fusion.dense_weight:.2f}, miss penalty "
+        f"{fusion.miss_penalty:g}: NDCG@10 {fusion.valid_ndcg10:.4f} (generation alone {pure:.4f}, "
+        f"dense re-ranking alone {dense_only:.4f})"
+    )
     return fusion
 
 
@@ -264,7 +290,9 @@ def train(
         config.pretrain_epochs = pretrain_epochs
     bf16 = bf16_supported() if config.bf16 is None else config.bf16
     processes = start_processes(config.distributed, bf16)
-    check_world(config, config.tokens_per_batch, processes.world)  # before anything trains (the vocabulary may cap it more)
+    check_world(
+        config, config.tokens_per_batch, processes.world
+    )  # before anything trains (the vocabulary may cap it more)
     console = console or Console(stderr=True)
     console.quiet = console.quiet or not processes.main  # rank 0 alone prints, draws progress bars and writes
     progress = progress and processes.main
@@ -272,12 +300,16 @@ def train(
     # a chunk of history must fit one example with room for the prompt (~64 tokens even with a system prompt)
     fitting = max(1, (config.max_length - 64) // depth)
     if config.max_history > fitting:
-        console.print(f"[yellow]train.max_history {config.max_history} -> {fitting}: longer chunks would not fit max_length {config.max_length}")
+        console.print(
+            f"[yellow]train.max_history {config.max_history} -> {fitting}: longer chunks would not fit max_length {config.max_length}"
+        )
         config.max_history = fitting
     torch.manual_seed(config.seed)
     started = time.perf_counter()
 
-    model, tokenizer, pretrain_stats = prepare_base(data, config.base, config, bf16, progress, console, processes, resume)
+    model, tokenizer, pretrain_stats = prepare_base(
+        data, config.base, config, bf16, progress, console, processes, resume
+    )
     pretrain_seconds = pretrain_stats["seconds"]
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
     torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
@@ -342,8 +374,15 @@ def train(
             score = validation_score(merged, data, config.val_users, config.seed)
             del merged
         score = processes.broadcast(score if processes.main else None)
-        report.epochs.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score,
-                              "train_seconds": seconds, "valid_seconds": time.perf_counter() - t0})
+        report.epochs.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "valid_ndcg@10": score,
+                "train_seconds": seconds,
+                "valid_seconds": time.perf_counter() - t0,
+            }
+        )
         improved = score > report.best_valid_ndcg10
         if improved:
             report.best_epoch, report.best_valid_ndcg10 = epoch, score
@@ -351,7 +390,8 @@ def train(
                 export_model(full, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
         processes.wait()
         console.print(
-            f"epoch {epoch}: " + (f"loss {loss:.4f}, " if loss is not None else "before LoRA, ")
+            f"epoch {epoch}: "
+            + (f"loss {loss:.4f}, " if loss is not None else "before LoRA, ")
             + f"valid NDCG@10 {score:.4f}"
             + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
         )
@@ -359,8 +399,9 @@ def train(
     def record() -> dict:
         return {"report": asdict(report), "seen": dict(seen)}
 
-    checkpoints = Checkpoints(data.paths.checkpoints / "lora", lora_fingerprint(config, data.data_hash), processes,
-                              config.checkpoint_steps)
+    checkpoints = Checkpoints(
+        data.paths.checkpoints / "lora", lora_fingerprint(config, data.data_hash), processes, config.checkpoint_steps
+    )
     if not resume:
         checkpoints.clear()
     resumed = checkpoints.load(trained, optimizer, scheduler)
@@ -369,7 +410,11 @@ def train(
         begin, position = resumed.epoch + 1, resumed.position
         rng.setstate(resumed.rng_state)
         saved = resumed.progress["report"]
-        report.epochs, report.best_epoch, report.best_valid_ndcg10 = saved["epochs"], saved["best_epoch"], saved["best_valid_ndcg10"]
+        report.epochs, report.best_epoch, report.best_valid_ndcg10 = (
+            saved["epochs"],
+            saved["best_epoch"],
+            saved["best_valid_ndcg10"],
+        )
         report.train_seconds, seen = saved["train_seconds"], resumed.progress["seen"]
         console.print(f"resuming LoRA fine-tuning from {checkpoints.describe()}")
     else:
@@ -380,9 +425,20 @@ def train(
         processes.check_same(digest(data_epoch), f"LoRA examples (epoch {epoch})")
         epoch_rng = rng.getstate()
         stats = train_epoch(
-            trained, data_epoch, optimizer, scheduler, tokenizer.pad_token_id, budget, rng, bf16,
-            desc=f"LoRA epoch {epoch}/{config.epochs}", progress=progress, params=trainable,
-            processes=processes, micro_tokens=micro, start=position,
+            trained,
+            data_epoch,
+            optimizer,
+            scheduler,
+            tokenizer.pad_token_id,
+            budget,
+            rng,
+            bf16,
+            desc=f"LoRA epoch {epoch}/{config.epochs}",
+            progress=progress,
+            params=trainable,
+            processes=processes,
+            micro_tokens=micro,
+            start=position,
             on_step=checkpoints.on_step(trained, optimizer, scheduler, epoch - 1, epoch_rng, record, "lora"),
         )
         position = None

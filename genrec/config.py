@@ -110,7 +110,9 @@ class DistributedConfig(Section):
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     backend: str | None = None  # torch.distributed backend; None: nccl with CUDA, gloo on CPU
     timeout_minutes: float = Field(60.0, gt=0)  # how long processes wait for each other (rank 0 validates alone)
-    max_restarts: int = Field(0, ge=0)  # restarts of all processes after one dies (each resumes from the last checkpoint)
+    max_restarts: int = Field(
+        0, ge=0
+    )  # restarts of all processes after one dies (each resumes from the last checkpoint)
     fsdp: dict = {}  # arguments of accelerate's FullyShardedDataParallelPlugin
     deepspeed: dict = {}  # arguments of accelerate's DeepSpeedPlugin (zero_stage, hf_ds_config, ...)
 
@@ -156,7 +158,7 @@ class TrainConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _servable_heads(self) -> "TrainConfig":
+    def _servable_heads(self) -> TrainConfig:
         """A scratch model must be one vLLM can serve: its head size must be one vLLM's CPU attention
         supports (a model that loads but fails on its first request is the worst outcome)."""
         head = self.hidden_size // self.num_heads if self.num_heads else 0
@@ -223,7 +225,10 @@ class EvalConfig(Section):
     batch_size: int = 256  # users per recommend() call
     # sasrec and bsarec are trained as the `dense` section sets them
     baselines: list[Literal["popularity", "itemknn", "content", "sasrec", "bsarec"]] = [
-        "popularity", "itemknn", "content", "sasrec",
+        "popularity",
+        "itemknn",
+        "content",
+        "sasrec",
     ]
     # item-kNN
     # defaults picked on validation NDCG@10 of ML-100K and Amazon Beauty (bench/baselines.py)
@@ -305,9 +310,18 @@ RETIRED = {
 
 
 OLD_SASREC_DEFAULTS = {  # eval.sasrec_* as every run config before dense.sasrec wrote them
-    "sasrec_epochs": 200, "sasrec_hidden": 64, "sasrec_layers": 2, "sasrec_heads": 1, "sasrec_max_len": None,
-    "sasrec_dropout": 0.2, "sasrec_lr": 3e-3, "sasrec_batch_size": 128, "sasrec_patience": 10,
-    "sasrec_val_users": None, "sasrec_max_minutes": 10.0, "sasrec_threads": 1,
+    "sasrec_epochs": 200,
+    "sasrec_hidden": 64,
+    "sasrec_layers": 2,
+    "sasrec_heads": 1,
+    "sasrec_max_len": None,
+    "sasrec_dropout": 0.2,
+    "sasrec_lr": 3e-3,
+    "sasrec_batch_size": 128,
+    "sasrec_patience": 10,
+    "sasrec_val_users": None,
+    "sasrec_max_minutes": 10.0,
+    "sasrec_threads": 1,
 }
 
 

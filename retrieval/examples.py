@@ -62,8 +62,12 @@ def kitchenware_items() -> list[dict]:
     records = []
     for photo_id, path in kitchenware_photos().items():
         label = labels.get(photo_id)
-        record = {"id": photo_id, "title": f"{label} {photo_id}" if label else f"kitchenware photo {photo_id}",
-                  "text": f"A {label}." if label else "A kitchenware item.", "image": str(path)}
+        record = {
+            "id": photo_id,
+            "title": f"{label} {photo_id}" if label else f"kitchenware photo {photo_id}",
+            "text": f"A {label}." if label else "A kitchenware item.",
+            "image": str(path),
+        }
         if label:
             record["attributes"] = {"label": label}
         records.append(record)
@@ -88,9 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         items = write_kitchenware_catalog(args[1])
     except GenrecError as exc:
         sys.exit(f"error: {exc}")
-    print(f"wrote {items} ({len(kitchenware_photos())} photos) and {items.parent / 'config.yaml'}; next:\n"
-          f"  genrec index --dataset {items} --config {items.parent / 'config.yaml'} --run runs/kitchenware\n"
-          f"  genrec search --image {kitchenware_photos()['0412']} --run runs/kitchenware -k 4")
+    print(
+        f"wrote {items} ({len(kitchenware_photos())} photos) and {items.parent / 'config.yaml'}; next:\n"
+        f"  genrec index --dataset {items} --config {items.parent / 'config.yaml'} --run runs/kitchenware\n"
+        f"  genrec search --image {kitchenware_photos()['0412']} --run runs/kitchenware -k 4"
+    )
 
 
 if __name__ == "__main__":

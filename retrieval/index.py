@@ -36,8 +36,7 @@ class IndexReport:
 def item_documents(catalog: Catalog) -> list[str]:
     """The text encoded for each item, in catalog order."""
     return [
-        item_caption(row.title, json.loads(row.attributes), row.text)
-        for row in catalog.items.itertuples(index=False)
+        item_caption(row.title, json.loads(row.attributes), row.text) for row in catalog.items.itertuples(index=False)
     ]
 
 
@@ -70,8 +69,16 @@ def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> Enco
     image_mean.npy. Models load only when something is not in the cache.
     """
     from retrieval.encoders import (
-        EmbeddingCache, LazyEncoder, cache_key, centre_images, encode_images, encode_texts, image_model_key,
-        load_encoder, load_image_encoder, resolve_model_path,
+        EmbeddingCache,
+        LazyEncoder,
+        cache_key,
+        centre_images,
+        encode_images,
+        encode_texts,
+        image_model_key,
+        load_encoder,
+        load_image_encoder,
+        resolve_model_path,
     )
 
     docs = item_documents(catalog)
@@ -79,7 +86,9 @@ def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> Enco
     text_path = resolve_model_path(config.encoder.text_model)
     text_cache = EmbeddingCache.open(cache_dir / f"{cache_key(text_path, 'text')}.npz")
     text_model = None if text_cache.covers(docs) else load_encoder(text_path, config.encoder.device)
-    text_vecs = encode_texts(text_model, docs, text_cache, config.encoder.batch_size, processes=config.encoder.processes)
+    text_vecs = encode_texts(
+        text_model, docs, text_cache, config.encoder.batch_size, processes=config.encoder.processes
+    )
     text_cache.save()
     save_array(paths.embeddings / "text.npy", text_vecs)
     encoded = Encoded(text_vecs, None, np.zeros(len(docs), dtype=bool), None, docs)
@@ -91,8 +100,13 @@ def encode_catalog(catalog: Catalog, paths: RunPaths, config: RunConfig) -> Enco
         return encoded
     image_cache = EmbeddingCache.open(cache_dir / f"{cache_key(image_model_key(name), 'image')}.npz")
     model = LazyEncoder(lambda: load_image_encoder(name, config.encoder.device))
-    raw, mask = encode_images(model, sources.tolist(), image_cache, config.encoder.batch_size,
-                              item_ids=catalog.items["item_id"].astype(str).tolist())
+    raw, mask = encode_images(
+        model,
+        sources.tolist(),
+        image_cache,
+        config.encoder.batch_size,
+        item_ids=catalog.items["item_id"].astype(str).tolist(),
+    )
     image_cache.save()
     encoded.mask, encoded.image_failures = mask, int(sources.notna().sum() - mask.sum())
     if raw is not None:
@@ -124,7 +138,9 @@ def index_catalog(
     seconds["encode"] = time.perf_counter() - t
     t = time.perf_counter()
     store = open_store(paths, config.chroma, create=True, with_image=encoded.image is not None)
-    upsert_items(store, catalog.items, encoded.documents, encoded.text, encoded.image, encoded.mask, config.chroma.batch_size)
+    upsert_items(
+        store, catalog.items, encoded.documents, encoded.text, encoded.image, encoded.mask, config.chroma.batch_size
+    )
     seconds["store"] = time.perf_counter() - t
     return encoded
 
@@ -133,7 +149,6 @@ def build_index(run: str | Path, config: RunConfig, console: Console | None = No
     """Run the whole indexing pipeline for `config.data.dataset` into the run directory `run`."""
     from retrieval.datasets import load_dataset
     from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
-
     from retrieval.store import chroma_safe
 
     console = console or Console(stderr=True)
@@ -147,8 +162,10 @@ def build_index(run: str | Path, config: RunConfig, console: Console | None = No
     catalog = load_dataset(config.data)
     save_catalog(catalog, paths)
     seconds["load"] = time.perf_counter() - t
-    console.print(f"loaded {len(catalog.items):,} items, {catalog.interactions['user_id'].nunique():,} users, "
-                  f"{len(catalog.interactions):,} interactions")
+    console.print(
+        f"loaded {len(catalog.items):,} items, {catalog.interactions['user_id'].nunique():,} users, "
+        f"{len(catalog.interactions):,} interactions"
+    )
 
     encoded = index_catalog(catalog, paths, config, seconds)
 
@@ -159,9 +176,13 @@ def build_index(run: str | Path, config: RunConfig, console: Console | None = No
     seconds["semantic_ids"] = time.perf_counter() - t
 
     report = IndexReport(
-        items=len(catalog.items), users=int(catalog.interactions["user_id"].nunique()),
-        interactions=len(catalog.interactions), images=int(encoded.mask.sum()),
-        image_failures=encoded.image_failures, seconds=seconds, semantic_id_stats=sids.stats,
+        items=len(catalog.items),
+        users=int(catalog.interactions["user_id"].nunique()),
+        interactions=len(catalog.interactions),
+        images=int(encoded.mask.sum()),
+        image_failures=encoded.image_failures,
+        seconds=seconds,
+        semantic_id_stats=sids.stats,
     )
     write_json(paths.root / "index.stats.json", report.__dict__)
     console.print(

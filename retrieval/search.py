@@ -36,8 +36,13 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
-        return {"item_id": self.item_id, "title": self.title, "score": round(self.score, 6),
-                "attributes": self.attributes, "image": self.image}
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "score": round(self.score, 6),
+            "attributes": self.attributes,
+            "image": self.image,
+        }
 
 
 @dataclass
@@ -55,7 +60,7 @@ class Searcher:
     words_search_images: bool = False  # True with a CLIP/SigLIP image model; dinov2-s has no text tower
 
     @classmethod
-    def open(cls, run: str | Path) -> "Searcher":
+    def open(cls, run: str | Path) -> Searcher:
         """Load a run's encoders and open its Chroma collections."""
         paths, config = open_run(run)
         paths.require(paths.items, f"genrec index --run {paths.root}")
@@ -69,8 +74,17 @@ class Searcher:
             mean_path = paths.embeddings / "image_mean.npy"
             image_mean = np.load(mean_path) if mean_path.exists() else None
             words_search_images = joins_text(name)
-        return cls(paths, config, store, text_model, image_model, items.set_index("item_id", drop=False),
-                   catalog_fields(items), image_mean, words_search_images)
+        return cls(
+            paths,
+            config,
+            store,
+            text_model,
+            image_model,
+            items.set_index("item_id", drop=False),
+            catalog_fields(items),
+            image_mean,
+            words_search_images,
+        )
 
     def search(
         self,
@@ -122,7 +136,9 @@ class Searcher:
             if self.store.image is not None:
                 img = self.store.image.get(ids=[item_id], include=["embeddings"])
                 if img["ids"]:
-                    self._collect(self.store.image, np.asarray(img["embeddings"][0]), pool + 1, chroma_where, scores, weight)
+                    self._collect(
+                        self.store.image, np.asarray(img["embeddings"][0]), pool + 1, chroma_where, scores, weight
+                    )
             scores.pop(item_id, None)
         best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
         return [self.hit(i, s) for i, s in best]
@@ -133,10 +149,17 @@ class Searcher:
         return Hit(item_id, row["title"], float(score), json.loads(row["attributes"]), image_source(row["image"]))
 
     @staticmethod
-    def _collect(collection: Any, vec: np.ndarray, n: int, where: dict | None, scores: dict[str, float], weight: float) -> None:
+    def _collect(
+        collection: Any, vec: np.ndarray, n: int, where: dict | None, scores: dict[str, float], weight: float
+    ) -> None:
         n = min(n, collection.count())
         if n == 0:
             return
-        res = collection.query(query_embeddings=[np.asarray(vec, dtype=np.float32).tolist()], n_results=n, where=where, include=["distances"])
+        res = collection.query(
+            query_embeddings=[np.asarray(vec, dtype=np.float32).tolist()],
+            n_results=n,
+            where=where,
+            include=["distances"],
+        )
         for item, dist in zip(res["ids"][0], res["distances"][0]):
             scores[item] = scores.get(item, 0.0) + weight * (1.0 - float(dist))

@@ -60,7 +60,6 @@ def leave_one_out(interactions: pd.DataFrame) -> Split:
         raise GenrecError(f"interactions: missing column(s) {', '.join(missing)}; run `genrec index` to normalise them")
     frame = interactions.sort_values(["user_id", "timestamp"], kind="stable")
     sequences = {
-        str(user): group.astype(str).tolist()
-        for user, group in frame.groupby("user_id", sort=False)["item_id"]
+        str(user): group.astype(str).tolist() for user, group in frame.groupby("user_id", sort=False)["item_id"]
     }
     return split_sequences(sequences)

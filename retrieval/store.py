@@ -71,7 +71,9 @@ def open_store(paths: RunPaths, config: ChromaConfig, create: bool = False, with
     names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
     text_name, image_name = collection_name(config, "text"), collection_name(config, "image")
     if not create and text_name not in names:
-        raise GenrecError(f"{paths.root}: no Chroma collection {text_name!r}; run `genrec index --run {paths.root}` first")
+        raise GenrecError(
+            f"{paths.root}: no Chroma collection {text_name!r}; run `genrec index --run {paths.root}` first"
+        )
 
     def get(name: str) -> Any:
         if create:
@@ -103,11 +105,16 @@ def item_metadata(row: pd.Series) -> dict[str, Any]:
     return meta
 
 
-def _upsert(collection: Any, ids: list[str], vectors: np.ndarray, metas: list[dict], docs: list[str], batch: int, desc: str) -> None:
+def _upsert(
+    collection: Any, ids: list[str], vectors: np.ndarray, metas: list[dict], docs: list[str], batch: int, desc: str
+) -> None:
     for start in tqdm(range(0, len(ids), batch), desc=desc, unit="batch", leave=False):
         end = start + batch
         collection.upsert(
-            ids=ids[start:end], embeddings=vectors[start:end].tolist(), metadatas=metas[start:end], documents=docs[start:end]
+            ids=ids[start:end],
+            embeddings=vectors[start:end].tolist(),
+            metadatas=metas[start:end],
+            documents=docs[start:end],
         )
 
 
@@ -139,7 +146,12 @@ def upsert_items(
     if store.image is not None and image_vectors is not None:
         sel = np.flatnonzero(image_mask)
         _upsert(
-            store.image, [ids[i] for i in sel], image_vectors[sel], [metas[i] for i in sel], [documents[i] for i in sel],
-            batch_size, "chroma images",
+            store.image,
+            [ids[i] for i in sel],
+            image_vectors[sel],
+            [metas[i] for i in sel],
+            [documents[i] for i in sel],
+            batch_size,
+            "chroma images",
         )
         _drop_stale(store.image, {ids[i] for i in sel})

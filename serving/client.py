@@ -75,7 +75,9 @@ class LLMClient:
         """One HTTP call with the time left before `deadline`; map every failure to an LLMError."""
         timeout = self.timeout_s if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
-            raise LLMUnavailable(f"{self.base_url}: no answer within {self.timeout_s:.0f} s; the model server is too slow")
+            raise LLMUnavailable(
+                f"{self.base_url}: no answer within {self.timeout_s:.0f} s; the model server is too slow"
+            )
         try:
             response = self._http.request(
                 method, url, json=payload, timeout=httpx.Timeout(timeout, connect=min(timeout, self.connect_timeout_s))

@@ -6,32 +6,42 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def serve(
     run: Path = typer.Option(..., "--run", help="Run directory whose model/base (+ model/adapter) to serve."),
-    port: int | None = typer.Option(None, "--port", help="Port to listen on (default: the run config's serve.port, 8000)."),
+    port: int | None = typer.Option(
+        None, "--port", help="Port to listen on (default: the run config's serve.port, 8000)."
+    ),
     host: str | None = typer.Option(None, "--host", help="Address to bind (default: serve.host, 127.0.0.1)."),
     no_adapter: bool = typer.Option(False, "--no-adapter", help="Serve the base model only, without the LoRA adapter."),
-    kv_cache_gib: int | None = typer.Option(None, "--kv-cache-gib", help="CPU KV cache in GiB (default: serve.kv_cache_gib)."),
-    chat: bool = typer.Option(True, "--chat/--no-chat",
-                              help="Also serve the chat model (serve.chat_model) when the run's base cannot chat."),
-    chat_port: int | None = typer.Option(None, "--chat-port", help="Port of the chat model's server (default: serve.chat_port, 8001)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="GENREC_API_KEY",
-                                          help="Clients must send this key (bearer token); required off localhost."),
+    kv_cache_gib: int | None = typer.Option(
+        None, "--kv-cache-gib", help="CPU KV cache in GiB (default: serve.kv_cache_gib)."
+    ),
+    chat: bool = typer.Option(
+        True, "--chat/--no-chat", help="Also serve the chat model (serve.chat_model) when the run's base cannot chat."
+    ),
+    chat_port: int | None = typer.Option(
+        None, "--chat-port", help="Port of the chat model's server (default: serve.chat_port, 8001)."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="GENREC_API_KEY",
+        help="Clients must send this key (bearer token); required off localhost.",
+    ),
 ) -> None:
     """Start vLLM with the run's base model and its LoRA adapter (module `genrec`) and, for a scratch base,
     a second vLLM with the chat model (`genrec-chat`); wait until they are healthy, print their URLs
     (recommender first), and serve until Ctrl-C. Logs: RUN/logs/vllm.log, RUN/logs/vllm-chat.log."""
     from rich.console import Console
 
-    from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
-    from serving.server import require_key_off_localhost, serve_chat, serve_run, sigterm_as_interrupt
     from genrec.errors import GenrecError
     from genrec.run import open_run
+    from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+    from serving.server import require_key_off_localhost, serve_chat, serve_run, sigterm_as_interrupt
 
     console = Console(stderr=True)
     _, config = open_run(run)
@@ -47,15 +57,19 @@ def serve(
     models = BASE_MODEL if server.spec.adapter_dir is None else f"{ADAPTER_MODEL} (LoRA adapter), {BASE_MODEL}"
     with sigterm_as_interrupt():  # `kill` stops the servers as Ctrl-C does
         try:
-            with console.status(f"starting vLLM on {', '.join(s.url for s in servers)} "
-                                f"(logs: {', '.join(str(s.spec.log_path) for s in servers)}) ..."):
+            with console.status(
+                f"starting vLLM on {', '.join(s.url for s in servers)} "
+                f"(logs: {', '.join(str(s.spec.log_path) for s in servers)}) ..."
+            ):
                 for s in servers:  # both load at once; each is waited for in turn
                     s.start()
                 startup = [s.wait_healthy() for s in servers]
             console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}")
             if chat_server is not None:
-                console.print(f"chat model ready in {startup[1]:.0f} s on {chat_server.url}, model: {CHAT_MODEL} "
-                              f"({chat_server.spec.base_dir})")
+                console.print(
+                    f"chat model ready in {startup[1]:.0f} s on {chat_server.url}, model: {CHAT_MODEL} "
+                    f"({chat_server.spec.base_dir})"
+                )
             for s in servers:
                 print(s.url, flush=True)
             console.print("serving; Ctrl-C to stop")
@@ -77,18 +91,19 @@ def recommend(
     k: int = typer.Option(10, "-k", "--k", help="How many items."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     explain: bool = typer.Option(False, "--explain", help="Add an explanation per item (instruction-tuned model)."),
-    where: Optional[str] = typer.Option(None, "--where", help='Metadata filter as JSON, e.g. \'{"genre": "Comedy"}\'.'),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="Generate through this vLLM server (`genrec serve`) instead of in process."),
+    where: str | None = typer.Option(None, "--where", help='Metadata filter as JSON, e.g. \'{"genre": "Comedy"}\'.'),
+    llm_url: str | None = typer.Option(
+        None, "--llm-url", help="Generate through this vLLM server (`genrec serve`) instead of in process."
+    ),
 ) -> None:
     """Top-K items for a user: the served ranking (trie-constrained beams fused with the dense model), history excluded."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning OpenMP threads
     from rich.console import Console
     from rich.table import Table
-
     from transformers.utils import logging as hf_logging
 
-    from serving.recommend import RunRecommender
     from genrec.errors import GenrecError
+    from serving.recommend import RunRecommender
 
     hf_logging.disable_progress_bar()  # keep the terminal (and --json output) to the answer
 

@@ -34,12 +34,16 @@ def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
         return None
     if not paths.ranking.exists() or not paths.dense.exists():
         ranker.name = "genrec-gen"
-        return (f"{paths.root}: no dense model or fusion (trained before they existed, or dense.ranker is none): "
-                f"ranking by generation alone; run `genrec train --run {paths.root} --dense-only` to add them")
+        return (
+            f"{paths.root}: no dense model or fusion (trained before they existed, or dense.ranker is none): "
+            f"ranking by generation alone; run `genrec train --run {paths.root} --dense-only` to add them"
+        )
     try:
         fusion = Fusion.from_json(json.loads(paths.ranking.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as exc:
-        raise GenrecError(f"{paths.ranking}: unreadable ({exc}); run `genrec train --run {paths.root} --dense-only`") from None
+        raise GenrecError(
+            f"{paths.ranking}: unreadable ({exc}); run `genrec train --run {paths.root} --dense-only`"
+        ) from None
     ranker.dense, ranker.fusion = load_dense(paths.dense), fusion
     return None
 
@@ -71,7 +75,9 @@ def open_ranker(
 
         meta = model_meta(paths)
         check_semantic_ids(paths, meta)
-        tokenizer = AutoTokenizer.from_pretrained(paths.require(paths.model / "base", f"genrec train --run {paths.root}"))
+        tokenizer = AutoTokenizer.from_pretrained(
+            paths.require(paths.model / "base", f"genrec train --run {paths.root}")
+        )
         trie = SidTrie(codes)
         prompts = HistoryPrompt(tokenizer, trie.code_of, int(meta["max_history"]), meta.get("template"))
         client = LLMClient(llm_url, timeout_s=timeout_s, connect_timeout_s=2.0, api_key=api_key)
@@ -81,8 +87,9 @@ def open_ranker(
     return ranker, notice
 
 
-def run_ranker(run: str | Path, llm_url: str | None = None, timeout_s: float = 60.0,
-               api_key: str | None = None) -> Ranker | None:
+def run_ranker(
+    run: str | Path, llm_url: str | None = None, timeout_s: float = 60.0, api_key: str | None = None
+) -> Ranker | None:
     """The run's served ranking for the agent, or None when the run has no trained model yet.
 
     With `llm_url` the beams come from that vLLM server (if it is down, `rank` raises

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
+from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 
 # vLLM accepts only these values for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -69,7 +69,9 @@ class ServerSpec:
         return f"http://{self.host}:{self.port}/v1"
 
 
-def run_server_spec(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True) -> ServerSpec:
+def run_server_spec(
+    run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True
+) -> ServerSpec:
     """The server spec of a run directory: its base model, its adapter (if any), its log file."""
     run = Path(run)
     base = run / "model" / "base"
@@ -443,15 +445,18 @@ def require_key_off_localhost(host: str, api_key: str | None, what: str) -> None
         )
 
 
-def serve_run(run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True,
-              api_key: str | None = None) -> VllmServer:
+def serve_run(
+    run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True, api_key: str | None = None
+) -> VllmServer:
     """A (not yet started) server for a run directory: `with serve_run(run, cfg) as server: ...`."""
     spec = run_server_spec(run, config, port=port, use_adapter=use_adapter)
     spec.api_key = api_key
     return VllmServer(spec, config.startup_timeout_s)
 
 
-def serve_chat(run: str | Path, config: ServeConfig, port: int | None = None, api_key: str | None = None) -> VllmServer | None:
+def serve_chat(
+    run: str | Path, config: ServeConfig, port: int | None = None, api_key: str | None = None
+) -> VllmServer | None:
     """The run's separate chat server (not yet started), or None when it needs none."""
     spec = chat_server_spec(run, config, port=port)
     if spec is not None:

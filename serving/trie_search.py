@@ -63,8 +63,14 @@ def parse_request(body: object, trie: SidTrie) -> SearchRequest:
     only = body.get("only")
     if not isinstance(exclude, list) or (only is not None and not isinstance(only, list)):
         raise ValueError("exclude/only: expected lists of item ids")
-    return SearchRequest([int(t) for t in ids], width, k, [str(i) for i in exclude],
-                         None if only is None else [str(i) for i in only], body.get("model"))
+    return SearchRequest(
+        [int(t) for t in ids],
+        width,
+        k,
+        [str(i) for i in exclude],
+        None if only is None else [str(i) for i in only],
+        body.get("model"),
+    )
 
 
 def narrowed(trie: SidTrie, exclude: Sequence[str], only: Sequence[str] | None) -> Removed | None:
@@ -75,8 +81,9 @@ def narrowed(trie: SidTrie, exclude: Sequence[str], only: Sequence[str] | None) 
     return trie.exclusion(hidden) if hidden else None
 
 
-async def beam_search(engine, prompt_ids: list[int], trie: SidTrie, removed: Removed | None, width: int,
-                      lora_request=None) -> list[tuple[str, float]]:
+async def beam_search(
+    engine, prompt_ids: list[int], trie: SidTrie, removed: Removed | None, width: int, lora_request=None
+) -> list[tuple[str, float]]:
     """The best `width` items for `prompt_ids` as (item_id, sequence log-prob), best first.
 
     Same algorithm and scores as `finetune.decoding.beam.beam_search`; ties broken by code so the
@@ -85,23 +92,23 @@ async def beam_search(engine, prompt_ids: list[int], trie: SidTrie, removed: Rem
     from vllm import SamplingParams
 
     beams: list[tuple[Code, float]] = [((), 0.0)]
-    for level in range(trie.depth):
+    for _level in range(trie.depth):
         asks = []  # (beam index, allowed token chunk)
         for b, (prefix, _) in enumerate(beams):
             allowed = trie.allowed_tokens(prefix, removed)
             for start in range(0, len(allowed), MAX_LABEL_IDS):
                 asks.append((b, allowed[start : start + MAX_LABEL_IDS]))
 
-        async def ask(beam: int, tokens: list[int]) -> dict[int, float]:
+        async def ask(prefix: tuple[int, ...], tokens: list[int]) -> dict[int, float]:
             params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=tokens, detokenize=False)
-            prompt = {"prompt_token_ids": prompt_ids + trie.vocab.token_ids(beams[beam][0])}
+            prompt = {"prompt_token_ids": prompt_ids + trie.vocab.token_ids(prefix)}
             final = None
             async for out in engine.generate(prompt, params, f"genrec-{uuid.uuid4().hex}", lora_request=lora_request):
                 final = out
             logprobs = final.outputs[0].logprobs[0]
             return {t: float(logprobs[t].logprob) for t in tokens}
 
-        answers = await asyncio.gather(*(ask(b, tokens) for b, tokens in asks))
+        answers = await asyncio.gather(*(ask(beams[b][0], tokens) for b, tokens in asks))
         scored: dict[int, dict[int, float]] = {}
         for (b, _), answer in zip(asks, answers):
             scored.setdefault(b, {}).update(answer)
@@ -157,8 +164,9 @@ async def recommend_route(request, call_next):
         return JSONResponse({"error": {"message": "Unauthorized"}}, status_code=401)
     run = os.environ.get(RUN_ENV)
     if not run:
-        return JSONResponse({"error": {"message": f"{RUN_ENV} is not set: this server was not started by genrec"}},
-                            status_code=500)
+        return JSONResponse(
+            {"error": {"message": f"{RUN_ENV} is not set: this server was not started by genrec"}}, status_code=500
+        )
     try:
         trie = run_trie(run)
         search = parse_request(await request.json(), trie)

@@ -7,14 +7,13 @@ inside the server. Histories of one call are sent concurrently: vLLM batches the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from finetune.decoding.prompts import HistoryPrompt
 from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 from serving.client import ADAPTER_MODEL, LLMClient
-
 
 
 @dataclass
@@ -38,15 +37,24 @@ class VllmGenerator:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
-                 only: Collection[str] | None = None) -> list[list[Scored]]:
+    def generate(
+        self,
+        histories: Histories,
+        width: int | None = None,
+        exclude: Exclusions = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
         """The best `width` items per history as (item_id, sequence log-prob), best first; raises
         `serving.client.LLMUnavailable` when the server does not answer."""
         width = width or self.beam_width
 
         def one(i: int) -> list[Scored]:
-            return self.client.recommend(self.prompts.token_ids(histories[i]), width=width,
-                                         exclude=exclude[i] if exclude is not None else (), only=only,
-                                         model=self.model)
+            return self.client.recommend(
+                self.prompts.token_ids(histories[i]),
+                width=width,
+                exclude=exclude[i] if exclude is not None else (),
+                only=only,
+                model=self.model,
+            )
 
         return list(self._pool.map(one, range(len(histories))))

@@ -75,8 +75,11 @@ def chroma_server(tmp_path_factory):
     exe = Path(sys.executable).with_name("chroma")
     data = tmp_path_factory.mktemp("chroma-server")
     log = open(data / "server.log", "w")
-    proc = subprocess.Popen([str(exe), "run", "--path", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(exe), "run", "--path", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     import chromadb
 
     deadline = time.time() + 60

@@ -69,13 +69,29 @@ def trained_eval_run(tmp_path_factory) -> Path:
     config.semantic_ids.method, config.semantic_ids.levels, config.semantic_ids.codebook_size = "rkmeans", 2, 8
     config.semantic_ids.latent_dim = 16
     t = config.train
-    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = 1, 32, 1, 64, 400  # head size 32: servable
-    t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha, t.max_length, t.val_users, t.aux_ratio = 1, 1, 4, 8, 128, 20, 0.2
+    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = (
+        1,
+        32,
+        1,
+        64,
+        400,
+    )  # head size 32: servable
+    t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha, t.max_length, t.val_users, t.aux_ratio = (
+        1,
+        1,
+        4,
+        8,
+        128,
+        20,
+        0.2,
+    )
     config.generate.beam_width = 10
     d = config.dense.sasrec
     d.hidden, d.max_len, d.epochs, d.patience, d.eval_every = 16, 50, 5, 2, 1
     init_run(root, config)
     catalog = load_catalog(paths)
-    save_semantic_ids(build_semantic_ids(catalog, config.semantic_ids, np.load(paths.embeddings / "text.npy"), progress=False), paths)
+    save_semantic_ids(
+        build_semantic_ids(catalog, config.semantic_ids, np.load(paths.embeddings / "text.npy"), progress=False), paths
+    )
     train(root, progress=False)
     return root

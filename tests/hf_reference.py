@@ -17,8 +17,9 @@ class TrieLogitsProcessor:
     """Keeps `generate` on the trie; rows are `batch * num_beams + beam`; use `length_penalty=0` so
     beam scores are plain sequence log-probs."""
 
-    def __init__(self, trie: SidTrie, prompt_length: int, num_beams: int = 1,
-                 removed: Sequence[Mapping | None] | None = None):
+    def __init__(
+        self, trie: SidTrie, prompt_length: int, num_beams: int = 1, removed: Sequence[Mapping | None] | None = None
+    ):
         self.trie, self.prompt_length, self.num_beams, self.removed = trie, prompt_length, num_beams, removed
 
     def prefix(self, ids: Sequence[int]) -> tuple[int, ...] | None:
@@ -41,15 +42,23 @@ class TrieLogitsProcessor:
         return scores + mask
 
 
-def hf_trie_topk(model, tokenizer, prompt_ids: Sequence[int], trie: SidTrie, width: int,
-                 removed: Mapping | None = None) -> list[tuple[str, float]]:
+def hf_trie_topk(
+    model, tokenizer, prompt_ids: Sequence[int], trie: SidTrie, width: int, removed: Mapping | None = None
+) -> list[tuple[str, float]]:
     """Hugging Face beam search over the trie: (item_id, sequence log-prob), best first."""
     ids = torch.tensor([list(prompt_ids)])
     processor = TrieLogitsProcessor(trie, ids.shape[1], num_beams=width, removed=[removed])
     out = model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=width, num_return_sequences=width,
-        do_sample=False, max_new_tokens=trie.depth, length_penalty=0.0,
-        logits_processor=LogitsProcessorList([processor]), output_scores=True, return_dict_in_generate=True,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=width,
+        num_return_sequences=width,
+        do_sample=False,
+        max_new_tokens=trie.depth,
+        length_penalty=0.0,
+        logits_processor=LogitsProcessorList([processor]),
+        output_scores=True,
+        return_dict_in_generate=True,
         pad_token_id=tokenizer.pad_token_id,
     )
     found = []

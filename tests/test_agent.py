@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from agent_catalog import INJECTED_ID, INJECTION_TARGET, INJECTION_TARGET_ID, PHANTOM, agent_run
+
 from agent.guard import check, find_violations, grounded_ids, redact
 from agent.planner import genre_mentions, liked_names, plan_turn
 from agent.session import Agent
@@ -105,21 +105,33 @@ def test_planner_reads_likes_refinements_and_references(ctx):
     state: dict = {"messages": [], "history": [], "preferences": {}, "candidates": []}
     assert liked_names("I loved Star Wars and Alien!", ctx.genres, ctx.titles) == ["Star Wars", "Alien"]
     assert liked_names("I loved Terminator, The (1984), Alien and Heat", ctx.genres, ctx.titles) == [
-        "Terminator, The (1984)", "Alien", "Heat"]  # a comma inside a title is not a list separator
+        "Terminator, The (1984)",
+        "Alien",
+        "Heat",
+    ]  # a comma inside a title is not a list separator
     assert liked_names("I really like comedies", ctx.genres, ctx.titles) == []
     # punctuation that ends a title before its year does not end the sentence
     assert liked_names("I loved When Harry Met Sally... (1989) and Fargo.", ctx.genres, ctx.titles) == [
-        "When Harry Met Sally... (1989)", "Fargo"]
+        "When Harry Met Sally... (1989)",
+        "Fargo",
+    ]
     assert genre_mentions("something funnier, but no horror", ctx.genres) == (["Comedy"], ["Horror"])
     plan = plan_turn("I loved Star Wars and Alien", state, ctx.titles, ctx.genres)
     assert plan.calls[0]["name"] == "recommend" and plan.calls[0]["args"]["liked"] == ["Star Wars", "Alien"]
-    state = {**state, "history": ["1", "2"], "candidates": [{"item_id": "21", "title": "x"}, {"item_id": "3", "title": "y"}]}
+    state = {
+        **state,
+        "history": ["1", "2"],
+        "candidates": [{"item_id": "21", "title": "x"}, {"item_id": "3", "title": "y"}],
+    }
     plan = plan_turn("something funnier", state, ctx.titles, ctx.genres)
     assert plan.intent == "refine" and plan.calls[0]["args"]["genres"] == ["Comedy"]
     assert plan.calls[0]["args"]["exclude"] == ["id 21", "id 3"]
     assert plan_turn("why the second one?", state, ctx.titles, ctx.genres).calls[0]["args"]["item"] == "id 3"
     assert plan_turn("why that one?", state, ctx.titles, ctx.genres).calls[0]["args"]["item"] == "id 21"
-    assert plan_turn("tell me about Fargo", state, ctx.titles, ctx.genres).calls[0] == {"name": "item_details", "args": {"item": "Fargo"}}
+    assert plan_turn("tell me about Fargo", state, ctx.titles, ctx.genres).calls[0] == {
+        "name": "item_details",
+        "args": {"item": "Fargo"},
+    }
     assert plan_turn("more like Heat", state, ctx.titles, ctx.genres).calls[0]["args"]["liked"][0] == "Heat"
     assert plan_turn("a 90s sci-fi comedy", {}, ctx.titles, ctx.genres).calls[0]["name"] == "search_items"
 
@@ -150,10 +162,19 @@ def test_guard_lets_a_grounded_title_with_an_alias_through_whole():
     from agent.lookup import TitleIndex
 
     # MovieLens titles carry aliases in parentheses; one alias is another item's title, one looks like an id
-    titles = TitleIndex.build(pd.DataFrame({
-        "item_id": ["121", "4", "1202", "1504"],
-        "title": ["Independence Day (ID4) (1996)", "Get Shorty (1995)", "Maybe, Maybe Not (Bewegte Mann, Der) (1994)",
-                  "Bewegte Mann, Der (1994)"]}))
+    titles = TitleIndex.build(
+        pd.DataFrame(
+            {
+                "item_id": ["121", "4", "1202", "1504"],
+                "title": [
+                    "Independence Day (ID4) (1996)",
+                    "Get Shorty (1995)",
+                    "Maybe, Maybe Not (Bewegte Mann, Der) (1994)",
+                    "Bewegte Mann, Der (1994)",
+                ],
+            }
+        )
+    )
     for item in ("121", "1202"):
         text = f"Since you liked {titles.titles[item]} [id {item}], here are my picks."
         assert check(text, {item}, titles).ok, text
@@ -183,7 +204,9 @@ def test_a_list_that_names_an_item_twice_is_a_loop():
 
     assert degenerate("Picks:\n1. Sleeper (1973) [id 152]\n2. Annie Hall (1977) [id 514]\n3. Sleeper (1973) [id 152]")
     assert not degenerate("Picks:\n1. Sleeper (1973) [id 152]\n2. Annie Hall (1977) [id 514]")
-    assert degenerate("The user wants to know why Annie Hall (1977) is good. The user wants to know why Annie Hall (1977) is good.")
+    assert degenerate(
+        "The user wants to know why Annie Hall (1977) is good. The user wants to know why Annie Hall (1977) is good."
+    )
 
 
 def test_model_replies_that_loop_or_miss_their_items_are_not_sent():
@@ -224,8 +247,14 @@ def test_three_turn_conversation_refines_and_explains_from_memory(agent, ctx):
 
 
 def test_every_item_named_in_a_reply_was_returned_by_a_tool(agent, ctx):
-    for message in ["I loved Fargo and Heat", "something scarier", "more like the second one", "tell me about it",
-                    "I'm user 8", "a space parody"]:
+    for message in [
+        "I loved Fargo and Heat",
+        "something scarier",
+        "more like the second one",
+        "tell me about it",
+        "I'm user 8",
+        "a space parody",
+    ]:
         answer = agent.ask("g", message)
         state = agent.graph.get_state(agent._config("g")).values
         allowed = set(state["grounded"])
@@ -295,7 +324,9 @@ def test_a_model_server_that_hangs_times_out_instead_of_hanging_the_chat(ctx, tm
                 continue
 
     threading.Thread(target=accept_and_stall, daemon=True).start()
-    chat = ChatLLM(f"http://127.0.0.1:{server.getsockname()[1]}/v1", model="genrec-chat", timeout_s=1.5, retry_after_s=60)
+    chat = ChatLLM(
+        f"http://127.0.0.1:{server.getsockname()[1]}/v1", model="genrec-chat", timeout_s=1.5, retry_after_s=60
+    )
     try:
         with Agent(ctx, chat, tmp_path / "h.sqlite") as a:
             started = time.monotonic()
@@ -327,17 +358,29 @@ def test_a_conversation_resumes_in_a_new_agent_on_the_same_database(ctx, tmp_pat
         assert memory["preferences"]["avoid_genres"] == ["Horror"]
         answer = second.ask("alice", "something funnier")
         assert "Star Wars (1977)" in answer.reply  # the liked items were remembered
-        assert answer.items and all("Comedy" in genres_of(ctx, i["item_id"]) and "Horror" not in genres_of(ctx, i["item_id"])
-                                    for i in answer.items)
+        assert answer.items and all(
+            "Comedy" in genres_of(ctx, i["item_id"]) and "Horror" not in genres_of(ctx, i["item_id"])
+            for i in answer.items
+        )
         assert second.memory("bob")["turns"] == 0  # threads do not mix
 
 
 def chat_process(run_dir: Path, thread: str, lines: list[str]) -> list[str]:
     """`genrec chat` (the typer function) in its own process, fed lines on stdin as a script would."""
-    cmd = [sys.executable, "-c", "import typer; from agent.commands import chat; typer.run(chat)",
-           "--run", str(run_dir), "--thread", thread, "--no-llm"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import typer; from agent.commands import chat; typer.run(chat)",
+        "--run",
+        str(run_dir),
+        "--thread",
+        thread,
+        "--no-llm",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(cmd, input="\n".join(lines).encode() + b"\n", capture_output=True, timeout=240, env=env, cwd=REPO)
+    out = subprocess.run(
+        cmd, input="\n".join(lines).encode() + b"\n", capture_output=True, timeout=240, env=env, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     return out.stdout.decode().splitlines()
 

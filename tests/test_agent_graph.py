@@ -8,12 +8,22 @@ from __future__ import annotations
 import json
 
 import pytest
+from agent_catalog import agent_run
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from agent_catalog import agent_run
-from agent.graph import (AgentSettings, Deps, after_plan, after_tools, guard, plan, release_checked, remember, reply,
-                         rules_step)
+from agent.graph import (
+    AgentSettings,
+    Deps,
+    after_plan,
+    after_tools,
+    guard,
+    plan,
+    release_checked,
+    remember,
+    reply,
+    rules_step,
+)
 from agent.model_tools import ANSWER, answer_tool, known_args
 from agent.prompts import PLANNER_SYSTEM, compact_result, memory_text, planner_messages
 from agent.tools import AgentContext, recommend
@@ -62,9 +72,13 @@ def test_arguments_outside_a_schema_are_dropped_and_named(deps):
 
 
 def test_the_planner_prompt_keeps_fixed_text_first_and_memory_last(deps, ctx):
-    state = turn("why the second one?", history=["1", "2"], excluded=["9"],
-                 preferences={"genres": ["Comedy"], "avoid_genres": ["Horror"]},
-                 candidates=[ctx.card("4"), ctx.card("6")])
+    state = turn(
+        "why the second one?",
+        history=["1", "2"],
+        excluded=["9"],
+        preferences={"genres": ["Comedy"], "avoid_genres": ["Horror"]},
+        candidates=[ctx.card("4"), ctx.card("6")],
+    )
     messages = planner_messages(state, ctx)
     assert messages[0].content == PLANNER_SYSTEM  # the same every turn: vLLM's prefix cache reuses it
     memory = messages[-2].content
@@ -108,7 +122,11 @@ def test_after_plan_runs_tools_only_when_the_step_called_some():
 
 
 def test_a_failed_model_call_gets_exactly_one_more_planning_step(deps):
-    failed = {"planner": "model", "steps": 1, "messages": [tool_message({"tool": "recommend", "items": []}, status="error")]}
+    failed = {
+        "planner": "model",
+        "steps": 1,
+        "messages": [tool_message({"tool": "recommend", "items": []}, status="error")],
+    }
     assert after_tools(failed, deps) == "plan"
     assert after_tools({**failed, "retries": 1}, deps) == "reply"  # retried once already
     assert after_tools({**failed, "planner": "rules"}, deps) == "reply"  # rules never re-plan
@@ -132,10 +150,20 @@ def test_recommend_keeps_memory_the_model_did_not_repeat(deps, ctx):
     graph.add_node("tools", tools_node(deps))
     graph.add_edge(START, "tools")
     graph.add_edge("tools", END)
-    call = {"name": "recommend", "args": {"exclude": ["Empire Strikes Back", "Casablanca"], "liked": ["Heat", "Fargo"],
-                                          "genres": ["Sci-Fi"]}, "id": "c1"}
-    state = {"messages": [HumanMessage("I loved Heat but have seen The Empire Strikes Back"), AIMessage("", tool_calls=[call])],
-             "history": ["1"], "excluded": ["3"], "candidates": [ctx.card("13")]}
+    call = {
+        "name": "recommend",
+        "args": {"exclude": ["Empire Strikes Back", "Casablanca"], "liked": ["Heat", "Fargo"], "genres": ["Sci-Fi"]},
+        "id": "c1",
+    }
+    state = {
+        "messages": [
+            HumanMessage("I loved Heat but have seen The Empire Strikes Back"),
+            AIMessage("", tool_calls=[call]),
+        ],
+        "history": ["1"],
+        "excluded": ["3"],
+        "candidates": [ctx.card("13")],
+    }
     result = json.loads(graph.compile().invoke(state)["messages"][-1].content)
     ids = {c["item_id"] for c in result["items"]}
     assert [c["item_id"] for c in result["liked"]] == ["1", "10"]  # remembered like, and the new one the user wrote
@@ -148,8 +176,13 @@ def test_a_title_both_liked_and_excluded_is_excluded_and_a_copied_avoid_list_is_
     from agent.model_tools import schemas
 
     args = schemas(ctx)["recommend"].model_validate(
-        {"liked": ["Star Wars", "Empire Strikes Back"], "exclude": ["empire strikes back"],
-         "genres": ["Comedy"], "avoid_genres": ["Comedy", "Horror"]})
+        {
+            "liked": ["Star Wars", "Empire Strikes Back"],
+            "exclude": ["empire strikes back"],
+            "genres": ["Comedy"],
+            "avoid_genres": ["Comedy", "Horror"],
+        }
+    )
     assert args.liked == ["Star Wars"] and args.exclude == ["empire strikes back"] and args.avoid_genres == ["Horror"]
 
 
@@ -164,25 +197,39 @@ def test_titles_written_with_an_id_resolve_by_the_pair_and_a_wrong_id_loses_to_t
 
 def test_streamed_sentences_are_released_only_while_grounded(ctx):
     sent: list[str] = []
-    text = release_checked(["Try Spaceballs (1987) [id 4]. ", "Or The Godfather", " (1972). And more."],
-                           {"4"}, ctx, sent.append)
+    text = release_checked(
+        ["Try Spaceballs (1987) [id 4]. ", "Or The Godfather", " (1972). And more."], {"4"}, ctx, sent.append
+    )
     assert sent == ["Try Spaceballs (1987) [id 4]."]  # the sentence naming an ungrounded item is held back
     assert text.endswith("And more.")
 
 
 def test_the_reply_without_a_model_is_the_deterministic_one(deps, ctx):
     result = recommend(ctx, liked=["Alien"], k=2)
-    state = {"messages": [HumanMessage("I loved Alien"), AIMessage("", tool_calls=[{"name": "recommend", "args": {}, "id": "c1"}]),
-                          tool_message(result)], "planner": "rules"}
+    state = {
+        "messages": [
+            HumanMessage("I loved Alien"),
+            AIMessage("", tool_calls=[{"name": "recommend", "args": {}, "id": "c1"}]),
+            tool_message(result),
+        ],
+        "planner": "rules",
+    }
     draft = reply(state, deps)["draft"]
     assert draft["source"] == "rules" and "Alien (1979) [id 2]" in draft["text"] and len(draft["cards"]) == 2
 
 
 def test_the_guard_replaces_a_model_reply_that_names_an_item_no_tool_returned(deps, ctx):
     result = recommend(ctx, liked=["Alien"], k=2)
-    state = {"messages": [HumanMessage("I loved Alien"), tool_message(result)], "planner": "model",
-             "draft": {"text": "You will love The Godfather (1972).", "fallback": "Here are my picks.", "source": "model",
-                       "cards": result["items"]}}
+    state = {
+        "messages": [HumanMessage("I loved Alien"), tool_message(result)],
+        "planner": "model",
+        "draft": {
+            "text": "You will love The Godfather (1972).",
+            "fallback": "Here are my picks.",
+            "source": "model",
+            "cards": result["items"],
+        },
+    }
     out = guard(state, deps)
     message = out["messages"][-1]
     assert message.content.startswith("Here are my picks.") and message.additional_kwargs["source"] == "rules"

@@ -25,8 +25,10 @@ from retrieval.split import leave_one_out
 
 # ../shared/data beside the checkout (a git worktree sits one level deeper)
 ROOT = Path(__file__).resolve().parents[1]
-ML100K = next((p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-              ROOT.parent / "shared" / "data" / "ml-100k")
+ML100K = next(
+    (p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+    ROOT.parent / "shared" / "data" / "ml-100k",
+)
 pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="MovieLens-100K not present in ../shared")
 
 
@@ -202,8 +204,12 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_as_if_never_stopped
     checkpoint = str(tmp_path / "sasrec.ckpt")
     torch.manual_seed(3)
     fit(_small_sasrec(catalog), train, split.valid, _settings(epochs=2, eval_every=2, seed=3, checkpoint=checkpoint))
-    resumed, resumed_stats = fit(_small_sasrec(catalog), train, split.valid,  # fresh weights: the checkpoint wins
-                                 _settings(epochs=3, eval_every=2, seed=3, checkpoint=checkpoint))
+    resumed, resumed_stats = fit(
+        _small_sasrec(catalog),
+        train,
+        split.valid,  # fresh weights: the checkpoint wins
+        _settings(epochs=3, eval_every=2, seed=3, checkpoint=checkpoint),
+    )
     assert resumed.recommend(histories, 10) == straight.recommend(histories, 10)
     assert [r["loss"] for r in resumed_stats["history"]] == [r["loss"] for r in stats["history"]]
 
@@ -278,8 +284,10 @@ def test_dense_settings_follow_the_density_of_the_data():
     sparse = {str(u): [str(i) for i in range(8)] for u in range(5)}  # Amazon-like: a handful each
     config = DenseConfig()
     assert resolve("sasrec", config.sasrec, dense).max_len == 200
-    assert resolve("sasrec", config.sasrec, sparse).model_dump() == config.sasrec.model_copy(
-        update={"max_len": 50, "dropout": 0.6, "lr": 5e-4, "batch_size": 512}).model_dump()
+    assert (
+        resolve("sasrec", config.sasrec, sparse).model_dump()
+        == config.sasrec.model_copy(update={"max_len": 50, "dropout": 0.6, "lr": 5e-4, "batch_size": 512}).model_dump()
+    )
     assert resolve("sasrec", config.sasrec.model_copy(update={"max_len": 64}), dense).max_len == 64  # configured wins
     model, settings, resolved = build("bsarec", ["1", "2"], config.bsarec, sparse)
     assert isinstance(model, BSARec) and (model.alpha, model.c, model.max_len) == (0.7, 5, 50)
@@ -292,8 +300,12 @@ def test_dense_settings_follow_the_density_of_the_data():
         ([], {"u": ["1", "2"]}, None, "cannot rank an empty catalog"),
         (["1", "2"], {"u": ["1"], "v": ["2"]}, None, "every training history here has at most one item"),
         (["1", "2"], None, pd.DataFrame({"user_id": ["u", "u"], "item_id": ["1", "2"]}), "have no timestamps"),
-        (["1", "2"], None, pd.DataFrame({"user_id": ["u", "u"], "item_id": ["1", "2"], "timestamp": [7, 7]}),
-         "share one timestamp"),
+        (
+            ["1", "2"],
+            None,
+            pd.DataFrame({"user_id": ["u", "u"], "item_id": ["1", "2"], "timestamp": [7, 7]}),
+            "share one timestamp",
+        ),
     ],
 )
 def test_a_dense_baseline_refuses_data_it_cannot_learn_from_in_one_line(catalog, train, interactions, reason):

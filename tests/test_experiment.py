@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from eval_run import shared_eval_run, trained_eval_run
+
 from genrec.errors import GenrecError
 
 TEMPLATE = "Here are {{ n }} items a user chose, oldest first. Continue with the next one.\n"
@@ -27,9 +27,14 @@ def write_experiment(folder: Path, run: Path, **overrides) -> Path:
     """An experiment file with one template of its own beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plain.j2").write_text(TEMPLATE)
-    spec = {"run": str(run), "users": 12, "templates": ["plain.j2"],
-            "decoding": {"beam_width": 10, "k": 10, "temperature": [1.0, 0.5]},
-            "models": [{"name": "tiny", "path": str(run / "model")}], "output": "out"}
+    spec = {
+        "run": str(run),
+        "users": 12,
+        "templates": ["plain.j2"],
+        "decoding": {"beam_width": 10, "k": 10, "temperature": [1.0, 0.5]},
+        "models": [{"name": "tiny", "path": str(run / "model")}],
+        "output": "out",
+    }
     spec.update(overrides)
     path = folder / "exp.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -101,8 +106,11 @@ def test_a_failing_cell_never_loses_the_cells_already_computed(tmp_path, trained
     shutil.copytree(trained / "model", broken)
     for weights in (broken / "base").glob("*.safetensors"):
         weights.write_bytes(b"not a tensor file")  # passes validation (the files exist), fails to load
-    path = write_experiment(tmp_path, trained, models=[{"name": "tiny", "path": str(trained / "model")},
-                                                       {"name": "broken", "path": str(broken)}])
+    path = write_experiment(
+        tmp_path,
+        trained,
+        models=[{"name": "tiny", "path": str(trained / "model")}, {"name": "broken", "path": str(broken)}],
+    )
     load_experiment(path)  # valid file
     with pytest.raises(GenrecError, match="2 cell\\(s\\) failed"):
         experiment(path, force=False)
@@ -137,14 +145,17 @@ def test_a_served_endpoint_cell_scores_like_the_same_model_run_locally(tmp_path,
     """The experiment grid against a live vLLM server of the trained run: same model, same prompts,
     both exact trie beam search, so the served cell's metrics match the local cell's."""
     pytest.importorskip("vllm")
-    from serving.server import free_port, serve_run
     from eval.experiment import load_experiment, run_experiment
     from genrec.config import ServeConfig
+    from serving.server import free_port, serve_run
 
     with serve_run(trained, ServeConfig(port=free_port(), kv_cache_gib=1, startup_timeout_s=900)) as server:
-        path = write_experiment(tmp_path, trained, decoding={"beam_width": 10, "k": 10},
-                                models=[{"name": "local", "path": str(trained / "model")},
-                                        {"name": "served", "endpoint": server.url}])
+        path = write_experiment(
+            tmp_path,
+            trained,
+            decoding={"beam_width": 10, "k": 10},
+            models=[{"name": "local", "path": str(trained / "model")}, {"name": "served", "endpoint": server.url}],
+        )
         result = run_experiment(load_experiment(path), progress=False)
     assert result.failed == 0 and len(result.rows) == 2
     local, served = sorted(result.rows, key=lambda r: r["model"])

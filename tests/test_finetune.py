@@ -27,7 +27,13 @@ def tiny_config() -> RunConfig:
     """A run config whose scratch model trains in seconds."""
     config = RunConfig(name="tiny")
     t = config.train
-    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = 1, 32, 1, 64, 400  # head size 32: servable
+    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = (
+        1,
+        32,
+        1,
+        64,
+        400,
+    )  # head size 32: servable
     t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha = 1, 1, 4, 8
     t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.3, 2048
     config.generate.beam_width = 10
@@ -194,8 +200,14 @@ def test_beam_search_agrees_with_hf_generate_on_the_trie(run_data, untrained):
     history = run_data.split.train[sorted(run_data.split.train)[1]]
     exclude = set(history)
     ours = untrained.generate([history], 10, exclude=[exclude])[0]
-    theirs = hf_trie_topk(untrained.model, untrained.tokenizer, untrained.prompts.token_ids(history), untrained.trie, 10,
-                          untrained.trie.exclusion(exclude))
+    theirs = hf_trie_topk(
+        untrained.model,
+        untrained.tokenizer,
+        untrained.prompts.token_ids(history),
+        untrained.trie,
+        10,
+        untrained.trie.exclusion(exclude),
+    )
     assert [i for i, _ in ours] == [i for i, _ in theirs]
     assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-4)
 
@@ -222,7 +234,7 @@ def test_training_examples_hold_only_training_items_of_each_user(run_data, token
     for ex in next_item_examples(tokenizer, split.train, codes, max_history=20, rng=rng):
         seen.setdefault(ex.user, []).extend(item_of[c] for c in parse_sids(ex.target))
     assert seen == {u: items for u, items in split.train.items() if items}
-    for user, (history, target) in split.test.items():
+    for user, (history, _target) in split.test.items():
         assert seen[user] == history[:-1]  # neither the validation item nor the test item
         assert split.valid[user][1] == history[-1]
     for ex in aux_examples(tokenizer, split.train, codes, run_data.facts, 200, rng):
@@ -230,7 +242,10 @@ def test_training_examples_hold_only_training_items_of_each_user(run_data, token
             (code,) = parse_sids(ex.prompt)
             assert item_of[code] in split.train[ex.user]
     assert {ex.task for ex in aux_examples(tokenizer, split.train, codes, run_data.facts, 40, rng)} == {
-        "item_to_text", "text_to_item", "query_to_item", "explain"
+        "item_to_text",
+        "text_to_item",
+        "query_to_item",
+        "explain",
     }
 
 
@@ -263,12 +278,16 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
 
     torch.manual_seed(0)
     model = build_scratch_model(run_data.config.train, tokenizer)
-    examples = next_item_examples(tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0))
+    examples = next_item_examples(
+        tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0)
+    )
     data = tokenise(tokenizer, examples, 128)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = cosine_schedule(optimizer, 100, warmup=1)
     losses = [
-        train_epoch(model, data, optimizer, scheduler, tokenizer.pad_token_id, 1024, random.Random(e), False, "t", False).loss
+        train_epoch(
+            model, data, optimizer, scheduler, tokenizer.pad_token_id, 1024, random.Random(e), False, "t", False
+        ).loss
         for e in range(4)
     ]
     assert losses[-1] < losses[0] - 0.5, losses
@@ -280,7 +299,9 @@ def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_d
     from finetune.tasks import next_item_examples
 
     torch.manual_seed(0)
-    config = run_data.config.train.model_copy(update={"pretrain_epochs": 8, "pretrain_val_start": 2, "pretrain_patience": 2})
+    config = run_data.config.train.model_copy(
+        update={"pretrain_epochs": 8, "pretrain_val_start": 2, "pretrain_patience": 2}
+    )
     model = build_scratch_model(config, tokenizer)
     users = dict(list(run_data.split.train.items())[:6])
     scores = iter([0.1, 0.3, 0.2, 0.25, 0.9])  # epochs 2-5; epoch 3 best, then two epochs without a gain
@@ -291,9 +312,22 @@ def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_d
         kept[score] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return score
 
-    stats = pretrain(model, tokenizer, lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e)),
-                     config, False, progress=False, validate=validate)
-    assert [("valid_ndcg@10" in h) for h in stats["history"]] == [False, True, True, True, True]  # stopped after epoch 5
+    stats = pretrain(
+        model,
+        tokenizer,
+        lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e)),
+        config,
+        False,
+        progress=False,
+        validate=validate,
+    )
+    assert [("valid_ndcg@10" in h) for h in stats["history"]] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]  # stopped after epoch 5
     assert stats["best_epoch"] == 3 and stats["best_valid_ndcg@10"] == 0.3
     assert all(torch.equal(v, kept[0.3][k]) for k, v in model.state_dict().items())
     assert not all(torch.equal(v, kept[0.25][k]) for k, v in model.state_dict().items())
@@ -389,7 +423,9 @@ def _reattach(run: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "model" / "base"), run / "model" / "adapter")
+    return PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(run / "model" / "base"), run / "model" / "adapter"
+    )
 
 
 def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
@@ -402,7 +438,11 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
 
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
-    assert meta["max_history"] == 20 and [e["epoch"] for e in report["epochs"]] == [0, 1] and report["epochs"][1]["loss"] > 0
+    assert (
+        meta["max_history"] == 20
+        and [e["epoch"] for e in report["epochs"]] == [0, 1]
+        and report["epochs"][1]["loss"] > 0
+    )
     # the LoRA stage starts from the best pre-training epoch, carrying its validation score
     assert report["pretrain_epochs"] and all(0 <= e["valid_ndcg@10"] <= 1 for e in report["pretrain_epochs"])
     best_pretrain = max(e["valid_ndcg@10"] for e in report["pretrain_epochs"])
@@ -523,7 +563,10 @@ def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
 def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
     from finetune.models import resolve_base
 
-    with pytest.raises(GenrecError, match=r"not 'scratch', a packaged model \(smollm2-135m, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b\), or a model folder"):
+    with pytest.raises(
+        GenrecError,
+        match=r"not 'scratch', a packaged model \(smollm2-135m, qwen2.5-coder-1.5b, qwen2.5-coder-0.5b\), or a model folder",
+    ):
         resolve_base(str(tmp_path / "missing"))
     with pytest.raises(GenrecError, match="no config.json"):
         resolve_base(str(tmp_path))
@@ -575,7 +618,7 @@ def test_smollm2_converts_from_gguf_and_takes_sid_tokens(tmp_path, run_data):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(chat_prompt(tokenizer, "What is the capital of France?"), return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
     model, tokenizer = load_pretrained(str(folder))
     sizes = codebook_sizes(run_data.codes.values())
     add_sid_tokens(tokenizer, sizes)
@@ -655,7 +698,9 @@ def test_a_run_saved_by_an_earlier_version_still_opens_unless_it_used_a_retired_
     from genrec.config import load_config
 
     path = tmp_path / "config.yaml"
-    path.write_text("train:\n  item_loss: 0.0\n  residual_dropout: 0.0\n  pretrain_val_epochs: 3\nserve:\n  request_timeout_s: 60\n")
+    path.write_text(
+        "train:\n  item_loss: 0.0\n  residual_dropout: 0.0\n  pretrain_val_epochs: 3\nserve:\n  request_timeout_s: 60\n"
+    )
     assert load_config(path).train.pretrain_patience == 2
     path.write_text("train:\n  item_loss: 0.5\n")
     with pytest.raises(GenrecError, match=r"train.item_loss: 0.5 is no longer supported"):

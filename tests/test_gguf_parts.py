@@ -31,9 +31,13 @@ def fake_split_model(root: Path, contents: list[bytes], monkeypatch) -> SplitGgu
     importlib.invalidate_caches()
     whole = b"".join(contents)
     return SplitGguf(
-        name="fake-model", title="a fake split GGUF", package=prefix + "-part{n}", version="1.2.3",
+        name="fake-model",
+        title="a fake split GGUF",
+        package=prefix + "-part{n}",
+        version="1.2.3",
         parts=tuple((len(c), hashlib.sha256(c).hexdigest()) for c in contents),
-        size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
+        size=len(whole),
+        sha256=hashlib.sha256(whole).hexdigest(),
     )
 
 
@@ -82,9 +86,11 @@ def test_truncated_and_missing_parts_are_all_named_in_one_line(tmp_path, monkeyp
     model = fake_split_model(tmp_path / "site", [b"a" * 64, b"b" * 64, b"c" * 64], monkeypatch)
     corrupt(model, 1, b"a" * 10)
     corrupt(model, 3, b"c" * 10)
-    with pytest.raises(GenrecError, match=rf"{model.pip_name(1)}, {model.pip_name(3)} truncated or corrupt \(wrong size\)"):
+    with pytest.raises(
+        GenrecError, match=rf"{model.pip_name(1)}, {model.pip_name(3)} truncated or corrupt \(wrong size\)"
+    ):
         verify_parts(model, part_files(model))
-    for data in (tmp_path / "site").glob(f"*_part2/data/*.bin"):
+    for data in (tmp_path / "site").glob("*_part2/data/*.bin"):
         data.unlink()
     with pytest.raises(GenrecError) as err:
         part_files(model)

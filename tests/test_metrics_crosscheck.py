@@ -27,8 +27,10 @@ from retrieval.catalog import make_interactions  # noqa: E402
 from retrieval.split import leave_one_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ML100K = next((p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-              ROOT.parent / "shared" / "data" / "ml-100k")
+ML100K = next(
+    (p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+    ROOT.parent / "shared" / "data" / "ml-100k",
+)
 pytestmark = [
     pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="MovieLens-100K not present in ../shared"),
     pytest.mark.filterwarnings("ignore:unsafe cast"),  # numba, inside ranx
@@ -64,8 +66,12 @@ def scored_lists():
     split = leave_one_out(make_interactions(ratings[ratings["user_id"] <= 300], "u.data"))
     catalog = pd.read_csv(ML100K / "u.item", sep="|", header=None, encoding="latin-1")[0].astype(str).tolist()
     torch.manual_seed(0)
-    sasrec, _ = fit(SASRec(catalog, max_len=50, dropout=0.2), split.train, None,
-                    TrainSettings(lr=3e-3, batch_size=64, epochs=4, threads=1, progress=False))
+    sasrec, _ = fit(
+        SASRec(catalog, max_len=50, dropout=0.2),
+        split.train,
+        None,
+        TrainSettings(lr=3e-3, batch_size=64, epochs=4, threads=1, progress=False),
+    )
     popularity = Popularity(catalog)
     popularity.fit(split.train)
     models = [ListRecorder(sasrec), ListRecorder(popularity), ListRecorder(WithGhosts(sasrec))]

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import typer
 import yaml
-from typer.testing import CliRunner
-
 from eval_run import shared_eval_run
+from typer.testing import CliRunner
 
 HEADLINE = ("recall@10", "ndcg@10", "mrr", "valid_rate", "coverage")
 
@@ -71,7 +70,7 @@ def test_report_writes_markdown_json_and_real_pngs(evaluated):
     for model, buckets in metrics["popularity_buckets"].items():
         quantiles = [b for name, b in buckets.items() if name != "cold-start"]
         assert sum(b["users"] for b in quantiles) == results[model]["users"]  # buckets partition the users
-    for model, value in metrics["diversity"].items():
+    for value in metrics["diversity"].values():
         assert 0.0 < value < 1.0
     faith = metrics["faithfulness"]["models"]["itemknn"]
     assert faith["explanations"] > 0 and faith["claims"] > 0
@@ -97,15 +96,18 @@ def test_compare_pairs_users_and_tests_the_difference(evaluated, tmp_path):
     config["eval"]["content_last_n"] = 1  # a different content baseline on the same split
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "compare.json"
-    result = CliRunner().invoke(cli(), ["eval", "compare", str(run), str(other), "--models", "content,popularity",
-                                        "--json", str(out)])
+    result = CliRunner().invoke(
+        cli(), ["eval", "compare", str(run), str(other), "--models", "content,popularity", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     comparison = json.loads(out.read_text())
     pop = comparison["models"]["popularity"]["tests"][str(other)]
     assert pop["diff"] == 0.0 and pop["bootstrap_p"] == 1.0  # same model, same users: no difference
     content = comparison["models"]["content"]
     test = content["tests"][str(other)]
-    assert test["diff"] == pytest.approx(content["metrics"][str(other)]["ndcg@10"] - content["metrics"][str(run)]["ndcg@10"])
+    assert test["diff"] == pytest.approx(
+        content["metrics"][str(other)]["ndcg@10"] - content["metrics"][str(run)]["ndcg@10"]
+    )
     assert 0.0 <= test["bootstrap_p"] <= 1.0 and 0.0 <= test["t_test_p"] <= 1.0
     assert test["ci95"][0] <= test["diff"] <= test["ci95"][1]
 
@@ -119,8 +121,9 @@ def test_faithfulness_flags_a_genre_the_item_does_not_have(run):
     vocab = Vocabulary.from_items(items)
     star_wars = items.loc[items["title"] == "Star Wars (1977)", "item_id"].item()
     fargo = items.loc[items["title"] == "Fargo (1996)", "item_id"].item()
-    score = score_explanation("Star Wars (1977) is Sci-Fi and Romance from the 1970s, like Fargo (1996).",
-                              star_wars, [fargo], vocab)
+    score = score_explanation(
+        "Star Wars (1977) is Sci-Fi and Romance from the 1970s, like Fargo (1996).", star_wars, [fargo], vocab
+    )
     assert sorted(score.true_claims) == ["1970s", "romance", "sci-fi"]  # ML-100K lists Star Wars as Romance too
     assert score.history_mentions == [fargo]
     wrong = score_explanation("Star Wars is a Horror film from 1985.", star_wars, [], vocab)
@@ -131,14 +134,15 @@ def test_explanations_a_real_instruction_model_writes_are_scored_raw_and_as_show
     import pandas as pd
 
     from eval.faithfulness import Vocabulary, model_explanations
-    from retrieval.split import leave_one_out
     from finetune.explain import Explainer
+    from retrieval.split import leave_one_out
 
     items = pd.read_parquet(run / "items.parquet")
     split = leave_one_out(pd.read_parquet(run / "interactions.parquet"))
     picks = {user: target for user, (_, target) in list(split.test.items())[:3]}
-    raw, shown, kept = model_explanations(Explainer("smollm2-135m", max_new_tokens=40).write, items, split.test, picks,
-                                          Vocabulary.from_items(items))
+    raw, shown, kept = model_explanations(
+        Explainer("smollm2-135m", max_new_tokens=40).write, items, split.test, picks, Vocabulary.from_items(items)
+    )
     assert len(raw) == len(shown) == 3 and all(r.text for r in raw) and 0 <= kept <= 3
     for r, s in zip(raw, shown):
         # what users read is the model's answer when it passed the grounding check, else the template,

@@ -32,8 +32,9 @@ SCORE_TOLERANCE = 1e-3  # log-prob: scores closer than this are a tie, whose ord
 def genrec(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python -m app ARGS` (the `genrec` command) in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,9 @@ def two_processes(scale_run) -> Path:
 
 def losses(run: Path) -> list[float]:
     report = json.loads((run / "model" / "train_report.json").read_text())
-    return [e["loss"] for e in report["pretrain_epochs"]] + [e["loss"] for e in report["epochs"] if e["loss"] is not None]
+    return [e["loss"] for e in report["pretrain_epochs"]] + [
+        e["loss"] for e in report["epochs"] if e["loss"] is not None
+    ]
 
 
 def top10(run: Path, histories: list[list[str]], width: int = 20) -> list[list[tuple[str, float]]]:
@@ -151,8 +154,19 @@ def test_micro_batches_accumulate_to_the_step_of_one_pass(scale_run):
     for micro in (None, 300):  # batches of up to 1024 padded tokens, in passes of at most 300
         model = build_scratch_model(data.config.train, tokenizer)  # seeded: the same weights twice
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        stats = train_epoch(model, examples, optimizer, cosine_schedule(optimizer, 100, warmup=1), tokenizer.pad_token_id,
-                            1024, random.Random(0), False, "t", progress=False, micro_tokens=micro)
+        stats = train_epoch(
+            model,
+            examples,
+            optimizer,
+            cosine_schedule(optimizer, 100, warmup=1),
+            tokenizer.pad_token_id,
+            1024,
+            random.Random(0),
+            False,
+            "t",
+            progress=False,
+            micro_tokens=micro,
+        )
         runs.append((stats.loss, [p.detach().clone() for p in model.parameters()]))
     assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
@@ -162,7 +176,9 @@ def test_only_rank_zero_writes(two_processes):
     from genrec.run import RunPaths
 
     paths = RunPaths(two_processes)
-    assert (paths.model / "base" / "config.json").exists() and (paths.model / "adapter" / "adapter_config.json").exists()
+    assert (paths.model / "base" / "config.json").exists() and (
+        paths.model / "adapter" / "adapter_config.json"
+    ).exists()
     assert not list(two_processes.rglob("*rank1*"))
 
 
@@ -180,7 +196,9 @@ def test_the_two_process_model_is_served_by_vllm_as_before(two_processes):
     from genrec.run import RunPaths
     from retrieval.semantic_ids import load_semantic_ids
 
-    gen = load_local_generator(RunPaths(two_processes), load_semantic_ids(RunPaths(two_processes)), beam_width=20, bf16=False)
+    gen = load_local_generator(
+        RunPaths(two_processes), load_semantic_ids(RunPaths(two_processes)), beam_width=20, bf16=False
+    )
     with serve_run(two_processes, ServeConfig(kv_cache_gib=1), port=free_port()) as server:
         with LLMClient(server.url, timeout_s=120) as client:
             for history, mine in zip(prompts, local):
@@ -198,15 +216,24 @@ def test_a_killed_process_leaves_a_checkpoint_that_the_rerun_resumes_from(scale_
         text = fh.read()
     (run / "config.yaml").write_text(text.replace("checkpoint_steps: null", "checkpoint_steps: 3"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "train", "--run", str(run), "--processes", "2"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "train", "--run", str(run), "--processes", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     marker = run / "checkpoints" / "lora" / "checkpoint.json"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "no LoRA checkpoint appeared"
-    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True)  # the process, not its helpers
-             if p.environ().get("RANK") == "1" and p.parent().environ().get("RANK") != "1"]
+    rank1 = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)  # the process, not its helpers
+        if p.environ().get("RANK") == "1" and p.parent().environ().get("RANK") != "1"
+    ]
     assert rank1, "rank 1 not found"
     rank1[0].send_signal(signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
@@ -228,8 +255,14 @@ def test_a_killed_process_leaves_a_checkpoint_that_the_rerun_resumes_from(scale_
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("tokens_per_batch: 2048", "error: train.tokens_per_batch 200: a batch of 128-token examples holds 1, fewer than the 2 processes"),
-        ("backend: null", "error: train.distributed.backend nccl: not available in this torch build (use gloo on a CPU"),
+        (
+            "tokens_per_batch: 2048",
+            "error: train.tokens_per_batch 200: a batch of 128-token examples holds 1, fewer than the 2 processes",
+        ),
+        (
+            "backend: null",
+            "error: train.distributed.backend nccl: not available in this torch build (use gloo on a CPU",
+        ),
         ("strategy: ddp", "error: train.distributed.strategy fsdp: accelerate runs FSDP and DeepSpeed on GPUs only"),
     ],
     ids=["batch-smaller-than-the-world", "missing-backend", "fsdp-on-a-cpu"],
@@ -237,8 +270,11 @@ def test_a_killed_process_leaves_a_checkpoint_that_the_rerun_resumes_from(scale_
 def test_settings_that_cannot_work_are_one_line_errors_naming_them(scale_run, setting, message):
     run = copy_run(scale_run, "bad")
     text = (run / "config.yaml").read_text()
-    bad = {"tokens_per_batch: 2048": "tokens_per_batch: 200", "backend: null": "backend: nccl",
-           "strategy: ddp": "strategy: fsdp"}[setting]
+    bad = {
+        "tokens_per_batch: 2048": "tokens_per_batch: 200",
+        "backend: null": "backend: nccl",
+        "strategy: ddp": "strategy: fsdp",
+    }[setting]
     assert setting in text
     (run / "config.yaml").write_text(text.replace(setting, bad))
     done = genrec("train", "--run", str(run), "--processes", "2", timeout=120)
@@ -256,23 +292,43 @@ def test_vllm_gets_the_parallelism_of_the_run_config_and_the_cpu_command_stays_a
 
     base = tmp_path / "model" / "base"
     base.mkdir(parents=True)
-    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 512}))
+    (base / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 512})
+    )
     plain = server_command(run_server_spec(tmp_path, ServeConfig()))
-    assert not {"--tensor-parallel-size", "--pipeline-parallel-size", "--gpu-memory-utilization", "--max-num-seqs"} & set(plain)
+    assert not {
+        "--tensor-parallel-size",
+        "--pipeline-parallel-size",
+        "--gpu-memory-utilization",
+        "--max-num-seqs",
+    } & set(plain)
 
-    config = ServeConfig(tensor_parallel_size=2, pipeline_parallel_size=2, gpu_memory_utilization=0.45, max_num_seqs=64,
-                         devices="0,1,2,3", extra_args=["--enforce-eager", "--max-num-seqs", "32"],
-                         chat_model=str(base), chat_tensor_parallel_size=2, chat_gpu_memory_utilization=0.4,
-                         chat_devices="4,5", chat_extra_args=["--enable-prefix-caching"])
+    config = ServeConfig(
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        gpu_memory_utilization=0.45,
+        max_num_seqs=64,
+        devices="0,1,2,3",
+        extra_args=["--enforce-eager", "--max-num-seqs", "32"],
+        chat_model=str(base),
+        chat_tensor_parallel_size=2,
+        chat_gpu_memory_utilization=0.4,
+        chat_devices="4,5",
+        chat_extra_args=["--enable-prefix-caching"],
+    )
     spec = run_server_spec(tmp_path, config)
     cmd = server_command(spec)
     flags = " ".join(cmd)
-    assert ("--tensor-parallel-size 2 --pipeline-parallel-size 2 --gpu-memory-utilization 0.45 --max-num-seqs 64 "
-            "--enforce-eager --max-num-seqs 32") in flags  # extra arguments last: they win
+    assert (
+        "--tensor-parallel-size 2 --pipeline-parallel-size 2 --gpu-memory-utilization 0.45 --max-num-seqs 64 "
+        "--enforce-eager --max-num-seqs 32"
+    ) in flags  # extra arguments last: they win
     assert server_env(spec)["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
     chat = chat_server_spec(tmp_path, config)
     chat_flags = " ".join(server_command(chat))
-    assert "--tensor-parallel-size 2 --gpu-memory-utilization 0.4 --max-num-seqs 64 --enable-prefix-caching" in chat_flags
+    assert (
+        "--tensor-parallel-size 2 --gpu-memory-utilization 0.4 --max-num-seqs 64 --enable-prefix-caching" in chat_flags
+    )
     assert "--pipeline-parallel-size" not in chat_flags and server_env(chat)["CUDA_VISIBLE_DEVICES"] == "4,5"
 
 

@@ -65,7 +65,6 @@ def test_trie_exclusion_hides_those_items_only_without_copying_the_trie():
 
 def test_hugging_face_trie_constraint_generates_only_catalog_codes(tmp_path):
     import torch
-
     from tiny_models import build_tiny_sid_model
 
     base_dir, _ = build_tiny_sid_model(tmp_path, CODES)

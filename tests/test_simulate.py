@@ -7,9 +7,8 @@ import json
 import pandas as pd
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from eval_run import shared_eval_run
+from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,13 @@ def test_simulated_user_never_says_the_target_title(run):
     split, _ = load_split(RunPaths(run))
     items = pd.read_parquet(run / "items.parquet").set_index("item_id", drop=False)
     vocab = Vocabulary.from_items(items)
-    for user_id, (history, target) in split.test.items():
+    for user_id, (_history, target) in split.test.items():
         user = simulated_user(user_id, split.test, vocab, items)
         messages = [user.message(turn, ["x"]) for turn in range(8)]
         assert not any(says_title(m, vocab.items[target].title) for m in messages), (target, messages)
-        assert any(kind in " ".join(messages).lower() for kind in vocab.items[target].kinds)  # it does describe the target
+        assert any(
+            kind in " ".join(messages).lower() for kind in vocab.items[target].kinds
+        )  # it does describe the target
 
 
 def test_says_title_sees_the_title_in_any_written_form():
@@ -48,7 +49,9 @@ def test_simulation_measures_success_turns_and_grounding(run, tmp_path):
     app.add_typer(eval_app, name="eval")
     app.command("other")(lambda: None)
     out = tmp_path / "sim.json"
-    result = CliRunner().invoke(app, ["eval", "chats", "--run", str(run), "--conversations", "12", "--turns", "4", "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["eval", "chats", "--run", str(run), "--conversations", "12", "--turns", "4", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     sim = json.loads(out.read_text())
     assert sim["conversations"] == 12 and sim["simulator"] == "template" and sim["agent"] == "retrieval-only"
@@ -81,7 +84,9 @@ def test_an_item_no_tool_returned_counts_as_a_grounding_violation(run, tmp_path)
             from agent.guard import grounded_ids
 
             answer = self.agent.ask(thread, message)
-            grounded = set(grounded_ids(self.graph.get_state({"configurable": {"thread_id": thread}}).values["messages"]))
+            grounded = set(
+                grounded_ids(self.graph.get_state({"configurable": {"thread_id": thread}}).values["messages"])
+            )
             smuggled.append(next(i for i in items["item_id"] if i not in grounded))
             answer.items.append({"item_id": smuggled[0], "title": "?", "explanation": ""})
             return answer

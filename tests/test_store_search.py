@@ -15,12 +15,42 @@ from retrieval.index import index_catalog
 from retrieval.search import Searcher
 
 MOVIES = [
-    ("1", "Star Wars (1977)", ["Action", "Adventure", "Sci-Fi"], 1977, "Rebels fight the evil Galactic Empire in space."),
-    ("2", "Toy Story (1995)", ["Animation", "Children's", "Comedy"], 1995, "Toys come to life when their owner leaves the room."),
+    (
+        "1",
+        "Star Wars (1977)",
+        ["Action", "Adventure", "Sci-Fi"],
+        1977,
+        "Rebels fight the evil Galactic Empire in space.",
+    ),
+    (
+        "2",
+        "Toy Story (1995)",
+        ["Animation", "Children's", "Comedy"],
+        1995,
+        "Toys come to life when their owner leaves the room.",
+    ),
     ("3", "Alien (1979)", ["Horror", "Sci-Fi", "Thriller"], 1979, "A creature hunts the crew of a spaceship."),
-    ("4", "When Harry Met Sally... (1989)", ["Comedy", "Romance"], 1989, "Two friends wonder whether men and women can be friends."),
-    ("5", "Fargo (1996)", ["Crime", "Drama", "Thriller"], 1996, "A car salesman hires criminals to kidnap his wife in snowy Minnesota."),
-    ("6", "Heat (1995)", ["Action", "Crime", "Thriller"], 1995, "A detective chases a crew of professional bank robbers in Los Angeles."),
+    (
+        "4",
+        "When Harry Met Sally... (1989)",
+        ["Comedy", "Romance"],
+        1989,
+        "Two friends wonder whether men and women can be friends.",
+    ),
+    (
+        "5",
+        "Fargo (1996)",
+        ["Crime", "Drama", "Thriller"],
+        1996,
+        "A car salesman hires criminals to kidnap his wife in snowy Minnesota.",
+    ),
+    (
+        "6",
+        "Heat (1995)",
+        ["Action", "Crime", "Thriller"],
+        1995,
+        "A detective chases a crew of professional bank robbers in Los Angeles.",
+    ),
     ("7", "Babe (1995)", ["Children's", "Comedy", "Drama"], 1995, "A pig raised by sheepdogs learns to herd sheep."),
     ("8", "Apollo 13 (1995)", ["Action", "Drama", "Thriller"], 1995, "Astronauts survive a failed moon mission."),
 ]
@@ -28,8 +58,13 @@ MOVIES = [
 
 def movie_catalog(images: list | None = None) -> Catalog:
     records = [
-        {"item_id": i, "title": t, "text": d, "attributes": {"genres": g, "year": y},
-         "image": (str(images[n]) if images and n < len(images) and images[n] is not None else None)}
+        {
+            "item_id": i,
+            "title": t,
+            "text": d,
+            "attributes": {"genres": g, "year": y},
+            "image": (str(images[n]) if images and n < len(images) and images[n] is not None else None),
+        }
         for n, (i, t, g, y, d) in enumerate(MOVIES)
     ]
     inter = [{"user_id": "u1", "item_id": "1", "timestamp": 1}, {"user_id": "u1", "item_id": "3", "timestamp": 2}]
@@ -64,7 +99,9 @@ def test_genre_filter_returns_only_items_of_that_genre(searcher):
 
 
 def test_numeric_filter_and_combined_filters(searcher):
-    hits = searcher.search("movie", k=8, where={"$and": [{"year": {"$gte": 1995}}, {"genre": {"$in": ["Comedy", "Crime"]}}]})
+    hits = searcher.search(
+        "movie", k=8, where={"$and": [{"year": {"$gte": 1995}}, {"genre": {"$in": ["Comedy", "Crime"]}}]}
+    )
     assert {h.item_id for h in hits} == {"2", "5", "6", "7"}
 
 

@@ -158,7 +158,9 @@ def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
 
     run, trie = tiny_run
     local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20, bf16=False)
-    served = VllmGenerator(client, SidTrie(dict(trie.code_of)), HistoryPrompt(local.tokenizer, trie.code_of, 20), beam_width=20)
+    served = VllmGenerator(
+        client, SidTrie(dict(trie.code_of)), HistoryPrompt(local.tokenizer, trie.code_of, 20), beam_width=20
+    )
     histories = [["item1", "item7", "item42"], ["item3"], ["item200", "item9"], []]
     exclude = [set(h) for h in histories]
     for mine, theirs in zip(local.generate(histories, exclude=exclude), served.generate(histories, exclude=exclude)):
@@ -294,7 +296,10 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
     config = ServeConfig(chat_model="auto")
     url = "http://127.0.0.1:8000/v1"
     (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
-    assert chat_source(tmp_path, config) == "smollm2-135m" and chat_url(tmp_path, config, url) == "http://127.0.0.1:8001/v1"
+    assert (
+        chat_source(tmp_path, config) == "smollm2-135m"
+        and chat_url(tmp_path, config, url) == "http://127.0.0.1:8001/v1"
+    )
     spec = chat_server_spec(tmp_path, config)
     assert spec.served_name == "genrec-chat" and spec.adapter_dir is None and "hermes" in spec.extra_args
     (model / "genrec.json").write_text(json.dumps({"base": "smollm2-135m"}))

@@ -8,13 +8,20 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from agent_catalog import agent_run
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -76,7 +83,9 @@ def test_chat_page_shows_replies_and_item_cards(page_url, browser):
     send(page, "something funnier")
     page.wait_for_function(
         f"(() => {{ const ids = [...document.querySelectorAll('#cards .card')].map(e => e.dataset.itemId);"
-        f" return ids.length > 0 && !ids.includes({first_ids[0]!r}); }})()", timeout=60_000)
+        f" return ids.length > 0 && !ids.includes({first_ids[0]!r}); }})()",
+        timeout=60_000,
+    )
     cards = page.locator("#cards .card")
     assert cards.count() >= 2
     for i in range(cards.count()):
@@ -97,8 +106,9 @@ def test_chat_page_shows_replies_and_item_cards(page_url, browser):
 def test_typing_a_conversation_name_resumes_it(page_url, browser):
     page = browser.new_page()
     page.goto(page_url, wait_until="networkidle")
-    page.wait_for_function("document.querySelector('#thread textarea, #thread input').value.startsWith('web-')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#thread textarea, #thread input').value.startsWith('web-')", timeout=30_000
+    )
     thread = page.locator("#thread textarea, #thread input").first
     name = thread.input_value()
     send(page, "I loved Fargo")
@@ -106,8 +116,9 @@ def test_typing_a_conversation_name_resumes_it(page_url, browser):
 
     other = browser.new_page()
     other.goto(page_url, wait_until="networkidle")
-    other.wait_for_function("document.querySelector('#thread textarea, #thread input').value.startsWith('web-')",
-                            timeout=30_000)
+    other.wait_for_function(
+        "document.querySelector('#thread textarea, #thread input').value.startsWith('web-')", timeout=30_000
+    )
     box = other.locator("#thread textarea, #thread input").first
     box.fill(name)
     box.press("Enter")

@@ -46,7 +46,9 @@ def build_tiny_tokenizer(out_dir: str | Path, codebook_sizes: Sequence[int], voc
     )
     core.train_from_iterator(_CORPUS, trainer=trainer)
     bos = core.token_to_id("<s>")
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=512
     )

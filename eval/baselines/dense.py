@@ -52,7 +52,12 @@ class DenseBaseline:
     """A dense next-item network under the evaluation protocol (`fit`, then `recommend`)."""
 
     def __init__(
-        self, kind: str, catalog: Sequence[str], config: DenseModelConfig, dataset: str = "dataset", progress: bool = True
+        self,
+        kind: str,
+        catalog: Sequence[str],
+        config: DenseModelConfig,
+        dataset: str = "dataset",
+        progress: bool = True,
     ):
         self.name = kind
         self.catalog = [str(i) for i in catalog]

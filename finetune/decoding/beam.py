@@ -38,7 +38,9 @@ def _trie_mask(logp: torch.Tensor, prefixes, trie: SidTrie, removed, beams: int)
     return mask
 
 
-def _tree_mask(prompt_mask: torch.Tensor, ancestors: torch.Tensor, kv_length: int, boolean: bool, dtype) -> torch.Tensor:
+def _tree_mask(
+    prompt_mask: torch.Tensor, ancestors: torch.Tensor, kv_length: int, boolean: bool, dtype
+) -> torch.Tensor:
     """(batch, 1, beams, kv_length) mask: each beam's new token sees the prompt and its ancestors."""
     batch, beams, _ = ancestors.shape
     allowed = torch.zeros(batch, beams, kv_length, dtype=torch.bool, device=prompt_mask.device)

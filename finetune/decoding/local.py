@@ -61,8 +61,13 @@ class LocalGenerator:
     temperature: float = 1.0  # divides the logits before beam scores are summed
     name: str = "in-process"
 
-    def generate(self, histories: Histories, width: int | None = None, exclude: Exclusions = None,
-                 only: Collection[str] | None = None) -> list[list[Scored]]:
+    def generate(
+        self,
+        histories: Histories,
+        width: int | None = None,
+        exclude: Exclusions = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
         """The best `width` items per history as (item_id, sequence log-prob), best first.
 
         `exclude[i]` items never appear for history i; with `only`, no item outside it appears.
@@ -86,8 +91,9 @@ class LocalGenerator:
                 for j, i in enumerate(rows):
                     ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
                     mask[j, length - len(encoded[i]) :] = 1
-                found = beam_search(self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16,
-                                    self.temperature)
+                found = beam_search(
+                    self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16, self.temperature
+                )
                 for i, items in zip(rows, found):
                     results[i] = items
         finally:

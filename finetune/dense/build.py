@@ -35,7 +35,7 @@ NETWORKS: dict[str, type[DenseRecommender]] = {"sasrec": SASRec, "bsarec": BSARe
 
 
 def density(train: Mapping[str, Sequence[str]]) -> str:
-    """"dense" when the median training history is longer than 50 items, else "sparse"."""
+    """ "dense" when the median training history is longer than 50 items, else "sparse"."""
     lengths = sorted(len(items) for items in train.values())
     return "dense" if lengths and lengths[len(lengths) // 2] > DENSE_MEDIAN_HISTORY else "sparse"
 
@@ -47,18 +47,33 @@ def resolve(kind: str, config: DenseModelConfig, train: Mapping[str, Sequence[st
 
 
 def build(
-    kind: str, item_ids: Sequence[str], config: DenseModelConfig, train: Mapping[str, Sequence[str]], progress: bool = True
+    kind: str,
+    item_ids: Sequence[str],
+    config: DenseModelConfig,
+    train: Mapping[str, Sequence[str]],
+    progress: bool = True,
 ) -> tuple[DenseRecommender, TrainSettings, DenseModelConfig]:
     """An untrained network of `kind` over the catalog, its training settings, and the resolved config."""
     config = resolve(kind, config, train)
-    arch = dict(hidden=config.hidden, layers=config.layers, heads=config.heads, max_len=config.max_len, dropout=config.dropout)
+    arch = dict(
+        hidden=config.hidden, layers=config.layers, heads=config.heads, max_len=config.max_len, dropout=config.dropout
+    )
     if isinstance(config, BSARecConfig):
         arch |= dict(alpha=config.alpha, c=config.c)
     torch.manual_seed(config.seed)  # the initial weights too follow the seed
     model = NETWORKS[kind](list(item_ids), **arch)
     settings = TrainSettings(
-        lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay, epochs=config.epochs,
-        patience=config.patience, eval_every=config.eval_every, val_users=config.val_users,
-        max_minutes=config.max_minutes, seed=config.seed, threads=config.threads, bf16=config.bf16, progress=progress,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        epochs=config.epochs,
+        patience=config.patience,
+        eval_every=config.eval_every,
+        val_users=config.val_users,
+        max_minutes=config.max_minutes,
+        seed=config.seed,
+        threads=config.threads,
+        bf16=config.bf16,
+        progress=progress,
     )
     return model, settings, config

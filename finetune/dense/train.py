@@ -203,8 +203,19 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
     targets_per_epoch = sum(len(e[1]) if model.causal else 1 for e in examples)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     # everything an interrupted run needs to go on where it stopped (see `checkpoint`)
-    run = {"epoch": 0, "best_score": -1.0, "best_state": None, "best_epoch": 0, "bad_evals": 0, "history": [],
-           "stopped_by": "epochs", "train_seconds": 0.0, "valid_seconds": 0.0, "trained": 0, "elapsed": 0.0}
+    run = {
+        "epoch": 0,
+        "best_score": -1.0,
+        "best_state": None,
+        "best_epoch": 0,
+        "bad_evals": 0,
+        "history": [],
+        "stopped_by": "epochs",
+        "train_seconds": 0.0,
+        "valid_seconds": 0.0,
+        "trained": 0,
+        "elapsed": 0.0,
+    }
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
@@ -222,8 +233,9 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         run["valid_seconds"] += time.perf_counter() - t0
         record["valid_ndcg@10"] = score
         if score > run["best_score"]:
-            run.update(best_score=score, best_epoch=record["epoch"], bad_evals=0,
-                       best_state=copy.deepcopy(model.state_dict()))
+            run.update(
+                best_score=score, best_epoch=record["epoch"], bad_evals=0, best_state=copy.deepcopy(model.state_dict())
+            )
         else:
             run["bad_evals"] += 1
 
@@ -235,8 +247,13 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         total_loss, total_n = 0.0, 0
         batches = epoch_batches(examples, settings.batch_size, rng)
         # bars on a terminal only; logs get the one line per epoch below
-        bar = tqdm(batches, desc=f"{model.name} epoch {epoch}", leave=False, unit="batch",
-                   disable=None if settings.progress else True)
+        bar = tqdm(
+            batches,
+            desc=f"{model.name} epoch {epoch}",
+            leave=False,
+            unit="batch",
+            disable=None if settings.progress else True,
+        )
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             loss_sum, n = backward_batch(model, batch, settings.bf16)
@@ -293,5 +310,13 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
 def save_checkpoint(path: Path, model: DenseRecommender, optimizer, rng: np.random.Generator, run: dict) -> None:
     """Write what resuming needs (weights, optimizer, both random generators, the run so far), atomically."""
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": rng.bit_generator.state, "run": run}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state,
+                "run": run,
+            },
+            tmp,
+        )

@@ -294,4 +294,3 @@ def clean_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         value = " ".join(clean_text(v) for v in value)
     return " ".join(str(value).split())
-

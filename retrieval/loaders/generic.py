@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from genrec.errors import GenrecError
-from retrieval.catalog import Catalog, INTERACTION_COLUMNS, item_caption, make_interactions, make_items
+from retrieval.catalog import INTERACTION_COLUMNS, Catalog, item_caption, make_interactions, make_items
 from retrieval.loaders.common import (
     FIX,
     check_nonempty,
@@ -139,8 +139,7 @@ def read_interactions_csv(path: Path) -> pd.DataFrame:
     missing = [c for c in ("user_id", "item_id") if c not in header]
     if missing:
         raise GenrecError(
-            f"{path}:{rows.header_line}: header lacks {', '.join(missing)}; "
-            "expected user_id,item_id,timestamp[,rating]"
+            f"{path}:{rows.header_line}: header lacks {', '.join(missing)}; expected user_id,item_id,timestamp[,rating]"
         )
     frame = pd.DataFrame(rows.fields, columns=header)
     out = pd.DataFrame({"user_id": frame["user_id"].str.strip(), "item_id": frame["item_id"].str.strip()})
