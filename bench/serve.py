@@ -122,6 +122,51 @@ def concurrent(call, items: list, threads: int = CONCURRENT) -> tuple[dict, list
     return latency_summary(latencies, time.perf_counter() - started, len(items)), out
 
 
+def engine_ceiling(url: str, client, local, histories: list[list[str]]) -> dict:
+    """What bounds the in-server search on this machine: how many one-token engine requests one
+    recommendation takes (the route reports it), and how many such requests per second the same
+    server answers as plain completions of the same prompts, 1 and 32 at a time."""
+    import requests
+
+    from serving.trie_search import ROUTE
+
+    root = url.rsplit("/v1", 1)[0]
+    counts = []
+    for history in histories[:8]:
+        body = {
+            "model": client.model,
+            "prompt_token_ids": local.prompts.token_ids(history),
+            "width": WIDTH,
+            "k": K,
+            "exclude": sorted(history),
+        }
+        counts.append(requests.post(root + ROUTE, json=body, timeout=300).json()["engine_requests"])
+    prompts = [local.prompts.token_ids(h) for h in histories]
+
+    def one(i: int) -> None:
+        body = {
+            "model": client.model,
+            "prompt": prompts[i % len(prompts)] + [prompts[0][0]],
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 5,
+        }
+        requests.post(url + "/completions", json=body, timeout=300).raise_for_status()
+
+    rates = {}
+    for threads in (1, 32):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(one, range(64)))
+        rates[f"one_token_requests_per_s_{threads}"] = round(64 / (time.perf_counter() - started), 1)
+    per_rec = float(np.mean(counts))
+    return {
+        "engine_requests_per_recommendation": round(per_rec, 1),
+        **rates,
+        "recs_per_s_ceiling": round(rates["one_token_requests_per_s_32"] / per_rec, 2),
+    }
+
+
 def agreement(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> dict:
     """How often two paths return the same top-K items in the same order, and their largest score gap."""
     same = sum([i for i, _ in x[:K]] == [i for i, _ in y[:K]] for x, y in zip(a, b))
@@ -205,6 +250,7 @@ def main() -> None:
             report["vllm_16"], _ = concurrent(vllm, histories)
         report["vllm_peak_rss_mb"] = round(memory.peak_mb)
         gen.close()
+        report["engine"] = engine_ceiling(server.url, client, local, histories)
 
     report["agreement"] = {
         "vllm_vs_in_process": agreement(vllm_1, local_1),

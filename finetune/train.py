@@ -161,7 +161,7 @@ def prepare_base(
         f"vocabulary {len(tokenizer)}) for {config.pretrain_epochs} epochs"
         + (f" in {processes.world} processes" if processes.world > 1 else "")
     )
-    probe = generator(model, tokenizer, data, config, bf16)
+    probe = generator(model, tokenizer, data, config)
     checkpoints = Checkpoints(data.paths.checkpoints / "pretrain", expected, processes, config.checkpoint_steps)
     if not resume:
         checkpoints.clear()
@@ -186,12 +186,13 @@ def prepare_base(
     return model, tokenizer, stats
 
 
-def generator(model, tokenizer, data: RunData, config: TrainConfig, bf16: bool) -> LocalGenerator:
-    """The model as training validates it: the run's generation settings, in process."""
+def generator(model, tokenizer, data: RunData, config: TrainConfig) -> LocalGenerator:
+    """The model as training validates it: the run's generation settings, in process, in float32 as
+    it is served (training's bf16 autocast is not used for generation)."""
     generate = data.config.generate
     trie = SidTrie.for_tokenizer(data.codes, tokenizer)
     prompts = HistoryPrompt(tokenizer, trie.code_of, config.max_history, config.template)
-    return LocalGenerator(model, tokenizer, trie, prompts, generate.beam_width, generate.batch_size, bf16)
+    return LocalGenerator(model, tokenizer, trie, prompts, generate.beam_width, generate.batch_size)
 
 
 def validation_score(gen: LocalGenerator, data: RunData, val_users: int | None, seed: int) -> float:
@@ -316,7 +317,7 @@ def train(
     peft_model = attach_lora(model, config, sid_rows)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
-    genrec = generator(peft_model, tokenizer, data, config, bf16)
+    genrec = generator(peft_model, tokenizer, data, config)
     trie = genrec.trie
 
     make_examples = example_maker(data, tokenizer, config)

@@ -82,12 +82,20 @@ def narrowed(trie: SidTrie, exclude: Sequence[str], only: Sequence[str] | None) 
 
 
 async def beam_search(
-    engine, prompt_ids: list[int], trie: SidTrie, removed: Removed | None, width: int, lora_request=None
+    engine,
+    prompt_ids: list[int],
+    trie: SidTrie,
+    removed: Removed | None,
+    width: int,
+    lora_request=None,
+    stats: dict | None = None,
 ) -> list[tuple[str, float]]:
     """The best `width` items for `prompt_ids` as (item_id, sequence log-prob), best first.
 
     Same algorithm and scores as `finetune.decoding.beam.beam_search`; ties broken by code so the
-    result never depends on the order answers arrive in.
+    result never depends on the order answers arrive in. `stats["engine_requests"]` counts the
+    one-token engine requests it took (one per live beam and level, more where a beam has over
+    MAX_LABEL_IDS children): on a CPU their per-request cost, not the model, sets its speed.
     """
     from vllm import SamplingParams
 
@@ -108,6 +116,8 @@ async def beam_search(
             logprobs = final.outputs[0].logprobs[0]
             return {t: float(logprobs[t].logprob) for t in tokens}
 
+        if stats is not None:
+            stats["engine_requests"] = stats.get("engine_requests", 0) + len(asks)
         answers = await asyncio.gather(*(ask(beams[b][0], tokens) for b, tokens in asks))
         scored: dict[int, dict[int, float]] = {}
         for (b, _), answer in zip(asks, answers):
@@ -179,5 +189,6 @@ async def recommend_route(request, call_next):
     elif search.model and not any(search.model == p.name for p in models.base_model_paths):
         return JSONResponse({"error": {"message": f"model: {search.model!r} is not served here"}}, status_code=404)
     removed = narrowed(trie, search.exclude, search.only)
-    found = await beam_search(state.engine_client, search.prompt_token_ids, trie, removed, search.width, lora)
-    return JSONResponse({"items": [{"item_id": i, "logprob": s} for i, s in found[: search.k]]})
+    stats: dict = {}
+    found = await beam_search(state.engine_client, search.prompt_token_ids, trie, removed, search.width, lora, stats)
+    return JSONResponse({"items": [{"item_id": i, "logprob": s} for i, s in found[: search.k]], **stats})
