@@ -226,7 +226,11 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
     if problem:
         return Plan("invalid", direct=problem)
     text = clean_text(message)
-    prefs: Preferences = {key: list(value) for key, value in (state.get("preferences") or {}).items()}  # type: ignore[misc]
+    # copies: genre lists are lists, years plain numbers (the model's turns remember them too)
+    prefs: Preferences = {
+        key: list(value) if isinstance(value, (list, tuple)) else value
+        for key, value in (state.get("preferences") or {}).items()
+    }  # type: ignore[misc]
     history = [f"id {i}" for i in state.get("history") or []]
     user_id = state.get("user_id")
     candidates = list(state.get("candidates") or [])

@@ -136,6 +136,19 @@ def test_planner_reads_likes_refinements_and_references(ctx):
     assert plan_turn("a 90s sci-fi comedy", {}, ctx.titles, ctx.genres).calls[0]["name"] == "search_items"
 
 
+def test_the_rule_planner_takes_over_a_conversation_whose_memory_the_model_wrote(ctx):
+    """A model turn remembers years as numbers; when the chat model then stops answering, the rule
+    planner continues from that memory and keeps the constraint."""
+    state: dict = {
+        "messages": [],
+        "history": ["1"],
+        "preferences": {"genres": ["Comedy"], "year_from": 1990, "year_to": None},
+        "candidates": [],
+    }
+    plan = plan_turn("something funnier", state, ctx.titles, ctx.genres)
+    assert plan.calls and plan.preferences["year_from"] == 1990 and plan.preferences["genres"] == ["Comedy"]
+
+
 # ----------------------------------------------------------------------------- guard
 
 
