@@ -16,6 +16,10 @@ baseline, training minutes and tokens/s, and published figures where they exist.
 
     .venv/bin/python bench/accuracy.py --datasets ml-100k --seeds 0,1,2
     .venv/bin/python bench/accuracy.py --datasets beauty --seeds 0
+    .venv/bin/python bench/accuracy.py --datasets ml-100k --trained runs/ml1   # score a run `genrec train` made
+
+`--trained RUN` scores a run already trained by `genrec train` (its own config and seed, its
+`train_report.json` for the training figures) as one seed of its dataset, without retraining.
 
 Results are written to bench/results/accuracy.json after every (dataset, seed), and a finished
 (dataset, seed) is not recomputed on the next call (`--force` recomputes), so an interrupted
@@ -119,40 +123,56 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     return run
 
 
-def train_and_score(name: str, run: Path, users: int | None) -> dict:
-    """`genrec train` on the run, then every model on the same test users; the per-user ranks are kept."""
+def train_and_score(name: str, run: Path, users: int | None, trained: bool = False) -> dict:
+    """`genrec train` on the run (unless `trained`: it was, and its report says how), then every model
+    on the same test users; the per-user ranks are kept."""
+    from dataclasses import asdict
+
     from eval.compare import paired_models
     from eval.evaluate import print_results
     from eval.run_eval import evaluate_run, save_ranks
     from finetune.train import train
 
-    started = time.perf_counter()
-    report = train(run)
-    minutes = (time.perf_counter() - started) / 60
+    if trained:
+        report = json.loads((run / "model" / "train_report.json").read_text())
+        minutes = (report["pretrain_seconds"] + report["train_seconds"]) / 60 + (report["dense"].get("minutes") or 0)
+    else:
+        started = time.perf_counter()
+        report = asdict(train(run))
+        minutes = (time.perf_counter() - started) / 60
     evaluation = evaluate_run(run, models=MODELS, max_users=users)
     save_ranks(evaluation)
     results = evaluation.summaries()
     print_results(results, title=f"{name} ({run.name}): leave-one-out, full ranking")
-    pre = report.pretrain_epochs
+    pre = report["pretrain_epochs"]
     return {
         "models": {m: {k: r.get(k) for k in (*HEADLINE, "users", "users_per_s")} for m, r in results.items()},
         "genrec_vs_sasrec": paired_models(evaluation.results["genrec"], evaluation.results["sasrec"]),
         "genrec_vs_genrec_gen": paired_models(evaluation.results["genrec"], evaluation.results["genrec-gen"]),
         "train": {
+            "run": str(run),
+            "trained_here": not trained,
             "total_minutes": minutes,
-            "pretrain_minutes": report.pretrain_seconds / 60,
-            "lora_minutes": report.train_seconds / 60,
-            "dense_minutes": report.dense.get("minutes"),
+            "pretrain_minutes": report["pretrain_seconds"] / 60,
+            "lora_minutes": report["train_seconds"] / 60,
+            "dense_minutes": report["dense"].get("minutes"),
             "pretrain_epochs_run": len(pre),
             "pretrain_tokens_per_s": sum(e.get("tokens_per_s", 0) for e in pre) / len(pre) if pre else None,
             "pretrain_curve": [(e["epoch"], e.get("valid_ndcg@10")) for e in pre],
-            "lora_curve": [(e["epoch"], e["valid_ndcg@10"]) for e in report.epochs],
-            "dense_best_valid_ndcg@10": report.dense.get("best_valid_ndcg@10"),
-            "fusion": {
-                k: report.fusion.get(k) for k in ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10")
-            },
+            "lora_curve": [(e["epoch"], e["valid_ndcg@10"]) for e in report["epochs"]],
+            "dense_best_valid_ndcg@10": report["dense"].get("best_valid_ndcg@10"),
+            "fusion": fusion_of(run),
         },
     }
+
+
+def fusion_of(run: Path) -> dict:
+    """The fusion the run serves (RUN/ranking.json), as chosen on validation."""
+    path = run / "ranking.json"
+    if not path.exists():
+        return {}
+    fusion = json.loads(path.read_text())
+    return {k: fusion.get(k) for k in ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10")}
 
 
 def per_user_ndcg_difference(run: Path, a: str = "genrec", b: str = "sasrec"):
@@ -222,6 +242,9 @@ def main() -> None:
         "--amazon-pretrain-epochs", type=int, default=20, help="upper bound of pre-training on Amazon data"
     )
     parser.add_argument("--force", action="store_true", help="recompute finished (dataset, seed) results")
+    parser.add_argument(
+        "--trained", type=Path, default=None, help="score this run, already trained by genrec train, as its seed"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -240,16 +263,28 @@ def main() -> None:
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if name != "ml-100k" and name not in AMAZON:
             raise SystemExit(f"unknown dataset {name!r}: use ml-100k, {', '.join(AMAZON)}")
-        entry = out["datasets"].setdefault(name, {"per_seed": {}})
-        base = index_once(name, args.work, args)
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        entry = out["datasets"].setdefault(name, {})
+        if "per_seed" not in entry:  # figures of the code before the served ranking: kept apart, not pooled
+            if entry:
+                out.setdefault("before_served_ranking", {})[name] = dict(entry)
+                entry.clear()
+            entry["per_seed"] = {}
+        runs = entry.setdefault("runs", {})
+        if args.trained is not None:
+            from genrec.run import open_run
+
+            seeds, base = [open_run(args.trained)[1].train.seed], None
+        else:
+            seeds, base = [int(s) for s in args.seeds.split(",")], index_once(name, args.work, args)
+        for seed in seeds:
             if str(seed) in entry["per_seed"] and not args.force:
                 continue
             load = os.getloadavg()
-            result = train_and_score(name, seed_run(name, base, seed, args), args.users)
+            run = args.trained if base is None else seed_run(name, base, seed, args)
+            result = train_and_score(name, run, args.users, trained=base is None)
             result["load_average"] = {"start": load, "end": os.getloadavg()}
-            entry["per_seed"][str(seed)] = result
-            entry["summary"] = pooled(entry["per_seed"], {s: base.parent / f"seed{s}" for s in entry["per_seed"]})
+            entry["per_seed"][str(seed)], runs[str(seed)] = result, str(run)
+            entry["summary"] = pooled(entry["per_seed"], {s: Path(runs[s]) for s in entry["per_seed"]})
             write_json(args.out, out)
             print(f"wrote {args.out} ({name}, seed {seed})")
 
