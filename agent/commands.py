@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,26 @@ API_KEY_HELP = (
     "Clients must send this key (several: comma-separated); also the model servers' key. "
     "Required to bind an address other than localhost."
 )
+
+
+# the options chat, ui and api share, declared once
+RunOption = Annotated[Path, typer.Option("--run", help="An indexed run directory.")]
+LlmUrlOption = Annotated[str, typer.Option("--llm-url", help="The recommender's model server (vLLM, OpenAI API).")]
+ChatUrlOption = Annotated[
+    str | None, typer.Option("--chat-url", help="The chat model's server (default: the run's, see serve.chat_model).")
+]
+HostOption = Annotated[str, typer.Option("--host", help="Address to bind.")]
+NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Answer from retrieval alone; no model server.")]
+StartServerOption = Annotated[
+    bool,
+    typer.Option(
+        "--start-server/--no-start-server", help="Start `genrec serve` for the run when nothing answers at --llm-url."
+    ),
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for a model request before answering without it.")
+]
+ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP)]
 
 
 def split_keys(api_key: str | None) -> list[str]:
@@ -130,25 +150,15 @@ def open_agent(
 
 
 def chat(
-    run: Path = typer.Option(..., "--run", help="An indexed run directory."),
+    run: RunOption,
     thread: str = typer.Option(
         "default", "--thread", help="Conversation name; the same name resumes it (RUN/chat.sqlite)."
     ),
-    llm_url: str = typer.Option(
-        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
-    ),
-    chat_url: str | None = typer.Option(
-        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
-    ),
-    no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(
-        True,
-        "--start-server/--no-start-server",
-        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
-    ),
-    timeout: float = typer.Option(
-        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
-    ),
+    llm_url: LlmUrlOption = DEFAULT_LLM_URL,
+    chat_url: ChatUrlOption = None,
+    no_llm: NoLlmOption = False,
+    start_server: StartServerOption = True,
+    timeout: TimeoutOption = 120.0,
     as_json: bool = typer.Option(False, "--json", help="With piped input: one JSON object (reply, items) per line."),
     api_key: str | None = typer.Option(
         None,
@@ -171,25 +181,15 @@ def chat(
 
 
 def ui(
-    run: Path = typer.Option(..., "--run", help="An indexed run directory."),
+    run: RunOption,
     port: int = typer.Option(7860, "--port", help="Port of the web page."),
-    llm_url: str = typer.Option(
-        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
-    ),
-    chat_url: str | None = typer.Option(
-        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(
-        True,
-        "--start-server/--no-start-server",
-        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
-    ),
-    timeout: float = typer.Option(
-        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
-    ),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
+    llm_url: LlmUrlOption = DEFAULT_LLM_URL,
+    chat_url: ChatUrlOption = None,
+    host: HostOption = "127.0.0.1",
+    no_llm: NoLlmOption = False,
+    start_server: StartServerOption = True,
+    timeout: TimeoutOption = 120.0,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """A web chat page with item cards (title, attributes, image, why) at http://HOST:PORT.
     With --api-key the page asks for a key (as the password) before it opens."""
@@ -214,25 +214,15 @@ def ui(
 
 
 def api(
-    run: Path = typer.Option(..., "--run", help="An indexed run directory."),
+    run: RunOption,
     port: int = typer.Option(8080, "--port", help="Port of the HTTP API."),
-    llm_url: str = typer.Option(
-        DEFAULT_LLM_URL, "--llm-url", help="The recommender's model server (vLLM, OpenAI API)."
-    ),
-    chat_url: str | None = typer.Option(
-        None, "--chat-url", help="The chat model's server (default: the run's, see serve.chat_model)."
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    no_llm: bool = typer.Option(False, "--no-llm", help="Answer from retrieval alone; no model server."),
-    start_server: bool = typer.Option(
-        True,
-        "--start-server/--no-start-server",
-        help="Start `genrec serve` for the run when nothing answers at --llm-url.",
-    ),
-    timeout: float = typer.Option(
-        120.0, "--timeout", help="Seconds to wait for a model request before answering without it."
-    ),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="GENREC_API_KEY", help=API_KEY_HELP),
+    llm_url: LlmUrlOption = DEFAULT_LLM_URL,
+    chat_url: ChatUrlOption = None,
+    host: HostOption = "127.0.0.1",
+    no_llm: NoLlmOption = False,
+    start_server: StartServerOption = True,
+    timeout: TimeoutOption = 120.0,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """HTTP API: POST /chat {"thread_id", "message", "photo"?} -> {"reply", "items"}; /chat/stream (SSE); OpenAPI at /docs.
     With --api-key, requests need `Authorization: Bearer KEY` and a thread is readable only with the key that started it."""
