@@ -149,6 +149,30 @@ def open_agent(
     return Agent.open(run, llm_url=llm_url, chat_url=chat_url, llm_timeout_s=timeout_s, api_key=api_key)
 
 
+@contextmanager
+def public_agent(
+    run: Path,
+    what: str,
+    host: str,
+    keys: list[str],
+    llm_url: str | None,
+    chat_url: str | None,
+    start_server: bool,
+    timeout: float,
+    console: Any,
+) -> Iterator[Any]:
+    """The agent behind a page or an API bound to `host`: refused off localhost without a key, its
+    model servers started if needed (with the first key), closed with them on exit."""
+    from serving.server import require_key_off_localhost
+
+    key = (keys or [None])[0]
+    require_key_off_localhost(host, key, what)
+    talk = resolve_chat_url(run, llm_url, chat_url)
+    with model_server(run, llm_url, start_server, console, chat_url=talk, api_key=key):
+        with open_agent(run, llm_url, timeout, talk, key) as agent:
+            yield agent
+
+
 def chat(
     run: RunOption,
     thread: str = typer.Option(
@@ -198,19 +222,15 @@ def ui(
     from rich.console import Console
 
     from agent.web import launch_ui
-    from serving.server import require_key_off_localhost
 
-    keys = split_keys(api_key)
-    require_key_off_localhost(host, keys[0] if keys else None, "genrec ui")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     console = Console(stderr=True)
-    url = None if no_llm else llm_url
-    talk = resolve_chat_url(run, url, chat_url)
-    key = (keys or [None])[0]
-    with model_server(run, url, start_server, console, chat_url=talk, api_key=key):
-        with open_agent(run, url, timeout, talk, key) as agent:
-            console.print(f"chat page on http://{host}:{port} (Ctrl-C to stop)")
-            launch_ui(agent, host, port, block=True, api_keys=keys)
+    keys = split_keys(api_key)
+    with public_agent(
+        run, "genrec ui", host, keys, None if no_llm else llm_url, chat_url, start_server, timeout, console
+    ) as agent:
+        console.print(f"chat page on http://{host}:{port} (Ctrl-C to stop)")
+        launch_ui(agent, host, port, block=True, api_keys=keys)
 
 
 def api(
@@ -230,15 +250,11 @@ def api(
     from rich.console import Console
 
     from agent.http_api import create_app
-    from serving.server import require_key_off_localhost
 
-    keys = split_keys(api_key)
-    require_key_off_localhost(host, keys[0] if keys else None, "genrec api")
     console = Console(stderr=True)
-    url = None if no_llm else llm_url
-    talk = resolve_chat_url(run, url, chat_url)
-    key = (keys or [None])[0]
-    with model_server(run, url, start_server, console, chat_url=talk, api_key=key):
-        with open_agent(run, url, timeout, talk, key) as agent:
-            console.print(f"API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs; Ctrl-C to stop)")
-            uvicorn.run(create_app(agent, keys), host=host, port=port, log_level="warning")
+    keys = split_keys(api_key)
+    with public_agent(
+        run, "genrec api", host, keys, None if no_llm else llm_url, chat_url, start_server, timeout, console
+    ) as agent:
+        console.print(f"API on http://{host}:{port} (OpenAPI: http://{host}:{port}/docs; Ctrl-C to stop)")
+        uvicorn.run(create_app(agent, keys), host=host, port=port, log_level="warning")
