@@ -253,7 +253,11 @@ def train_ranking(run: str | Path, progress: bool = True, console: Console | Non
         console.print("dense.ranker is none: the served ranking is generation alone")
         return {}, None
     stats = train_dense(data, progress, console)
-    return stats, choose_fusion(data, progress, console)
+    fusion = choose_fusion(data, progress, console)
+    report = data.paths.model / "train_report.json"
+    if report.exists():  # a retrained dense half (--dense-only) must not leave the run's report stale
+        write_json(report, {**json.loads(report.read_text()), "dense": stats, "fusion": fusion.to_json()})
+    return stats, fusion
 
 
 # settings that do not change what LoRA training computes: a checkpoint made under others still resumes
