@@ -107,6 +107,7 @@ class Agent:
         self.ctx = ctx
         self.chat = chat
         self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)  # a new memory file may sit in a new folder
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         # One connection shared by threads: SqliteSaver serialises its own use of it with a lock.
