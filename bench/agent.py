@@ -109,6 +109,7 @@ def conversations(llm_agent, rule_agent, chat, cases, n: int, turns: int, kinds:
             if kind == "llm":
                 summary.update(counts)
             summary["minutes"] = round((time.monotonic() - started) / 60, 1)
+            summary["violations"] = [f"user {c.user_id}: {v}" for c in results for v in c.violations]
             summary["examples"] = [
                 {
                     "user_id": c.user_id,
@@ -300,6 +301,8 @@ def main() -> None:
                 found, _ = converse(llm_agent, cases, users, "paraphrase", args.turns, chat, label="second")
                 summary = summarize(found, args.turns)
                 summary["server_start_s"] = round(start_s, 1)
+                summary["violations"] = [f"user {c.user_id}: {v}" for c in found for v in c.violations]
+                summary["transcripts"] = {c.user_id: c.transcript for c in found}
                 results.setdefault("models", {})[args.second_model] = {
                     "conversations": {"paraphrase": {"llm_agent": summary}}
                 }
