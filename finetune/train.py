@@ -467,9 +467,8 @@ def train(
     report.examples_per_s = seen["examples"] / report.train_seconds if report.train_seconds else 0.0
     report.tokens_per_s = seen["tokens"] / report.train_seconds if report.train_seconds else 0.0
     write_json(data.paths.model / "train_report.json", asdict(report))
-    report.dense, fusion = train_ranking(run, progress, console)
+    report.dense, fusion = train_ranking(run, progress, console)  # records both in the report just written
     report.fusion = fusion.to_json() if fusion is not None else {}
-    write_json(data.paths.model / "train_report.json", asdict(report))
     console.print(
         f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "
         f"(pre-training {pretrain_seconds / 60:.1f} min): best valid NDCG@10 {report.best_valid_ndcg10:.4f} "
