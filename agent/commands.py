@@ -59,13 +59,18 @@ def model_server(
     wait: bool = False,
     chat_url: str | None = None,
     api_key: str | None = None,
-) -> Iterator[None]:
+    recommender: bool = True,
+    meanwhile: str = "replies come from retrieval alone until it is ready",
+) -> Iterator[list[Any]]:
     """Make sure the run's model servers answer, at `llm_url` (the recommender) and `chat_url` (the
     chat model, when it is a separate server), if they can be started; stop the ones we started.
+    Yields the servers started here (already-answering ones are left alone).
 
     With `wait`, block until they are healthy (or failed) instead of answering from retrieval
-    alone meanwhile: the demo wants the model in its very first reply. Servers started here require
-    `api_key` when it is given."""
+    alone meanwhile: the demo wants the model in its very first reply. Without `recommender`, only
+    the chat server is started (it needs no trained model, so the demo starts it while training
+    runs). `meanwhile` tells the user what happens until a started server is ready. Servers started
+    here require `api_key` when it is given."""
     import threading
     from urllib.parse import urlparse
 
@@ -74,10 +79,12 @@ def model_server(
     from serving.server import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
 
     if not llm_url or not start:
-        yield
+        yield []
         return
     _, config = open_run(run)
-    wanted: list[tuple[str, Any]] = [(llm_url, lambda port: run_server_spec(run, config.serve, port=port))]
+    wanted: list[tuple[str, Any]] = []
+    if recommender:
+        wanted.append((llm_url, lambda port: run_server_spec(run, config.serve, port=port)))
     if chat_url and chat_url != llm_url:
         wanted.append((chat_url, lambda port: chat_server_spec(run, config.serve, port=port)))
     servers: list[VllmServer] = []
@@ -102,10 +109,8 @@ def model_server(
         server = VllmServer(spec, config.serve.startup_timeout_s)
         server.start()
         servers.append(server)
-        console.print(
-            f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}); "
-            "replies come from retrieval alone until it is ready[/]"
-        )
+        note = "" if wait else f"; {meanwhile}"
+        console.print(f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}){note}[/]")
 
     def wait_ready(server: VllmServer) -> None:
         try:
@@ -122,7 +127,7 @@ def model_server(
             waiter.join()
     try:
         with sigterm_as_interrupt():
-            yield
+            yield servers
     finally:
         for server in servers:
             server.stop()

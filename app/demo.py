@@ -12,7 +12,9 @@ trains the default schedule that the benchmarks use.
 from __future__ import annotations
 
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -57,7 +59,6 @@ def demo(
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.console import Console
-    from rich.table import Table
 
     from genrec.run import RunPaths
 
@@ -65,6 +66,32 @@ def demo(
     paths = RunPaths(run)
     if fresh and run.exists():
         shutil.rmtree(run)
+    with ExitStack() as servers:
+        _pipeline(run, dataset, full, max_users, chat_with_model, console, paths, servers)
+    console.print(
+        f"\nNext: [bold]genrec chat --run {run}[/] (terminal), [bold]genrec ui --run {run}[/] (web page), "
+        f"[bold]genrec api --run {run}[/] (HTTP), [bold]genrec eval offline --run {run} --report[/] (full report, "
+        "with the check of model-written explanations)."
+    )
+
+
+def _pipeline(
+    run: Path,
+    dataset: str,
+    full: bool,
+    max_users: int | None,
+    chat_with_model: bool,
+    console: Any,
+    paths: Any,
+    servers: ExitStack,
+) -> None:
+    """The demo's five stages. Model servers start as soon as what they serve exists (the chat model
+    before training, the recommender before evaluation) and compile while the CPU-bound stages run,
+    so the chat does not wait for them; `servers` stops them at the end."""
+    from rich.table import Table
+
+    from agent.commands import DEFAULT_LLM_URL, model_server, resolve_chat_url
+    from genrec.errors import GenrecError
 
     console.rule("[bold]1/5 index: load, encode, Chroma, semantic IDs")
     if (paths.root / "index.stats.json").exists():  # written last by `genrec index`
@@ -77,6 +104,12 @@ def demo(
         if not full:
             console.print(f"[yellow]{demo_schedule(config)}")
         build_index(run, config, console)
+
+    url = DEFAULT_LLM_URL if chat_with_model else None
+    talk = resolve_chat_url(run, url, None)
+    early = servers.enter_context(  # a separate chat model needs nothing trained: it compiles during training
+        model_server(run, url, True, console, chat_url=talk, recommender=False, meanwhile="ready for stage 5")
+    )
 
     console.rule("[bold]2/5 search the Chroma store")
     from retrieval.search import Searcher
@@ -94,22 +127,24 @@ def demo(
         console.print(f"{paths.model} already holds a trained model; reusing it")
     else:
         train(run)
+    early += servers.enter_context(model_server(run, url, True, console, meanwhile="ready for stage 5"))
 
     console.rule("[bold]4/5 evaluate against baselines (leave-one-out, full ranking)")
     from eval.commands import evaluate_and_report
 
-    evaluate_and_report(run, max_users=max_users, console=console)
+    # the report's check of model-written explanations (SmolLM2 writing 50 of them in process, the
+    # slowest part of the report on a CPU) is left to `genrec eval offline --report`
+    evaluate_and_report(run, max_users=max_users, console=console, explainer=None)
 
     console.rule("[bold]5/5 chat with the agent")
     from agent.chat_terminal import demo_conversation
-    from agent.commands import DEFAULT_LLM_URL, model_server, open_agent, resolve_chat_url
+    from agent.commands import open_agent
 
-    url = DEFAULT_LLM_URL if chat_with_model else None
-    talk = resolve_chat_url(run, url, None)
+    for server in early:  # started above; a server that failed is started again below
+        try:
+            server.wait_healthy()
+        except GenrecError:
+            pass
     with model_server(run, url, True, console, wait=True, chat_url=talk):
         with open_agent(run, url, 60.0, talk) as agent:
             demo_conversation(agent)
-    console.print(
-        f"\nNext: [bold]genrec chat --run {run}[/] (terminal), [bold]genrec ui --run {run}[/] (web page), "
-        f"[bold]genrec api --run {run}[/] (HTTP), [bold]genrec eval offline --run {run} --report[/] (full report)."
-    )

@@ -318,6 +318,25 @@ def test_a_model_server_that_is_down_means_retrieval_alone_and_the_reply_says_so
     assert answer.items and answer.source == "rules" and answer.planner == "rules"
 
 
+def test_starting_only_the_chat_server_leaves_the_recommender_address_alone(run_dir):
+    """The demo starts the chat model before training: without `recommender`, a free recommender
+    address is not claimed (no server for an untrained run), and nothing else is started."""
+    import io
+
+    from rich.console import Console
+
+    from agent.commands import model_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = io.StringIO()
+    url = f"http://127.0.0.1:{port}/v1"
+    with model_server(run_dir, url, True, Console(file=out), chat_url=url, recommender=False) as started:
+        assert started == []
+    assert out.getvalue() == ""
+
+
 def test_a_model_server_that_hangs_times_out_instead_of_hanging_the_chat(ctx, tmp_path):
     """A server that accepts connections and never answers (a stuck vLLM) costs one timeout, then is skipped."""
     from agent.llm import ChatLLM
