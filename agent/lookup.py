@@ -11,7 +11,7 @@ import difflib
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -56,21 +56,27 @@ class TitleIndex:
     by_norm: dict[str, list[str]]
     titles: dict[str, str]
     popularity: dict[str, int]
+    by_subtitle: dict[str, list[str]] = field(default_factory=dict)  # "curse of michael myers" -> Halloween 6
 
     @classmethod
     def build(cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> TitleIndex:
         """Index the `item_id`/`title` columns of a catalog's items."""
         by_norm: dict[str, list[str]] = defaultdict(list)
+        by_subtitle: dict[str, list[str]] = defaultdict(list)
         titles: dict[str, str] = {}
         for item_id, title in zip(items["item_id"].astype(str), items["title"].astype(str)):
             titles[item_id] = title
             norm = normalize_title(title)
             if norm:
                 by_norm[norm].append(item_id)
+            _, colon, after = title.partition(":")
+            subtitle = normalize_title(after) if colon else ""
+            if len(subtitle.split()) >= 2:  # "Episode IV", not "II"
+                by_subtitle[subtitle].append(item_id)
         popularity: dict[str, int] = {}
         if interactions is not None and len(interactions):
             popularity = interactions["item_id"].astype(str).value_counts().to_dict()
-        return cls(set(titles), dict(by_norm), titles, popularity)
+        return cls(set(titles), dict(by_norm), titles, popularity, dict(by_subtitle))
 
     def _best(self, ids: list[str]) -> str:
         return max(ids, key=lambda i: (self.popularity.get(i, 0), -len(self.titles[i]), i))
@@ -81,7 +87,9 @@ class TitleIndex:
         Order: an item id; an exact normalised title (the most popular on ties, e.g. the 1977
         Star Wars over a re-release); a title the name is the whole start of ("Alien" does not
         match "Aliens", but "Star Wars" matches "Star Wars: Episode IV" when no exact title
-        exists); then a close spelling (difflib ratio >= 0.88).
+        exists); the whole part after a title's colon ("The Curse of Michael Myers" for "Halloween:
+        The Curse of Michael Myers", as a model splitting a list at colons passes it); then a close
+        spelling (difflib ratio >= 0.88).
         """
         name = name.strip().strip("\"'“”‘’").strip()
         if not name:
@@ -107,6 +115,8 @@ class TitleIndex:
         prefixed = [i for key, ids in self.by_norm.items() if key.startswith(norm + " ") for i in ids]
         if prefixed and len(norm) >= 4:
             return self._best(prefixed)
+        if norm in self.by_subtitle:
+            return self._best(self.by_subtitle[norm])
         close = difflib.get_close_matches(norm, list(self.by_norm), n=3, cutoff=0.88)
         if close:
             return self._best(self.by_norm[close[0]])

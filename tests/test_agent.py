@@ -98,6 +98,26 @@ def test_unknown_titles_are_reported_not_guessed(ctx):
     assert ctx.titles.find("Alien") == "2" and ctx.titles.find("Aliens") == "3"
 
 
+def test_a_title_split_at_its_colon_still_finds_the_item():
+    """Models that split a liked list at colons pass "The Curse of Michael Myers (1995)" alone."""
+    import pandas as pd
+
+    from agent.lookup import TitleIndex
+
+    items = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3"],
+            "title": ["Halloween: The Curse of Michael Myers (1995)", "Michael (1996)", "Star Wars: II (2002)"],
+        }
+    )
+    titles = TitleIndex.build(items)
+    assert titles.find("The Curse of Michael Myers (1995)") == "1"
+    assert titles.find("curse of michael myers") == "1"
+    assert titles.find("Michael") == "2"  # an exact title still wins over a subtitle
+    assert titles.find("II") is None  # one-word subtitles are too ambiguous to match
+    assert titles.find("The Curse of Someone Else") is None
+
+
 # ----------------------------------------------------------------------------- planner
 
 
