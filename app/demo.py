@@ -12,7 +12,9 @@ trains the default schedule that the benchmarks use.
 from __future__ import annotations
 
 import shutil
+import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,40 @@ def demo_schedule(config: RunConfig) -> str:
         f"{t.val_users} users, dense model capped at {dense.sasrec.max_minutes:g} min (the defaults, which "
         "`genrec demo --full` and the benchmarks train, early-stop within up to 8 + 3 epochs)"
     )
+
+
+@dataclass
+class StageClock:
+    """Wall seconds per demo stage, so a newcomer (and bench/demo.py) sees where the time went."""
+
+    started: float = field(default_factory=time.monotonic)
+    stages: dict[str, float] = field(default_factory=dict)
+    _current: str | None = None
+    _since: float = 0.0
+
+    def stage(self, name: str) -> None:
+        """End the running stage (if any) and start `name`."""
+        now = time.monotonic()
+        if self._current is not None:
+            self.stages[self._current] = self.stages.get(self._current, 0.0) + now - self._since
+        self._current, self._since = name, now
+
+    def total(self) -> float:
+        """Seconds since the clock started."""
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        """ "index 0.8 min, train 15.2 min, ..." for the stages that took at least a second."""
+        return ", ".join(f"{k} {v / 60:.1f} min" for k, v in self.stages.items() if v >= 1.0)
+
+    def save(self, path: Path) -> None:
+        """Write the stage seconds and the total as JSON."""
+        from genrec.atomic import write_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(
+            path, {"total_s": round(self.total(), 1), "stages_s": {k: round(v, 1) for k, v in self.stages.items()}}
+        )
 
 
 def demo(
@@ -66,8 +102,12 @@ def demo(
     paths = RunPaths(run)
     if fresh and run.exists():
         shutil.rmtree(run)
+    clock = StageClock()
     with ExitStack() as servers:
-        _pipeline(run, dataset, full, max_users, chat_with_model, console, paths, servers)
+        _pipeline(run, dataset, full, max_users, chat_with_model, console, paths, servers, clock)
+    clock.stage("done")  # ends "stop servers"
+    clock.save(paths.root / "logs" / "demo_stages.json")
+    console.print(f"[bold]demo finished in {clock.total() / 60:.1f} min[/] ({clock.summary()})")
     console.print(
         f"\nNext: [bold]genrec chat --run {run}[/] (terminal), [bold]genrec ui --run {run}[/] (web page), "
         f"[bold]genrec api --run {run}[/] (HTTP), [bold]genrec eval offline --run {run} --report[/] (full report, "
@@ -84,6 +124,7 @@ def _pipeline(
     console: Any,
     paths: Any,
     servers: ExitStack,
+    clock: StageClock,
 ) -> None:
     """The demo's five stages. Model servers start as soon as what they serve exists (the chat model
     before training, the recommender before evaluation) and compile while the CPU-bound stages run,
@@ -93,6 +134,7 @@ def _pipeline(
     from agent.commands import DEFAULT_LLM_URL, model_server, resolve_chat_url
     from genrec.errors import GenrecError
 
+    clock.stage("index")
     console.rule("[bold]1/5 index: load, encode, Chroma, semantic IDs")
     if (paths.root / "index.stats.json").exists():  # written last by `genrec index`
         console.print(f"{run} is already indexed; reusing it (pass --fresh to redo)")
@@ -111,6 +153,7 @@ def _pipeline(
         model_server(run, url, True, console, chat_url=talk, recommender=False, meanwhile="ready for stage 5")
     )
 
+    clock.stage("search")
     console.rule("[bold]2/5 search the Chroma store")
     from retrieval.search import Searcher
 
@@ -120,6 +163,7 @@ def _pipeline(
         table.add_row(str(rank), hit.item_id, hit.title, f"{hit.score:.3f}")
     console.print(table)
 
+    clock.stage("train")
     console.rule("[bold]3/5 train the generative recommender (semantic-ID LM + LoRA)")
     from finetune.train import train
 
@@ -129,6 +173,7 @@ def _pipeline(
         train(run)
     early += servers.enter_context(model_server(run, url, True, console, meanwhile="ready for stage 5"))
 
+    clock.stage("evaluate")
     console.rule("[bold]4/5 evaluate against baselines (leave-one-out, full ranking)")
     from eval.commands import evaluate_and_report
 
@@ -140,11 +185,14 @@ def _pipeline(
     from agent.chat_terminal import demo_conversation
     from agent.commands import open_agent
 
+    clock.stage("wait for servers")
     for server in early:  # started above; a server that failed is started again below
         try:
             server.wait_healthy()
         except GenrecError:
             pass
     with model_server(run, url, True, console, wait=True, chat_url=talk):
+        clock.stage("chat")
         with open_agent(run, url, 60.0, talk) as agent:
             demo_conversation(agent)
+    clock.stage("stop servers")
