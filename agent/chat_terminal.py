@@ -131,7 +131,7 @@ def run_chat(agent: Agent, thread: str, as_json: bool = False) -> None:
         run_script(agent, thread, sys.stdin.buffer, sys.stdout, as_json)
 
 
-DEMO_MESSAGES = ("I loved Star Wars and Alien", "something funnier", "why that one?")
+DEMO_MESSAGES = ("I loved Star Wars and Alien", "something funnier", "why the first one?")
 
 
 def demo_conversation(
