@@ -17,6 +17,7 @@ baseline, training minutes and tokens/s, and published figures where they exist.
     .venv/bin/python bench/accuracy.py --datasets ml-100k --seeds 0,1,2
     .venv/bin/python bench/accuracy.py --datasets beauty --seeds 0
     .venv/bin/python bench/accuracy.py --datasets ml-100k --trained runs/ml1   # score a run `genrec train` made
+    .venv/bin/python bench/accuracy.py --merge other.json   # add seeds run elsewhere (with their own --out)
 
 `--trained RUN` scores a run already trained by `genrec train` (its own config and seed, its
 `train_report.json` for the training figures) as one seed of its dataset, without retraining.
@@ -225,6 +226,28 @@ def pooled(per_seed: dict[str, dict], runs: dict[str, Path]) -> dict:
     return out
 
 
+def merge(source: Path, out: Path, force: bool = False) -> None:
+    """Add the per-seed results of `source` (written by this benchmark elsewhere: another machine, or a
+    concurrent run with its own --out) to `out`, and pool each dataset's seeds again. A seed `out`
+    already has is kept unless `force`."""
+    from genrec.atomic import write_json
+
+    theirs = json.loads(source.read_text())
+    ours = json.loads(out.read_text()) if out.exists() else {k: v for k, v in theirs.items() if k != "datasets"}
+    for name, entry in theirs.get("datasets", {}).items():
+        if "per_seed" not in entry:
+            continue
+        mine = ours.setdefault("datasets", {}).setdefault(name, {"per_seed": {}, "runs": {}})
+        for seed, result in entry["per_seed"].items():
+            if seed in mine["per_seed"] and not force:
+                print(f"{out}: {name} seed {seed} already there; kept (--force replaces it)")
+                continue
+            mine["per_seed"][seed], mine.setdefault("runs", {})[seed] = result, entry["runs"][seed]
+            print(f"{out}: added {name} seed {seed} from {source}")
+        mine["summary"] = pooled(mine["per_seed"], {s: Path(mine["runs"][s]) for s in mine["per_seed"]})
+    write_json(out, ours)
+
+
 def main() -> None:
     """Run the chosen datasets and seeds; write bench/results/accuracy.json after each one."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,8 +268,17 @@ def main() -> None:
     parser.add_argument(
         "--trained", type=Path, default=None, help="score this run, already trained by genrec train, as its seed"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="add the (dataset, seed) results of another run of this benchmark (its --out file) and re-pool",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.merge is not None:
+        merge(args.merge, args.out, args.force)
+        return
 
     from genrec.atomic import write_json
 
