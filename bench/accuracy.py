@@ -23,8 +23,8 @@ baseline, training minutes and tokens/s, and published figures where they exist.
 `train_report.json` for the training figures) as one seed of its dataset, without retraining.
 
 Results are written to bench/results/accuracy.json after every (dataset, seed), and a finished
-(dataset, seed) is not recomputed on the next call (`--force` recomputes), so an interrupted
-benchmark resumes.
+(dataset, seed) is not recomputed on the next call (`--force` recomputes); an unfinished one goes
+on from its training checkpoints, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -108,18 +108,27 @@ def index_once(name: str, work: Path, args: argparse.Namespace) -> Path:
 
 
 def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path:
-    """A fresh copy of the indexed run whose training (generative, dense, fusion) uses `seed`."""
+    """A copy of the indexed run whose training (generative, dense, fusion) uses `seed`: fresh, or the
+    one an interrupted call left (its training then resumes; see `resumed_here`)."""
+    from genrec.config import load_config
     from genrec.run import init_run
 
     run = base.parent / f"seed{seed}"
+    config = dataset_config(name, args)
+    config.train.seed = seed
+    config.dense.sasrec.seed = seed
+    saved = run / "config.yaml"
+    if saved.exists() and not args.force and load_config(saved).model_dump() == config.model_dump():
+        # a run this benchmark started and did not finish: `genrec train` resumes it from its checkpoints
+        # (pre-training and LoRA epochs, the dense model's epochs), so hours of Amazon training survive a stop
+        print(f"{run}: continuing its training from its checkpoints (--force starts over)")
+        (run / "resumed_here").touch()  # its training minutes then count this call's part only
+        return run
     if run.exists():
         shutil.rmtree(run)
     shutil.copytree(
         base, run, ignore=shutil.ignore_patterns("chroma", "model", "dense", "pretrain", "eval", "ranking.json")
     )
-    config = dataset_config(name, args)
-    config.train.seed = seed
-    config.dense.sasrec.seed = seed
     init_run(run, config)
     return run
 
@@ -153,6 +162,7 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
         "train": {
             "run": str(run),
             "trained_here": not trained,
+            "resumed": (run / "resumed_here").exists(),
             "total_minutes": minutes,
             "pretrain_minutes": report["pretrain_seconds"] / 60,
             "lora_minutes": report["train_seconds"] / 60,

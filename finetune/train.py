@@ -209,13 +209,21 @@ def train_dense(data: RunData, progress: bool, console: Console) -> dict:
         kind, data.item_ids, getattr(data.config.dense, kind), data.split.train, progress=progress
     )
     console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
+    # saved after every epoch under a name bound to these settings and data: an interrupted run resumes
+    # (a Beauty SASRec trains for most of an hour here), a changed one starts over
+    bound = json.dumps([kind, resolved.model_dump(mode="json"), data.data_hash], sort_keys=True)
+    checkpoint = data.paths.checkpoints / f"dense-{hashlib.sha256(bound.encode()).hexdigest()[:16]}.ckpt"
+    settings.checkpoint = str(checkpoint)
     started = time.perf_counter()
     model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
     stats = {k: v for k, v in stats.items() if k != "history"}
-    stats.update(kind=kind, minutes=(time.perf_counter() - started) / 60, settings=resolved.model_dump())
+    seconds = stats.get("total_seconds") or time.perf_counter() - started  # over every resumed part
+    stats.update(kind=kind, minutes=seconds / 60, settings=resolved.model_dump())
     with atomic_dir(data.paths.dense) as tmp:
         model.save_pretrained(tmp)
         write_json(tmp / "train_stats.json", stats)
+    for stale in data.paths.checkpoints.glob("dense-*.ckpt"):  # this one, and those of settings since changed
+        stale.unlink()
     cut = " (cut by its max_minutes)" if stats.get("stopped_by") == "max_minutes" else ""
     console.print(
         f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "

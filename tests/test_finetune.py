@@ -705,3 +705,46 @@ def test_a_run_saved_by_an_earlier_version_still_opens_unless_it_used_a_retired_
     path.write_text("train:\n  item_loss: 0.5\n")
     with pytest.raises(GenrecError, match=r"train.item_loss: 0.5 is no longer supported"):
         load_config(path)
+
+
+def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkpoint(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    """`genrec train` killed while the dense model trains: the rerun goes on from its last epoch
+    (a checkpoint named for these settings and data), and a finished run keeps no checkpoint."""
+    import dataclasses
+
+    from rich.console import Console
+
+    import finetune.train as training
+
+    root = tmp_path / "run"
+    shutil.copytree(tiny_run, root)
+    data = training.load_run_data(root)
+    real_fit = training.fit_dense
+    seen: list[str] = []
+
+    def killed_after_one_epoch(model, train, valid, settings):
+        seen.append(settings.checkpoint)
+        real_fit(model, train, valid, dataclasses.replace(settings, epochs=1))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit_dense", killed_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_dense(data, False, Console(quiet=True))
+    checkpoint = Path(seen[0])
+    assert checkpoint.parent == root / "checkpoints" and checkpoint.exists()
+
+    capsys.readouterr()
+    monkeypatch.setattr(training, "fit_dense", lambda *a: (seen.append(a[3].checkpoint), real_fit(*a))[1])
+    stats = training.train_dense(data, False, Console(quiet=True))
+    assert seen[1] == seen[0] and f"resumed from {checkpoint} after epoch 1" in capsys.readouterr().out
+    assert stats["epochs"] == tiny_config().dense.sasrec.epochs
+    assert not list((root / "checkpoints").glob("dense-*.ckpt"))
+    assert (root / "dense" / "train_stats.json").exists()
+
+    data.config.dense.sasrec.lr = 0.01  # other settings: another checkpoint name, nothing resumed by mistake
+    monkeypatch.setattr(training, "fit_dense", killed_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_dense(data, False, Console(quiet=True))
+    assert seen[-1] != seen[0]
