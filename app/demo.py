@@ -22,7 +22,8 @@ import typer
 
 from genrec.config import RunConfig
 
-SAMPLE_QUERY = "space opera with rebels fighting an evil galactic empire"
+SAMPLE_QUERY = "science fiction adventure in space"  # ML-100K items carry titles, genres and years only
+WARMING = "it warms up while the next stages run; the chat waits for it"
 
 
 def demo_schedule(config: RunConfig) -> str:
@@ -150,7 +151,7 @@ def _pipeline(
     url = DEFAULT_LLM_URL if chat_with_model else None
     talk = resolve_chat_url(run, url, None)
     early = servers.enter_context(  # a separate chat model needs nothing trained: it compiles during training
-        model_server(run, url, True, console, chat_url=talk, recommender=False, meanwhile="ready for stage 5")
+        model_server(run, url, True, console, chat_url=talk, recommender=False, meanwhile=WARMING)
     )
 
     clock.stage("search")
@@ -171,7 +172,7 @@ def _pipeline(
         console.print(f"{paths.model} already holds a trained model; reusing it")
     else:
         train(run)
-    early += servers.enter_context(model_server(run, url, True, console, meanwhile="ready for stage 5"))
+    early += servers.enter_context(model_server(run, url, True, console, meanwhile=WARMING))
 
     clock.stage("evaluate")
     console.rule("[bold]4/5 evaluate against baselines (leave-one-out, full ranking)")
