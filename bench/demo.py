@@ -4,7 +4,8 @@ Runs the command as a newcomer does (index, search, training, evaluation, the mo
 scripted chat), and records:
 
 - wall minutes of the whole command, and per stage (the demo's own `RUN/logs/demo_stages.json`);
-- peak memory of the whole process tree (genrec and its vLLM servers), sampled every 2 s;
+- peak memory of the whole process tree (genrec and its vLLM servers; proportional set size, so
+  shared pages count once) and of the machine, sampled every 2 s;
 - the training figures of the run (pre-training tokens/s, pre-training and LoRA minutes);
 - what the demo's evaluation showed (genrec, genrec-gen and SASRec NDCG@10 on all test users);
 - the target of issue 16: 30 minutes on a 2-core machine that pre-trains at about 2,000 tokens/s.
@@ -34,8 +35,10 @@ OUT = ROOT / "bench" / "results" / "demo.json"
 TARGET_MINUTES = 30.0
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (0 once it has exited)."""
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, in bytes: pages shared between
+    them (vLLM's API server, engine and worker map the same libraries) count once, not once per
+    process as a sum of RSS would (0 once it has exited)."""
     import psutil
 
     try:
@@ -46,24 +49,34 @@ def tree_rss(pid: int) -> int:
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
 
+def used_memory() -> int:
+    """Bytes of memory the machine has in use (total minus available)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return vm.total - vm.available
+
+
 def run_demo(run: Path, extra: list[str]) -> dict:
-    """Run `genrec demo --fresh --run RUN`; return its wall seconds, exit code and peak tree memory."""
+    """Run `genrec demo --fresh --run RUN`; return its wall seconds, exit code and peak memory (of
+    its process tree, and of the machine above what was in use before it started)."""
     genrec = Path(sys.executable).parent / "genrec"
     cmd = [str(genrec), "demo", "--fresh", "--run", str(run), *extra]
     print("$", " ".join(cmd), flush=True)
-    peak, done = [0], threading.Event()
+    peak, machine_peak, before, done = [0], [0], used_memory(), threading.Event()
     started = time.monotonic()
     proc = subprocess.Popen(cmd)
 
     def sample() -> None:
         while not done.wait(2.0):
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            peak[0] = max(peak[0], tree_pss(proc.pid))
+            machine_peak[0] = max(machine_peak[0], used_memory() - before)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -145,7 +158,8 @@ def main() -> None:
     print(
         f"demo: {wall_min:.1f} min here at {train['pretrain_tokens_per_s']:.0f} tokens/s; projected at "
         f"{args.reference_tokens_per_s:.0f} tokens/s: {projected:.1f} min (every stage scaled: "
-        f"{wall_min * ratio:.1f}); peak {measured['peak_rss_gb']:.1f} GB; wrote {args.out}"
+        f"{wall_min * ratio:.1f}); peak {measured['peak_pss_gb']:.1f} GB (machine: "
+        f"{measured['peak_machine_used_gb']:.1f} GB more than before); wrote {args.out}"
     )
 
 
