@@ -172,7 +172,7 @@ def _pipeline(
         console.print(f"{paths.model} already holds a trained model; reusing it")
     else:
         train(run)
-    early += servers.enter_context(model_server(run, url, True, console, meanwhile=WARMING))
+    early = [*early, *servers.enter_context(model_server(run, url, True, console, meanwhile=WARMING))]
 
     clock.stage("evaluate")
     console.rule("[bold]4/5 evaluate against baselines (leave-one-out, full ranking)")
