@@ -11,6 +11,7 @@ whose settings or data differ from the run's (its fingerprint) is ignored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -28,6 +29,12 @@ from genrec.atomic import atomic_dir, write_json
 STATE_FILE = "state.pt"
 META_FILE = "checkpoint.json"
 ENGINE_DIR = "accelerate"  # FSDP / DeepSpeed: model and optimizer shards as accelerate saves them
+
+
+def fingerprint_of(settings: Any, data_hash: str) -> str:
+    """The fingerprint a checkpoint carries: a hash of the JSON-able settings that shape what a stage
+    computes and of the data it sees. A checkpoint resumes only a run with the same fingerprint."""
+    return hashlib.sha256(json.dumps([settings, data_hash], sort_keys=True).encode()).hexdigest()
 
 
 @dataclass

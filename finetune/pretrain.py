@@ -9,7 +9,6 @@ while the corpus and model settings are unchanged (a fingerprint in `genrec_pret
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from finetune.checkpoint import Checkpoints
+from finetune.checkpoint import Checkpoints, fingerprint_of
 from finetune.distributed import Processes, digest
 from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
 from finetune.tasks import Example
@@ -49,8 +48,7 @@ PRETRAIN_FIELDS = (
 
 def fingerprint(config: TrainConfig, data_hash: str) -> str:
     """Hash of the pre-training settings and the data they see."""
-    settings = {name: getattr(config, name) for name in PRETRAIN_FIELDS}
-    return hashlib.sha256(json.dumps([settings, data_hash], sort_keys=True).encode()).hexdigest()
+    return fingerprint_of({name: getattr(config, name) for name in PRETRAIN_FIELDS}, data_hash)
 
 
 def load_cached(folder: Path, expected: str):

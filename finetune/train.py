@@ -14,7 +14,6 @@ Reads top to bottom like a training script:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from finetune.checkpoint import Checkpoints
+from finetune.checkpoint import Checkpoints, fingerprint_of
 from finetune.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
 from finetune.decoding.prompts import HistoryPrompt
 from finetune.decoding.trie import SidTrie
@@ -211,8 +210,8 @@ def train_dense(data: RunData, progress: bool, console: Console) -> dict:
     console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     # saved after every epoch under a name bound to these settings and data: an interrupted run resumes
     # (a Beauty SASRec trains for most of an hour here), a changed one starts over
-    bound = json.dumps([kind, resolved.model_dump(mode="json"), data.data_hash], sort_keys=True)
-    checkpoint = data.paths.checkpoints / f"dense-{hashlib.sha256(bound.encode()).hexdigest()[:16]}.ckpt"
+    bound = fingerprint_of([kind, resolved.model_dump(mode="json")], data.data_hash)
+    checkpoint = data.paths.checkpoints / f"dense-{bound[:16]}.ckpt"
     settings.checkpoint = str(checkpoint)
     started = time.perf_counter()
     model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
@@ -274,8 +273,7 @@ RESUME_IGNORES = {"distributed", "checkpoint_steps", "micro_batch_tokens", "max_
 
 def lora_fingerprint(config: TrainConfig, data_hash: str) -> str:
     """Hash of the settings and data a LoRA checkpoint belongs to."""
-    settings = config.model_dump(mode="json", exclude=RESUME_IGNORES)
-    return hashlib.sha256(json.dumps([settings, data_hash], sort_keys=True).encode()).hexdigest()
+    return fingerprint_of(config.model_dump(mode="json", exclude=RESUME_IGNORES), data_hash)
 
 
 def train(
