@@ -115,6 +115,13 @@ class AgentContext:
         except (TypeError, ValueError):
             return None
 
+    def users_of_both(self, a: str, b: str) -> int:
+        """How many catalog users interacted with both items: the collaborative fact an explanation
+        may cite when two items share no genre."""
+        items = self.interactions["item_id"].astype(str)
+        users = self.interactions["user_id"].astype(str)
+        return len(set(users[items == str(a)]) & set(users[items == str(b)]))
+
     def user_items(self, user_id: str, n: int) -> list[str]:
         """The last `n` items of a catalog user, oldest first."""
         rows = self.interactions[self.interactions["user_id"].astype(str) == str(user_id)]
@@ -453,8 +460,9 @@ def reasons(
     model_rank: int | None,
     detailed: bool = False,
 ) -> str:
-    """Why an item was chosen, in facts the catalog holds: shared genres with liked items, asked-for
-    genres, and the model's rank. Names only the item's own attributes and the liked items."""
+    """Why an item was chosen, in facts the catalog holds: shared genres with liked items (else how many
+    users had both), asked-for genres, and the model's rank. Names only the item's own attributes and
+    the liked items."""
     genres = ctx.item_genres(item_id)
     said: list[str] = []
     shared_with = [(s, sorted(set(genres) & set(ctx.item_genres(s)))) for s in seeds]
@@ -468,8 +476,12 @@ def reasons(
             )
         else:  # each liked item with the genres it really has in common (a union would credit Alien with Romance)
             said.append("shares " + " and ".join(f"{', '.join(g)} with {ctx.titles.titles[s]}" for s, g in top))
-    elif seeds:
-        said.append(f"close in content to {ctx.titles.titles[seeds[-1]]}")
+    elif seeds:  # no genre in common: the catalog's other fact is who had both (never an unmeasured "similar")
+        both = {s: ctx.users_of_both(item_id, s) for s in dict.fromkeys(seeds)}
+        seed = max(both, key=both.__getitem__)
+        if both[seed]:
+            people = "1 person" if both[seed] == 1 else f"{both[seed]} people"
+            said.append(f"{people} who had {ctx.titles.titles[seed]} also had it")
     asked = [g for g in wanted if g in genres]
     if asked:
         said.append(f"is {', '.join(asked)} as you asked")

@@ -67,6 +67,19 @@ def test_an_explanation_credits_each_liked_item_only_with_the_genres_it_has(ctx)
     assert "Adventure, Sci-Fi with Alien" not in why and "with Star Wars (1977) and Alien (1979)" not in why
 
 
+def test_an_item_sharing_no_genre_with_the_liked_one_is_explained_by_who_had_both_or_not_at_all(ctx):
+    import dataclasses
+
+    import pandas as pd
+
+    alone = explain(ctx, "Toy Story", liked=["Alien"])["items"][0]["explanation"]
+    assert "Alien" not in alone and "Animation" in alone  # nobody had both: its own facts, no claimed likeness
+    both = pd.DataFrame({"user_id": ["u1", "u1", "u2", "u2"], "item_id": ["2", "7", "2", "7"]})
+    shared = dataclasses.replace(ctx, interactions=pd.concat([ctx.interactions, both], ignore_index=True))
+    why = explain(shared, "Toy Story", liked=["Alien"])["items"][0]["explanation"]
+    assert why.startswith("2 people who had Alien (1979) also had it")
+
+
 def test_recommend_returns_only_catalog_items_and_never_what_the_user_liked(ctx):
     result = recommend(ctx, liked=["Star Wars", "Alien"], k=6)
     ids = [c["item_id"] for c in result["items"]]
