@@ -172,7 +172,7 @@ def prepare_base(
         bf16,
         progress,
         console,
-        validate=lambda: validation_score(probe, data, config.val_users, config.seed),
+        validate=lambda: validation_score(probe, data, config.val_users, config.seed, progress),
         processes=processes,
         checkpoints=checkpoints,
     )
@@ -194,10 +194,18 @@ def generator(model, tokenizer, data: RunData, config: TrainConfig) -> LocalGene
     return LocalGenerator(model, tokenizer, trie, prompts, generate.beam_width, generate.batch_size)
 
 
-def validation_score(gen: LocalGenerator, data: RunData, val_users: int | None, seed: int) -> float:
+def validation_score(
+    gen: LocalGenerator, data: RunData, val_users: int | None, seed: int, progress: bool = False
+) -> float:
     """NDCG@10 of pure generation on a fixed sample of validation users (`genrec.metrics`, the one metric path)."""
     return validation_ndcg(
-        Ranker(gen, name="genrec-gen"), data.split.valid, data.item_ids, max_users=val_users, seed=seed, batch_size=512
+        Ranker(gen, name="validation"),
+        data.split.valid,
+        data.item_ids,
+        max_users=val_users,
+        seed=seed,
+        batch_size=512,
+        progress=progress,
     )
 
 
@@ -382,7 +390,7 @@ def train(
             score = known
         elif processes.main:
             merged = replace(genrec, model=merged_copy(full))
-            score = validation_score(merged, data, config.val_users, config.seed)
+            score = validation_score(merged, data, config.val_users, config.seed, progress)
             del merged
         score = processes.broadcast(score if processes.main else None)
         report.epochs.append(

@@ -195,9 +195,11 @@ def validation_ndcg(
     max_users: int | None = None,
     seed: int = 0,
     batch_size: int = 512,
+    progress: bool = False,
 ) -> float:
     """NDCG@10 on validation cases alone: the early-stopping signal of training loops, which see
-    only the train and valid parts of a split."""
+    only the train and valid parts of a split. `progress` shows a bar (a generative model's
+    validation on all Amazon Beauty users takes minutes)."""
     users = sample_users(valid, max_users, seed)
-    acc, _ = rank_cases(model, valid, users, catalog_item_ids, 10, batch_size, progress=False)
+    acc, _ = rank_cases(model, valid, users, catalog_item_ids, 10, batch_size, progress=progress)
     return acc.summary([10])["ndcg@10"]
