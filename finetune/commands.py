@@ -31,7 +31,8 @@ def train(
     dense_only: bool = typer.Option(
         False,
         "--dense-only",
-        help="Keep RUN/model; train only the dense model and choose the fusion (RUN/dense, RUN/ranking.json).",
+        help="Keep RUN/model; train only the dense model (kept if its settings and data are unchanged, unless "
+        "--no-resume) and choose the fusion (RUN/dense, RUN/ranking.json).",
     ),
     processes: int | None = typer.Option(
         None,
@@ -42,7 +43,8 @@ def train(
     resume: bool = typer.Option(
         True,
         "--resume/--no-resume",
-        help="Go on from the last checkpoint of an interrupted run (RUN/checkpoints), or start over.",
+        help="Go on where an interrupted run stopped: from its last checkpoint (RUN/checkpoints), keeping a stage "
+        "(LoRA, the dense model) that finished with the same settings and data; --no-resume trains them again.",
     ),
 ) -> None:
     """Train the served ranking: the generative recommender (LoRA; a scratch base is pre-trained first,
@@ -57,7 +59,7 @@ def train(
     from genrec.run import open_run
 
     if dense_only:
-        train_ranking(run)
+        train_ranking(run, resume=resume)
         return
     paths, config = open_run(run)
     wanted = processes if processes is not None else config.train.distributed.processes

@@ -52,13 +52,20 @@ def fingerprint(config: TrainConfig, data_hash: str) -> str:
 
 
 def load_cached(folder: Path, expected: str):
-    """The cached pre-trained model and tokenizer, if their fingerprint matches; else None."""
+    """The cached pre-trained model, its tokenizer and the stats of the pre-training that made it
+    (epochs, seconds, best validation), if their fingerprint matches; else None."""
     meta = folder / FINGERPRINT_FILE
-    if not meta.exists() or json.loads(meta.read_text(encoding="utf-8")).get("fingerprint") != expected:
+    saved = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+    if saved.get("fingerprint") != expected:
         return None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+    stats = {k: v for k, v in saved.items() if k != "fingerprint"}
+    return (
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(folder),
+        stats,
+    )
 
 
 def pretrain(

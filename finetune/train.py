@@ -66,6 +66,8 @@ class TrainReport:
     dense: dict = field(default_factory=dict)  # the dense model's training (epochs, best validation, minutes)
     fusion: dict = field(default_factory=dict)  # the fusion chosen on validation (RUN/ranking.json)
     processes: int = 1  # training processes (each on its share of every batch)
+    pretrain_cached: bool = False  # the scratch base came from RUN/pretrain; pretrain_* say what making it took
+    fingerprint: str = ""  # the LoRA stage's settings and data (`lora_fingerprint`): a finished stage is kept
 
 
 @dataclass
@@ -148,7 +150,8 @@ def prepare_base(
     cached = load_cached(cache, expected)
     if cached is not None:
         console.print(f"using the pre-trained scratch model cached in {cache}")
-        return cached[0], cached[1], {"seconds": 0.0, "history": [], "cached": True}
+        model, tokenizer, stats = cached
+        return model, tokenizer, {"seconds": 0.0, "history": [], **stats, "cached": True}  # what making it took
     # one tokenizer for every process: rank 0's, sent to the others
     tokenizer = processes.broadcast(
         train_scratch_tokenizer(corpus_texts(data.facts), config.vocab_size) if processes.main else None
@@ -181,7 +184,7 @@ def prepare_base(
     processes.wait()
     checkpoints.clear()
     # every process goes on from the saved model: the same weights and tokenizer as a later run that finds the cache
-    model, tokenizer = load_cached(cache, expected)
+    model, tokenizer, _ = load_cached(cache, expected)
     return model, tokenizer, stats
 
 
@@ -209,23 +212,28 @@ def validation_score(
     )
 
 
-def train_dense(data: RunData, progress: bool, console: Console) -> dict:
-    """Train the dense next-item model on the training split (early-stopped on validation) into `RUN/dense/`."""
+def train_dense(data: RunData, progress: bool, console: Console, resume: bool = True) -> dict:
+    """Train the dense next-item model on the training split (early-stopped on validation) into `RUN/dense/`;
+    with `resume`, a dense model already trained there with the same settings and data is kept."""
     kind = data.config.dense.ranker
     model, settings, resolved = build_dense(
         kind, data.item_ids, getattr(data.config.dense, kind), data.split.train, progress=progress
     )
-    console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     # saved after every epoch under a name bound to these settings and data: an interrupted run resumes
     # (a Beauty SASRec trains for most of an hour here), a changed one starts over
     bound = fingerprint_of([kind, resolved.model_dump(mode="json")], data.data_hash)
+    done = data.paths.dense / "train_stats.json"
+    if resume and done.exists() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == bound:
+        console.print(f"the dense model in {data.paths.dense} is trained with these settings and data: kept")
+        return json.loads(done.read_text(encoding="utf-8"))
+    console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     checkpoint = data.paths.checkpoints / f"dense-{bound[:16]}.ckpt"
     settings.checkpoint = str(checkpoint)
     started = time.perf_counter()
     model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
     stats = {k: v for k, v in stats.items() if k != "history"}
     seconds = stats.get("total_seconds") or time.perf_counter() - started  # over every resumed part
-    stats.update(kind=kind, minutes=seconds / 60, settings=resolved.model_dump())
+    stats.update(kind=kind, minutes=seconds / 60, settings=resolved.model_dump(), fingerprint=bound)
     with atomic_dir(data.paths.dense) as tmp:
         model.save_pretrained(tmp)
         write_json(tmp / "train_stats.json", stats)
@@ -258,8 +266,11 @@ def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     return fusion
 
 
-def train_ranking(run: str | Path, progress: bool = True, console: Console | None = None) -> tuple[dict, Fusion | None]:
-    """The dense half of the served ranking and its fusion, for a run whose generative model is trained."""
+def train_ranking(
+    run: str | Path, progress: bool = True, console: Console | None = None, resume: bool = True
+) -> tuple[dict, Fusion | None]:
+    """The dense half of the served ranking and its fusion, for a run whose generative model is trained
+    (with `resume`, a dense model trained with the same settings and data is kept; the fusion is chosen again)."""
     console = console or Console(stderr=True)
     data = load_run_data(run)
     if data.config.dense.ranker == "none":
@@ -267,7 +278,7 @@ def train_ranking(run: str | Path, progress: bool = True, console: Console | Non
             data.paths.ranking.unlink()
         console.print("dense.ranker is none: the served ranking is generation alone")
         return {}, None
-    stats = train_dense(data, progress, console)
+    stats = train_dense(data, progress, console, resume)
     fusion = choose_fusion(data, progress, console)
     report = data.paths.model / "train_report.json"
     if report.exists():  # a retrained dense half (--dense-only) must not leave the run's report stale
@@ -282,6 +293,18 @@ RESUME_IGNORES = {"distributed", "checkpoint_steps", "micro_batch_tokens", "max_
 def lora_fingerprint(config: TrainConfig, data_hash: str) -> str:
     """Hash of the settings and data a LoRA checkpoint belongs to."""
     return fingerprint_of(config.model_dump(mode="json", exclude=RESUME_IGNORES), data_hash)
+
+
+def finished_training(paths: RunPaths, settings_and_data: str) -> TrainReport | None:
+    """The report of a LoRA stage that finished with these settings and data (`lora_fingerprint`), whose
+    model is the one in `RUN/model`; None when there is none (the report is removed when LoRA starts)."""
+    path = paths.model / "train_report.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != settings_and_data:
+        return None
+    return TrainReport(**{k: v for k, v in saved.items() if k in TrainReport.__dataclass_fields__})
 
 
 def train(
@@ -325,10 +348,26 @@ def train(
         config.max_history = fitting
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+    settings_and_data = lora_fingerprint(config, data.data_hash)
+    finished = finished_training(data.paths, settings_and_data) if resume and processes.main else None
+    if processes.broadcast(finished is not None if processes.main else None):
+        # e.g. a run stopped while its dense model trained: hours of Amazon training kept
+        console.print(
+            f"the generative model in {data.paths.model} finished training with these settings and data: "
+            "kept (--no-resume trains it again)"
+        )
+        processes.finish()
+        if not processes.main:
+            return None
+        finished.dense, fusion = train_ranking(run, progress, console, resume)
+        finished.fusion = fusion.to_json() if fusion is not None else {}
+        return finished
 
     model, tokenizer, pretrain_stats = prepare_base(
         data, config.base, config, bf16, progress, console, processes, resume
     )
+    if processes.main:  # from here RUN/model changes: its report no longer says what it holds
+        (data.paths.model / "train_report.json").unlink(missing_ok=True)
     pretrain_seconds = pretrain_stats["seconds"]
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
     torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
@@ -368,6 +407,8 @@ def train(
         model_dir=str(data.paths.model),
         pretrain_epochs=pretrain_stats.get("history", []),
         processes=processes.world,
+        pretrain_cached=bool(pretrain_stats.get("cached")),
+        fingerprint=settings_and_data,
     )
     console.print(
         f"LoRA fine-tuning {config.base}: {report.trainable_parameters / 1e6:.2f}M trainable of "
@@ -418,9 +459,7 @@ def train(
     def record() -> dict:
         return {"report": asdict(report), "seen": dict(seen)}
 
-    checkpoints = Checkpoints(
-        data.paths.checkpoints / "lora", lora_fingerprint(config, data.data_hash), processes, config.checkpoint_steps
-    )
+    checkpoints = Checkpoints(data.paths.checkpoints / "lora", settings_and_data, processes, config.checkpoint_steps)
     if not resume:
         checkpoints.clear()
     resumed = checkpoints.load(trained, optimizer, scheduler)
@@ -481,11 +520,11 @@ def train(
     report.examples_per_s = seen["examples"] / report.train_seconds if report.train_seconds else 0.0
     report.tokens_per_s = seen["tokens"] / report.train_seconds if report.train_seconds else 0.0
     write_json(data.paths.model / "train_report.json", asdict(report))
-    report.dense, fusion = train_ranking(run, progress, console)  # records both in the report just written
+    report.dense, fusion = train_ranking(run, progress, console, resume)  # records both in the report just written
     report.fusion = fusion.to_json() if fusion is not None else {}
     console.print(
         f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "
-        f"(pre-training {pretrain_seconds / 60:.1f} min): best valid NDCG@10 {report.best_valid_ndcg10:.4f} "
+        f"(pre-training {pretrain_seconds / 60:.1f} min{', cached' if report.pretrain_cached else ''}): best valid NDCG@10 {report.best_valid_ndcg10:.4f} "
         f"at epoch {report.best_epoch}; model in {data.paths.model}"
     )
     return report

@@ -748,3 +748,54 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     with pytest.raises(KeyboardInterrupt):
         training.train_dense(data, False, Console(quiet=True))
     assert seen[-1] != seen[0]
+
+
+def test_a_finished_dense_model_is_kept_when_its_settings_and_data_are_unchanged(trained_run, tmp_path, monkeypatch):
+    """`genrec train --dense-only` (or a rerun) does not retrain a dense model trained with the same
+    settings and data; `--no-resume` does, and so do other settings."""
+    from rich.console import Console
+
+    import finetune.train as training
+
+    root = tmp_path / "run"
+    shutil.copytree(trained_run, root)
+    data = training.load_run_data(root)
+    kept = json.loads((root / "dense" / "train_stats.json").read_text())
+    fits: list[int] = []
+    real_fit = training.fit_dense
+    monkeypatch.setattr(training, "fit_dense", lambda *a: (fits.append(1), real_fit(*a))[1])
+
+    assert training.train_dense(data, False, Console(quiet=True)) == kept and not fits
+    training.train_dense(data, False, Console(quiet=True), resume=False)
+    assert len(fits) == 1
+    data.config.dense.sasrec.lr = 0.01
+    training.train_dense(data, False, Console(quiet=True))
+    assert len(fits) == 2
+
+
+def test_a_rerun_keeps_a_finished_generative_model_and_retrains_when_a_setting_changes(trained_run, tmp_path):
+    """A run stopped after LoRA finished (say while its dense model trained) goes on from the dense
+    model: the generative model it finished is kept, with the report of how it was trained, pre-training
+    included; a changed LoRA setting trains it again."""
+    from rich.console import Console
+
+    from finetune.train import train
+
+    root = tmp_path / "run"
+    shutil.copytree(trained_run, root)
+    before = json.loads((root / "model" / "train_report.json").read_text())
+    weights = sorted((root / "model").rglob("*.safetensors"))
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    console = Console(record=True, width=200)
+    again = train(root, progress=False, console=console)
+    assert "finished training with these settings and data: kept" in console.export_text()
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert again.best_valid_ndcg10 == before["best_valid_ndcg10"] and again.pretrain_epochs == before["pretrain_epochs"]
+    assert again.pretrain_epochs and not again.pretrain_cached  # it was pre-trained by the first run, not this one
+
+    console = Console(record=True, width=200)
+    retrained = train(root, epochs=2, progress=False, console=console)
+    text = console.export_text()
+    assert "kept" not in text.split("dense model")[0] and len(retrained.epochs) >= 2
+    assert retrained.pretrain_cached and retrained.pretrain_epochs == before["pretrain_epochs"]
+    assert json.loads((root / "model" / "train_report.json").read_text())["fingerprint"] == retrained.fingerprint
