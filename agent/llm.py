@@ -63,7 +63,7 @@ def connect(
         api_key=api_key or "EMPTY",  # vLLM checks no key unless started with --api-key
         temperature=0.0,
         max_tokens=max_tokens,
-        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+        timeout=openai.Timeout(timeout_s, connect=connect_timeout_s),  # the client's own httpx (openai 3.6x: httpx2)
         max_retries=0,
         stream_usage=True,  # token counts on streamed replies too (vLLM honours stream_options)
     )
@@ -248,7 +248,7 @@ class ChatLLM:
             base_url=self.url,
             api_key=self.api_key or "EMPTY",
             max_retries=0,
-            timeout=httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s),
+            timeout=openai.Timeout(self.timeout_s, connect=self.connect_timeout_s),
         )
         with _llm_errors_at(self.url):
             names = [m.id for m in client.models.list()]
