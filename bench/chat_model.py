@@ -1,7 +1,7 @@
 """Benchmark: the chat models behind genrec's agent, served by vLLM and reached through `agent.llm` (LangChain).
 
 For each model, a chat server is started the way `genrec serve` starts one (`serving.server.chat_server_spec`:
-Qwen's own chat template, Hermes tool parser, bfloat16) and measured:
+Qwen's own chat template, Hermes tool parser, the chat dtype of `serve.chat_dtype`) and measured:
 
 - start: seconds to healthy, and whether vLLM compiled (first start on this machine) or reused its cache;
 - planning: each request below with the agent's planner prompt (`agent.prompts.PLANNER_SYSTEM`) and the

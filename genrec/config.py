@@ -201,6 +201,11 @@ class ServeConfig(Section):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # share of each GPU vLLM takes (None: vLLM's 0.9)
     max_num_seqs: int | None = Field(None, ge=1)  # sequences in one engine step (None: vLLM's default)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of the recommender server, e.g. "0,1" (None: inherited)
+    # The CPU cores a CPU server's compute threads run on (vLLM's VLLM_CPU_OMP_THREADS_BIND): "auto" is
+    # every core this process may use on a machine of up to 4 (vLLM's own binding keeps one core for its
+    # scheduler, a whole half of a 2-core machine: bench/results/vllm_cpu.json), vLLM's own above;
+    # "vllm": vLLM's own always; or a list such as "0-3". Ignored by GPU servers.
+    cpus: str = "auto"
     extra_args: list[str] = []  # any other vLLM flags, appended last (so they win)
     # The model that picks tools and writes chat replies, on a second server: "qwen2.5-coder-1.5b"
     # (Qwen2.5-Coder-1.5B-Instruct from its packaged GGUF), "qwen2.5-coder-0.5b" (faster, weaker:
@@ -213,6 +218,10 @@ class ServeConfig(Section):
     chat_tensor_parallel_size: int = Field(1, ge=1)
     chat_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     chat_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the chat server, e.g. "2,3"
+    chat_cpus: str = "auto"  # the chat server's CPU cores, as `cpus`
+    # "auto": bfloat16 where the hardware computes in it (GPUs, AVX512/AMX CPUs), float32 on other CPUs,
+    # where bfloat16 starts and reads prompts slower and decodes no faster (bench/results/vllm_cpu.json).
+    chat_dtype: str = "auto"
     chat_extra_args: list[str] = []
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
 

