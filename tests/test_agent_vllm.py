@@ -19,7 +19,9 @@ import yaml
 from agent_catalog import INJECTION_TARGET_ID, MOVIES, PHANTOM, agent_run
 from tiny_models import build_tiny_sid_model
 
-pytestmark = pytest.mark.vllm
+# The module's fixture starts both servers, bounded by their own start timeout (900 s: a first start
+# compiles for minutes on a slow CPU); the 900 s of each test are for the test alone.
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900, func_only=True)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
