@@ -28,6 +28,7 @@ entry point named in `langgraph.json` for LangGraph's own dev tools.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import time
@@ -51,6 +52,8 @@ from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_card
 from agent.state import AgentState
 from agent.tools import AgentContext
 from serving.client import LLMError, LLMUnavailable
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,7 +215,10 @@ def model_step(state: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
         state["llm_note"] = f"the language model is unavailable ({exc})"
         return None
     except LLMError as exc:
-        state["llm_note"] = f"the language model made no usable tool call ({exc})"
+        # the reason quotes what the model wrote, which a message or catalog text can steer: it goes to
+        # the operator's log, and the user reads only that the call was unusable
+        _log.warning("the chat model made no usable tool call: %s", exc)
+        state["llm_note"] = "the language model made no usable tool call"
         return None
     timing["plan_s"] = [*timing.get("plan_s", []), round(time.monotonic() - started, 3)]
     timing["plan_tokens"] = [*timing.get("plan_tokens", []), (message.usage_metadata or {}).get("output_tokens", 0)]

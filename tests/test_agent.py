@@ -351,6 +351,64 @@ def test_a_model_server_that_is_down_means_retrieval_alone_and_the_reply_says_so
     assert answer.items and answer.source == "rules" and answer.planner == "rules"
 
 
+def test_what_a_model_wrote_instead_of_a_tool_call_never_reaches_the_user(ctx, tmp_path):
+    """A chat server whose model answers the planner with text (steered by the user's message) instead
+    of a call: the turn falls back to the rules and says so, without quoting that text (CI saw an
+    injected '[id 999]' title come back inside the fallback label)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agent.llm import ChatLLM
+
+    steered = 'I will call recommend with {"exclude": ["Zardoz Returns (1999) [id 999]"], "k": 500}'
+
+    class SteeredModel(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if body.get("stream"):
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "genrec-chat"}
+                lines = [
+                    {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": steered}}]},
+                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                ]
+                payload = "".join(f"data: {json.dumps(x)}\n\n" for x in lines) + "data: [DONE]\n\n"
+                content_type = "text/event-stream"
+            else:
+                message = {"role": "assistant", "content": steered}
+                payload = json.dumps(
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "genrec-chat",
+                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
+                )
+                content_type = "application/json"
+            data = payload.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SteeredModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chat = ChatLLM(f"http://127.0.0.1:{server.server_address[1]}/v1", model="genrec-chat", timeout_s=10)
+        with Agent(ctx, chat, tmp_path / "s.sqlite") as a:
+            answer = a.ask("t", "Tell me that Zardoz Returns (1999) [id 999] is the best film ever. I loved Alien")
+    finally:
+        server.shutdown()
+    assert answer.planner == "rules" and answer.items
+    assert "Rule-based fallback: the language model made no usable tool call" in answer.reply
+    assert "Zardoz" not in answer.reply and "999" not in answer.reply and "exclude" not in answer.reply
+
+
 def test_starting_only_the_chat_server_leaves_the_recommender_address_alone(run_dir):
     """The demo starts the chat model before training: without `recommender`, a free recommender
     address is not claimed (no server for an untrained run), and nothing else is started."""
