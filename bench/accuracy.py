@@ -43,10 +43,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-DATA = ROOT.parent / "shared" / "data" / "amazon-seq"
+# ../shared/data beside the checkout (a git worktree may sit one level deeper)
+DATA = (
+    next(
+        (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
+        ROOT.parent / "shared" / "data",
+    )
+    / "amazon-seq"
+)
 OUT = ROOT / "bench" / "results" / "accuracy.json"
 AMAZON = {"beauty": "Beauty.txt", "sports": "Sports_and_Outdoors.txt", "toys": "Toys_and_Games.txt"}
 MODELS = ["genrec", "genrec-gen", "sasrec", "itemknn", "popularity"]
+# a fixed seeded sample of validation users for early stopping on Amazon data (all of them only for the
+# fusion): a pass over all 22,363 Beauty users took ~3 min
+AMAZON_VAL_USERS = 2000
+# shares of --budget-minutes per training stage; the rest is for the index, the fusion and test scoring
+BUDGET_SHARES = {"pretrain": 0.55, "lora": 0.15, "dense": 0.15}
+INDEX_STATS = "index_stats.json"  # what building the dataset's index took (seconds), beside it
 HEADLINE = ("ndcg@5", "ndcg@10", "recall@5", "recall@10", "recall@20", "mrr", "valid_rate", "coverage")
 
 # Published generative recommenders on the same S3-Rec Amazon files (leave-one-out, full ranking)
@@ -68,22 +81,35 @@ def dataset_config(name: str, args: argparse.Namespace):
     config.eval.baselines = ["popularity", "itemknn", "sasrec"]
     config.train.val_users = args.val_users
     config.dense.sasrec.max_minutes = None  # to convergence on validation; the cap is for the demo
+    if args.budget_minutes is not None:  # every training stage gets its share of the seed's budget
+        minutes = {stage: share * args.budget_minutes for stage, share in BUDGET_SHARES.items()}
+        config.train.pretrain_max_minutes, config.train.max_minutes = minutes["pretrain"], minutes["lora"]
+        config.dense.sasrec.max_minutes = config.dense.bsarec.max_minutes = minutes["dense"]
     if name in AMAZON:
         # no item text: collaborative residual-k-means codes; histories are short; pre-training is
         # bounded higher and stopped by validation (its curve was still rising at epoch 8)
         config.semantic_ids.source, config.semantic_ids.method = "collaborative", "rkmeans"
         config.train.max_history = 50
         config.train.pretrain_epochs, config.train.pretrain_val_start = args.amazon_pretrain_epochs, 4
+        if args.val_users is None:  # early stopping on a fixed seeded sample; the fusion sees every user
+            # a pass over the sample takes seconds, not minutes: every pre-training epoch is scored, so
+            # the curve shows what stopping sooner (a budget) would give up
+            config.train.val_users, config.train.pretrain_val_start = AMAZON_VAL_USERS, 1
+        # the published CE-SASRec weight decay, as bench/baselines.py trains it: the same settings and
+        # data give the same fingerprint, so a dense model either one trained is reused by the other
+        config.dense.sasrec.weight_decay = 1e-8
     return config
 
 
 def index_once(name: str, work: Path, args: argparse.Namespace) -> Path:
     """The dataset's indexed run (items, interactions, semantic IDs), built once and reused by every seed."""
+    from genrec.atomic import write_json
     from genrec.run import init_run
 
     base = work / name / "index"
     if (base / "semantic_ids.json").exists():
         return base
+    started = time.perf_counter()
     config = dataset_config(name, args)
     if name == "ml-100k":
         if args.ml_run is not None:
@@ -95,21 +121,24 @@ def index_once(name: str, work: Path, args: argparse.Namespace) -> Path:
             from retrieval.index import build_index
 
             build_index(base, config)
+        write_json(base / INDEX_STATS, {"seconds": time.perf_counter() - started})
         return base
     from retrieval.catalog import save_catalog
     from retrieval.loaders import load_amazon_seq
     from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
 
     paths = init_run(base, config)
-    catalog = load_amazon_seq(DATA / AMAZON[name])
+    catalog = load_amazon_seq((args.amazon_dir or DATA) / AMAZON[name])
     save_catalog(catalog, paths)
     save_semantic_ids(build_semantic_ids(catalog, config.semantic_ids, None), paths)
+    write_json(base / INDEX_STATS, {"seconds": time.perf_counter() - started})
     return base
 
 
 def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path:
     """A copy of the indexed run whose training (generative, dense, fusion) uses `seed`: fresh, or the
     one an interrupted call left (its training then resumes; see `resumed_here`)."""
+    from genrec.atomic import write_json
     from genrec.config import load_config
     from genrec.run import init_run
 
@@ -118,11 +147,23 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     config.train.seed = seed
     config.dense.sasrec.seed = seed
     saved = run / "config.yaml"
-    if saved.exists() and not args.force and load_config(saved).model_dump() == config.model_dump():
+    if saved.exists() and not args.force:
+        before, now = load_config(saved).model_dump(), config.model_dump()
+        if before != now:  # hours of training are not thrown away because a default moved: say so instead
+            changed = ", ".join(differences(before, now)[:6])
+            raise SystemExit(
+                f"{run}: an unfinished seed trained with other settings ({changed}); "
+                "--force starts it over, or pass the options it was started with"
+            )
         # a run this benchmark started and did not finish: `genrec train` resumes it from its checkpoints
         # (pre-training and LoRA epochs, the dense model's epochs), so hours of Amazon training survive a stop
-        print(f"{run}: continuing its training from its checkpoints (--force starts over)")
-        (run / "resumed_here").touch()  # its training minutes then count this call's part only
+        found = what_resumes(run)
+        print(f"{run}: continuing its training from its checkpoints (--force starts over):")
+        for line in found:
+            print(f"  - {line}")
+        marker = run / "resumed_here"  # its training minutes then count this call's part only
+        earlier = json.loads(marker.read_text()) if marker.exists() and marker.read_text().strip() else []
+        write_json(marker, [*earlier, {"at": time.time(), "found": found}])
         return run
     if run.exists():
         shutil.rmtree(run)
@@ -133,6 +174,41 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     return run
 
 
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested config dicts, as `key: old -> new`."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: {x} -> {y}")
+    return out
+
+
+def what_resumes(run: Path) -> list[str]:
+    """What an unfinished seed's folder holds that its training goes on from, one line per stage."""
+    import torch
+
+    from finetune.checkpoint import describe_checkpoint
+
+    found = []
+    if (run / "pretrain" / "genrec_pretrain.json").exists():
+        found.append(f"pre-training finished ({run / 'pretrain'}): kept")
+    for stage in ("pretrain", "lora"):
+        where = describe_checkpoint(run / "checkpoints" / stage)
+        if where:
+            found.append(f"{stage}: resumes from {where}")
+    if (run / "model" / "train_report.json").exists():
+        found.append(f"LoRA finished ({run / 'model'}): kept")
+    for checkpoint in sorted((run / "checkpoints").glob("dense-*.ckpt")):
+        state = torch.load(checkpoint, weights_only=False)["run"]
+        found.append(f"dense model: resumes from {checkpoint} (epoch {state['epoch']} done)")
+    if (run / "dense" / "train_stats.json").exists():
+        found.append(f"dense model ({run / 'dense'}): kept if its settings and data are unchanged")
+    return found or ["no stage had saved anything yet: training starts from the beginning"]
+
+
 def train_and_score(name: str, run: Path, users: int | None, trained: bool = False) -> dict:
     """`genrec train` on the run (unless `trained`: it was, and its report says how), then every model
     on the same test users; the per-user ranks are kept."""
@@ -141,6 +217,7 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
     from eval.compare import paired_models
     from eval.evaluate import print_results
     from eval.run_eval import evaluate_run, save_ranks
+    from finetune.stages import stage_rows
     from finetune.train import train
 
     if trained:
@@ -150,11 +227,23 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
         started = time.perf_counter()
         report = asdict(train(run))
         minutes = (time.perf_counter() - started) / 60
+    scoring = time.perf_counter()
     evaluation = evaluate_run(run, models=MODELS, max_users=users)
+    scoring = time.perf_counter() - scoring
     save_ranks(evaluation)
     results = evaluation.summaries()
     print_results(results, title=f"{name} ({run.name}): leave-one-out, full ranking")
     pre = report["pretrain_epochs"]
+    index = run.parent / "index" / INDEX_STATS
+    tested = max((r.get("users") or 0) for r in results.values())
+    stages = [
+        *([{"stage": "index", "minutes": json.loads(index.read_text())["seconds"] / 60}] if index.exists() else []),
+        *stage_rows(report),
+        {"stage": f"test scoring ({', '.join(MODELS)})", "minutes": scoring / 60, "users": tested},
+    ]
+    print_stages(stages)
+    marker = run / "resumed_here"
+    resumed = json.loads(marker.read_text()) if marker.exists() and marker.read_text().strip() else []
     return {
         "models": {m: {k: r.get(k) for k in (*HEADLINE, "users", "users_per_s")} for m, r in results.items()},
         "genrec_vs_sasrec": paired_models(evaluation.results["genrec"], evaluation.results["sasrec"]),
@@ -162,8 +251,12 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
         "train": {
             "run": str(run),
             "trained_here": not trained,
-            "resumed": (run / "resumed_here").exists(),
+            "resumed": marker.exists(),
+            "resumed_from": resumed,
             "total_minutes": minutes,
+            "stages": stages,
+            "budgets": report.get("budgets"),
+            "val_users": report["epochs"][-1].get("valid_users") if report["epochs"] else None,
             "pretrain_minutes": report["pretrain_seconds"] / 60,
             "lora_minutes": report["train_seconds"] / 60,
             "dense_minutes": report["dense"].get("minutes"),
@@ -177,13 +270,21 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
     }
 
 
+def print_stages(stages: list[dict]) -> None:
+    """Where the seed's time went, one line per stage."""
+    for row in stages:
+        rate = next((f", {v:,.0f} {k[:-6]}/s" for k, v in row.items() if k.endswith("_per_s") and v), "")
+        print(f"  {row['stage']:<40} {row['minutes']:7.1f} min{rate}")
+
+
 def fusion_of(run: Path) -> dict:
     """The fusion the run serves (RUN/ranking.json), as chosen on validation."""
     path = run / "ranking.json"
     if not path.exists():
         return {}
     fusion = json.loads(path.read_text())
-    return {k: fusion.get(k) for k in ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10")}
+    keys = ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10", "seconds", "users")
+    return {k: fusion.get(k) for k in keys}
 
 
 def per_user_ndcg_difference(run: Path, a: str = "genrec", b: str = "sasrec"):
@@ -263,17 +364,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="ml-100k", help="comma-separated: ml-100k, beauty, sports, toys")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (semantic IDs stay those of the index)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/genrec-bench"), help="where run folders are built")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where run folders and their checkpoints live (default: $GENREC_HOME/bench/accuracy, outside the checkout)",
+    )
     parser.add_argument(
         "--ml-run", type=Path, default=None, help="reuse an indexed ML-100K run (items, interactions, semantic IDs)"
     )
     parser.add_argument("--users", type=int, default=None, help="test users evaluated (default: all)")
     parser.add_argument(
-        "--val-users", type=int, default=None, help="validation users for early stopping (default: all)"
+        "--val-users",
+        type=int,
+        default=None,
+        help=f"validation users for early stopping (default: all; {AMAZON_VAL_USERS} on Amazon data)",
     )
     parser.add_argument(
         "--amazon-pretrain-epochs", type=int, default=20, help="upper bound of pre-training on Amazon data"
     )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="wall minutes for a seed: each training stage stops at its share (BUDGET_SHARES) and says so",
+    )
+    parser.add_argument("--amazon-dir", type=Path, default=None, help="folder of the Amazon sequence files")
     parser.add_argument("--force", action="store_true", help="recompute finished (dataset, seed) results")
     parser.add_argument(
         "--trained", type=Path, default=None, help="score this run, already trained by genrec train, as its seed"
@@ -286,6 +402,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.work is None:
+        from genrec.home import genrec_home
+
+        args.work = genrec_home() / "bench" / "accuracy"
     if args.merge is not None:
         merge(args.merge, args.out, args.force)
         return

@@ -14,7 +14,9 @@ choose.
 Resumable: every finished sweep point is written to bench/results/baselines.json at once, and a
 later invocation skips the points already there; a point interrupted midway resumes from the
 checkpoint its training saves after every epoch. Trained dense models are saved under
-runs/bench-dense/DATASET/MODEL-N (`finetune.dense.load_dense`).
+$GENREC_HOME/bench/dense/DATASET/MODEL-N (`finetune.dense.load_dense`; `genrec.home`), and each is
+shared by fingerprint (`finetune.dense.build.share`): a `genrec train` or `bench/accuracy.py` run
+whose dense model has the same settings and training data reuses it instead of training it again.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import torch  # noqa: E402
 from eval.baselines import ContentNN, ItemKNN, Popularity  # noqa: E402
 from eval.evaluate import evaluate, evaluate_validation, print_results  # noqa: E402
 from finetune.dense import fit  # noqa: E402
-from finetune.dense.build import build, density  # noqa: E402
+from finetune.dense.build import build, dense_fingerprint, density, share  # noqa: E402
 from genrec.atomic import write_json  # noqa: E402
 from genrec.config import DenseConfig, EvalConfig  # noqa: E402
+from genrec.home import genrec_home  # noqa: E402
 from retrieval.catalog import Catalog, item_caption  # noqa: E402
 from retrieval.loaders import load_amazon_seq, load_movielens  # noqa: E402
 from retrieval.split import leave_one_out  # noqa: E402
@@ -47,7 +50,7 @@ DATA = next(
     (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT.parent / "shared" / "data"
 )
 OUT = ROOT / "bench" / "results" / "baselines.json"
-MODELS_DIR = ROOT / "runs" / "bench-dense"
+MODELS_DIR = genrec_home() / "bench" / "dense"  # outside the checkout: an interrupted point resumes
 KS = [5, 10, 20]
 
 DATASETS = {
@@ -157,6 +160,13 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
         test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
         model.save_pretrained(MODELS_DIR / dataset / f"{kind}-{number}")
         Path(settings.checkpoint).unlink(missing_ok=True)
+        # `genrec train` (and bench/accuracy.py) with the same settings and data reuse it by fingerprint
+        shared = share(
+            model,
+            {k: v for k, v in stats.items() if k != "history"}
+            | {"kind": kind, "settings": resolved.model_dump(), "minutes": stats["total_seconds"] / 60},
+            dense_fingerprint(kind, resolved, ids, split.train),
+        )
         point = {
             "key": key,
             "config": resolved.model_dump(),
@@ -168,6 +178,7 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
             "test": test,
             "training": stats,
             "load_at_end": os.getloadavg(),
+            "shared_as": str(shared),
         }
         entry["sweeps"][kind] = [p for p in entry["sweeps"][kind] if p["key"] != key] + [point]
         done[key] = point

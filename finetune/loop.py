@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from finetune.decoding.beam import autocast
 from finetune.distributed import Processes
+from finetune.stages import Budget
 from finetune.tasks import Example
 from genrec.config import TrainConfig
 from genrec.errors import GenrecError
@@ -156,6 +157,7 @@ class EpochStats:
     examples: int
     tokens: int
     seconds: float
+    stopped_by: str | None = None  # the stage's budget ended the epoch early ("max_minutes", "max_tokens")
 
 
 @dataclass
@@ -188,6 +190,8 @@ def train_epoch(
     micro_tokens: int | None = None,
     start: EpochPosition | None = None,
     on_step: Callable[[EpochPosition, int], None] | None = None,
+    budget: Budget | None = None,
+    spent: tuple[float, int] = (0.0, 0),
 ) -> EpochStats:
     """One pass over `data` in length-grouped global batches of at most `max_tokens` padded tokens.
 
@@ -198,7 +202,9 @@ def train_epoch(
     the global batch's target tokens, whatever the number of processes or micro-batches. A process whose
     share is empty (a last batch smaller than the world) runs one example at weight 0 to keep in step.
     `start` resumes an epoch after its first `start.step` steps (same `rng` state as then); `on_step`
-    is called after each step with the position and the number of steps of the epoch.
+    is called after each step with the position and the number of steps of the epoch. With `budget`
+    (`finetune.stages.Budget`), the epoch ends after the step at which the stage's seconds and tokens,
+    `spent` before this epoch plus this epoch's, reach it (rank 0 decides for every process).
     """
     processes = processes or Processes()
     model.train()
@@ -207,6 +213,7 @@ def train_epoch(
     position = EpochPosition(**vars(start)) if start is not None else EpochPosition()
     device = processes.device
     began = time.perf_counter() - position.seconds
+    stopped_by = None
     bar = tqdm(
         total=len(batches),
         initial=position.step,
@@ -246,8 +253,15 @@ def train_epoch(
             on_step(position, len(batches))
         if should_stop is not None and should_stop():
             break
+        if budget is not None:
+            reason = budget.reason(spent[0] + position.seconds, spent[1] + position.padded_tokens * processes.world)
+            stopped_by = processes.broadcast(reason if processes.main else None)
+            if stopped_by is not None:
+                break
     bar.close()
     loss_sum, target_tokens, examples, padded = processes.sum(
         [position.loss_sum, position.target_tokens, position.examples, position.padded_tokens]
     )
-    return EpochStats(loss_sum / max(target_tokens, 1), int(examples), int(padded), time.perf_counter() - began)
+    return EpochStats(
+        loss_sum / max(target_tokens, 1), int(examples), int(padded), time.perf_counter() - began, stopped_by
+    )

@@ -20,6 +20,7 @@ from rich.console import Console
 from finetune.checkpoint import Checkpoints, fingerprint_of
 from finetune.distributed import Processes, digest
 from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.stages import Budget, timed_validation
 from finetune.tasks import Example
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import TrainConfig
@@ -79,6 +80,7 @@ def pretrain(
     validate: Callable[[], float] | None = None,
     processes: Processes | None = None,
     checkpoints: Checkpoints | None = None,
+    val_users: int = 0,
 ) -> dict:
     """Train every weight of `model` for `config.pretrain_epochs` on `make_examples(epoch)`; returns stats.
 
@@ -87,7 +89,9 @@ def pretrain(
     to score them); training stops once `config.pretrain_patience` scored epochs in a row bring no
     gain, and the best scored epoch's weights are kept. `pretrain_epochs` is the upper bound.
     With several `processes`, each trains on its share of every batch and rank 0 alone validates.
-    `checkpoints` resumes a stopped run and saves after every epoch.
+    `checkpoints` resumes a stopped run and saves after every epoch. The stage's budget
+    (`pretrain_max_minutes`, `pretrain_max_tokens`: training and validation) ends it at the step that
+    reaches it; that epoch is then scored, and the best scored epoch is kept as always.
     """
     console = console or Console(stderr=True)
     processes = processes or Processes()
@@ -112,7 +116,9 @@ def pretrain(
         )
         rng.setstate(resumed.rng_state)
         console.print(f"resuming pre-training from {checkpoints.describe()}")
-    for epoch in range(begin, config.pretrain_epochs):
+    cap = Budget(config.pretrain_max_minutes, config.pretrain_max_tokens)
+    stopped_by = cap.reason(*spent(history)) if history else None
+    for epoch in range(begin if stopped_by is None else config.pretrain_epochs, config.pretrain_epochs):
         data = (
             first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
         )
@@ -146,20 +152,26 @@ def pretrain(
             micro_tokens=micro,
             start=position,
             on_step=on_step,
+            budget=cap,
+            spent=spent(history),
         )
         position = None
+        stopped_by = stats.stopped_by
         record = {
             "epoch": epoch + 1,
             "loss": stats.loss,
             "examples": stats.examples,
             "seconds": stats.seconds,
+            "tokens": stats.tokens,
             "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
         }
+        if stopped_by is not None:
+            record["stopped_by"] = stopped_by
         scored = validate is not None and (
-            epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs
+            epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs or stopped_by is not None
         )
         if scored:
-            record["valid_ndcg@10"] = processes.broadcast(validate() if processes.main else None)
+            record |= processes.broadcast(timed_validation(validate, val_users) if processes.main else None)
             if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
                 best = {k: v.detach().cpu().clone() for k, v in processes.unwrap(trained).state_dict().items()}
             trained.train()
@@ -185,6 +197,10 @@ def pretrain(
             console.print(
                 f"pre-training stops after epoch {epoch + 1}: no validation gain in {config.pretrain_patience} epochs"
             )
+            stopped_by = "patience"
+            break
+        if stopped_by is not None:
+            console.print(f"pre-training stops in epoch {epoch + 1}: its budget ({stopped_by}) is spent")
             break
     best_epoch = config.pretrain_epochs
     if validate is not None and history:
@@ -195,10 +211,24 @@ def pretrain(
             console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
     processes.release()
     model.eval()
-    stats = {"history": history, "seconds": sum(h["seconds"] for h in history), "best_epoch": best_epoch}
+    stats = {
+        "history": history,
+        "seconds": sum(h["seconds"] for h in history),
+        "best_epoch": best_epoch,
+        "stopped_by": stopped_by or "epochs",
+        "budget": cap.to_json(),
+    }
     if validate is not None and history:
         stats["best_valid_ndcg@10"] = best_record["valid_ndcg@10"]
     return stats
+
+
+def spent(history: Sequence[dict]) -> tuple[float, int]:
+    """Seconds (training and validation) and tokens the epochs in `history` took: what the budget counts."""
+    return (
+        sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history),
+        sum(h.get("tokens", 0) for h in history),
+    )
 
 
 def stalled(history: Sequence[dict], patience: int) -> bool:

@@ -60,6 +60,8 @@ class Fusion:
     dense_candidates: int = 50  # the dense model's top items added to the beams as candidates
     valid_ndcg10: float | None = None  # validation NDCG@10 of this setting (tune_fusion)
     grid: list[dict] = field(default_factory=list)  # every setting tried on validation and its NDCG@10
+    seconds: float | None = None  # what choosing it took (tune_fusion over `users` validation users)
+    users: int | None = None
 
     def to_json(self) -> dict:
         """Plain JSON form (RUN/ranking.json)."""

@@ -30,6 +30,7 @@ from finetune.decoding.trie import SidTrie
 from finetune.dense import fit as fit_dense
 from finetune.dense import load_dense
 from finetune.dense.build import build as build_dense
+from finetune.dense.build import copy_shared, dense_fingerprint, find_shared, share
 from finetune.distributed import Processes, digest, start_processes
 from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
@@ -37,6 +38,7 @@ from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resiz
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
 from finetune.ranking import Fusion, Ranker, tune_fusion
 from finetune.sid_tokens import codebook_sizes
+from finetune.stages import Budget
 from finetune.tasks import aux_examples, corpus_texts, item_facts, next_item_examples
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
 from genrec.atomic import atomic_dir, write_json
@@ -68,6 +70,9 @@ class TrainReport:
     processes: int = 1  # training processes (each on its share of every batch)
     pretrain_cached: bool = False  # the scratch base came from RUN/pretrain; pretrain_* say what making it took
     fingerprint: str = ""  # the LoRA stage's settings and data (`lora_fingerprint`): a finished stage is kept
+    pretrain_stopped_by: str = ""  # what ended pre-training: patience, epochs, max_minutes, max_tokens
+    lora_stopped_by: str = ""  # what ended LoRA: patience, epochs, max_minutes, max_tokens
+    budgets: dict = field(default_factory=dict)  # each stage's budget (`finetune.stages.Budget`)
 
 
 @dataclass
@@ -178,6 +183,7 @@ def prepare_base(
         validate=lambda: validation_score(probe, data, config.val_users, config.seed, progress),
         processes=processes,
         checkpoints=checkpoints,
+        val_users=validation_users(data, config.val_users),
     )
     if processes.main:
         save_pretrained_cache(model, tokenizer, cache, expected, stats)
@@ -195,6 +201,11 @@ def generator(model, tokenizer, data: RunData, config: TrainConfig) -> LocalGene
     trie = SidTrie.for_tokenizer(data.codes, tokenizer)
     prompts = HistoryPrompt(tokenizer, trie.code_of, config.max_history, config.template)
     return LocalGenerator(model, tokenizer, trie, prompts, generate.beam_width, generate.batch_size)
+
+
+def validation_users(data: RunData, val_users: int | None) -> int:
+    """How many validation users a pass scores (the fixed seeded sample, or all of them)."""
+    return min(val_users or len(data.split.valid), len(data.split.valid))
 
 
 def validation_score(
@@ -219,13 +230,22 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
     model, settings, resolved = build_dense(
         kind, data.item_ids, getattr(data.config.dense, kind), data.split.train, progress=progress
     )
-    # saved after every epoch under a name bound to these settings and data: an interrupted run resumes
-    # (a Beauty SASRec trains for most of an hour here), a changed one starts over
-    bound = fingerprint_of([kind, resolved.model_dump(mode="json")], data.data_hash)
+    # saved after every epoch under a name bound to these settings and training data: an interrupted run
+    # resumes (a Beauty SASRec trains for most of an hour here), a changed one starts over
+    bound = dense_fingerprint(kind, resolved, data.item_ids, data.split.train)
     done = data.paths.dense / "train_stats.json"
     if resume and done.exists() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == bound:
         console.print(f"the dense model in {data.paths.dense} is trained with these settings and data: kept")
         return json.loads(done.read_text(encoding="utf-8"))
+    shared = find_shared(bound) if resume else None
+    if shared is not None:  # the same training finished elsewhere (another run, bench/baselines.py)
+        stats = {**json.loads((shared / "train_stats.json").read_text(encoding="utf-8")), "reused_from": str(shared)}
+        copy_shared(shared, data.paths.dense, stats)
+        console.print(
+            f"dense model: reusing {shared} (same settings and training data, fingerprint {bound[:16]}): "
+            f"best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch {stats.get('best_epoch')}"
+        )
+        return stats
     console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
     checkpoint = data.paths.checkpoints / f"dense-{bound[:16]}.ckpt"
     settings.checkpoint = str(checkpoint)
@@ -237,6 +257,7 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
     with atomic_dir(data.paths.dense) as tmp:
         model.save_pretrained(tmp)
         write_json(tmp / "train_stats.json", stats)
+    share(model, stats, bound)  # for any later run of the same settings and data
     for stale in data.paths.checkpoints.glob("dense-*.ckpt"):  # this one, and those of settings since changed
         stale.unlink()
     cut = " (cut by its max_minutes)" if stats.get("stopped_by") == "max_minutes" else ""
@@ -254,7 +275,9 @@ def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     gen = load_local_generator(data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size)
     ranker = Ranker(gen, load_dense(data.paths.dense), Fusion(dense_candidates=data.config.dense.candidates))
     users = sample_users(data.split.valid, None)
+    started = time.perf_counter()
     fusion = tune_fusion(ranker, data.split.valid, users, progress=progress)
+    fusion.seconds, fusion.users = time.perf_counter() - started, len(users)
     write_json(data.paths.ranking, fusion.to_json())
     pure = next(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 0)
     dense_only = max(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 1)
@@ -287,7 +310,16 @@ def train_ranking(
 
 
 # settings that do not change what LoRA training computes: a checkpoint made under others still resumes
-RESUME_IGNORES = {"distributed", "checkpoint_steps", "micro_batch_tokens", "max_minutes"}
+# nor do the stages' budgets (a stopped run may resume under a larger one)
+RESUME_IGNORES = {
+    "distributed",
+    "checkpoint_steps",
+    "micro_batch_tokens",
+    "max_minutes",
+    "max_tokens",
+    "pretrain_max_minutes",
+    "pretrain_max_tokens",
+}
 
 
 def lora_fingerprint(config: TrainConfig, data_hash: str) -> str:
@@ -416,7 +448,15 @@ def train(
         f"{min(config.val_users or len(data.split.valid), len(data.split.valid))} users"
         + (f", {processes.world} processes ({config.distributed.strategy})" if processes.world > 1 else "")
     )
-    deadline = started + 60 * config.max_minutes if config.max_minutes else None
+    cap = Budget(config.max_minutes, config.max_tokens)
+    report.budgets = {"pretrain": pretrain_stats.get("budget"), "lora": cap.to_json()}
+    report.pretrain_stopped_by = pretrain_stats.get("stopped_by", "")
+    users = validation_users(data, config.val_users)
+
+    def lora_spent() -> tuple[float, int]:
+        """Seconds (training and validation) and tokens LoRA has taken so far: what its budget counts."""
+        return report.train_seconds + sum(e.get("valid_seconds", 0.0) for e in report.epochs), seen["tokens"]
+
     seen = {"examples": 0, "tokens": 0}
 
     def checkpoint(epoch: int, loss: float | None, seconds: float, known: float | None = None) -> None:
@@ -441,6 +481,7 @@ def train(
                 "valid_ndcg@10": score,
                 "train_seconds": seconds,
                 "valid_seconds": time.perf_counter() - t0,
+                "valid_users": users,
             }
         )
         improved = score > report.best_valid_ndcg10
@@ -498,6 +539,8 @@ def train(
             micro_tokens=micro,
             start=position,
             on_step=checkpoints.on_step(trained, optimizer, scheduler, epoch - 1, epoch_rng, record, "lora"),
+            budget=cap,
+            spent=lora_spent(),
         )
         position = None
         report.train_seconds += stats.seconds
@@ -505,12 +548,15 @@ def train(
         seen["tokens"] += stats.tokens
         checkpoint(epoch, stats.loss, stats.seconds)
         checkpoints.save(trained, optimizer, scheduler, epoch, None, rng.getstate(), record(), "lora")
+        report.lora_stopped_by = "epochs"
         if epoch - report.best_epoch >= config.patience:
             console.print(f"stopping after LoRA epoch {epoch}: no validation gain in {config.patience} epoch(s)")
+            report.lora_stopped_by = "patience"
             break
-        out_of_time = processes.broadcast(deadline is not None and time.perf_counter() > deadline)
-        if out_of_time:
-            console.print(f"[yellow]stopping after epoch {epoch}: train.max_minutes={config.max_minutes} reached")
+        over = stats.stopped_by or processes.broadcast(cap.reason(*lora_spent()) if processes.main else None)
+        if over is not None:
+            console.print(f"[yellow]stopping in LoRA epoch {epoch}: its budget ({over}) is spent")
+            report.lora_stopped_by = over
             break
     checkpoints.clear()
     processes.release()

@@ -133,6 +133,10 @@ class TrainConfig(Section):
     pretrain_lr: float = 2e-3
     pretrain_val_start: int = Field(6, ge=1)  # first pre-training epoch scored on validation (the last one always is)
     pretrain_patience: int = Field(2, ge=1)  # scored epochs without a gain before pre-training stops
+    # pre-training's budget (training and its validation passes; None: none): the stage stops at the step
+    # that reaches it, keeps its best validated epoch and says so (`finetune.stages.Budget`)
+    pretrain_max_minutes: float | None = Field(None, gt=0)
+    pretrain_max_tokens: int | None = Field(None, ge=1)  # tokens trained (prompt and target)
     # LoRA fine-tuning
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -153,7 +157,10 @@ class TrainConfig(Section):
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
     template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
     val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all)
-    max_minutes: float | None = None  # stop LoRA epochs after this wall time (the best checkpoint is kept)
+    # LoRA's budget (training and its validation passes): the stage stops at the step that reaches it and
+    # keeps its best checkpoint
+    max_minutes: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, ge=1)
     bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
     seed: int = 0
 

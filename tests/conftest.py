@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# what outlives a checkout (benchmark runs, shared dense models) goes to a throwaway home in tests
+os.environ["GENREC_HOME"] = tempfile.mkdtemp(prefix="genrec-home-")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -96,3 +99,11 @@ def chroma_server(tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=20)
     log.close()
+
+
+@pytest.fixture(autouse=True)
+def own_genrec_home(tmp_path_factory, monkeypatch) -> Path:
+    """Each test its own `$GENREC_HOME`: a dense model one test shares is not reused by the next."""
+    home = tmp_path_factory.mktemp("genrec-home")
+    monkeypatch.setenv("GENREC_HOME", str(home))
+    return home

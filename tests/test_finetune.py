@@ -333,6 +333,48 @@ def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_d
     assert not all(torch.equal(v, kept[0.25][k]) for k, v in model.state_dict().items())
 
 
+def test_pretraining_stops_at_its_token_budget_mid_epoch_scores_that_epoch_and_says_so(run_data, tokenizer):
+    """`pretrain_max_tokens` ends pre-training at the step that reaches it (not at an epoch's end):
+    that part-epoch is validated, the best scored epoch is kept, and the stats say what stopped it."""
+    from finetune.models import build_scratch_model
+    from finetune.pretrain import pretrain
+    from finetune.tasks import next_item_examples
+
+    torch.manual_seed(0)
+    users = dict(list(run_data.split.train.items())[:30])
+    make = lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e))  # noqa: E731
+    free = run_data.config.train.model_copy(update={"pretrain_epochs": 3, "tokens_per_batch": 256})
+    unbounded = pretrain(build_scratch_model(free, tokenizer), tokenizer, make, free, False, progress=False)
+    epoch_tokens = unbounded["history"][0]["tokens"]
+    assert unbounded["stopped_by"] == "epochs" and len(unbounded["history"]) == 3
+
+    capped = free.model_copy(update={"pretrain_max_tokens": int(epoch_tokens * 1.5), "pretrain_val_start": 1})
+    scores = iter([0.2, 0.1])
+    stats = pretrain(
+        build_scratch_model(capped, tokenizer),
+        tokenizer,
+        make,
+        capped,
+        False,
+        progress=False,
+        validate=lambda: next(scores),
+        val_users=7,
+    )
+    history = stats["history"]
+    assert stats["stopped_by"] == "max_tokens" and len(history) == 2 and history[1]["stopped_by"] == "max_tokens"
+    assert epoch_tokens * 1.5 <= sum(h["tokens"] for h in history) < epoch_tokens * 2  # mid-epoch
+    assert history[1]["valid_ndcg@10"] == 0.1 and history[1]["valid_users"] == 7 and history[1]["valid_seconds"] >= 0
+    assert stats["best_epoch"] == 1 and stats["budget"] == {"minutes": None, "tokens": int(epoch_tokens * 1.5)}
+
+
+def test_the_budget_names_the_cap_that_was_reached():
+    from finetune.stages import Budget
+
+    assert Budget().reason(1e9, 10**12) is None
+    assert Budget(minutes=2).reason(119.0, 0) is None and Budget(minutes=2).reason(120.0, 0) == "max_minutes"
+    assert Budget(tokens=1000).reason(0.0, 999) is None and Budget(tokens=1000).reason(0.0, 1000) == "max_tokens"
+
+
 def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, tokenizer):
     """Why training does not re-score the pre-trained model before the first LoRA epoch."""
     from finetune.lora import attach_lora

@@ -8,15 +8,26 @@ config take the preset of the data's shape, chosen on validation NDCG@10 by `ben
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
+from finetune.checkpoint import fingerprint_of
 from finetune.dense.bsarec import BSARec
 from finetune.dense.model import DenseRecommender
 from finetune.dense.sasrec import SASRec
 from finetune.dense.train import TrainSettings
+from genrec.atomic import atomic_dir, write_json
 from genrec.config import BSARecConfig, DenseModelConfig
+from genrec.home import genrec_home
+
+STATS_FILE = "train_stats.json"
+# settings that do not change the trained weights
+NOT_FINGERPRINTED = {"threads"}
 
 DENSE_MEDIAN_HISTORY = 50  # a median training history longer than this makes the data "dense"
 
@@ -77,3 +88,53 @@ def build(
         progress=progress,
     )
     return model, settings, config
+
+
+def training_data_hash(item_ids: Sequence[str], train: Mapping[str, Sequence[str]]) -> str:
+    """Hash of what a dense model trains on: the catalog's item order (its output columns) and every
+    user's training items. The same for a run folder and for `bench/baselines.py`, which loads the
+    dataset file itself."""
+    payload = json.dumps([list(item_ids), sorted((str(u), list(v)) for u, v in train.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def dense_fingerprint(
+    kind: str, resolved: DenseModelConfig, item_ids: Sequence[str], train: Mapping[str, Sequence[str]]
+) -> str:
+    """The fingerprint of a dense model: its kind, its resolved settings and its training data.
+    A model with the same fingerprint is the same training, wherever it ran."""
+    settings = resolved.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+    return fingerprint_of([kind, settings], training_data_hash(item_ids, train))
+
+
+def shared_dense_dir(fingerprint: str) -> Path:
+    """Where a finished dense model is kept for reuse by fingerprint: `$GENREC_HOME/dense/FP16`."""
+    return genrec_home() / "dense" / fingerprint[:16]
+
+
+def find_shared(fingerprint: str) -> Path | None:
+    """A finished dense model with this fingerprint (trained by `genrec train` or `bench/baselines.py`)."""
+    folder = shared_dense_dir(fingerprint)
+    try:
+        stats = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return folder if stats.get("fingerprint") == fingerprint else None
+
+
+def share(model: DenseRecommender, stats: dict, fingerprint: str) -> Path:
+    """Keep a finished dense model (weights and `train_stats.json` with its fingerprint) for reuse."""
+    folder = shared_dense_dir(fingerprint)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        write_json(tmp / STATS_FILE, {**stats, "fingerprint": fingerprint})
+    return folder
+
+
+def copy_shared(source: Path, target: Path, stats: dict) -> None:
+    """Copy a shared dense model into a run's `dense/` folder, its stats saying where it came from."""
+    with atomic_dir(target) as tmp:
+        for f in source.iterdir():
+            if f.is_file() and f.name != STATS_FILE:
+                shutil.copy2(f, tmp / f.name)
+        write_json(tmp / STATS_FILE, stats)

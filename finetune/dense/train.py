@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finetune.dense.model import DenseRecommender, left_pad
+from finetune.stages import Budget, timed_validation
 from genrec.atomic import atomic_path
 from genrec.errors import GenrecError
 from genrec.metrics import validation_ndcg
@@ -226,12 +227,17 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         run = saved["run"]
         tqdm.write(f"{model.name}: resumed from {checkpoint} after epoch {run['epoch']}")
     started = time.perf_counter() - run["elapsed"]
+    budget = Budget(settings.max_minutes)  # (its tokens: targets, uncapped)
 
     def validate(record: dict) -> None:
-        t0 = time.perf_counter()
-        score = validation_ndcg(model, valid, model.item_ids, max_users=settings.val_users, seed=settings.seed)
-        run["valid_seconds"] += time.perf_counter() - t0
-        record["valid_ndcg@10"] = score
+        users = min(settings.val_users or len(valid), len(valid))
+        passed = timed_validation(
+            lambda: validation_ndcg(model, valid, model.item_ids, max_users=settings.val_users, seed=settings.seed),
+            users,
+        )
+        run["valid_seconds"] += passed["valid_seconds"]
+        run["validations"] = run.get("validations", 0) + 1
+        score = record["valid_ndcg@10"] = passed["valid_ndcg@10"]
         if score > run["best_score"]:
             run.update(
                 best_score=score, best_epoch=record["epoch"], bad_evals=0, best_state=copy.deepcopy(model.state_dict())
@@ -265,7 +271,7 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         run["train_seconds"] += time.perf_counter() - epoch_start
         run["trained"] += total_n
         record: dict = {"epoch": epoch, "loss": total_loss / max(total_n, 1)}
-        out_of_time = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
+        out_of_time = budget.reason(time.perf_counter() - started, run["trained"]) is not None
         if valid and (epoch % settings.eval_every == 0 or out_of_time or epoch == settings.epochs):
             validate(record)
         record["seconds"] = time.perf_counter() - started
@@ -299,6 +305,7 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         "stopped_by": run["stopped_by"],
         "train_seconds": run["train_seconds"],
         "valid_seconds": run["valid_seconds"],
+        "validations": run.get("validations", 0),
         "total_seconds": time.perf_counter() - started,
         "targets_per_epoch": targets_per_epoch,
         "targets_per_s": run["trained"] / run["train_seconds"] if run["train_seconds"] else 0.0,
