@@ -90,6 +90,9 @@ def dataset_config(name: str, args: argparse.Namespace):
         # bounded higher and stopped by validation (its curve was still rising at epoch 8)
         config.semantic_ids.source, config.semantic_ids.method = "collaborative", "rkmeans"
         config.train.max_history = 50
+        # a checkpoint every 25 steps (~200k tokens), not only at an epoch's end: on a machine shared
+        # five ways one Beauty epoch took hours, and a session ending mid-epoch lost all of it
+        config.train.checkpoint_steps = 25
         config.train.pretrain_epochs, config.train.pretrain_val_start = args.amazon_pretrain_epochs, 4
         if args.val_users is None:  # early stopping on a fixed seeded sample; the fusion sees every user
             # a pass over the sample takes seconds, not minutes: every pre-training epoch is scored, so
@@ -98,7 +101,30 @@ def dataset_config(name: str, args: argparse.Namespace):
         # the published CE-SASRec weight decay, as bench/baselines.py trains it: the same settings and
         # data give the same fingerprint, so a dense model either one trained is reused by the other
         config.dense.sasrec.weight_decay = 1e-8
-    return config
+    return apply_settings(config, args.set or [])
+
+
+def apply_settings(config, settings: list[str]):
+    """`--set section.key=value` (value read as YAML) over the dataset's config, validated; e.g.
+    `--set train.hidden_size=128 --set train.num_heads=2` for a smaller generator."""
+    import yaml
+
+    from genrec.config import RunConfig
+
+    raw = config.model_dump(mode="json")
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not sep or not isinstance(node, dict) or leaf not in node:
+            raise SystemExit(f"--set {setting}: expected SECTION.KEY=VALUE naming a setting of the run config")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValueError as exc:
+        raise SystemExit(f"--set: {str(exc).splitlines()[0]}: {exc}") from None
 
 
 def index_once(name: str, work: Path, args: argparse.Namespace) -> Path:
@@ -390,6 +416,12 @@ def main() -> None:
         help="wall minutes for a seed: each training stage stops at its share (BUDGET_SHARES) and says so",
     )
     parser.add_argument("--amazon-dir", type=Path, default=None, help="folder of the Amazon sequence files")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting of the dataset's run config (repeatable), e.g. train.hidden_size=128",
+    )
     parser.add_argument("--force", action="store_true", help="recompute finished (dataset, seed) results")
     parser.add_argument(
         "--trained", type=Path, default=None, help="score this run, already trained by genrec train, as its seed"

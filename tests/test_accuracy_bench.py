@@ -11,9 +11,26 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# a generator and a dense model that train in seconds (`bench/accuracy.py --set`)
+TINY = [
+    "train.hidden_size=32",
+    "train.num_heads=1",
+    "train.num_layers=1",
+    "train.intermediate_size=64",
+    "train.vocab_size=400",
+    "train.max_length=128",
+    "train.tokens_per_batch=1024",
+    "train.epochs=1",
+    "generate.beam_width=10",
+    "dense.candidates=20",
+    "dense.sasrec.hidden=16",
+    "dense.sasrec.epochs=2",
+    "dense.sasrec.eval_every=1",
+]
 
 
 def tiny_amazon(folder: Path, users: int = 150, items: int = 120, seed: int = 0) -> Path:
@@ -30,6 +47,7 @@ def tiny_amazon(folder: Path, users: int = 150, items: int = 120, seed: int = 0)
     return folder
 
 
+@pytest.mark.timeout(1800)  # three processes load torch; on a machine shared five ways that alone takes minutes
 def test_a_killed_accuracy_seed_resumes_from_its_checkpoints_under_genrec_home(tmp_path, own_genrec_home):
     """Killed after its first pre-training epoch, the seed's rerun (a fresh process, as after a lost
     session) lists what it resumes, goes on with the next epoch instead of the first, and finishes
@@ -38,7 +56,9 @@ def test_a_killed_accuracy_seed_resumes_from_its_checkpoints_under_genrec_home(t
     data = tiny_amazon(tmp_path / "amazon")
     out = tmp_path / "accuracy.json"
     command = [sys.executable, "bench/accuracy.py", "--datasets", "beauty", "--seeds", "0"]
-    command += ["--amazon-dir", str(data), "--amazon-pretrain-epochs", "4", "--out", str(out)]
+    command += ["--amazon-dir", str(data), "--amazon-pretrain-epochs", "6", "--out", str(out)]
+    for setting in TINY:
+        command += ["--set", setting]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GENREC_HOME": str(home), "OMP_NUM_THREADS": "1"}
     seed = home / "bench" / "accuracy" / "beauty" / "seed0"
     checkpoint = seed / "checkpoints" / "pretrain" / "checkpoint.json"
@@ -52,7 +72,7 @@ def test_a_killed_accuracy_seed_resumes_from_its_checkpoints_under_genrec_home(t
         first.wait()
     assert checkpoint.exists(), (tmp_path / "first.log").read_text()[-2000:]
     done = json.loads(checkpoint.read_text())["epoch"]
-    assert 1 <= done < 4
+    assert 1 <= done < 6
     before = torch.load(checkpoint.parent / "state.pt", weights_only=False)["progress"]["history"]
 
     rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

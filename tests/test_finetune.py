@@ -792,6 +792,38 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     assert seen[-1] != seen[0]
 
 
+def test_a_dense_model_trained_with_the_same_settings_and_data_elsewhere_is_reused_not_retrained(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Another run folder (another seed's, or a model `bench/baselines.py` trained) with the same dense
+    settings and training data copies the shared model (`$GENREC_HOME/dense/FINGERPRINT`) instead of
+    training it; the copy scores exactly as the original, and other settings train again."""
+    from rich.console import Console
+
+    import finetune.train as training
+    from finetune.dense import load_dense
+
+    fits: list[int] = []
+    real_fit = training.fit_dense
+    monkeypatch.setattr(training, "fit_dense", lambda *a: (fits.append(1), real_fit(*a))[1])
+    runs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for run in runs:
+        shutil.copytree(tiny_run, run)
+    first = training.train_dense(training.load_run_data(runs[0]), False, Console(quiet=True))
+    data = training.load_run_data(runs[1])
+    second = training.train_dense(data, False, Console(quiet=True))
+    assert len(fits) == 1 and "reused_from" not in first and Path(second["reused_from"]).is_dir()
+    assert second["fingerprint"] == first["fingerprint"] and second["best_valid_ndcg@10"] == first["best_valid_ndcg@10"]
+    histories = [items[-5:] for items in list(data.split.train.values())[:4]]
+    a, b = load_dense(runs[0] / "dense"), load_dense(runs[1] / "dense")
+    assert torch.equal(torch.as_tensor(a.scores(histories)), torch.as_tensor(b.scores(histories)))
+
+    other = training.load_run_data(runs[2])
+    other.config.dense.sasrec.lr = 0.01
+    third = training.train_dense(other, False, Console(quiet=True))
+    assert len(fits) == 2 and "reused_from" not in third
+
+
 def test_a_finished_dense_model_is_kept_when_its_settings_and_data_are_unchanged(trained_run, tmp_path, monkeypatch):
     """`genrec train --dense-only` (or a rerun) does not retrain a dense model trained with the same
     settings and data; `--no-resume` does, and so do other settings."""
