@@ -55,7 +55,7 @@ OUT = ROOT / "bench" / "results" / "accuracy.json"
 AMAZON = {"beauty": "Beauty.txt", "sports": "Sports_and_Outdoors.txt", "toys": "Toys_and_Games.txt"}
 MODELS = ["genrec", "genrec-gen", "sasrec", "itemknn", "popularity"]
 # a fixed seeded sample of validation users for early stopping on Amazon data (all of them only for the
-# fusion): a pass over all 22,363 Beauty users took ~3 min
+# fusion): a pass over all 22,363 Beauty users took 6.5 min (docs/experiments.md)
 AMAZON_VAL_USERS = 2000
 # shares of --budget-minutes per training stage; the rest is for the index, the fusion and test scoring
 BUDGET_SHARES = {"pretrain": 0.55, "lora": 0.15, "dense": 0.15}
@@ -121,10 +121,13 @@ def apply_settings(config, settings: list[str]):
         if not sep or not isinstance(node, dict) or leaf not in node:
             raise SystemExit(f"--set {setting}: expected SECTION.KEY=VALUE naming a setting of the run config")
         node[leaf] = yaml.safe_load(value)
+    from pydantic import ValidationError
+
     try:
         return RunConfig.model_validate(raw)
-    except ValueError as exc:
-        raise SystemExit(f"--set: {str(exc).splitlines()[0]}: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SystemExit(f"--set: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def index_once(name: str, work: Path, args: argparse.Namespace) -> Path:
@@ -285,7 +288,8 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
             "val_users": report["epochs"][-1].get("valid_users") if report["epochs"] else None,
             "pretrain_minutes": report["pretrain_seconds"] / 60,
             "lora_minutes": report["train_seconds"] / 60,
-            "dense_minutes": report["dense"].get("minutes"),
+            "dense_minutes": 0.0 if report["dense"].get("reused_from") else report["dense"].get("minutes"),
+            "dense_reused_from": report["dense"].get("reused_from"),
             "pretrain_epochs_run": len(pre),
             "pretrain_tokens_per_s": sum(e.get("tokens_per_s", 0) for e in pre) / len(pre) if pre else None,
             "pretrain_curve": [(e["epoch"], e.get("valid_ndcg@10")) for e in pre],

@@ -84,7 +84,16 @@ def stage_rows(report: dict) -> list[dict]:
         )
         rows.append(_validation_row("LoRA validation", lora))
     dense = report.get("dense") or {}
-    if dense.get("train_seconds") is not None:
+    if dense.get("reused_from"):  # trained elsewhere with the same settings and data: nothing spent here
+        rows.append(
+            _row(
+                f"dense model ({dense.get('kind')}), reused",
+                0.0,
+                reused_from=dense["reused_from"],
+                minutes_where_trained=dense.get("minutes"),
+            )
+        )
+    elif dense.get("train_seconds") is not None:
         trained = dense.get("targets_per_s", 0.0) * dense["train_seconds"]
         rows.append(
             _row(
@@ -94,7 +103,6 @@ def stage_rows(report: dict) -> list[dict]:
                 unit="targets",
                 epochs=dense.get("epochs"),
                 stopped_by=dense.get("stopped_by"),
-                reused=dense.get("reused_from"),
             )
         )
         rows.append(_row("dense validation", dense.get("valid_seconds", 0.0), passes=dense.get("validations")))
