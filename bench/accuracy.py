@@ -24,7 +24,13 @@ baseline, training minutes and tokens/s, and published figures where they exist.
 
 Results are written to bench/results/accuracy.json after every (dataset, seed), and a finished
 (dataset, seed) is not recomputed on the next call (`--force` recomputes); an unfinished one goes
-on from its training checkpoints, so an interrupted benchmark resumes.
+on from its training checkpoints, so an interrupted benchmark resumes. Run folders and their
+checkpoints live under `$GENREC_HOME/bench/accuracy/DATASET/seedN` (default `~/.cache/genrec`;
+`genrec.home`), outside the checkout: the same command on the same machine, from any checkout,
+lists what it resumes and goes on. Each seed's `train.stages` gives minutes and tokens/s per stage.
+
+    .venv/bin/python bench/accuracy.py --datasets beauty --seeds 0 --budget-minutes 120
+    .venv/bin/python bench/accuracy.py --datasets beauty --seeds 0 --set train.hidden_size=128 --set train.num_heads=2
 """
 
 from __future__ import annotations
