@@ -243,6 +243,37 @@ class Ranker:
         return [[i for i, _ in row] for row in self.rank(histories, k, exclude=[set(h) for h in histories])]
 
 
+def validation_table(
+    ranker: Ranker, cases: dict[str, tuple[list[str], str]], users: Sequence[str], batch_size: int, progress: bool
+) -> list[tuple[Candidates, str]]:
+    """Every validation user's candidates (history excluded) and held-out item: what each fusion
+    setting re-ranks with `fused_order`."""
+    from tqdm.auto import tqdm
+
+    table: list[tuple[Candidates, str]] = []
+    for start in tqdm(range(0, len(users), batch_size), desc="fusion: candidates", unit="batch", disable=not progress):
+        batch = list(users[start : start + batch_size])
+        histories = [list(cases[u][0]) for u in batch]
+        found = ranker.candidates(histories, exclude=[set(h) for h in histories])
+        table += [(c, cases[u][1]) for c, u in zip(found, batch)]
+    return table
+
+
+def table_ndcg(table: list[tuple[Candidates, str]], a: float, penalty: float, b: float) -> float:
+    """Validation NDCG@10 of one fusion setting over a `validation_table`."""
+    from genrec.metrics import ndcg_at
+
+    ranks = np.zeros(len(table), dtype=np.int64)
+    for row, (c, target) in enumerate(table):
+        order, _ = fused_order(c, a, penalty, b)
+        top = [c.items[j] for j in order[:10]]
+        ranks[row] = top.index(target) + 1 if target in top else 0
+    return float(ndcg_at(ranks, 10).mean())
+
+
+CONTENT_WEIGHTS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+
+
 def tune_fusion(
     ranker: Ranker,
     cases: dict[str, tuple[list[str], str]],
@@ -251,65 +282,55 @@ def tune_fusion(
     penalties: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
     batch_size: int = 256,
     progress: bool = True,
-    content_weights: Sequence[float] = (1.0, 2.5, 5.0, 10.0, 20.0, 40.0),
 ) -> Fusion:
     """The fusion with the best NDCG@10 on validation `cases` (history -> held-out item) of `users`.
 
     Beams and dense scores are computed once; every (weight, penalty) pair then re-ranks the same
-    candidates with `fused_order`, the function `Ranker.rank` serves with. When the ranker has cold
-    items (items the dense model never saw, held out of training), the content weight is then
-    chosen the same way for the best pair.
+    candidates with `fused_order`, the function `Ranker.rank` serves with.
     """
-    from tqdm.auto import tqdm
-
-    from genrec.metrics import ndcg_at
-
     if ranker.dense is None:
         raise ValueError("tune_fusion needs a dense model")
-    start_fusion = Fusion(
-        dense_weight=1.0,
-        dense_candidates=ranker.fusion.dense_candidates,
-        content_weight=ranker.fusion.content_weight,
-        cold_candidates=ranker.fusion.cold_candidates,
+    probe = Ranker(
+        ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates)
     )
-    probe = Ranker(ranker.generator, ranker.dense, start_fusion, cold=ranker.cold, retired=ranker.retired)
-    table: list[tuple[Candidates, str]] = []
-    for start in tqdm(range(0, len(users), batch_size), desc="fusion: candidates", unit="batch", disable=not progress):
-        batch = list(users[start : start + batch_size])
-        histories = [list(cases[u][0]) for u in batch]
-        found = probe.candidates(histories, exclude=[set(h) for h in histories])
-        table += [(c, cases[u][1]) for c, u in zip(found, batch)]
-
-    def score(a: float, penalty: float, b: float) -> float:
-        ranks = np.zeros(len(table), dtype=np.int64)
-        for row, (c, target) in enumerate(table):
-            order, _ = fused_order(c, a, penalty, b)
-            top = [c.items[j] for j in order[:10]]
-            ranks[row] = top.index(target) + 1 if target in top else 0
-        return float(ndcg_at(ranks, 10).mean())
-
+    table = validation_table(probe, cases, users, batch_size, progress)
     b = ranker.fusion.content_weight
-    grid = []
-    for a in weights:
-        for penalty in penalties if a > 0 else penalties[:1]:
-            grid.append(
-                {"dense_weight": float(a), "miss_penalty": float(penalty), "valid_ndcg@10": score(a, penalty, b)}
-            )
+    grid = [
+        {"dense_weight": float(a), "miss_penalty": float(p), "valid_ndcg@10": table_ndcg(table, float(a), float(p), b)}
+        for a in weights
+        for p in (penalties if a > 0 else penalties[:1])
+    ]
     best = max(grid, key=lambda g: (g["valid_ndcg@10"], -g["dense_weight"]))
-    if any(c.content is not None for c, _ in table) and best["dense_weight"] > 0:
-        tried = [
-            {**best, "content_weight": float(w), "valid_ndcg@10": score(best["dense_weight"], best["miss_penalty"], w)}
-            for w in content_weights
-        ]
-        grid += tried
-        best = max(tried, key=lambda g: (g["valid_ndcg@10"], g["content_weight"]))
-        b = best["content_weight"]
     return Fusion(
         best["dense_weight"],
         best["miss_penalty"],
         ranker.fusion.dense_candidates,
-        b,
-        ranker.fusion.cold_candidates,
-        best["valid_ndcg@10"],
-        grid,
+        valid_ndcg10=best["valid_ndcg@10"],
+        grid=grid,
     )
+
+
+def tune_content_weight(
+    ranker: Ranker,
+    cases: dict[str, tuple[list[str], str]],
+    users: Sequence[str],
+    weights: Sequence[float] = CONTENT_WEIGHTS,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> Fusion:
+    """The ranker's fusion with the content weight `b` of cold items chosen on validation: the one
+    with the best NDCG@10 over `cases`, whose held-out items include cold ones (items added after
+    training, LIGER's setting). The dense weight and the miss penalty stay as `genrec train` chose them."""
+    from dataclasses import replace
+
+    table = validation_table(ranker, cases, users, batch_size, progress)
+    fusion = ranker.fusion
+    tried = [
+        {
+            "content_weight": float(w),
+            "valid_ndcg@10": table_ndcg(table, fusion.dense_weight, fusion.miss_penalty, float(w)),
+        }
+        for w in weights
+    ]
+    best = max(tried, key=lambda g: (g["valid_ndcg@10"], g["content_weight"]))
+    return replace(fusion, content_weight=best["content_weight"], grid=fusion.grid + [{"cold": tried}])

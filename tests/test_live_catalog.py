@@ -385,3 +385,34 @@ def test_items_are_added_and_retired_over_http_only_with_an_api_key(run):
         assert agent.ctx.searcher.search(movies[1]["title"], k=1)[0].item_id != movies[1]["id"]
     finally:
         agent.close()
+
+
+def test_the_cold_slice_holds_items_out_of_every_training_input_and_scores_all_models_on_the_same_users(
+    trained, tmp_path
+):
+    """`genrec eval offline --cold-items`: a copy trained without a seeded 10% of the items, those items
+    added back by `genrec items add`, every model scored on the original test users, split in slices."""
+    from eval.cold import evaluate_cold, sample_cold
+
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    report = evaluate_cold(run, 0.1, seed=3, progress=False)
+    cold = set(json.loads((tmp_path / "run-cold0.1-s3" / "cold.json").read_text())["cold"])
+    items = pd.read_parquet(run / "items.parquet")["item_id"].tolist()
+    assert cold == set(sample_cold(items, 0.1, 3)) and len(cold) == 15
+    copy = tmp_path / "run-cold0.1-s3"
+    # no training input of the copy names a cold item: catalog, interactions, semantic IDs, dense model
+    assert not cold & set(pd.read_parquet(copy / "items.parquet")["item_id"])
+    assert not cold & set(pd.read_parquet(copy / "interactions.parquet")["item_id"])
+    assert not cold & set(json.loads((copy / "semantic_ids.json").read_text()))
+    assert not cold & set(json.loads((copy / "dense" / "config.json").read_text())["item_ids"])
+    # ... and the cold items were then added to it as new items
+    live = json.loads((copy / "catalog.live.json").read_text())
+    assert {a["item_id"] for a in live["added"]} == cold
+    models = report["models"]
+    assert set(models) == {"genrec", "genrec-gen", "sasrec", "content", "popularity", "genrec-all-items"}
+    users = {m["cold"]["users"] + m["warm"]["users"] for m in models.values()}
+    assert users == {models["genrec"]["all"]["users"]}  # the same users for every model
+    assert models["genrec"]["cold"]["users"] >= 1
+    for name in ("sasrec", "popularity"):  # models that cannot rank an item they never saw
+        assert models[name]["cold"]["recall@10"] == 0.0
+    assert json.loads((copy / "eval" / "cold.json").read_text())["models"] == models
