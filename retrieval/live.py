@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,14 +384,16 @@ def encode_new_items(
     image = np.zeros((len(items), np.load(mean_path).shape[0]), dtype=np.float32)
     if mask.any():
         encoder = load_image_encoder(config.encoder.image_model, config.encoder.device)
-        raw, got = encode_images(
-            encoder,
-            sources.tolist(),
-            None,
-            config.encoder.batch_size,
-            progress=False,
-            item_ids=items["item_id"].tolist(),
-        )
+        with warnings.catch_warnings():  # an unreadable photo refuses the batch below, by file and line
+            warnings.simplefilter("ignore")
+            raw, got = encode_images(
+                encoder,
+                sources.tolist(),
+                None,
+                config.encoder.batch_size,
+                progress=False,
+                item_ids=items["item_id"].tolist(),
+            )
         bad = np.flatnonzero(mask & ~got)
         if len(bad):
             row = int(bad[0])

@@ -416,3 +416,36 @@ def test_the_cold_slice_holds_items_out_of_every_training_input_and_scores_all_m
     for name in ("sasrec", "popularity"):  # models that cannot rank an item they never saw
         assert models[name]["cold"]["recall@10"] == 0.0
     assert json.loads((copy / "eval" / "cold.json").read_text())["models"] == models
+
+
+def test_new_items_with_photos_are_found_by_their_photo_and_an_unreadable_photo_is_refused(tmp_path):
+    """The kitchenware image example indexed without two of its photographed items; adding them gives
+    them image vectors centred as the indexed ones (search by their photo finds them) and codes from
+    the image-aware quantiser; a photo that cannot be read refuses the batch, naming line and field."""
+    from genrec.config import load_config
+    from retrieval.examples import kitchenware_items, write_kitchenware_catalog
+    from retrieval.index import build_index
+    from retrieval.live import add_items
+    from retrieval.search import Searcher
+
+    folder = tmp_path / "kitchenware"
+    write_kitchenware_catalog(folder)
+    records = kitchenware_items()
+    held, kept = records[-2:], records[:-2]
+    write_jsonl(folder / "items.jsonl", kept)
+    config = load_config(folder / "config.yaml")
+    config.data.dataset = str(folder / "items.jsonl")
+    run = folder / "run"
+    build_index(run, config)
+    before = snapshot(run)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    with pytest.raises(GenrecError, match=r"bad\.jsonl:2: image: .*broken\.jpg could not be read"):
+        add_items(run, write_jsonl(tmp_path / "bad.jsonl", [held[0], {**held[1], "image": str(broken)}]))
+    assert snapshot(run) == before
+
+    report = add_items(run, write_jsonl(tmp_path / "new.jsonl", held))
+    assert set(report.items) == {r["id"] for r in held}
+    searcher = Searcher.open(run)
+    for r in held:
+        assert searcher.search(image=r["image"], k=1)[0].item_id == r["id"]
