@@ -151,7 +151,8 @@ def catalog_state(paths: RunPaths) -> CatalogState:
 
     live, stamp = read_live(paths)
     base = pd.read_parquet(paths.require(paths.items, f"genrec index --run {paths.root}"))
-    codes = dict(load_semantic_ids(paths))
+    # an indexed run searched before its semantic IDs exist has items and no codes yet
+    codes = dict(load_semantic_ids(paths)) if paths.semantic_ids.exists() else {}
     added = live["added"]
     if added:
         rows = pd.DataFrame([{c: a[c] for c in ITEM_COLUMNS} for a in added], columns=ITEM_COLUMNS)
