@@ -47,11 +47,15 @@ class ChatExplainer:
     """`explainer(item_id, liked_ids)` -> an `Explanation`; never raises for a model that is down."""
 
     def __init__(self, chat: ChatLLM, items: pd.DataFrame, max_tokens: int = MAX_TOKENS):
-        frame = items.reset_index() if "item_id" not in items.columns else items
-        self.facts: dict[str, ItemFacts] = item_facts(frame)
-        self.kinds = {k for f in self.facts.values() for k in f.kinds}
+        self.update(items)
         self.chat = chat
         self.max_tokens = max_tokens
+
+    def update(self, items: pd.DataFrame) -> None:
+        """Know the items of this catalog (the agent calls it when items are added)."""
+        frame = items.reset_index() if "item_id" not in items.columns else items
+        facts: dict[str, ItemFacts] = item_facts(frame)
+        self.facts, self.kinds = facts, {k for f in facts.values() for k in f.kinds}
 
     def __call__(self, item_id: str, liked: Sequence[str]) -> Explanation:
         item = self.facts[item_id]

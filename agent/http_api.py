@@ -6,6 +6,10 @@
                        `delta` (the reply as it is written), then one `reply` (the checked reply)
     GET  /threads/{id} what a thread remembers (liked items, preferences, last items)
     GET  /health       ok, and whether the chat model answers
+    POST /items        {"items": [{"id", "title", "text"?, "attributes"?, "image"?}, ...]} -> {"added": {id: code}, "version"}
+    POST /items/retire {"ids": [...]} -> {"retired": [...], "version"}
+                       (`genrec items add/retire` over HTTP: only with API keys configured; the next
+                       request of every reader of the run sees the new catalog)
 
 With API keys (`genrec api --api-key`, env GENREC_API_KEY, several separated by commas), every
 route but /health and the docs needs `Authorization: Bearer KEY`, and a thread is readable and
@@ -68,6 +72,18 @@ class ChatResponse(BaseModel):
     thread_id: str = ""
     source: str = Field("rules", description="who wrote the reply: `model` (the chat model) or `rules` (the fallback)")
     planner: str = Field("rules", description="who chose the tools: `model` or `rules`")
+
+
+class ItemsRequest(BaseModel):
+    """New catalog items, each shaped like a line of a JSONL catalog (docs/formats.md)."""
+
+    items: list[Any] = Field(..., description="Objects with id, title and optional text, attributes, image.")
+
+
+class RetireRequest(BaseModel):
+    """Items to take out of every recommendation path (their ids stay reserved)."""
+
+    ids: list[str] = Field(..., min_length=1)
 
 
 class Forbidden(Exception):
@@ -203,6 +219,47 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
             return agent.memory(thread_id, api_key=key)
         except ThreadForbidden as exc:
             raise Forbidden(403, str(exc)) from None
+
+    def manager(request: Request) -> str:
+        """Catalog changes need a key: an API started without keys serves chats, never writes."""
+        if not keys:
+            raise Forbidden(403, "catalog changes need an API key: start `genrec api` with --api-key")
+        key = caller(request)
+        assert key is not None
+        return key
+
+    def change(action) -> JSONResponse:
+        from genrec.errors import GenrecError
+
+        try:
+            return JSONResponse(action())
+        except GenrecError as exc:
+            return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    @app.post("/items")
+    def add_items(body: ItemsRequest, key: str = Depends(manager)) -> JSONResponse:
+        """Add items to the run (validated, encoded, coded by the run's quantiser, stored): recommendable
+        from the next request on. A bad item is a 400 naming its position and field; nothing is added."""
+        from retrieval.live import add_items as add
+
+        def action() -> dict[str, Any]:
+            report = add(
+                agent.ctx.paths.root, objects=body.items, source="items", text_model=agent.ctx.searcher.text_model
+            )
+            return {"added": report.items, "version": report.version}
+
+        return change(action)
+
+    @app.post("/items/retire")
+    def retire_items(body: RetireRequest, key: str = Depends(manager)) -> JSONResponse:
+        """Take items out of every recommendation path; their ids and semantic IDs stay reserved."""
+        from retrieval.live import retire_items as retire
+
+        def action() -> dict[str, Any]:
+            fresh, version = retire(agent.ctx.paths.root, body.ids)
+            return {"retired": fresh, "version": version}
+
+        return change(action)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -183,6 +183,7 @@ class Agent:
 
     def _turn_input(self, thread_id: str, text: str, photo: bytes | None, api_key: str | None) -> dict[str, Any]:
         self.check_owner(thread_id, api_key)
+        self.ctx.refresh()  # items added or retired since the last turn (`genrec items`)
         content: Any = text
         if photo is not None:  # the transcript records that a photo came; the bytes go to the tools only
             content = [

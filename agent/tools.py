@@ -50,6 +50,24 @@ class AgentContext:
     ranker: Ranker | None = None  # the served ranking (finetune.ranking); None when the run has no trained model
     explainer: ItemExplainer | None = None  # writes the `explain` tool's text (see agent.explainer)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _items_seen: Any = field(default=None, repr=False)  # the searcher's item table the titles were built from
+
+    def refresh(self) -> None:
+        """Take the catalog of this moment: items added or retired by `genrec items` since the last
+        turn get (or keep) their titles and genres; the searcher and the ranker check it themselves."""
+        self.searcher.refresh()
+        items = self.searcher.items
+        if self._items_seen is None:
+            self._items_seen = items
+        if items is self._items_seen:
+            return
+        with self.lock:
+            genre_key, genres = catalog_genres(items)
+            self.titles = TitleIndex.build(items, self.interactions)
+            self.genre_key, self.genres, self._items_seen = genre_key, genres, items
+            update = getattr(self.explainer, "update", None)
+            if update is not None:
+                update(items)
 
     @classmethod
     def open(cls, run: str | Path, ranker: Ranker | None = None) -> AgentContext:
@@ -62,14 +80,10 @@ class AgentContext:
             else pd.DataFrame(columns=["user_id", "item_id", "timestamp", "rating"])
         )
         items = searcher.items
-        genre_key, genres = None, {}
-        attrs = [json.loads(a) for a in items["attributes"]]
-        for key in GENRE_KEYS:
-            values = {v for a in attrs for v in _as_list(a.get(key))}
-            if values:
-                genre_key, genres = key, {str(v).lower(): str(v) for v in values}
-                break
-        return cls(paths, searcher, interactions, TitleIndex.build(items, interactions), genre_key, genres, ranker)
+        genre_key, genres = catalog_genres(items)
+        ctx = cls(paths, searcher, interactions, TitleIndex.build(items, interactions), genre_key, genres, ranker)
+        ctx._items_seen = items
+        return ctx
 
     def card(self, item_id: str, score: float = 0.0, explanation: str = "") -> dict[str, Any]:
         """The JSON form of a catalog item as every tool returns it."""
@@ -126,6 +140,16 @@ class AgentContext:
         """The last `n` items of a catalog user, oldest first."""
         rows = self.interactions[self.interactions["user_id"].astype(str) == str(user_id)]
         return rows["item_id"].astype(str).tolist()[-n:]
+
+
+def catalog_genres(items: pd.DataFrame) -> tuple[str | None, dict[str, str]]:
+    """The attribute that holds the items' kinds, and its values (lower case -> the catalog's spelling)."""
+    attrs = [json.loads(a) for a in items["attributes"]]
+    for key in GENRE_KEYS:
+        values = {v for a in attrs for v in _as_list(a.get(key))}
+        if values:
+            return key, {str(v).lower(): str(v) for v in values}
+    return None, {}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -508,6 +532,7 @@ def run_tool(ctx: AgentContext, name: str, args: dict[str, Any]) -> dict[str, An
 
 def _run_tool(func: Callable[..., dict[str, Any]], ctx: AgentContext, **kwargs: Any) -> dict[str, Any]:
     """Run a tool; a user-facing error becomes a result the reply can report, not a crash."""
+    ctx.refresh()
     try:
         return func(ctx, **kwargs)
     except GenrecError as exc:

@@ -32,6 +32,7 @@ app = typer.Typer(
 app.command("demo")(demo_command.demo)
 app.command("index")(retrieval_commands.index)
 app.command("search")(retrieval_commands.search)
+app.add_typer(retrieval_commands.items_app, name="items")
 app.command("train")(finetune_commands.train)
 app.command("recommend")(serving_commands.recommend)
 app.command("serve")(serving_commands.serve)

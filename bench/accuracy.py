@@ -18,6 +18,7 @@ baseline, training minutes and tokens/s, and published figures where they exist.
     .venv/bin/python bench/accuracy.py --datasets beauty --seeds 0
     .venv/bin/python bench/accuracy.py --datasets ml-100k --trained runs/ml1   # score a run `genrec train` made
     .venv/bin/python bench/accuracy.py --merge other.json   # add seeds run elsewhere (with their own --out)
+    .venv/bin/python bench/accuracy.py --datasets ml-100k --trained runs/ml1 --cold-items 0.05   # cold/warm slices
 
 `--trained RUN` scores a run already trained by `genrec train` (its own config and seed, its
 `train_report.json` for the training figures) as one seed of its dataset, without retraining.
@@ -395,6 +396,28 @@ def merge(source: Path, out: Path, force: bool = False) -> None:
     write_json(out, ours)
 
 
+def cold_rows(args: argparse.Namespace) -> None:
+    """The cold section of accuracy.json: cold and warm slices of every model on one trained run
+    (`eval.cold.evaluate_cold`: the copy trained without the cold items, the items added back, the run
+    itself trained with every item as the warm slice's reference), same users, same metric code."""
+    from eval.cold import evaluate_cold, print_cold
+    from genrec.atomic import write_json
+
+    if args.trained is None:
+        raise SystemExit("--cold-items needs --trained RUN: an indexed and trained run")
+    load = os.getloadavg()
+    started = time.perf_counter()
+    report = evaluate_cold(args.trained, args.cold_items, args.cold_seed, max_users=args.users)
+    report["minutes"] = (time.perf_counter() - started) / 60
+    report["load_average"] = {"start": load, "end": os.getloadavg()}
+    print_cold(report)
+    out = json.loads(args.out.read_text()) if args.out.exists() else {}
+    name = args.datasets.split(",")[0]
+    out.setdefault("cold", {}).setdefault(name, {})[f"F={args.cold_items:g},seed={args.cold_seed}"] = report
+    write_json(args.out, out)
+    print(f"wrote {args.out} (cold, {name})")
+
+
 def main() -> None:
     """Run the chosen datasets and seeds; write bench/results/accuracy.json after each one."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,6 +465,14 @@ def main() -> None:
         default=None,
         help="add the (dataset, seed) results of another run of this benchmark (its --out file) and re-pool",
     )
+    parser.add_argument(
+        "--cold-items",
+        type=float,
+        default=None,
+        help="with --trained RUN (indexed with Chroma and embeddings): the cold-item rows, LIGER's slice "
+        "(eval.cold): this seeded fraction held out of training, added back with `genrec items add`",
+    )
+    parser.add_argument("--cold-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.work is None:
@@ -450,6 +481,9 @@ def main() -> None:
         args.work = genrec_home() / "bench" / "accuracy"
     if args.merge is not None:
         merge(args.merge, args.out, args.force)
+        return
+    if args.cold_items is not None:
+        cold_rows(args)
         return
 
     from genrec.atomic import write_json

@@ -38,9 +38,24 @@ def offline(
         "--explainer",
         help="With --report: the instruction model whose explanations are scored for faithfulness: a local model (smollm2-135m, a folder), a served chat model's URL, or none.",
     ),
+    cold_items: float | None = typer.Option(
+        None,
+        "--cold-items",
+        help="Hold this seeded fraction of items (e.g. 0.05) out of every training input, train a copy of the run "
+        "without them (RUN-coldF-sS), add them with `genrec items add`, and score the cold and warm slices.",
+    ),
+    cold_seed: int = typer.Option(0, "--cold-seed", help="Seed of the held-out items (with --cold-items)."),
 ) -> None:
     """genrec (the served ranking), pure generation and the baselines on one leave-one-out split: a table,
     per-user ranks in RUN/eval/ranks.parquet, optionally JSON and a report with plots."""
+    if cold_items is not None:
+        from eval.cold import evaluate_cold, print_cold
+
+        result = evaluate_cold(run, cold_items, cold_seed, max_users=max_users)
+        print_cold(result)
+        if json_out:
+            _save(result, json_out)
+        return
     evaluate_and_report(
         run,
         models=models,

@@ -124,3 +124,45 @@ def search(
         )
         table.add_row(str(rank), hit.item_id, hit.title, f"{hit.score:.3f}", attrs)
     Console().print(table)
+
+
+items_app = typer.Typer(
+    help="Add items to a trained run or retire them, without retraining or restarting what serves it.",
+    no_args_is_help=True,
+)
+
+
+@items_app.command("add")
+def items_add(
+    file: Path = typer.Argument(
+        ..., help="New items: a catalog .jsonl or .csv in the generic format (docs/formats.md)."
+    ),
+    run: Path = typer.Option(..., "--run", help="An indexed (and trained) run directory."),
+    image_root: str | None = typer.Option(
+        None, "--image-root", help="Folder that relative image paths are resolved against (default: the file's)."
+    ),
+) -> None:
+    """Validate, encode and store new items, give each a semantic ID with the run's trained quantiser,
+    and commit them: recommendable at once by every running server of the run."""
+    from retrieval.live import add_items
+
+    report = add_items(run, file, image_root)
+    for item, code in report.items.items():
+        typer.echo(f"{item}\t{''.join(f'<{chr(97 + level)}_{c}>' for level, c in enumerate(code))}")
+    typer.echo(
+        f"added {len(report.items)} items to {run} (catalog version {report.version}) in "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items()),
+        err=True,
+    )
+
+
+@items_app.command("retire")
+def items_retire(
+    ids: list[str] = typer.Argument(..., help="Item ids to retire."),
+    run: Path = typer.Option(..., "--run", help="An indexed run directory."),
+) -> None:
+    """Take items out of every recommendation and search path; their ids and semantic IDs stay reserved."""
+    from retrieval.live import retire_items
+
+    fresh, version = retire_items(run, ids)
+    typer.echo(f"retired {len(fresh)} items from {run} (catalog version {version})", err=True)

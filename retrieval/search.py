@@ -58,14 +58,19 @@ class Searcher:
     fields: Fields  # what `where` filters may name
     image_mean: np.ndarray | None = None  # image queries are centred as the indexed images were
     words_search_images: bool = False  # True with a CLIP/SigLIP image model; dinov2-s has no text tower
+    catalog: Any = None  # retrieval.live.Watched: the catalog of the moment (items added or retired since indexing)
+    active: frozenset[str] | None = None  # the items a search may return (None: every item of `items`)
 
     @classmethod
     def open(cls, run: str | Path) -> Searcher:
         """Load a run's encoders and open its Chroma collections."""
         paths, config = open_run(run)
+        from retrieval.live import Watched
+
         paths.require(paths.items, f"genrec index --run {paths.root}")
         store = open_store(paths, config.chroma)
-        items = pd.read_parquet(paths.items)
+        catalog = Watched(paths, lambda state: (state.items, catalog_fields(state.items), state.active))
+        items, fields, active = catalog.get()
         text_model = load_encoder(config.encoder.text_model, config.encoder.device)
         image_model, image_mean, words_search_images = None, None, False
         name = config.encoder.image_model
@@ -80,11 +85,18 @@ class Searcher:
             store,
             text_model,
             image_model,
-            items.set_index("item_id", drop=False),
-            catalog_fields(items),
+            items,
+            fields,
             image_mean,
             words_search_images,
+            catalog,
+            active,
         )
+
+    def refresh(self) -> None:
+        """Take the catalog of this moment (items added or retired since the last call)."""
+        if self.catalog is not None:
+            self.items, self.fields, self.active = self.catalog.get()
 
     def search(
         self,
@@ -104,6 +116,8 @@ class Searcher:
             raise GenrecError("search: give exactly one of a text query, --image FILE or an item id")
         if k < 1:
             raise GenrecError("search: k must be at least 1")
+        self.refresh()
+        active = self.active
         checked = compile_where(where, self.fields)
         chroma_where = checked.to_chroma() if checked is not None else None
         scores: dict[str, float] = {}
@@ -140,12 +154,18 @@ class Searcher:
                         self.store.image, np.asarray(img["embeddings"][0]), pool + 1, chroma_where, scores, weight
                     )
             scores.pop(item_id, None)
+        if active is not None:  # Chroma may still hold a retired item, or one of an add that did not commit
+            scores = {i: s for i, s in scores.items() if i in active}
         best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
         return [self.hit(i, s) for i, s in best]
 
     def hit(self, item_id: str, score: float = 0.0) -> Hit:
         """A `Hit` for a catalog item, with its attributes."""
-        row = self.items.loc[item_id]
+        items = self.items
+        if item_id not in items.index:
+            self.refresh()
+            items = self.items
+        row = items.loc[item_id]
         return Hit(item_id, row["title"], float(score), json.loads(row["attributes"]), image_source(row["image"]))
 
     @staticmethod

@@ -8,20 +8,89 @@ Both return the same function of the same models (`finetune.ranking.Ranker`): th
 of `RUN/model/`, the dense model of `RUN/dense/` and the fusion of `RUN/ranking.json`, chosen on
 validation by `genrec train`. A run trained before the dense model existed is ranked by generation
 alone, and `notice` says so (every caller shows it); `generate.ranking: generative` asks for that.
+
+The ranker follows the run's live catalog (`genrec items add` / `retire`, `retrieval.live`): each
+request checks the catalog version (one `stat`) and, when it changed, ranks with a trie, prompts
+and cold items built for the new catalog, swapped in as one reference. No restart is needed.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from finetune.decoding.local import check_semantic_ids, load_local_generator, model_meta
 from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import SidTrie
-from finetune.ranking import Fusion, Ranker
+from finetune.decoding.trie import Scored, SidTrie
+from finetune.ranking import ColdItems, Fusion, Ranker
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
+from retrieval.live import CatalogState, Watched
 from retrieval.semantic_ids import load_semantic_ids
+
+
+def ranker_for_catalog(base: Ranker, state: CatalogState) -> Ranker:
+    """`base` (trained on the indexed catalog) ranking the catalog of `state`: the trie holds the items
+    that may be recommended now, prompts read every item's code (histories name retired items too),
+    and items the dense model has no column for are cold items, scored by their content."""
+    if state.version == 0:
+        return base
+    generator = copy.copy(base.generator)  # the same model (and, for vLLM, the same client)
+    trie = SidTrie(state.active_codes, vocab=base.generator.trie.vocab)
+    generator.trie = trie
+    generator.prompts = replace(base.generator.prompts, codes=state.codes)
+    cold = None
+    if base.dense is not None:
+        known = set(base.dense.item_ids)
+        cold_ids = [i for i in trie.code_of if i not in known]
+        if cold_ids:
+            ids, vectors = state.content()
+            cold = ColdItems(cold_ids, {item: row for row, item in enumerate(ids)}, vectors)
+    return Ranker(generator, base.dense, base.fusion, base.name, cold=cold, retired=state.retired)
+
+
+class LiveRanker:
+    """The served ranking of a run over the catalog of the moment: `Ranker.rank`, with the ranker
+    rebuilt (model, dense model and fusion shared) whenever `genrec items add/retire` commits a change.
+    A request takes one ranker and keeps it, so it sees the old catalog or the new one, never half."""
+
+    def __init__(self, paths: RunPaths, base: Ranker):
+        self.base = base
+        self._view = Watched(paths, lambda state: ranker_for_catalog(base, state))
+
+    def current(self) -> Ranker:
+        """The ranker of the catalog of this moment."""
+        return self._view.get()
+
+    @property
+    def version(self) -> int:
+        """The catalog version it ranks (0: as indexed)."""
+        return self._view.version
+
+    def rank(
+        self,
+        histories: Sequence[Sequence[str]],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
+        """`Ranker.rank` over the catalog of this moment."""
+        return self.current().rank(histories, k, exclude, only)
+
+    def recommend(self, histories: list[list[str]], k: int) -> list[list[str]]:
+        """The evaluation protocol's call (history excluded), over the catalog of this moment."""
+        return self.current().recommend(histories, k)
+
+    def fit(self, train: dict[str, list[str]]) -> None:
+        """Nothing to fit: `genrec train` trained the models and chose the fusion."""
+
+    def __getattr__(self, name: str):  # name, dense, fusion, generator, hybrid, candidates ...: the current ranker's
+        if name.startswith("_") or name == "base":
+            raise AttributeError(name)
+        return getattr(self.current(), name)
 
 
 def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
@@ -55,7 +124,7 @@ def open_ranker(
     beam_width: int | None = None,
     timeout_s: float = 60.0,
     api_key: str | None = None,
-) -> tuple[Ranker, str | None]:
+) -> tuple[LiveRanker, str | None]:
     """The run's served ranking and a notice (None when it ranks as configured).
 
     Without `llm_url` the generative model runs in this process; with it, beams come from the vLLM
@@ -84,12 +153,12 @@ def open_ranker(
         generator = VllmGenerator(client, trie, prompts, beam_width=width)
     ranker = Ranker(generator)
     notice = attach_dense(ranker, paths, ranking or generate.ranking)
-    return ranker, notice
+    return LiveRanker(paths, ranker), notice
 
 
 def run_ranker(
     run: str | Path, llm_url: str | None = None, timeout_s: float = 60.0, api_key: str | None = None
-) -> Ranker | None:
+) -> LiveRanker | None:
     """The run's served ranking for the agent, or None when the run has no trained model yet.
 
     With `llm_url` the beams come from that vLLM server (if it is down, `rank` raises

@@ -18,6 +18,8 @@ from finetune.explain import Explainer, grounded_explanation
 from finetune.tasks import item_facts
 from genrec.errors import GenrecError
 from genrec.run import open_run
+from retrieval.catalog import ITEM_COLUMNS
+from retrieval.live import Watched
 from retrieval.where import catalog_fields, compile_where, filter_items
 from serving.ranker import open_ranker
 
@@ -40,15 +42,32 @@ class RunRecommender:
 
         self.paths, self.config = open_run(run)
         catalog = load_catalog(self.paths)
-        self.items = catalog.items
-        self.fields = catalog_fields(catalog.items)
-        self.facts = item_facts(catalog.items)
+        # the catalog of the moment (items added or retired by `genrec items`), checked per request
+        self._catalog = Watched(
+            self.paths,
+            lambda state: (
+                state.items[ITEM_COLUMNS].reset_index(drop=True),
+                catalog_fields(state.items),
+                item_facts(state.items),
+                state.active,
+            ),
+        )
         self.histories: dict[str, list[str]] = {
             str(user): group.astype(str).tolist()
             for user, group in catalog.interactions.groupby("user_id", sort=False)["item_id"]
         }
         self.ranker, self.notice = open_ranker(self.paths.root, llm_url=llm_url, ranking=ranking)
         self._explainer: Explainer | None = None
+
+    @property
+    def items(self):
+        """Every item of the catalog of this moment (retired ones too: histories name them)."""
+        return self._catalog.get()[0]
+
+    @property
+    def facts(self):
+        """Titles and attributes of every item of the catalog of this moment."""
+        return self._catalog.get()[2]
 
     def history(self, user_id: str) -> list[str]:
         """The user's items in time order; a one-line error for unknown users or empty histories."""
@@ -79,22 +98,24 @@ class RunRecommender:
         """
         generate = self.config.generate
         k = k or generate.k
+        items, fields, facts, active = self._catalog.get()  # one catalog for the whole request
         if history is None:
             if user_id is None:
                 raise GenrecError("recommend: give a user id or a history of item ids")
             history = self.history(user_id)
         history = [str(i) for i in history]
-        unknown = [i for i in history if i not in self.facts]
+        unknown = [i for i in history if i not in facts]
         if unknown:
             raise GenrecError(f"recommend: history names item(s) not in the catalog: {', '.join(unknown[:5])}")
         if not history:
             raise GenrecError("recommend: the history is empty; give at least one item id")
         exclude = set(history) if (generate.exclude_history if exclude_history is None else exclude_history) else set()
-        only = filter_items(self.items, compile_where(where, self.fields))
+        only = filter_items(items, compile_where(where, fields))
         if only is not None and not only:
             return []
         found = self.ranker.rank([history], k, exclude=[exclude], only=only)[0]
-        out = [Recommendation(item, self.facts[item].title, round(score, 4)) for item, score in found]
+        # the ranker may already rank a newer catalog (an add committed since this request began)
+        out = [Recommendation(item, facts[item].title, round(score, 4)) for item, score in found if item in facts]
         if explain if explain is not None else generate.explain:
             for rec in out:
                 rec.explanation = self.explain(rec.item_id, history)

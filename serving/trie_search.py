@@ -12,7 +12,9 @@ log-softmax over the whole vocabulary, the score Hugging Face's beam search adds
 round trips between levels, and no id outside the catalog can come out.
 
 The trie comes from the run the server was started for (`GENREC_RUN`, set by `serving.server`):
-its `semantic_ids.json` and its base model's tokenizer.
+its catalog of the moment (`semantic_ids.json` plus items added or retired since,
+`retrieval.live`) and its base model's tokenizer. Each request checks the catalog version (one
+`stat`) and a changed catalog's trie is built once and swapped in: no restart.
 """
 
 from __future__ import annotations
@@ -134,21 +136,24 @@ async def beam_search(
     return [(trie.item_of[code], score) for code, score in beams if len(code) == trie.depth]
 
 
-_TRIE: dict[str, SidTrie] = {}  # per run directory: loaded at the first request, read-only after
+_TRIE: dict[str, object] = {}  # per run directory: a retrieval.live.Watched trie, built at the first request
 
 
 def run_trie(run: str) -> SidTrie:
-    """The trie of the run this server serves, with the token ids of its base model's tokenizer."""
+    """The trie of the run this server serves, over its catalog of this moment, with the token ids of
+    its base model's tokenizer (the vocabulary of the first catalog: added items only use its codes)."""
     if run not in _TRIE:
         from transformers import AutoTokenizer
 
         from genrec.run import RunPaths
+        from retrieval.live import Watched
         from retrieval.semantic_ids import load_semantic_ids
 
-        codes = load_semantic_ids(RunPaths(Path(run)))
+        paths = RunPaths(Path(run))
         tokenizer = AutoTokenizer.from_pretrained(Path(run) / "model" / "base")
-        _TRIE[run] = SidTrie.for_tokenizer(codes, tokenizer)
-    return _TRIE[run]
+        vocab = SidTrie.for_tokenizer(load_semantic_ids(paths), tokenizer).vocab
+        _TRIE[run] = Watched(paths, lambda state: SidTrie(state.active_codes, vocab=vocab))
+    return _TRIE[run].get()
 
 
 def _authorised(request, state) -> bool:

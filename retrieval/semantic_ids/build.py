@@ -15,7 +15,8 @@ from genrec.errors import GenrecError
 from retrieval.catalog import Catalog
 from retrieval.semantic_ids.codes import append_uniqueness_level, codebook_usage, collision_stats
 from retrieval.semantic_ids.collaborative import collaborative_embeddings, cooccurrence, training_histories
-from retrieval.semantic_ids.rkmeans import residual_kmeans
+from retrieval.semantic_ids.quantizer import Quantizer
+from retrieval.semantic_ids.rkmeans import fit_residual_kmeans
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SemanticIds:
 
     codes: dict[str, list[int]]
     stats: dict[str, Any]
+    quantizer: Quantizer | None = None  # what codes items added later (`retrieval.live`), saved beside the codes
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -93,6 +95,23 @@ def item_vectors(catalog: Catalog, config: SemanticIdConfig, content: np.ndarray
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
+def fit_quantizer(
+    x: np.ndarray, config: SemanticIdConfig, progress: bool = True
+) -> tuple[np.ndarray, Quantizer, dict[str, Any]]:
+    """Train the configured quantiser on item vectors `x`: the learned codes (n, L), the quantiser
+    and what training did."""
+    if config.method == "rqvae":
+        from retrieval.semantic_ids.quantizer import from_rqvae
+        from retrieval.semantic_ids.rqvae import train_rqvae  # torch only when the RQ-VAE is used
+
+        result = train_rqvae(x, config, progress=progress)
+        return result.codes, from_rqvae(result.model), result.training
+    codes, quantizer = fit_residual_kmeans(
+        x, config.levels, config.codebook_size, config.seed, dim=config.rkmeans_dim, progress=progress
+    )
+    return codes, quantizer, {}
+
+
 def build_semantic_ids(
     catalog: Catalog, config: SemanticIdConfig, content: np.ndarray | None = None, progress: bool = True
 ) -> SemanticIds:
@@ -106,16 +125,7 @@ def build_semantic_ids(
     source = resolve_source(catalog, config, content)
     x = item_vectors(catalog, config, content)
     start = time.perf_counter()
-    training: dict[str, Any] = {}
-    if config.method == "rqvae":
-        from retrieval.semantic_ids.rqvae import train_rqvae  # torch only when the RQ-VAE is used
-
-        result = train_rqvae(x, config, progress=progress)
-        prefix, training = result.codes, result.training
-    else:
-        prefix = residual_kmeans(
-            x, config.levels, config.codebook_size, config.seed, dim=config.rkmeans_dim, progress=progress
-        )
+    prefix, quantizer, training = fit_quantizer(x, config, progress)
     seconds = time.perf_counter() - start
     codes = append_uniqueness_level(prefix)
     collisions = collision_stats(prefix)
@@ -146,4 +156,6 @@ def build_semantic_ids(
             file=sys.stderr,
         )
     item_ids = catalog.items["item_id"].astype(str).tolist()
-    return SemanticIds(codes={item: [int(c) for c in row] for item, row in zip(item_ids, codes)}, stats=stats)
+    return SemanticIds(
+        codes={item: [int(c) for c in row] for item, row in zip(item_ids, codes)}, stats=stats, quantizer=quantizer
+    )

@@ -20,6 +20,8 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from retrieval.semantic_ids.quantizer import Quantizer, from_rkmeans
+
 
 def kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Cluster rows of `x` into at most `k` groups; return (centroids (k', d), labels (n,)).
@@ -37,26 +39,39 @@ def kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
 
 
-def principal_components(x: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """Project rows of `x` onto their top `dim` principal components (unchanged if already that small)."""
+def principal_components(x: np.ndarray, dim: int, seed: int) -> tuple[np.ndarray, PCA | None]:
+    """Project rows of `x` onto their top `dim` principal components (unchanged if already that small);
+    also the fitted projection (None when nothing was reduced)."""
     dim = min(dim, x.shape[1], len(x))
     if dim >= x.shape[1] or len(x) < 2:
-        return x
+        return x, None
     with threadpool_limits(1):
-        return PCA(n_components=dim, random_state=seed).fit_transform(x)
+        pca = PCA(n_components=dim, random_state=seed)
+        return pca.fit_transform(x), pca
+
+
+def fit_residual_kmeans(
+    x: np.ndarray, levels: int, codebook_size: int, seed: int, dim: int = 64, progress: bool = True
+) -> tuple[np.ndarray, Quantizer]:
+    """Quantise each row of `x` into `levels` codes by k-means on successive residuals: the codes
+    (n, levels) int64 and the quantiser (projection + centroids) that codes new vectors the same way.
+
+    Clustering happens on the top `dim` principal components of `x` (see the module docstring).
+    """
+    residual, pca = principal_components(np.asarray(x, dtype=np.float64), dim, seed)
+    codes = np.zeros((len(residual), levels), dtype=np.int64)
+    books = []
+    for level in tqdm(range(levels), desc="residual k-means", unit="level", disable=not progress):
+        centroids, labels = kmeans(residual, codebook_size, seed + level)
+        codes[:, level] = labels
+        books.append(centroids)
+        residual = residual - centroids[labels]
+    quantizer = from_rkmeans(None if pca is None else pca.mean_, None if pca is None else pca.components_, books)
+    return codes, quantizer
 
 
 def residual_kmeans(
     x: np.ndarray, levels: int, codebook_size: int, seed: int, dim: int = 64, progress: bool = True
 ) -> np.ndarray:
-    """Quantise each row of `x` into `levels` codes by k-means on successive residuals; (n, levels) int64.
-
-    Clustering happens on the top `dim` principal components of `x` (see the module docstring).
-    """
-    residual = principal_components(np.asarray(x, dtype=np.float64), dim, seed)
-    codes = np.zeros((len(residual), levels), dtype=np.int64)
-    for level in tqdm(range(levels), desc="residual k-means", unit="level", disable=not progress):
-        centroids, labels = kmeans(residual, codebook_size, seed + level)
-        codes[:, level] = labels
-        residual = residual - centroids[labels]
-    return codes
+    """The codes of `fit_residual_kmeans` alone."""
+    return fit_residual_kmeans(x, levels, codebook_size, seed, dim, progress)[0]

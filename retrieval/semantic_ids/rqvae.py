@@ -99,6 +99,7 @@ class RqvaeResult:
     codes: np.ndarray
     seconds: float
     training: dict[str, Any] = field(default_factory=dict)
+    model: RQVAE | None = None  # the trained model: its encoder and codebooks code items added later
 
 
 @contextlib.contextmanager
@@ -245,4 +246,4 @@ def train_rqvae(x: np.ndarray, config: SemanticIdConfig, progress: bool = True) 
         "final_commitment_loss": totals["commitment"],
         "dead_codes_reseeded": reseeded,
     }
-    return RqvaeResult(codes=codes, seconds=seconds, training=training)
+    return RqvaeResult(codes=codes, seconds=seconds, training=training, model=model)

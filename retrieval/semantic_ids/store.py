@@ -8,12 +8,18 @@ from genrec.atomic import write_json
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
 from retrieval.semantic_ids.build import SemanticIds
+from retrieval.semantic_ids.quantizer import QUANTIZER_FILE, sha256_of
 
 
 def save_semantic_ids(sids: SemanticIds, paths: RunPaths) -> None:
     """Write the code map (`{"<item_id>": [c1, ..., cL+1]}`) and its statistics into the run."""
     write_json(paths.semantic_ids, sids.codes, indent=None)
     write_json(paths.semantic_id_stats, sids.stats)
+    quantizer_path = paths.root / QUANTIZER_FILE
+    if sids.quantizer is not None:
+        sids.quantizer.save(quantizer_path, sha256_of(paths.semantic_ids))
+    else:  # a quantiser of earlier codes must not code new items
+        quantizer_path.unlink(missing_ok=True)
 
 
 def load_semantic_ids(paths: RunPaths) -> dict[str, list[int]]:
