@@ -109,6 +109,7 @@ _NEGATIONS = (
     "sans",
     "pas",
     "geen",
+    "forget",
 )
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|help|yo|good (morning|evening|afternoon)|what can you do)\b[\s!.?]*$", re.I)
@@ -179,7 +180,8 @@ def clean_text(text: str) -> str:
 
 def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[str]]:
     """Genres a message asks for and genres it rules out ("no horror", "less scary"), in the catalog's spelling."""
-    low = " " + re.sub(r"[^\w'\- ]+", " ", text.lower()) + " "
+    said = " " + text.lower() + " "
+    low = re.sub(r"[^\w'\- ]", " ", said)  # the same length: clause boundaries are read from `said`
     wanted: list[str] = []
     avoid: list[str] = []
     terms: list[tuple[str, str]] = [(w, g) for g, words in LEXICON.items() for w in words]
@@ -189,7 +191,9 @@ def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[s
         if target is None:
             continue
         for m in re.finditer(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", low):
-            before = low[: m.start()].split()[-3:]
+            # the words before it in its own clause ("no horror, but a comedy": comedy is wanted)
+            clause = re.split(r"[,.;!?]|\bbut\b|\band\b|\bor\b", said[: m.start()])[-1]
+            before = clause.split()[-5:]
             (avoid if any(b in _NEGATIONS for b in before) else wanted).append(target)
     wanted = [g for g in dict.fromkeys(wanted) if g not in avoid]
     return wanted, list(dict.fromkeys(avoid))
@@ -256,6 +260,30 @@ def year_range(text: str) -> tuple[int | None, int | None]:
     if m:
         return int(m.group(1)), int(m.group(1))
     return None, None
+
+
+_SAME_DECADE = re.compile(r"\b(?:same|that)\s+(?:same\s+)?(?:decade|era)(?:\s+as\s+(.+?))?(?=[,.;!?]|\s+but\b|$)", re.I)
+_OLDER = re.compile(r"\b(?:older|earlier|more classic)\b", re.I)
+_SEEN = re.compile(
+    r"[,.;]?\s*(?:but\s+)?(?:i(?:'ve| have)\s+(?:already\s+)?(?:seen|watched)|(?:that\s+)?isn't)\s+(.+?)"
+    r"(?:\s+already)?(?:,\s*seen that(?: one)?)?\s*(?=[.;!?]|$)",
+    re.I,
+)
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _title_year(title: str) -> int | None:
+    m = _YEAR_IN_TITLE.search(title)
+    return int(m.group(1)) if m else None
+
+
+def _seen_names(text: str) -> list[str]:
+    """Titles a message says the user has already seen ("I've seen A and B already", "that isn't A, seen that")."""
+    m = _SEEN.search(text)
+    if not m:
+        return []
+    names = [n.strip(" \"'") for n in re.split(r",\s*|\s+and\s+|\s*&\s*", m.group(1))]
+    return [n for n in names if n and n.lower() not in ("it", "that", "them", "those", "all of those", "that one")]
 
 
 def stated_request(text: str, ctx: Any) -> Any:
@@ -362,10 +390,26 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
         prefs["genres"] = wanted or [g for g in prefs.get("genres", []) if g not in avoid]
         prefs["exclude_genres"] = [g for g in dict.fromkeys(prefs.get("exclude_genres", []) + avoid) if g not in wanted]
     year_min, year_max = year_range(text)
+    same = _SAME_DECADE.search(text)
+    if same and year_min is None and year_max is None:  # "the same decade as Casablanca", "that same decade"
+        named = titles.find(same.group(1)) if same.group(1) else None
+        anchor = named or next((titles.find(n) for n in liked_names(text, genres, titles) if titles.find(n)), None)
+        anchor = anchor or (state.get("history") or [None])[-1]
+        year = _title_year(titles.titles.get(anchor or "", ""))
+        if year is not None:
+            year_min, year_max = year - year % 10, year - year % 10 + 9
+    if year_min is None and year_max is None and candidates and _OLDER.search(text):
+        shown_years = [y for c in candidates if (y := _title_year(str(c.get("title") or ""))) is not None]
+        if shown_years:
+            year_max = min(shown_years) - 1
     if year_min is not None or year_max is not None:  # new years replace the remembered ones
         prefs["year_min"], prefs["year_max"] = year_min, year_max
+    seen_now = _seen_names(text)
+    if seen_now:  # "I've seen A and B already": not liked, never recommended
+        text = _SEEN.sub("", text).strip(" ,.")
 
     def rec(liked: list[str], query: str | None, exclude: list[str], intent: str) -> Plan:
+        exclude = [*exclude, *seen_now]
         args: dict[str, Any] = {"liked": liked, "k": k}
         for key, value in (
             ("user_id", user_id),

@@ -360,7 +360,7 @@ def run_agent(
 
         rank = run_ranker(run, None)
     ctx = AgentContext.open(run, ranker=rank)
-    chat = ChatLLM(chat_url, timeout_s=180.0)
+    chat = None if chat_url == "none" else ChatLLM(chat_url, timeout_s=180.0)
     out: dict[str, list[dict[str, Any]]] = {}
     with Agent(ctx, chat, db) as agent:
         for n, case in enumerate(cases, 1):
@@ -402,7 +402,11 @@ def run_agent(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="an indexed ML-100K run (trained for --ranker run)")
-    parser.add_argument("--chat-url", required=True, help="the chat model's OpenAI API, http://HOST:PORT/v1")
+    parser.add_argument(
+        "--chat-url",
+        required=True,
+        help="the chat model's OpenAI API, http://HOST:PORT/v1 (none: the rule fallback alone)",
+    )
     parser.add_argument("--split", choices=("dev", "test", "all"), default="test")
     parser.add_argument(
         "--ranker",
