@@ -281,8 +281,11 @@ def score_turn(
         "model_calls": len(model_calls),
         "valid_calls": sum(1 for c in model_calls if c.get("valid")),
         "planner": record.get("planner"),
+        "source": record.get("source"),
         "seconds": record.get("seconds"),
         "tokens_per_s": record.get("tokens_per_s"),
+        "plan_s": record.get("plan_s") or 0.0,
+        "plan_tokens": record.get("plan_tokens") or 0,
         "checked": bool(check),
     }
 
@@ -305,8 +308,12 @@ def summarise(marks: list[dict[str, Any]]) -> dict[str, Any]:
         "tool_call_validity": round(sum(m["valid_calls"] for m in marks) / calls, 4) if calls else None,
         "model_calls": calls,
         "model_planned_turns": sum(1 for m in marks if m["planner"] == "model"),
+        "model_written_replies": sum(1 for m in marks if m.get("source") == "model"),
         "p50_s_per_turn": round(statistics.median(seconds), 2) if seconds else None,
         "reply_tokens_per_s_p50": round(statistics.median(speeds), 1) if speeds else None,
+        "plan_tokens_per_s": round(sum(m["plan_tokens"] for m in marks) / plan_s, 1)
+        if (plan_s := sum(m["plan_s"] for m in marks))
+        else None,
     }
 
 
@@ -393,6 +400,8 @@ def run_agent(
                         "source": answer.source,
                         "seconds": round(seconds, 2),
                         "tokens_per_s": (answer.timing or {}).get("reply_tokens_per_s"),
+                        "plan_s": sum((answer.timing or {}).get("plan_s") or []),
+                        "plan_tokens": sum((answer.timing or {}).get("plan_tokens") or []),
                     }
                 )
             print(f"[{n}/{len(cases)}] {case['id']}: {seconds:.1f} s", file=sys.stderr, flush=True)
