@@ -307,8 +307,10 @@ def rule_args(call: dict[str, Any], deps: Deps) -> dict[str, Any]:
     """A rule-planner call in the bound tools' arguments (those tools fill memory and `k` themselves)."""
     tool = next(t for t in deps.tools if t.name == call["name"])
     args, _ = known_args(tool, call["args"])
-    if call["name"] == "recommend":
-        args.pop("exclude", None)  # the rule planner excludes the items shown, which the tool excludes anyway
+    if call["name"] == "recommend":  # the items shown ("id N") the tool leaves out anyway; titles are the user's
+        seen = [e for e in args.pop("exclude", None) or [] if not str(e).startswith("id ")]
+        if seen:
+            args["exclude"] = seen
     return args
 
 

@@ -180,7 +180,7 @@ def clean_text(text: str) -> str:
 
 def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[str]]:
     """Genres a message asks for and genres it rules out ("no horror", "less scary"), in the catalog's spelling."""
-    said = " " + text.lower() + " "
+    said = " " + re.sub(r"\b(anything|everything|something) but\b", r"\1 without", text.lower()) + " "
     low = re.sub(r"[^\w'\- ]", " ", said)  # the same length: clause boundaries are read from `said`
     wanted: list[str] = []
     avoid: list[str] = []
@@ -223,7 +223,10 @@ def year_range(text: str) -> tuple[int | None, int | None]:
     it states none."""
     low = text.lower()
     m = re.search(
-        r"\b(?:between|from|de|entre|zwischen|tra il|van)\s+" + _YEAR + r"\s*(?:and|to|-|y|et|und|e|tot)\s*" + _YEAR,
+        r"\b(?:between|from|de|entre|zwischen|tra il|van)\s+(?:the\s+years?\s+)?"
+        + _YEAR
+        + r"\s*(?:and|to|-|y|et|und|e|tot)\s*"
+        + _YEAR,
         low,
     )
     if m:

@@ -351,8 +351,60 @@ def score(
 # ----------------------------------------------------------------------------- running the agent
 
 
+def schema_planner(base: type) -> type:
+    """`base` (the tree's `agent.llm.ChatLLM`) planning through a `response_format` JSON schema of the form
+    anyOf[{name: const, arguments: the tool's parameters}], the tools listed in a system message: for a
+    llama.cpp server, which accepts `tool_choice="required"` without enforcing it. The same adapter
+    runs both arms of a comparison (`--plan-via json-schema`)."""
+    from langchain_core.messages import AIMessage, SystemMessage
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    class SchemaPlanner(base):  # type: ignore[misc, valid-type]
+        def plan(self, messages, tools, max_tokens=None):  # noqa: ANN001, ANN201
+            specs = [convert_to_openai_tool(t)["function"] for t in tools]
+            schema = {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+                        "required": ["name", "arguments"],
+                    }
+                    for f in specs
+                ]
+            }
+            listing = "\n".join(json.dumps(f, ensure_ascii=False) for f in specs)
+            prompt = [
+                messages[0],
+                SystemMessage(f'Tools (answer with one JSON object {{"name": ..., "arguments": {{...}}}}):\n{listing}'),
+                *messages[1:],
+            ]
+            extra = {"max_tokens": max_tokens} if max_tokens else {}
+            llm = self.llm.bind(
+                response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": schema}}, **extra
+            )
+
+            def call() -> AIMessage:
+                from agent.llm import _llm_errors
+
+                with _llm_errors(self.llm):
+                    out = llm.invoke(prompt)
+                try:
+                    data = json.loads(out.content)
+                    calls = [
+                        {"name": data["name"], "args": data.get("arguments") or {}, "id": f"call_{time.time_ns()}"}
+                    ]
+                    return AIMessage("", tool_calls=calls, usage_metadata=out.usage_metadata)
+                except (ValueError, KeyError, TypeError):
+                    bad = [{"name": None, "args": str(out.content)[:200], "id": "bad", "error": "not a call"}]
+                    return AIMessage("", invalid_tool_calls=bad, usage_metadata=out.usage_metadata)
+
+            return self.breaker.call(call)
+
+    return SchemaPlanner
+
+
 def run_agent(
-    run: Path, chat_url: str, cases: list[dict[str, Any]], db: Path, ranker: str
+    run: Path, chat_url: str, cases: list[dict[str, Any]], db: Path, ranker: str, plan_via: str = "server"
 ) -> dict[str, list[dict[str, Any]]]:
     """Every case's turns through the agent in THIS process's code (whatever `agent` is first on the path)."""
     from langchain_core.messages import ToolMessage
@@ -367,7 +419,8 @@ def run_agent(
 
         rank = run_ranker(run, None)
     ctx = AgentContext.open(run, ranker=rank)
-    chat = None if chat_url == "none" else ChatLLM(chat_url, timeout_s=180.0)
+    chat_type = schema_planner(ChatLLM) if plan_via == "json-schema" else ChatLLM
+    chat = None if chat_url == "none" else chat_type(chat_url, timeout_s=180.0)
     out: dict[str, list[dict[str, Any]]] = {}
     with Agent(ctx, chat, db) as agent:
         for n, case in enumerate(cases, 1):
@@ -423,7 +476,15 @@ def main(argv: list[str] | None = None) -> None:
         default="run",
         help="recommend with the run's served ranking, or content only",
     )
-    parser.add_argument("--baseline-code", type=Path, help="a checkout of the code before the change, run first")
+    parser.add_argument(
+        "--plan-via",
+        choices=("server", "json-schema"),
+        default="server",
+        help="plan with the tree's own tool calls, or a response_format JSON schema (llama.cpp without the adapter)",
+    )
+    parser.add_argument(
+        "--baseline-code", type=Path, help="a checkout of the code before the change, run at the same time"
+    )
     parser.add_argument("--only", help="comma-separated case ids or categories (development)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # child: write raw records here
@@ -442,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.worker:
-            records = run_agent(args.run, args.chat_url, cases, Path(tmp) / "chat.sqlite", args.ranker)
+            records = run_agent(args.run, args.chat_url, cases, Path(tmp) / "chat.sqlite", args.ranker, args.plan_via)
             args.worker.write_text(json.dumps(records))
             return
         result: dict[str, Any] = {
@@ -451,6 +512,7 @@ def main(argv: list[str] | None = None) -> None:
             "n_cases": len(cases),
             "chat_url": args.chat_url,
             "ranker": args.ranker,
+            "plan_via": args.plan_via,
             "machine": os.uname().nodename,
             "cpus": os.cpu_count(),
         }
@@ -458,16 +520,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.baseline_code:
             raw = Path(tmp) / "baseline.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--run", str(args.run), "--chat-url", args.chat_url]
-            cmd += ["--split", args.split, "--ranker", args.ranker, "--worker", str(raw)]
+            cmd += ["--split", args.split, "--ranker", args.ranker, "--plan-via", args.plan_via, "--worker", str(raw)]
             cmd += ["--only", args.only] if args.only else []
             env = {**os.environ, "PYTHONPATH": str(args.baseline_code.resolve())}
-            started = time.monotonic()
-            subprocess.run(cmd, env=env, check=True, cwd=args.baseline_code)
-            runs["baseline"] = (json.loads(raw.read_text()), time.monotonic() - started)
+            # both arms at once against the same server (its parallel slots batch them): the same load for both
+            child = subprocess.Popen(cmd, env=env, cwd=args.baseline_code)
             result["baseline_code"] = _commit(args.baseline_code)
         started = time.monotonic()
-        records = run_agent(args.run, args.chat_url, cases, Path(tmp) / "chat.sqlite", args.ranker)
+        records = run_agent(args.run, args.chat_url, cases, Path(tmp) / "chat.sqlite", args.ranker, args.plan_via)
         runs["now"] = (records, time.monotonic() - started)
+        if args.baseline_code:
+            if child.wait() != 0:
+                raise SystemExit(f"the baseline run failed (exit {child.returncode})")
+            runs = {"baseline": (json.loads(raw.read_text()), time.monotonic() - started), **runs}
         result["code"] = _commit(ROOT)
         for name, (recs, seconds) in runs.items():
             result[name] = {"wall_s": round(seconds, 1), **score(cases, recs, facts)}
