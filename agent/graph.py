@@ -1,8 +1,8 @@
 """The LangGraph agent: a small typed state (`agent.state`), nodes as plain functions, the graph
 built in one place (`build_graph`).
 
-    START -> plan --(tool calls)--> tools --(model planned and wants another step)--> plan
-               \\                      \\----------------------------------------> reply
+    START -> plan --(tool calls)--> tools -> check --(a failed call, or items that break the request)--> plan
+               \\                               \\------------------------------------------------> reply
                 \\--(answer / direct)------------------------------------------> reply -> guard -> remember -> END
 
 - plan: the chat model (`agent.llm.ChatLLM`) picks the tools and their arguments from the
@@ -10,8 +10,11 @@ built in one place (`build_graph`).
   the tool schemas (`tool_choice="required"`), and calling `answer` means no (more) tools. When no
   chat model answers, the rule planner (`agent.planner`) picks them, and the turn says so.
 - tools: LangGraph's `ToolNode` over `agent.model_tools` (memory and the attached photo come
-  from the state). A call with bad arguments is answered with the validation error; the model
-  then plans once more to correct it (and, with `replan="always"`, after every result).
+  from the state). A call with bad arguments is answered with a sentence naming the argument; the
+  model then plans once more to correct it (and, with `replan="always"`, after every result).
+- check: when the items a model-planned call returned break what the user's message states
+  (years, genres wanted or not, read by `agent.planner.stated_request`), the model is sent back
+  once with a note saying what broke; it decides again (the check never changes its call).
 - reply: the model writes the reply from this turn's results (`agent.prompts.reply_messages`),
   streamed to the caller sentence by sentence once each sentence passes the grounding check; the
   deterministic reply (`agent.reply.rules_reply`) stands in when the model is down or absent.
@@ -28,6 +31,7 @@ entry point named in `langgraph.json` for LangGraph's own dev tools.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -43,14 +47,14 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from agent.guard import check, guard_cards, redact, tool_items
+from agent.guard import check, claim_problems, guard_cards, redact, tool_items
 from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
-from agent.planner import message_problem, plan_turn
+from agent.planner import message_problem, plan_turn, stated_request
 from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
 from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence
 from agent.state import AgentState
-from agent.tools import AgentContext
+from agent.tools import AgentContext, argument_problem
 from serving.client import LLMError, LLMUnavailable
 
 _log = logging.getLogger(__name__)
@@ -94,10 +98,17 @@ def turn_messages(messages: list[AnyMessage]) -> tuple[str, list[AnyMessage]]:
     return text_of(messages[start]), list(messages[start + 1 :])
 
 
+_LISTS = ("recommend", "search_items")
+
+
 def turn_results(messages: list[AnyMessage]) -> list[dict[str, Any]]:
-    """This turn's tool results as dicts (a tool error becomes `{"tool", "items": [], "error"}`)."""
+    """This turn's tool results as dicts (a tool error becomes `{"tool", "items": [], "error"}`). When the
+    model planned again and called for a new list, the earlier lists are left out: the turn answers
+    with its last one."""
     _, turn = turn_messages(messages)
-    return [tool_result(m) for m in turn if isinstance(m, ToolMessage)]
+    results = [tool_result(m) for m in turn if isinstance(m, ToolMessage)]
+    last_list = max((i for i, r in enumerate(results) if r.get("tool") in _LISTS), default=None)
+    return [r for i, r in enumerate(results) if r.get("tool") not in _LISTS or i == last_list]
 
 
 def mentions_any(text: str, cards: list[dict[str, Any]]) -> bool:
@@ -164,6 +175,9 @@ def _fresh_turn() -> dict[str, Any]:
         "direct": None,
         "timing": {"plan_s": [], "plan_tokens": []},
         "retries": 0,
+        "checked": False,
+        "check_note": "",
+        "route": "",
     }
 
 
@@ -293,15 +307,32 @@ def rule_args(call: dict[str, Any], deps: Deps) -> dict[str, Any]:
     """A rule-planner call in the bound tools' arguments (those tools fill memory and `k` themselves)."""
     tool = next(t for t in deps.tools if t.name == call["name"])
     args, _ = known_args(tool, call["args"])
-    if call["name"] == "recommend":
-        args.pop("exclude", None)  # the rule planner excludes the items shown, which the tool excludes anyway
+    if call["name"] == "recommend":  # the items shown ("id N") the tool leaves out anyway; titles are the user's
+        seen = [e for e in args.pop("exclude", None) or [] if not str(e).startswith("id ")]
+        if seen:
+            args["exclude"] = seen
     return args
+
+
+def tool_error(exc: Exception) -> str:
+    """What the model reads when a call fails inside the tool node: arguments that do not fit the
+    schema become one sentence naming the argument (never the exception's text), as a result the
+    reply and the retry can read."""
+    from langgraph.prebuilt.tool_node import ToolInvocationError
+    from pydantic import ValidationError
+
+    if isinstance(exc, ToolInvocationError) and isinstance(exc.source, ValidationError):
+        text, name = argument_problem(exc.tool_name, exc.source), exc.tool_name
+    else:
+        _log.warning("a tool failed: %r", exc)
+        text, name = "the tool failed on those arguments", ""
+    return json.dumps({"tool": name, "items": [], "error": text + ".", "bad_arguments": True})
 
 
 def tools_node(deps: Deps) -> ToolNode:
     """LangGraph's tool node over the bound tools: a call whose arguments do not validate is answered
-    with the error, for the model to correct."""
-    return ToolNode(deps.tools, handle_tool_errors=True)
+    with a sentence saying which argument, for the model to correct."""
+    return ToolNode(deps.tools, handle_tool_errors=tool_error)
 
 
 def after_plan(state: AgentState) -> str:
@@ -311,26 +342,61 @@ def after_plan(state: AgentState) -> str:
     return "tools" if isinstance(last, AIMessage) and last.tool_calls else "reply"
 
 
-def after_tools(state: AgentState, deps: Deps) -> str:
-    """Plan again when the model planned and (with `replan="on_error"`) a call failed, within the
-    step budget; else write the reply."""
-    if state.get("planner") != "model" or int(state.get("steps") or 0) >= deps.settings.max_steps:
-        return "reply"
-    if deps.settings.replan == "always":
-        return "plan"
-    messages = list(state.get("messages") or [])
-    last_round = []
+def _last_round(messages: list[AnyMessage]) -> list[ToolMessage]:
+    out = []
     for msg in reversed(messages):
         if not isinstance(msg, ToolMessage):
             break
-        last_round.append(msg)
+        out.append(msg)
+    return out[::-1]
+
+
+def request_problem(state: AgentState, deps: Deps) -> str | None:
+    """A note for the planner when the items of the last round break what the user's message states
+    ("before 1960" over films from 1996), else None."""
+    message, _ = turn_messages(list(state.get("messages") or []))
+    stated = stated_request(message, deps.ctx)
+    if not stated.describe():
+        return None
+    cards = [
+        c
+        for m in _last_round(list(state.get("messages") or []))
+        for r in [tool_result(m)]
+        if r.get("tool") in _LISTS
+        for c in r.get("items") or []
+    ]
+    broken = [(c, why) for c in cards if (why := stated.breaks(deps.ctx, str(c["item_id"])))]
+    if not broken:
+        return None
+    card, why = broken[0]
+    return (
+        f"Check: the user's message asks for {stated.describe()}, and {len(broken)} of the {len(cards)} items "
+        f"returned do not fit ({card['title']} {' and '.join(why)}). If your arguments misread the message, "
+        "call the tool again with arguments that match it; if they were right, call answer."
+    )
+
+
+def check_step(state: AgentState, deps: Deps) -> dict[str, Any]:
+    """After the tools: plan again to correct a failed call (once), or once when the items break the
+    user's stated request (the note says what broke; the model decides), else reply."""
+    if state.get("planner") != "model" or int(state.get("steps") or 0) >= deps.settings.max_steps:
+        return {"route": "reply"}
+    if deps.settings.replan == "always":
+        return {"route": "plan"}
+    last_round = _last_round(list(state.get("messages") or []))
     failed = any(getattr(m, "status", "success") == "error" or tool_result(m).get("error") for m in last_round)
-    return "plan" if failed and not state.get("retries") else "reply"
+    if failed and not state.get("retries"):
+        return {"route": "plan", "retries": int(state.get("retries") or 0) + 1}
+    if not state.get("checked"):
+        note = request_problem(state, deps)
+        if note:
+            return {"route": "plan", "checked": True, "check_note": note}
+    return {"route": "reply"}
 
 
-def count_retry(state: AgentState) -> dict[str, Any]:
-    """Bookkeeping between a failed round and the retry: the model gets one."""
-    return {"retries": int(state.get("retries") or 0) + 1}
+def after_check(state: AgentState) -> str:
+    """Where the check sends the turn: back to planning, or on to the reply."""
+    return "plan" if state.get("route") == "plan" else "reply"
 
 
 def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
@@ -423,6 +489,8 @@ def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
             violations = ["the model's reply repeats its prompt"]
         elif degenerate(text):
             violations = ["the model's reply repeats itself"]
+        if not violations:
+            violations = claim_problems(text, draft.get("cards") or [], results, ctx)
         if violations:
             text = str(draft.get("fallback") or "")
     cleaned = redact(text, allowed, ctx.titles)
@@ -486,14 +554,14 @@ def build_graph(
     graph = StateGraph(AgentState)
     graph.add_node("plan", functools.partial(plan, deps=deps))
     graph.add_node("tools", tools_node(deps))
-    graph.add_node("retry", count_retry)
+    graph.add_node("check", functools.partial(check_step, deps=deps))
     graph.add_node("reply", functools.partial(reply, deps=deps))
     graph.add_node("guard", functools.partial(guard, deps=deps))
     graph.add_node("remember", functools.partial(remember, deps=deps))
     graph.add_edge(START, "plan")
     graph.add_conditional_edges("plan", after_plan, {"tools": "tools", "reply": "reply"})
-    graph.add_conditional_edges("tools", functools.partial(after_tools, deps=deps), {"plan": "retry", "reply": "reply"})
-    graph.add_edge("retry", "plan")
+    graph.add_edge("tools", "check")
+    graph.add_conditional_edges("check", after_check, {"plan": "plan", "reply": "reply"})
     graph.add_edge("reply", "guard")
     graph.add_edge("guard", "remember")
     graph.add_edge("remember", END)

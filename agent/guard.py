@@ -252,3 +252,40 @@ def guard_cards(cards: Sequence[dict[str, Any]], allowed: set[str], titles: Titl
         clean["explanation"] = redact(str(card.get("explanation") or ""), allowed, titles).text
         out.append(clean)
     return out
+
+
+def claim_problems(
+    text: str, cards: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], ctx: Any
+) -> list[str]:
+    """What a reply states about its items that they break, checked like explanation claims: a year
+    range ("made before 1960", "from the 1980s") that a shown item is outside, a genre said of the
+    list ("musicals") that no shown item and no liked item has, or a genre said to be left out
+    ("no horror") that a shown item has."""
+    from agent.planner import genre_mentions, year_range
+
+    if not cards:
+        return []
+    problems = []
+    years = {str(c["item_id"]): ctx.item_year(str(c["item_id"])) for c in cards}
+    shown_genres = {g for c in cards for g in ctx.item_genres(str(c["item_id"]))}
+    liked = [str(c["item_id"]) for r in results for key in ("liked", "history") for c in r.get(key) or []]
+    if any(isinstance(r.get("like"), dict) for r in results):
+        liked += [str(r["like"]["item_id"]) for r in results if isinstance(r.get("like"), dict)]
+    liked_genres = {g for i in liked for g in ctx.item_genres(i)}
+    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
+        plain = _YEAR_PAREN.sub(" ", sentence)  # "Toy Story (1995)" is a title, not a claim
+        lo, hi = year_range(plain) if ctx.has_years else (None, None)
+        if (lo is not None or hi is not None) and lo != hi:
+            outside = [
+                i for i, y in years.items() if y is None or (lo is not None and y < lo) or (hi is not None and y > hi)
+            ]
+            if outside:
+                problems.append(f"the reply says {sentence.strip()!r}, which {len(outside)} of its items are not")
+        said, avoided = genre_mentions(plain, ctx.genres)
+        for genre in said:
+            if genre not in shown_genres and genre not in liked_genres:
+                problems.append(f"the reply calls its items {genre}, which none of them is")
+        for genre in avoided:
+            if genre in shown_genres:
+                problems.append(f"the reply says its items are not {genre}, which one of them is")
+    return problems

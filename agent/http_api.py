@@ -5,6 +5,7 @@
     POST /chat/stream  same body -> Server-Sent Events as they happen: `status`, `tool_call`, `tool_result`,
                        `delta` (the reply as it is written), then one `reply` (the checked reply)
     GET  /threads/{id} what a thread remembers (liked items, preferences, last items)
+    GET  /tools        the tools the chat model calls, with the JSON schema of their arguments
     GET  /health       ok, and whether the chat model answers
     POST /items        {"items": [{"id", "title", "text"?, "attributes"?, "image"?}, ...]} -> {"added": {id: code}, "version"}
     POST /items/retire {"ids": [...]} -> {"retired": [...], "version"}
@@ -260,6 +261,14 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
             return {"retired": fresh, "version": version}
 
         return change(action)
+
+    @app.get("/tools")
+    def tools(key: str | None = Depends(caller)) -> list[dict[str, Any]]:
+        """The agent's tools as the chat model sees them: name, description and the JSON schema of the
+        arguments a request can give (each derived from the tool's one typed signature)."""
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        return [convert_to_openai_tool(t)["function"] for t in agent.tools]
 
     @app.get("/health")
     def health() -> dict[str, Any]:

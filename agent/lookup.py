@@ -2,24 +2,36 @@
 a MovieLens-style inverted title ("Godfather, The"), or a near-miss spelling.
 
 Semantic search would always return *something*; naming an item needs a stricter match, so that
-"Zorblax 3000" is reported as missing instead of silently becoming the closest film.
+"Zorblax 3000" is reported as missing instead of silently becoming the closest film. Words for a
+kind or a time ("Drama", "the 1950s", "a family film") are never titles: the caller passes the
+catalog's genre words as `reserved`, and such a name finds nothing instead of "A Family Thing".
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pandas as pd
+from rapidfuzz import fuzz, process
 
 _YEAR = re.compile(r"\s*\((?:\d{4}|\d{4}\s*-\s*\d{0,4})\)\s*$")
 _ARTICLES = ("the", "a", "an", "le", "la", "les", "il", "el", "das", "der", "die")
 _INVERTED = re.compile(r"^(.*),\s*(" + "|".join(_ARTICLES) + r")$", re.IGNORECASE)
 _NON_WORD = re.compile(r"[^\w]+")
 _ID_TAG = re.compile(r"^(.*?)\s*\[\s*id\s*[:#]?\s*([^\]\s]+)\s*\]\s*$", re.IGNORECASE)
+# words that go with a kind or a time in a request but never make a title on their own
+_FILLER = frozenset(
+    "a an the some any good great old older new newer classic film films movie movies picture pictures one ones "
+    "something anything from of in era decade years year early late mid stuff kind type genre".split()
+)
+_TIME_WORD = re.compile(
+    r"^(?:(?:1[89]|20)?\d0'?s|(?:1[89]|20)\d\d|twenties|thirties|forties|fifties|sixties|seventies|eighties|nineties)$"
+)
+_ROMAN = {"2": "ii", "3": "iii", "4": "iv", "5": "v", "6": "vi", "7": "vii"}
+MISSPELLING_SCORE = 85  # rapidfuzz ratio (0-100) at which a near-miss spelling names a title ("Star Wors")
 
 
 def normalize_title(title: str) -> str:
@@ -57,10 +69,14 @@ class TitleIndex:
     titles: dict[str, str]
     popularity: dict[str, int]
     by_subtitle: dict[str, list[str]] = field(default_factory=dict)  # "curse of michael myers" -> Halloween 6
+    reserved: frozenset[str] = frozenset()  # words for kinds ("drama", "family"): never a title alone
+    by_loose: dict[str, list[str]] = field(default_factory=dict)  # "godfather part ii" for "Godfather part 2"
 
     @classmethod
-    def build(cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None) -> TitleIndex:
-        """Index the `item_id`/`title` columns of a catalog's items."""
+    def build(
+        cls, items: pd.DataFrame, interactions: pd.DataFrame | None = None, reserved: set[str] | None = None
+    ) -> TitleIndex:
+        """Index the `item_id`/`title` columns of a catalog's items; `reserved`: words that name a kind."""
         by_norm: dict[str, list[str]] = defaultdict(list)
         by_subtitle: dict[str, list[str]] = defaultdict(list)
         titles: dict[str, str] = {}
@@ -76,7 +92,27 @@ class TitleIndex:
         popularity: dict[str, int] = {}
         if interactions is not None and len(interactions):
             popularity = interactions["item_id"].astype(str).value_counts().to_dict()
-        return cls(set(titles), dict(by_norm), titles, popularity, dict(by_subtitle))
+        by_loose: dict[str, list[str]] = defaultdict(list)
+        for norm, ids in by_norm.items():
+            by_loose[_loose(norm)].extend(ids)
+        words = frozenset(w.lower() for w in reserved or ())
+        return cls(set(titles), dict(by_norm), titles, popularity, dict(by_subtitle), words, dict(by_loose))
+
+    def reserved_word(self, name: str) -> bool:
+        """True if `name` only names a kind or a time ("Drama", "1950s", "a family film", "90s comedies")."""
+        text = unicodedata.normalize("NFKC", name).lower()
+        for phrase in sorted((w for w in self.reserved if " " in w), key=len, reverse=True):
+            text = text.replace(phrase, " ")
+        words = _NON_WORD.sub(" ", text.replace("'", "")).split()
+        stems = {w[:-1] if w.endswith("s") else w for w in self.reserved} | self.reserved
+        return bool(name.strip()) and all(
+            w in _FILLER
+            or _TIME_WORD.match(w)
+            or w in stems
+            or (w.endswith("s") and w[:-1] in stems)
+            or (w.endswith("ies") and w[:-3] + "y" in stems)
+            for w in words
+        )
 
     def _best(self, ids: list[str]) -> str:
         return max(ids, key=lambda i: (self.popularity.get(i, 0), -len(self.titles[i]), i))
@@ -88,8 +124,10 @@ class TitleIndex:
         Star Wars over a re-release); a title the name is the whole start of ("Alien" does not
         match "Aliens", but "Star Wars" matches "Star Wars: Episode IV" when no exact title
         exists); the whole part after a title's colon ("The Curse of Michael Myers" for "Halloween:
-        The Curse of Michael Myers", as a model splitting a list at colons passes it); then a close
-        spelling (difflib ratio >= 0.88).
+        The Curse of Michael Myers", as a model splitting a list at colons passes it); the title
+        without "and" and with roman numerals; a run of two or more whole words inside one title
+        ("Holy Grail"); then a close spelling (rapidfuzz ratio >= 85). A name made only of words for
+        a kind or a time finds nothing.
         """
         name = name.strip().strip("\"'“”‘’").strip()
         if not name:
@@ -107,7 +145,7 @@ class TitleIndex:
         if name in self.ids and normalize_title(name) not in self.by_norm:
             return name
         norm = normalize_title(name)
-        if not norm:
+        if not norm or self.reserved_word(name):
             return None
         if norm in self.by_norm:
             exact_with_year = [i for i in self.by_norm[norm] if self.titles[i].strip().lower() == name.lower()]
@@ -117,7 +155,19 @@ class TitleIndex:
             return self._best(prefixed)
         if norm in self.by_subtitle:
             return self._best(self.by_subtitle[norm])
-        close = difflib.get_close_matches(norm, list(self.by_norm), n=3, cutoff=0.88)
-        if close:
+        loose = _loose(norm)
+        if loose in self.by_loose:  # "Godfather part 2", "Wallace and Gromit" without its subtitle
+            return self._best(self.by_loose[loose])
+        inside = [i for key, ids in self.by_loose.items() if f" {loose} " in f" {key} " for i in ids]
+        if inside and (len(loose.split()) >= 2 or len(loose) >= 6):  # "the Holy Grail", "Strangelove"
+            return self._best(inside)
+        close = process.extractOne(norm, list(self.by_norm), scorer=fuzz.ratio, score_cutoff=MISSPELLING_SCORE)
+        if close:  # a near-miss spelling of a whole title ("Star Wors", "Braveheat")
             return self._best(self.by_norm[close[0]])
         return None
+
+
+def _loose(norm: str) -> str:
+    """A normalised title without "and"/"&", with small numbers as roman numerals: the words people
+    drop or write differently ("Wallace and Gromit", "Godfather part 2")."""
+    return " ".join(_ROMAN.get(w, w) for w in norm.split() if w not in ("and", "the"))

@@ -1,7 +1,8 @@
 """The tools as the graph runs them and the chat model sees them.
 
-`agent.tools` holds the plain functions; here each gets a short model-facing schema (no examples:
-small models copy examples from docstrings into arguments) and a wrapper that fills in what the
+`agent.tools` declares each tool once, as a typed plain function; here each becomes a LangChain
+tool whose `args_schema` is that function's request schema (`agent.tools.request_schema`: the same
+model the rule planner's calls and the HTTP API's `/tools` use), and whose body fills in what the
 conversation already knows, from the graph state (LangGraph's `ToolRuntime`), never from the model:
 
 - the photo the user attached to this message (`search_items(by_photo=true)`): a model cannot
@@ -9,12 +10,15 @@ conversation already knows, from the graph state (LangGraph's `ToolRuntime`), ne
 - the liked items, the items the user said they have seen or do not want, the items shown last,
   the catalog user: every `recommend` keeps them, so a follow-up that changes one wish cannot
   drop the others or bring back an item already shown or seen;
+- the request's remembered constraints: an argument the call gives replaces the remembered one
+  ("actually make it the 1960s" keeps the genres and changes the years), and the memory shows the
+  model what is kept;
 - how many items a list has (`AgentSettings.k`).
 
 The model's arguments are validated by the schema (LangGraph's `ToolNode` answers a bad call with
-the validation error, and the model gets to retry once); arguments outside a schema are dropped
-before the call. `answer` is not a tool but a way out: `tool_choice="required"` forces a call, and
-calling `answer` means "no (more) tools: write the reply now".
+a sentence naming the argument, and the model gets to retry once); arguments outside a schema are
+dropped before the call. `answer` is not a tool but a way out: `tool_choice="required"` forces a
+call, and calling `answer` means "no (more) tools: write the reply now".
 """
 
 from __future__ import annotations
@@ -22,17 +26,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.prebuilt import ToolRuntime
-from pydantic import BaseModel, Field, StringConstraints, create_model, model_validator
+from pydantic import BaseModel, Field, create_model
 
-from agent import tools as plain
-from agent.tools import AgentContext
+from agent.tools import TOOLS, AgentContext, request_schema, run_tool
 
-MAX_GENRES = 3  # a list of every genre is a small model copying, not a user asking
 ANSWER = "answer"
+YEAR_ARGS = ("released_after", "released_before", "decade", "same_decade_as")
 
 
 class Answer(BaseModel):
@@ -40,85 +43,19 @@ class Answer(BaseModel):
     message needs no tool (a greeting, thanks, a question about the conversation itself)."""
 
 
-def _user_type(ctx: AgentContext) -> Any:
-    """The type of a user id argument: digits only when every catalog user id is digits (so constrained
-    decoding cannot write a placeholder such as "user_id")."""
-    ids = ctx.interactions["user_id"].astype(str) if len(ctx.interactions) else []
-    if len(ids) and all(i.isdigit() for i in ids.unique()[:10_000]):
-        return Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")]
-    return Annotated[str, StringConstraints(min_length=1, max_length=64)]
-
-
-def _drop_copies(args: BaseModel) -> BaseModel:
-    """What a model copied from one list into its opposite. A title both liked and excluded is
-    excluded (recommending back a title the user has seen is the worse mistake); a genre both wanted
-    and avoided is wanted (a small model fills `avoid_genres` with a copy of `genres`)."""
-    for keep, drop in (("exclude", "liked"), ("genres", "avoid_genres")):
-        kept = {str(v).strip().lower() for v in getattr(args, keep, None) or []}
-        if kept and getattr(args, drop, None):
-            setattr(args, drop, [v for v in getattr(args, drop) if str(v).strip().lower() not in kept] or None)
-    return args
-
-
 def schemas(ctx: AgentContext) -> dict[str, type[BaseModel]]:
-    """The model-facing argument schemas of the tools, for this catalog."""
-    genre_fields: dict[str, Any] = {
-        "genres": (list[str] | None, Field(None, max_length=MAX_GENRES, description="genres the user asks for now")),
-        "avoid_genres": (
-            list[str] | None,
-            Field(None, max_length=MAX_GENRES, description="genres the user does not want"),
-        ),
-    }
-    user = _user_type(ctx)
-    years: dict[str, Any] = (
-        {
-            "year_from": (int | None, Field(None, description="only items from this year on")),
-            "year_to": (int | None, Field(None, description="only items up to this year")),
-        }
-        if ctx.has_years
-        else {}
-    )
-    search = create_model(
+    """The model-facing argument schemas of the tools, for this catalog: each tool's request schema,
+    and for `search_items` the switch that searches by the attached photo."""
+    out = {name: request_schema(name, ctx) for name in TOOLS}
+    search = out["search_items"]
+    out["search_items"] = create_model(
         "search_items",
-        __doc__="Find catalog items by a description of what the user wants (a kind, a plot, a mood), "
-        "items similar to one title, or items that look like the photo the user attached.",
-        query=(str | None, Field(None, description="the description, in the user's words")),
-        like_item=(str | None, Field(None, description="a title: find items similar to it")),
+        __base__=search,
+        __doc__=search.__doc__,
         by_photo=(bool, Field(False, description="search by the photo attached to the user's message")),
-        **genre_fields,
-        **years,
-        __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
     )
-    recommend = create_model(
-        "recommend",
-        __doc__="Recommend items for this user from the titles they liked, ranked by the recommender model. "
-        "Titles they liked earlier in the conversation are remembered.",
-        liked=(list[str] | None, Field(None, max_length=20, description="titles the user says they liked")),
-        exclude=(
-            list[str] | None,
-            Field(None, max_length=20, description="titles the user has already seen or does not want"),
-        ),
-        **genre_fields,
-        **years,
-        __validators__={"drop_copies": model_validator(mode="after")(_drop_copies)},
-    )
-    details = create_model(
-        "item_details",
-        __doc__="Look up one item: its genres, year and description.",
-        item=(str, Field(description="the item's title, or 'id N'")),
-    )
-    explain = create_model(
-        "explain",
-        __doc__="Explain why an item suits this user, from its facts and the titles they liked.",
-        item=(str, Field(description="the item's title, or 'id N'")),
-    )
-    history = create_model(
-        "user_history",
-        __doc__="The items a catalog user interacted with most recently. When the user gives "
-        "their catalog id, call this; recommend then uses their history.",
-        user_id=(user, Field(description="the user's catalog id")),
-    )
-    return {m.__name__: m for m in (recommend, search, details, explain, history)}
+    order = ("recommend", "search_items", "item_details", "explain", "user_history")
+    return {name: out[name] for name in order}
 
 
 def photo_bytes(state: dict[str, Any]) -> bytes | None:
@@ -176,91 +113,82 @@ def _shown(state: dict[str, Any]) -> list[str]:
     return [str(c["item_id"]) for c in state.get("candidates") or []]
 
 
+def with_memory(args: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """A request's arguments with the remembered constraints it does not replace: any year argument
+    replaces the remembered years, `genres` the remembered genres; unwanted genres add up (less
+    those now wanted)."""
+    prefs = state.get("preferences") or {}
+    out = {k: v for k, v in args.items() if v not in (None, [], "")}
+    if not any(k in out for k in YEAR_ARGS):
+        if prefs.get("year_min") is not None:
+            out["released_after"] = int(prefs["year_min"]) - 1
+        if prefs.get("year_max") is not None:
+            out["released_before"] = int(prefs["year_max"]) + 1
+    avoid_now = {str(g).lower() for g in out.get("exclude_genres") or []}
+    if "genres" not in out and prefs.get("genres"):
+        kept = [g for g in prefs["genres"] if g.lower() not in avoid_now]
+        if kept:
+            out["genres"] = kept
+    wanted_now = {str(g).lower() for g in out.get("genres") or []}
+    avoid = [g for g in [*(prefs.get("exclude_genres") or []), *(out.get("exclude_genres") or [])]]
+    avoid = list(dict.fromkeys(g for g in avoid if g.lower() not in wanted_now))
+    if avoid:
+        out["exclude_genres"] = avoid[:3]
+    else:
+        out.pop("exclude_genres", None)
+    return out
+
+
 def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
     """The tools over `ctx` for the graph's `ToolNode` and the chat model (`k` items per list)."""
     args = schemas(ctx)
 
-    def search_items(
-        runtime: ToolRuntime,
-        query: str | None = None,
-        like_item: str | None = None,
-        by_photo: bool = False,
-        genres: list[str] | None = None,
-        avoid_genres: list[str] | None = None,
-        year_from: int | None = None,
-        year_to: int | None = None,
-    ) -> dict[str, Any]:
+    def search_items(runtime: ToolRuntime, by_photo: bool = False, **request: Any) -> dict[str, Any]:
         state = runtime.state
         photo = photo_bytes(state) if by_photo else None
         if by_photo and photo is None:
             return {"tool": "search_items", "items": [], "error": "no photo is attached to this message"}
-        return plain._run_tool(
-            plain.search_items,
-            ctx,
-            query=query,
-            image=photo,
-            like_item=like_item,
-            genres=genres,
-            avoid_genres=avoid_genres,
-            year_from=year_from,
-            year_to=year_to,
-            exclude=_ids((state.get("excluded") or []) + (state.get("history") or [])),
-            k=k,
-        )
+        seen = list(state.get("excluded") or []) + list(state.get("history") or [])
+        return run_tool(ctx, "search_items", with_memory(request, state), image=photo, skip=seen, k=k)
 
-    def recommend(
-        runtime: ToolRuntime,
-        liked: list[str] | None = None,
-        exclude: list[str] | None = None,
-        genres: list[str] | None = None,
-        avoid_genres: list[str] | None = None,
-        year_from: int | None = None,
-        year_to: int | None = None,
-    ) -> dict[str, Any]:
+    def recommend(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
         user_id = _step_user(state) or state.get("user_id")
-        liked, invented = said_by_user(ctx, state, liked)
-        exclude, invented_too = said_by_user(ctx, state, exclude)
-        seen, unknown_seen = plain._resolve(ctx, exclude)
-        seen = list(dict.fromkeys((state.get("excluded") or []) + seen))
+        liked, invented = said_by_user(ctx, state, request.pop("liked", None))
+        exclude, invented_too = said_by_user(ctx, state, request.pop("exclude", None))
+        # a title both liked and excluded is excluded: recommending back a seen title is the worse mistake
+        dropped = {str(v).strip().lower() for v in exclude}
+        liked = [v for v in liked if str(v).strip().lower() not in dropped]
+        seen = list(dict.fromkeys([*(state.get("excluded") or []), *ctx.resolve(exclude)[0]]))
+        request = with_memory(request, state)
         liked_now = list(dict.fromkeys(_ids(state.get("history")) + list(liked or [])))
-        result = plain._run_tool(
-            plain.recommend,
-            ctx,
-            liked=liked_now,
-            user_id=user_id,
-            genres=genres,
-            avoid_genres=avoid_genres,
-            year_from=year_from,
-            year_to=year_to,
-            exclude=_ids(seen + _shown(state)),
-            k=k,
-        )
-        result.pop("excluded", None)  # the shown items are not the user's exclusions: say which are
-        if seen:
+        if liked_now:
+            request["liked"] = liked_now[:20]
+        if exclude:
+            request["exclude"] = exclude
+        result = run_tool(ctx, "recommend", request, user_id=user_id, skip=seen + _shown(state), k=k)
+        if seen:  # every title the user has seen, not only those this message named
             result["seen"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in seen]
-        if unknown_seen:
-            result["unknown"] = list(result.get("unknown") or []) + unknown_seen
         if invented or invented_too:  # titles no message named: not the user's, so not used
             result["ignored"] = invented + invented_too
         return result
 
-    def item_details(runtime: ToolRuntime, item: str) -> dict[str, Any]:
-        return plain._run_tool(plain.item_details, ctx, item=item)
+    def item_details(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
+        return run_tool(ctx, "item_details", request)
 
-    def explain(runtime: ToolRuntime, item: str) -> dict[str, Any]:
+    def explain(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
-        return plain._run_tool(
-            plain.explain,
+        return run_tool(
             ctx,
-            item=item,
+            "explain",
+            request,
             liked=_ids(state.get("history")),
             user_id=state.get("user_id"),
             genres=(state.get("preferences") or {}).get("genres"),
         )
 
-    def user_history(runtime: ToolRuntime, user_id: str) -> dict[str, Any]:
-        return plain._run_tool(plain.user_history, ctx, user_id=user_id, n=10)
+    def user_history(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
+        return run_tool(ctx, "user_history", request, n=10)
 
     funcs = {
         "search_items": search_items,

@@ -39,20 +39,46 @@ LEXICON: dict[str, tuple[str, ...]] = {
         "light-hearted",
         "lighthearted",
         "silly",
+        "comedia",
+        "comedias",
+        "comédie",
+        "comédies",
+        "komödie",
+        "komödien",
+        "commedia",
+        "comédia",
+        "komedie",
     ),
-    "Horror": ("horror", "scary", "scarier", "frightening", "creepy", "terrifying", "spooky"),
-    "Romance": ("romance", "romantic", "love story", "love stories"),
+    "Horror": ("horror", "scary", "scarier", "frightening", "creepy", "terrifying", "spooky", "terror", "épouvante"),
+    "Romance": ("romance", "romantic", "love story", "love stories", "romántica", "romantique", "romantisch"),
     "Action": ("action", "action-packed", "explosive"),
-    "Animation": ("animated", "animation", "cartoon", "cartoons"),
-    "Children's": ("kids", "children", "family", "family-friendly"),
-    "Sci-Fi": ("sci-fi", "science fiction", "scifi", "science-fiction", "futuristic"),
+    "Animation": (
+        "animated",
+        "animation",
+        "cartoon",
+        "cartoons",
+        "animación",
+        "animação",
+        "dessin animé",
+        "zeichentrick",
+    ),
+    "Children's": ("kids", "children", "family", "family-friendly", "niños", "crianças", "enfants", "kinder"),
+    "Sci-Fi": (
+        "sci-fi",
+        "science fiction",
+        "scifi",
+        "science-fiction",
+        "futuristic",
+        "ciencia ficción",
+        "ficção científica",
+    ),
     "Thriller": ("thriller", "thrillers", "suspense", "suspenseful", "tense"),
-    "Drama": ("drama", "dramas", "dramatic"),
-    "Documentary": ("documentary", "documentaries"),
-    "Musical": ("musical", "musicals"),
+    "Drama": ("drama", "dramas", "dramatic", "drame", "drames", "dramma"),
+    "Documentary": ("documentary", "documentaries", "documental", "documentaire", "dokumentarfilm"),
+    "Musical": ("musical", "musicals", "comédie musicale", "musicales"),
     "Mystery": ("mystery", "mysteries", "whodunit"),
-    "War": ("war movie", "war film", "war movies", "war films"),
-    "Western": ("western", "westerns", "cowboy", "cowboys"),
+    "War": ("war movie", "war film", "war movies", "war films", "guerra", "guerre", "kriegsfilm", "oorlog"),
+    "Western": ("western", "westerns", "cowboy", "cowboys", "wéstern"),
     "Crime": ("crime", "gangster", "gangsters", "heist"),
     "Film-Noir": ("noir", "film-noir", "film noir"),
     "Fantasy": ("fantasy", "magic", "magical"),
@@ -72,6 +98,18 @@ _NEGATIONS = (
     "dislike",
     "don't",
     "dont",
+    "isn't",
+    "isnt",
+    "aren't",
+    "except",
+    "keine",
+    "kein",
+    "nada",
+    "sin",
+    "sans",
+    "pas",
+    "geen",
+    "forget",
 )
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|help|yo|good (morning|evening|afternoon)|what can you do)\b[\s!.?]*$", re.I)
@@ -142,7 +180,8 @@ def clean_text(text: str) -> str:
 
 def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[str]]:
     """Genres a message asks for and genres it rules out ("no horror", "less scary"), in the catalog's spelling."""
-    low = " " + re.sub(r"[^\w'\- ]+", " ", text.lower()) + " "
+    said = " " + re.sub(r"\b(anything|everything|something) but\b", r"\1 without", text.lower()) + " "
+    low = re.sub(r"[^\w'\- ]", " ", said)  # the same length: clause boundaries are read from `said`
     wanted: list[str] = []
     avoid: list[str] = []
     terms: list[tuple[str, str]] = [(w, g) for g, words in LEXICON.items() for w in words]
@@ -152,10 +191,122 @@ def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[s
         if target is None:
             continue
         for m in re.finditer(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", low):
-            before = low[: m.start()].split()[-3:]
+            # the words before it in its own clause ("no horror, but a comedy": comedy is wanted)
+            clause = re.split(r"[,.;!?]|\bbut\b|\band\b|\bor\b", said[: m.start()])[-1]
+            before = clause.split()[-5:]
             (avoid if any(b in _NEGATIONS for b in before) else wanted).append(target)
     wanted = [g for g in dict.fromkeys(wanted) if g not in avoid]
     return wanted, list(dict.fromkeys(avoid))
+
+
+_DECADE_WORDS = {
+    "twenties": 1920,
+    "thirties": 1930,
+    "forties": 1940,
+    "fifties": 1950,
+    "sixties": 1960,
+    "seventies": 1970,
+    "eighties": 1980,
+    "nineties": 1990,
+}
+_YEAR = r"((?:1[89]|20)\d\d)"
+_DECADE = r"(?:(?:the|los|les|die|de|the early|the late)\s+)?((?:1[89]|20)?[0-9]0)'?s\b"
+_BEFORE = r"\b(?:before|earlier than|older than|prior to|pre-?|until|antes de|avant|vor|prima del|voor)\s*"
+_ONWARDS = r"\s*(?:on|onwards?|or later|and later|or newer|and up)\b"
+
+
+def year_range(text: str) -> tuple[int | None, int | None]:
+    """The inclusive year range a message states: "before 1960" -> (None, 1959), "after 1990" ->
+    (1991, None), "since 1995" / "from 1993 onwards" / "no older than 1994" -> from that year, "between 1980
+    and 1985", "from 1975 to 1985", "only 1997" -> (1997, 1997), "the 80s" / "the eighties" / "años 80"
+    / "années 90" / "jaren 60" -> the decade, "nothing after 1965" -> (None, 1965). (None, None) when
+    it states none."""
+    low = text.lower()
+    m = re.search(
+        r"\b(?:between|from|de|entre|zwischen|tra il|van)\s+(?:the\s+years?\s+)?"
+        + _YEAR
+        + r"\s*(?:and|to|-|y|et|und|e|tot)\s*"
+        + _YEAR,
+        low,
+    )
+    if m:
+        a, b = sorted((int(m.group(1)), int(m.group(2))))
+        return a, b
+    m = re.search(r"\b(?:nothing|none|no)\s+(?:made\s+|released\s+)?(?:after|newer than|later than)\s+" + _YEAR, low)
+    if m:
+        return None, int(m.group(1))
+    m = re.search(r"\bno (?:older|earlier) than\s+" + _YEAR, low)
+    if m:
+        return int(m.group(1)), None
+    m = re.search(_BEFORE + _YEAR, low)
+    if m:
+        return None, int(m.group(1)) - 1
+    m = re.search(r"\b" + _YEAR + _ONWARDS, low) or re.search(r"\bsince\s+" + _YEAR, low)
+    if m:
+        return int(m.group(1)), None
+    m = re.search(r"\b(?:after|newer than|later than|depuis|desde|nach|dopo il)\s+" + _YEAR, low)
+    if m:
+        return int(m.group(1)) + 1, None
+    m = re.search(r"\b(?:años|années|jaren|anni|jahre)\s+(?:'|19)?([0-9]0)\b", low)
+    if m:
+        start = 1900 + int(m.group(1))
+        return start, start + 9
+    for word, start in _DECADE_WORDS.items():
+        if re.search(rf"\b{word}\b", low):
+            return start, start + 9
+    m = re.search(r"\b" + _DECADE, low)
+    if m:
+        digits = m.group(1)
+        start = int(digits) if len(digits) == 4 else 1900 + int(digits)
+        return start, start + 9
+    m = re.search(r"\b(?:only|just|from|in|released in|made in|of)\s+" + _YEAR + r"\b(?!\s*(?:to|and|-))", low)
+    if m:
+        return int(m.group(1)), int(m.group(1))
+    return None, None
+
+
+_SAME_DECADE = re.compile(r"\b(?:same|that)\s+(?:same\s+)?(?:decade|era)(?:\s+as\s+(.+?))?(?=[,.;!?]|\s+but\b|$)", re.I)
+_OLDER = re.compile(r"\b(?:older|earlier|more classic)\b", re.I)
+_SEEN = re.compile(
+    r"[,.;]?\s*(?:but\s+)?(?:i(?:'ve| have)\s+(?:already\s+)?(?:seen|watched)|(?:that\s+)?isn't)\s+(.+?)"
+    r"(?:\s+already)?(?:,\s*seen that(?: one)?)?\s*(?=[.;!?]|$)",
+    re.I,
+)
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _title_year(title: str) -> int | None:
+    m = _YEAR_IN_TITLE.search(title)
+    return int(m.group(1)) if m else None
+
+
+def _seen_names(text: str) -> list[str]:
+    """Titles a message says the user has already seen ("I've seen A and B already", "that isn't A, seen that")."""
+    m = _SEEN.search(text)
+    if not m:
+        return []
+    names = [n.strip(" \"'") for n in re.split(r",\s*|\s+and\s+|\s*&\s*", m.group(1))]
+    return [n for n in names if n and n.lower() not in ("it", "that", "them", "those", "all of those", "that one")]
+
+
+def stated_request(text: str, ctx: Any) -> Any:
+    """What a message itself asks of the items (an `agent.tools.Request`): genres wanted and not, and
+    years, read by the rules. The check after a model's tool call compares the items with it."""
+    from agent.tools import Request
+
+    wanted, avoid = genre_mentions(text, ctx.genres)
+    year_min, year_max = year_range(text) if ctx.has_years else (None, None)
+    return Request(wanted, avoid, year_min, year_max)
+
+
+def year_args(prefs: Preferences | dict[str, Any]) -> dict[str, int]:
+    """A remembered inclusive year range as the tools' arguments (released_after / released_before)."""
+    args = {}
+    if prefs.get("year_min") is not None:
+        args["released_after"] = int(prefs["year_min"]) - 1  # type: ignore[arg-type]
+    if prefs.get("year_max") is not None:
+        args["released_before"] = int(prefs["year_max"]) + 1  # type: ignore[arg-type]
+    return args
 
 
 def _strip_genre_words(fragment: str, genres: dict[str, str]) -> str:
@@ -240,19 +391,39 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
     if wanted or avoid:
         # The newest wish wins: "something funnier" after "scarier" means comedy now, not both.
         prefs["genres"] = wanted or [g for g in prefs.get("genres", []) if g not in avoid]
-        prefs["avoid_genres"] = [g for g in dict.fromkeys(prefs.get("avoid_genres", []) + avoid) if g not in wanted]
+        prefs["exclude_genres"] = [g for g in dict.fromkeys(prefs.get("exclude_genres", []) + avoid) if g not in wanted]
+    year_min, year_max = year_range(text)
+    same = _SAME_DECADE.search(text)
+    if same and year_min is None and year_max is None:  # "the same decade as Casablanca", "that same decade"
+        named = titles.find(same.group(1)) if same.group(1) else None
+        anchor = named or next((titles.find(n) for n in liked_names(text, genres, titles) if titles.find(n)), None)
+        anchor = anchor or (state.get("history") or [None])[-1]
+        year = _title_year(titles.titles.get(anchor or "", ""))
+        if year is not None:
+            year_min, year_max = year - year % 10, year - year % 10 + 9
+    if year_min is None and year_max is None and candidates and _OLDER.search(text):
+        shown_years = [y for c in candidates if (y := _title_year(str(c.get("title") or ""))) is not None]
+        if shown_years:
+            year_max = min(shown_years) - 1
+    if year_min is not None or year_max is not None:  # new years replace the remembered ones
+        prefs["year_min"], prefs["year_max"] = year_min, year_max
+    seen_now = _seen_names(text)
+    if seen_now:  # "I've seen A and B already": not liked, never recommended
+        text = _SEEN.sub("", text).strip(" ,.")
 
     def rec(liked: list[str], query: str | None, exclude: list[str], intent: str) -> Plan:
+        exclude = [*exclude, *seen_now]
         args: dict[str, Any] = {"liked": liked, "k": k}
         for key, value in (
             ("user_id", user_id),
             ("query", query),
             ("genres", prefs.get("genres")),
-            ("avoid_genres", prefs.get("avoid_genres")),
+            ("exclude_genres", prefs.get("exclude_genres")),
             ("exclude", exclude),
         ):
             if value:
                 args[key] = value
+        args.update(year_args(prefs))
         return Plan(intent, [{"name": "recommend", "args": args}], prefs, user_id)
 
     if _GREETING.match(text):
@@ -329,6 +500,7 @@ def plan_turn(message: str, state: AgentState, titles: TitleIndex, genres: dict[
     args = {"query": text, "k": k}
     if wanted:
         args["genres"] = wanted
-    if prefs.get("avoid_genres"):
-        args["avoid_genres"] = prefs["avoid_genres"]
+    if prefs.get("exclude_genres"):
+        args["exclude_genres"] = prefs["exclude_genres"]
+    args.update(year_args(prefs))
     return Plan("search", [{"name": "search_items", "args": args}], prefs, user_id)

@@ -63,10 +63,22 @@ def _join_names(items: Sequence[dict[str, Any]]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _nothing(result: dict[str, Any]) -> str:
+    note = str(result.get("note") or "")
+    return note[:1].upper() + note[1:] + ("" if not note or note.endswith(".") else ".")
+
+
 def unknown_sentence(names: Sequence[str]) -> str:
     """The sentence that says which named titles the catalog does not have."""
     quoted = ", ".join(f'"{n}"' for n in names)
     return f"I could not find {quoted} in the catalog, so I did not use {'it' if len(names) == 1 else 'them'}."
+
+
+def years_phrase(year_min: int | None, year_max: int | None) -> str:
+    """An inclusive year range in words: "from 1990 to 1999", "from 1959 or earlier"."""
+    if year_min is not None and year_max is not None:
+        return f"from {year_min}" if year_min == year_max else f"from {year_min} to {year_max}"
+    return f"from {year_min} or later" if year_min is not None else f"from {year_max} or earlier"
 
 
 def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] | None = None) -> str:
@@ -76,7 +88,13 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
     for r in results:
         tool = r.get("tool")
         if r.get("error"):
-            parts.append(f"I could not look that up: {r['error']}")
+            # a tool's own errors are sentences for users (GenrecError); arguments that did not fit are
+            # the planner's mistake, said plainly, never as validation text
+            parts.append(
+                "I could not turn that request into a catalog search; could you say it another way?"
+                if r.get("bad_arguments")
+                else f"I could not look that up: {r['error']}"
+            )
             continue
         if r.get("unknown"):
             parts.append(unknown_sentence(r["unknown"]))
@@ -86,7 +104,7 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
             parts.append(f"This catalog has no genre {', '.join(map(repr, r['unknown_genres']))}.")
         if tool == "recommend":
             if not r.get("items"):
-                parts.append(r.get("note") or "I found nothing that fits; try another title or fewer constraints.")
+                parts.append(_nothing(r) or "I found nothing that fits; try another title or fewer constraints.")
                 continue
             basis = []
             req = r.get("request") or prefs
@@ -96,10 +114,10 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
                 basis.append(f"user {r['user_id']}'s history")
             if req.get("genres"):
                 basis.append(f"you want {', '.join(req['genres'])}")
-            if req.get("avoid_genres"):
-                basis.append(f"no {', '.join(req['avoid_genres'])}")
-            if req.get("year_from") or req.get("year_to"):
-                basis.append(f"from {req.get('year_from') or 'any year'} to {req.get('year_to') or 'now'}")
+            if req.get("exclude_genres"):
+                basis.append(f"no {', '.join(req['exclude_genres'])}")
+            if req.get("year_min") is not None or req.get("year_max") is not None:
+                basis.append(years_phrase(req.get("year_min"), req.get("year_max")))
             if r.get("seen"):
                 basis.append(f"not {_join_names(r['seen'][-4:])}, which you have seen")
             head = ("Since " + "; ".join(basis) + ", here are my picks:") if basis else "Here are my picks:"
@@ -108,7 +126,7 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
                 parts.append("(The fine-tuned model did not answer, so these picks come from the vector store alone.)")
         elif tool == "search_items":
             if not r.get("items"):
-                parts.append(r.get("note") or "Nothing in the catalog matches that.")
+                parts.append(_nothing(r) or "Nothing in the catalog matches that.")
                 continue
             head = (
                 "Items that look like your photo:"

@@ -29,6 +29,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from agent.graph import AgentSettings, build_graph
 from agent.llm import ChatLLM
+from agent.model_tools import bound_tools
 from agent.planner import MAX_MESSAGE_CHARS, message_problem
 from agent.tools import AgentContext
 from finetune.ranking import Ranker
@@ -114,6 +115,7 @@ class Agent:
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, timeout=30)
         self.checkpointer = SqliteSaver(self._conn)
         self.graph = build_graph(ctx, chat, self.checkpointer, settings)
+        self.tools = bound_tools(ctx, (settings or AgentSettings()).k)  # what /tools describes
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 

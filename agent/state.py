@@ -16,10 +16,10 @@ from langgraph.graph.message import add_messages
 class Preferences(TypedDict, total=False):
     """What the user wants now, in a form tools can filter on (the last request's constraints)."""
 
-    genres: list[str]  # wanted more of ("something funnier" -> Comedy)
-    avoid_genres: list[str]  # wanted less of ("no horror")
-    year_from: int | None
-    year_to: int | None
+    genres: list[str]  # wanted, every one of them ("something funnier" -> Comedy)
+    exclude_genres: list[str]  # not wanted ("no horror")
+    year_min: int | None  # inclusive: "before 1960" is year_max 1959
+    year_max: int | None
 
 
 class ItemCard(TypedDict, total=False):
@@ -60,6 +60,9 @@ class AgentState(TypedDict, total=False):
     planner: str  # "model" or "rules": who chose this turn's tools
     steps: int  # planning steps taken (the model may call tools several times)
     retries: int  # planning steps taken to correct a failed call (at most one)
+    checked: bool  # the check after the tools has sent the model back once this turn
+    check_note: str  # what the check told the model (the items broke the stated request), "" if nothing
+    route: str  # where the check sends the turn: "plan" or "reply"
     calls: list[dict[str, Any]]  # every tool call of the turn: name, args, by (model/rules), valid, error
     llm_note: str  # why the model did not plan or write this turn ("" when it did)
     guard_violations: list[str]  # mentions the guard removed from this turn's reply

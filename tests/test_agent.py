@@ -92,7 +92,7 @@ def test_recommend_returns_only_catalog_items_and_never_what_the_user_liked(ctx)
 def test_recommend_with_a_genre_filter_keeps_only_that_genre(ctx):
     result = recommend(ctx, liked=["Star Wars", "Alien"], genres=["comedy"], k=4)
     assert result["items"] and all("Comedy" in genres_of(ctx, c["item_id"]) for c in result["items"])
-    avoided = recommend(ctx, liked=["Alien"], avoid_genres=["Horror"], k=8)
+    avoided = recommend(ctx, liked=["Alien"], exclude_genres=["Horror"], k=8)
     assert all("Horror" not in genres_of(ctx, c["item_id"]) for c in avoided["items"])
 
 
@@ -175,11 +175,12 @@ def test_the_rule_planner_takes_over_a_conversation_whose_memory_the_model_wrote
     state: dict = {
         "messages": [],
         "history": ["1"],
-        "preferences": {"genres": ["Comedy"], "year_from": 1990, "year_to": None},
+        "preferences": {"genres": ["Comedy"], "year_min": 1990, "year_max": None},
         "candidates": [],
     }
     plan = plan_turn("something funnier", state, ctx.titles, ctx.genres)
-    assert plan.calls and plan.preferences["year_from"] == 1990 and plan.preferences["genres"] == ["Comedy"]
+    assert plan.calls and plan.preferences["year_min"] == 1990 and plan.preferences["genres"] == ["Comedy"]
+    assert plan.calls[0]["args"]["released_after"] == 1989  # the remembered years reach the tool
 
 
 # ----------------------------------------------------------------------------- guard
@@ -478,7 +479,7 @@ def test_a_conversation_resumes_in_a_new_agent_on_the_same_database(ctx, tmp_pat
     with Agent(ctx, None, db) as second:
         memory = second.memory("alice")
         assert [h["item_id"] for h in memory["history"]] == ["1", "2"]
-        assert memory["preferences"]["avoid_genres"] == ["Horror"]
+        assert memory["preferences"]["exclude_genres"] == ["Horror"]
         answer = second.ask("alice", "something funnier")
         assert "Star Wars (1977)" in answer.reply  # the liked items were remembered
         assert answer.items and all(

@@ -16,7 +16,7 @@ from agent.graph import (
     AgentSettings,
     Deps,
     after_plan,
-    after_tools,
+    check_step,
     guard,
     plan,
     release_checked,
@@ -58,8 +58,12 @@ def test_model_facing_schemas_carry_no_examples_no_image_path_and_no_room_for_co
     search = schemas["search_items"]["parameters"]["properties"]
     assert "image" not in search and search["by_photo"]["type"] == "boolean"  # the photo comes from the state
     genres = schemas["recommend"]["parameters"]["properties"]["genres"]
-    assert "enum" not in json.dumps(genres)  # the 0.5B copied a whole enum of genres into every call
-    assert '"maxItems": 3' in json.dumps(genres)  # and no user asks for more than three at once
+    enum = genres["anyOf"][0]["items"]["enum"]  # the catalog's own genres: a call can only name real ones
+    assert enum == sorted(ctx.genres.values()) and "Musical" not in enum
+    assert genres["anyOf"][0]["maxItems"] == 3  # the 0.5B copied a whole enum; no user asks for more than three
+    recommend = schemas["recommend"]["parameters"]["properties"]
+    assert {"released_before", "released_after", "decade", "same_decade_as", "exclude_genres"} <= set(recommend)
+    assert recommend["decade"]["anyOf"][0]["pattern"] and "year_from" not in recommend
     assert schemas["user_history"]["parameters"]["properties"]["user_id"]["pattern"] == "^[0-9]{1,12}$"
     assert "k" not in schemas["recommend"]["parameters"]["properties"]  # list length is the agent's setting
     assert schemas[ANSWER]["parameters"].get("properties", {}) == {}
@@ -76,7 +80,7 @@ def test_the_planner_prompt_keeps_fixed_text_first_and_memory_last(deps, ctx):
         "why the second one?",
         history=["1", "2"],
         excluded=["9"],
-        preferences={"genres": ["Comedy"], "avoid_genres": ["Horror"]},
+        preferences={"genres": ["Comedy"], "exclude_genres": ["Horror"]},
         candidates=[ctx.card("4"), ctx.card("6")],
     )
     messages = planner_messages(state, ctx)
@@ -121,19 +125,71 @@ def test_after_plan_runs_tools_only_when_the_step_called_some():
     assert after_plan({"messages": [HumanMessage("thanks")]}) == "reply"
 
 
+def after_tools(state: dict, deps: Deps) -> str:
+    return check_step(state, deps)["route"]
+
+
 def test_a_failed_model_call_gets_exactly_one_more_planning_step(deps):
     failed = {
         "planner": "model",
         "steps": 1,
-        "messages": [tool_message({"tool": "recommend", "items": []}, status="error")],
+        "messages": [
+            HumanMessage("I loved Star Wars"),
+            tool_message({"tool": "recommend", "items": []}, status="error"),
+        ],
     }
     assert after_tools(failed, deps) == "plan"
     assert after_tools({**failed, "retries": 1}, deps) == "reply"  # retried once already
     assert after_tools({**failed, "planner": "rules"}, deps) == "reply"  # rules never re-plan
-    ok = {**failed, "messages": [tool_message({"tool": "recommend", "items": [{"item_id": "1"}]})]}
+    ok = {
+        **failed,
+        "messages": [
+            HumanMessage("I loved Star Wars"),
+            tool_message({"tool": "recommend", "items": [{"item_id": "1", "title": "Star Wars (1977)"}]}),
+        ],
+    }
     assert after_tools(ok, deps) == "reply"
     always = Deps(deps.ctx, None, AgentSettings(replan="always", max_steps=2), deps.tools)
     assert after_tools(ok, always) == "plan" and after_tools({**ok, "steps": 2}, always) == "reply"
+
+
+def test_items_that_break_the_stated_request_send_the_model_back_once_with_what_broke(deps, ctx):
+    asked = HumanMessage("any comedies made before 1980?")
+    result = {
+        "tool": "recommend",
+        "items": [ctx.card("6"), ctx.card("16")],
+    }  # Galaxy Quest 1999, Young Frankenstein 1974
+    state = {"planner": "model", "steps": 1, "messages": [asked, tool_message(result)]}
+    update = check_step(state, deps)
+    assert update["route"] == "plan" and update["checked"]
+    assert (
+        "Comedy, from 1979 or earlier" in update["check_note"]
+        and "Galaxy Quest (1999) is from 1999" in update["check_note"]
+    )
+    assert check_step({**state, **update}, deps)["route"] == "reply"  # once: then the model's second answer stands
+    fits = {**state, "messages": [asked, tool_message({"tool": "recommend", "items": [ctx.card("16")]})]}
+    assert check_step(fits, deps)["route"] == "reply"
+
+
+def test_a_call_with_arguments_outside_the_schema_is_answered_with_a_sentence_not_an_exception(deps):
+    from langgraph.graph import END, START, StateGraph
+
+    from agent.graph import tools_node
+    from agent.state import AgentState
+
+    graph = StateGraph(AgentState)
+    graph.add_node("tools", tools_node(deps))
+    graph.add_edge(START, "tools")
+    graph.add_edge("tools", END)
+    call = {"name": "recommend", "args": {"released_before": "long ago", "genres": ["Polka"]}, "id": "c1"}
+    out = graph.compile().invoke({"messages": [HumanMessage("old polka films"), AIMessage("", tool_calls=[call])]})
+    result = json.loads(out["messages"][-1].content)
+    assert result["bad_arguments"] and "released_before" in result["error"] and "genres" in result["error"]
+    assert "Error" not in result["error"] and "pydantic" not in result["error"]
+    from agent.reply import rules_reply
+
+    said = rules_reply([result])
+    assert "released_before" not in said and "could not" in said
 
 
 # ----------------------------------------------------------------------------- tools with memory
@@ -172,18 +228,32 @@ def test_recommend_keeps_memory_the_model_did_not_repeat(deps, ctx):
     assert result["ignored"] == ["Fargo", "Casablanca"]  # titles the model wrote that no message named
 
 
-def test_a_title_both_liked_and_excluded_is_excluded_and_a_copied_avoid_list_is_dropped(ctx):
-    from agent.model_tools import schemas
+def test_a_title_both_liked_and_excluded_is_excluded_and_a_copied_avoid_list_is_dropped(deps, ctx):
+    from langgraph.graph import END, START, StateGraph
 
-    args = schemas(ctx)["recommend"].model_validate(
-        {
+    from agent.graph import tools_node
+    from agent.state import AgentState
+
+    graph = StateGraph(AgentState)
+    graph.add_node("tools", tools_node(deps))
+    graph.add_edge(START, "tools")
+    graph.add_edge("tools", END)
+    call = {
+        "name": "recommend",
+        "args": {
             "liked": ["Star Wars", "Empire Strikes Back"],
             "exclude": ["empire strikes back"],
             "genres": ["Comedy"],
-            "avoid_genres": ["Comedy", "Horror"],
-        }
-    )
-    assert args.liked == ["Star Wars"] and args.exclude == ["empire strikes back"] and args.avoid_genres == ["Horror"]
+            "exclude_genres": ["Comedy", "Horror"],
+        },
+        "id": "c1",
+    }
+    message = HumanMessage("I loved Star Wars and Empire Strikes Back, comedies please, no horror")
+    out = graph.compile().invoke({"messages": [message, AIMessage("", tool_calls=[call])]})
+    result = json.loads(out["messages"][-1].content)
+    assert [c["title"] for c in result["liked"]] == ["Star Wars (1977)"]
+    assert [c["title"] for c in result["seen"]] == ["Empire Strikes Back, The (1980)"]
+    assert result["request"]["genres"] == ["Comedy"] and result["request"]["exclude_genres"] == ["Horror"]
 
 
 def test_titles_written_with_an_id_resolve_by_the_pair_and_a_wrong_id_loses_to_the_title(ctx):

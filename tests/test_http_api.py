@@ -97,6 +97,15 @@ def test_openapi_page_documents_the_chat_endpoints(base_url):
     assert "ChatResponse" in spec["components"]["schemas"]
 
 
+def test_the_tools_route_lists_the_schemas_the_chat_model_is_bound_to(base_url):
+    tools = {t["name"]: t for t in httpx.get(f"{base_url}/tools", timeout=10).json()}
+    assert set(tools) == {"recommend", "search_items", "item_details", "explain", "user_history"}
+    recommend = tools["recommend"]["parameters"]["properties"]
+    assert recommend["released_before"]["description"] == "only items released before this year."
+    assert "Comedy" in recommend["genres"]["anyOf"][0]["items"]["enum"]
+    assert "user_id" not in recommend and "skip" not in recommend  # the agent fills those, never the model
+
+
 @pytest.mark.parametrize(
     "body, expect_status, expect_text",
     [

@@ -1,0 +1,142 @@
+"""Requests as people say them: years, genres wanted and not, misspelt and partial titles, words that
+are not titles, follow-ups, and replies that must not claim what their items break. Deterministic
+parts only (the chat model's side is measured by bench/requests.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from agent_catalog import agent_run
+
+from agent.guard import claim_problems
+from agent.lookup import TitleIndex
+from agent.model_tools import with_memory
+from agent.planner import stated_request, year_range
+from agent.tools import AgentContext, recommend, search_items
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> AgentContext:
+    return AgentContext.open(agent_run(tmp_path_factory))
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("any good musicals made before 1960?", (None, 1959)),
+        ("older films please, nothing after 1965", (None, 1965)),
+        ("horror movies made after 1990", (1991, None)),
+        ("romantic comedies released since 1995", (1995, None)),
+        ("I want a drama no older than 1994", (1994, None)),
+        ("action films from 1993 onwards", (1993, None)),
+        ("movies between 1980 and 1985", (1980, 1985)),
+        ("only 1997 films please", (1997, 1997)),
+        ("recommend me a horror film from the 80s", (1980, 1989)),
+        ("something from the seventies", (1970, 1979)),
+        ("películas de terror de los años 80", (1980, 1989)),
+        ("Zeig mir Science-Fiction-Filme vor 1980", (None, 1979)),
+        ("I loved Star Wars", (None, None)),
+    ],
+)
+def test_year_bounds_are_read_the_way_people_state_them(message, expected):
+    assert year_range(message) == expected
+
+
+def test_genre_and_decade_words_are_never_looked_up_as_titles():
+    items = pd.DataFrame(
+        {"item_id": ["1", "2", "3"], "title": ["Family Thing, A (1996)", "Drama Queen (1990)", "Star Wars (1977)"]}
+    )
+    titles = TitleIndex.build(items, reserved={"drama", "family", "comedy", "comedies"})
+    for words in ("Drama", "a family film", "1950s", "the 90s", "comedies", "good old dramas"):
+        assert titles.find(words) is None, words
+    assert titles.find("Drama Queen") == "2" and titles.find("Star Wars") == "3"
+
+
+@pytest.mark.parametrize(
+    "said, title",
+    [
+        ("Star Wors", "Star Wars (1977)"),  # a near-miss spelling
+        ("the terminater", "Terminator, The (1984)"),
+        ("Galaxy Qest", "Galaxy Quest (1999)"),
+        ("When Harry Met Sally", "When Harry Met Sally... (1989)"),
+        ("Back to the Future", "Back to the Future (1985)"),
+    ],
+)
+def test_misspelt_and_partial_titles_resolve(ctx, said, title):
+    assert ctx.titles.titles[ctx.titles.find(said)] == title
+
+
+def test_names_far_from_every_title_stay_unknown(ctx):
+    for name in ("Inception", "Zorblax 3000", "The Dark Knight"):
+        assert ctx.titles.find(name) is None, name
+
+
+def test_recommend_honours_years_decades_and_unwanted_genres(ctx):
+    def years(result):
+        return [ctx.item_year(c["item_id"]) for c in result["items"]]
+
+    before = recommend(ctx, liked=["Star Wars"], released_before=1985, k=8)
+    assert before["items"] and all(y < 1985 for y in years(before))
+    decade = recommend(ctx, genres=["Comedy"], decade="1990s", k=8)
+    assert decade["items"] and all(1990 <= y <= 1999 for y in years(decade))
+    assert all("Comedy" in ctx.item_genres(c["item_id"]) for c in decade["items"])
+    same = recommend(ctx, same_decade_as="Casablanca", k=8)  # 1942: the 1940s, Casablanca itself left out
+    assert same["request"]["year_min"] == 1940 and all(c["title"] != "Casablanca (1942)" for c in same["items"])
+    no_scifi = search_items(ctx, query="space adventure", exclude_genres=["Sci-Fi"], released_after=1980, k=8)
+    assert all("Sci-Fi" not in ctx.item_genres(c["item_id"]) for c in no_scifi["items"])
+    assert all(y > 1980 for y in years(no_scifi))
+
+
+def test_a_request_nothing_fits_returns_no_items_and_says_what_was_asked(ctx):
+    result = recommend(ctx, genres=["Animation"], released_before=1950)
+    assert result["items"] == [] and result["note"] == "nothing in the catalog is Animation, from 1949 or earlier"
+
+
+def test_genre_words_given_as_liked_titles_are_not_reported_missing(ctx):
+    result = recommend(ctx, liked=["Alien", "Drama", "the 1950s"], k=3)
+    assert [c["title"] for c in result["liked"]] == ["Alien (1979)"] and result["unknown"] == []
+
+
+def test_a_follow_up_keeps_the_remembered_wishes_it_does_not_replace():
+    state = {"preferences": {"genres": ["Drama"], "exclude_genres": ["Horror"], "year_min": 1950, "year_max": 1959}}
+    assert with_memory({"decade": "1960s"}, state) == {
+        "decade": "1960s",
+        "genres": ["Drama"],
+        "exclude_genres": ["Horror"],
+    }
+    replaced = with_memory({"genres": ["Horror", "Comedy"]}, state)
+    assert replaced == {"genres": ["Horror", "Comedy"], "released_after": 1949, "released_before": 1960}
+    swapped = with_memory({"exclude_genres": ["Drama"]}, state)
+    assert "genres" not in swapped and swapped["exclude_genres"] == ["Horror", "Drama"]
+
+
+def test_the_stated_request_is_read_from_the_message(ctx):
+    stated = stated_request("a thriller that isn't horror, made before 1990", ctx)
+    assert (stated.genres, stated.exclude_genres, stated.year_min, stated.year_max) == (
+        ["Thriller"],
+        ["Horror"],
+        None,
+        1989,
+    )
+
+
+def test_a_reply_claiming_years_or_genres_its_items_break_is_caught(ctx):
+    cards = [ctx.card("6"), ctx.card("5")]  # Galaxy Quest (1999) and Men in Black (1997): comedies, sci-fi
+    assert claim_problems("Here are two musicals made before 1960: Galaxy Quest and Men in Black.", cards, [], ctx)
+    assert claim_problems("Both are from the 1980s.", cards, [], ctx)
+    assert claim_problems("No sci-fi here: Galaxy Quest (1999) and Men in Black (1997).", cards, [], ctx)
+    fine = "Two sci-fi comedies from the 1990s: Galaxy Quest (1999) [id 6] and Men in Black (1997) [id 5]."
+    assert claim_problems(fine, cards, [], ctx) == []
+    liked = [{"tool": "recommend", "liked": [{"item_id": "18", "title": "Shining, The (1980)"}]}]
+    assert claim_problems("Since you liked a horror film, try Galaxy Quest.", cards, liked, ctx) == []
+
+
+def test_the_graph_answers_a_decade_request_without_a_model_within_the_decade(ctx, tmp_path):
+    from agent.session import Agent
+
+    with Agent(ctx, None, tmp_path / "chat.sqlite") as agent:
+        answer = agent.ask("t", "recommend me a comedy from the 80s")
+        assert answer.items and all(1980 <= ctx.item_year(i["item_id"]) <= 1989 for i in answer.items)
+        later = agent.ask("t", "actually, make it the 1990s")
+        assert later.items and all(1990 <= ctx.item_year(i["item_id"]) <= 1999 for i in later.items)
+        assert all("Comedy" in ctx.item_genres(i["item_id"]) for i in later.items)
