@@ -1,16 +1,20 @@
-"""The vLLM serving path: `genrec serve` on the session's small trained run, the trie beam search
-inside the server, and the client the ranking uses.
+"""The vLLM serving path: `genrec serve` on a tiny semantic-ID model, the trie beam search inside
+the server, and the client the ranking uses.
 
-The server is the session's one recommender server (conftest's `recommender_server`: started through
-the `serve` command with an API key, stopped with SIGTERM at the end); Hugging Face `generate` and
-genrec's in-process beam search on the same files are the references it must agree with.
+One real vLLM server (CPU build) runs for the module, started through the `serve` command function
+with an API key; Hugging Face `generate` and genrec's in-process beam search on the same files are
+the references the server must agree with.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,70 +24,110 @@ from finetune.decoding.trie import SidTrie
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 from serving.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
-from serving.server import free_port, is_healthy, lora_rank, run_server_spec
+from serving.server import free_port, is_healthy, lora_rank, port_is_free, run_server_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_reference import hf_trie_topk  # noqa: E402
+from tiny_models import build_tiny_sid_model  # noqa: E402
 
+API_KEY = "test-key-123"
 TEXTS = [
-    "User history: <a_3><b_2> <a_5><b_1>. Recommend the next item.",
-    "The user watched these items in order: <a_7><b_7>. Recommend the next item.",
+    "User history: <a_3><b_2><c_1><d_0> <a_5><b_1><c_4><d_0>. Recommend the next item.",
+    "The user watched these items in order: <a_12><b_7><c_0><d_0>. Recommend the next item.",
     "I loved Star Wars and Alien, something funnier please.",
 ]
 
 
+def catalog_codes(n_items: int = 300, seed: int = 0) -> dict[str, list[int]]:
+    """Item codes shaped like RQ-VAE output: three levels (16 x 8 x 8) plus a final level that makes them unique."""
+    rng = random.Random(seed)
+    codes: dict[str, list[int]] = {}
+    used: dict[tuple[int, ...], int] = {}
+    while len(codes) < n_items:
+        prefix = (rng.randrange(16), rng.randrange(8), rng.randrange(8))
+        suffix = used.get(prefix, 0)
+        if suffix >= 2:
+            continue
+        used[prefix] = suffix + 1
+        codes[f"item{len(codes)}"] = [*prefix, suffix]
+    return codes
+
+
 @pytest.fixture(scope="module")
-def served_run(trained_run) -> tuple[Path, SidTrie]:
-    """The served run and its trie (the run's semantic IDs on its tokenizer)."""
+def tiny_run(tmp_path_factory) -> tuple[Path, SidTrie]:
+    """A run directory holding a tiny SID model (model/base + model/adapter), its trie and training metadata."""
     from transformers import AutoTokenizer
 
-    from genrec.run import RunPaths
-    from retrieval.semantic_ids import load_semantic_ids
-
-    codes = load_semantic_ids(RunPaths(trained_run))
-    return trained_run, SidTrie.for_tokenizer(codes, AutoTokenizer.from_pretrained(trained_run / "model" / "base"))
-
-
-@pytest.fixture(scope="module")
-def items(served_run) -> list[str]:
-    """The run's item ids, in id order."""
-    return sorted(served_run[1].code_of, key=int)
+    run = tmp_path_factory.mktemp("serve-run")
+    codes = catalog_codes()
+    build_tiny_sid_model(run / "model", codes)
+    (run / "semantic_ids.json").write_text(json.dumps(codes))
+    (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20}))
+    return run, SidTrie.for_tokenizer(codes, AutoTokenizer.from_pretrained(run / "model" / "base"))
 
 
 @pytest.fixture(scope="module")
-def prompts(served_run, items) -> list[list[int]]:
-    """Prompt token ids: free text after the BOS token (what a tokenizer that adds one sends), and
-    next-item prompts built from histories the way training builds them (no special tokens added)."""
+def prompts(tiny_run) -> list[list[int]]:
+    """Prompt token ids: free text tokenized with the BOS token this tokenizer adds, and next-item
+    prompts built from histories the way training builds them (no special tokens added)."""
     from transformers import AutoTokenizer
 
     from finetune.decoding.prompts import HistoryPrompt
 
-    run, trie = served_run
+    run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
-    with_bos = [[tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in TEXTS]
+    with_bos = [tokenizer(t)["input_ids"] for t in TEXTS]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in with_bos)
     history = HistoryPrompt(tokenizer, trie.code_of, max_history=20)
-    return with_bos + [history.token_ids([items[1], items[7], items[42]]), history.token_ids([items[3]])]
+    return with_bos + [history.token_ids(["item1", "item7", "item42"]), history.token_ids(["item3"])]
 
 
 @pytest.fixture(scope="module")
-def vllm_url(recommender_server) -> str:
-    return recommender_server.url
+def vllm_url(tiny_run) -> str:
+    """Start ONE vLLM server for the module through the `serve` command (with an API key); stop it
+    with SIGTERM at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
+    pytest.importorskip("vllm")
+    run, _ = tiny_run
+    port = free_port()
+    cmd = [
+        sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
+        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", API_KEY,
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url_line: list[str] = []
+    reader = threading.Thread(target=lambda: url_line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=400)
+    try:
+        if not url_line or not url_line[0].startswith("http"):
+            proc.kill()
+            raise RuntimeError(f"genrec serve printed no URL; stderr:\n{proc.stderr.read()[-3000:]}")
+        yield url_line[0].strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, f"genrec serve exited with {code} after SIGTERM"
+    assert port_is_free("127.0.0.1", port), "the vLLM server still listens after SIGTERM"
 
 
 @pytest.fixture(scope="module")
-def client(recommender_server):
-    with LLMClient(recommender_server.url, timeout_s=120, api_key=recommender_server.api_key) as c:
+def client(vllm_url):
+    with LLMClient(vllm_url, timeout_s=120, api_key=API_KEY) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def hf_model(served_run):
+def hf_model(tiny_run):
     """The same run's base + adapter in Hugging Face transformers (float32), the reference implementation."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run, _ = served_run
+    run, _ = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
     base = AutoModelForCausalLM.from_pretrained(run / "model" / "base", dtype=torch.float32)
     return PeftModel.from_pretrained(base, run / "model" / "adapter").eval(), tokenizer
@@ -93,8 +137,8 @@ def hf_model(served_run):
 
 
 @pytest.mark.vllm
-def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, served_run, hf_model, prompts):
-    _, trie = served_run
+def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, tiny_run, hf_model, prompts):
+    _, trie = tiny_run
     model, tokenizer = hf_model
     for ids in prompts:
         served = client.recommend(ids, width=20, k=10)
@@ -105,19 +149,19 @@ def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, served_run, hf_
 
 
 @pytest.mark.vllm
-def test_in_process_and_vllm_backends_rank_alike(client, served_run, items):
+def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
     """The two generation backends of the served ranking: same prompts, same top-10."""
     from finetune.decoding.local import load_local_generator
     from finetune.decoding.prompts import HistoryPrompt
     from genrec.run import RunPaths
     from serving.vllm_generator import VllmGenerator
 
-    run, trie = served_run
+    run, trie = tiny_run
     local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20, bf16=False)
     served = VllmGenerator(
         client, SidTrie(dict(trie.code_of)), HistoryPrompt(local.tokenizer, trie.code_of, 20), beam_width=20
     )
-    histories = [[items[1], items[7], items[42]], [items[3]], [items[140], items[9]], []]
+    histories = [["item1", "item7", "item42"], ["item3"], ["item200", "item9"], []]
     exclude = [set(h) for h in histories]
     for mine, theirs in zip(local.generate(histories, exclude=exclude), served.generate(histories, exclude=exclude)):
         assert [i for i, _ in mine][:10] == [i for i, _ in theirs][:10]
@@ -126,8 +170,9 @@ def test_in_process_and_vllm_backends_rank_alike(client, served_run, items):
 
 @pytest.mark.vllm
 def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
-    """`open_ranker` with the server's URL (what the agent and `genrec recommend --llm-url` use): the
-    beams come from vLLM, the dense model and the fusion from the run; the top-10 is the in-process one."""
+    """`open_ranker` with a server's URL (what the agent and `genrec recommend --llm-url` use), on the
+    session's trained run and its server: the beams come from vLLM, the dense model and the fusion
+    from the run; the top-10 is the in-process one."""
     from genrec.run import RunPaths
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
@@ -138,7 +183,7 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
     served, notice = open_ranker(run, llm_url=recommender_server.url, api_key=recommender_server.api_key)
     assert notice is None and served.hybrid and served.generator.name == "vllm" and local.generator.name != "vllm"
     split = leave_one_out(load_catalog(RunPaths(run)).interactions)
-    histories = [h for h, _ in list(split.test.values())[:8]]
+    histories = [h[-5:] for h, _ in list(split.test.values())[:8]]  # within the tiny model's 128 positions
     exclude = [set(h) for h in histories]
     for mine, theirs in zip(local.rank(histories, 10, exclude=exclude), served.rank(histories, 10, exclude=exclude)):
         assert [i for i, _ in theirs] == [i for i, _ in mine]
@@ -147,8 +192,8 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
 
 
 @pytest.mark.vllm
-def test_recommend_never_returns_unknown_item(client, served_run, prompts):
-    _, trie = served_run
+def test_recommend_never_returns_unknown_item(client, tiny_run, prompts):
+    _, trie = tiny_run
     for ids in prompts:
         for k, width in [(1, 1), (5, 5), (20, 30)]:
             result = client.recommend(ids, width=width, k=k)
@@ -160,14 +205,14 @@ def test_recommend_never_returns_unknown_item(client, served_run, prompts):
 
 
 @pytest.mark.vllm
-def test_recommend_skips_excluded_items_and_keeps_to_the_allowed_ones(client, items, prompts):
+def test_recommend_skips_excluded_items_and_keeps_to_the_allowed_ones(client, tiny_run, prompts):
     first = client.recommend(prompts[0], width=10, k=5)
     history = [i for i, _ in first[:3]]
     again = client.recommend(prompts[0], width=10, k=5, exclude=history)
     assert len(again) == 5 and not {i for i, _ in again} & set(history)
-    only = {items[5], items[6], items[7]}
-    narrowed = client.recommend(prompts[0], width=10, k=5, only=only, exclude=[items[6]])
-    assert {i for i, _ in narrowed} == {items[5], items[7]}
+    only = {"item5", "item6", "item7"}
+    narrowed = client.recommend(prompts[0], width=10, k=5, only=only, exclude=["item6"])
+    assert {i for i, _ in narrowed} == {"item5", "item7"}
 
 
 @pytest.mark.vllm
@@ -310,25 +355,25 @@ def test_adapter_carrying_embeddings_is_refused_before_starting_vllm(tmp_path):
         lora_rank(tmp_path)
 
 
-def test_the_served_tokenizer_keeps_sid_tokens_whole(served_run):
+def test_tiny_model_tokenizer_keeps_sid_tokens_whole(tiny_run):
     from transformers import AutoTokenizer
 
     from finetune.sid_tokens import render_sid
 
-    run, trie = served_run
+    run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
     item, code = next(iter(trie.code_of.items()))
     ids = tokenizer(render_sid(code), add_special_tokens=False).input_ids
     assert ids == trie.tokens_of(item) and len(ids) == trie.depth
 
 
-def test_serving_off_localhost_without_an_api_key_is_refused(served_run):
+def test_serving_off_localhost_without_an_api_key_is_refused(tiny_run):
     import typer
     from typer.testing import CliRunner
 
     from serving.commands import serve
 
-    run, _ = served_run
+    run, _ = tiny_run
     app = typer.Typer()
     app.command()(serve)
     app.command("noop")(lambda: None)
