@@ -23,6 +23,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -258,13 +259,18 @@ def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> 
     from genrec.run import RunPaths
     from retrieval.semantic_ids import load_semantic_ids
     from serving.client import LLMClient
+    from serving.server import API_KEY_ENV
     from serving.vllm_generator import VllmGenerator
 
     paths = RunPaths(exp.run)
     trie = SidTrie(load_semantic_ids(paths))
     tokenizer = AutoTokenizer.from_pretrained(paths.model / "base")
     prompts = HistoryPrompt(tokenizer, trie.code_of, int(model_meta(paths)["max_history"]), cell["template"])
-    client = LLMClient(entry.endpoint, **({"model": entry.served_model} if entry.served_model else {}))
+    client = LLMClient(
+        entry.endpoint,
+        api_key=os.environ.get(API_KEY_ENV) or None,  # the key `genrec serve` reads, for a server that wants one
+        **({"model": entry.served_model} if entry.served_model else {}),
+    )
     return Ranker(
         VllmGenerator(client, trie, prompts, beam_width=cell["beam_width"], model=client.model), name=cell["model"]
     )

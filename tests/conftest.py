@@ -1,13 +1,21 @@
-"""Shared fixtures: real models from packages, a tiny CLIP, real photos, a `chroma run` server."""
+"""Shared fixtures: real models from packages, a tiny CLIP, real photos, a `chroma run` server, and
+the session's one small trained run with its one vLLM recommender server.
+
+Session-scoped fixtures are shared by every test file: a test that changes a run works on a copy.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +35,27 @@ keep_freed_memory()
 limit_onednn_cache()  # as the CLI does: training in tests runs at the speed it runs for users
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SECONDS_PER_FILE: dict[str, float] = defaultdict(float)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that starts the session's vLLM server (bounded by its own 900 s start timeout) keeps its
+    900 s of pytest-timeout for itself, as the vLLM test modules do."""
+    for item in items:
+        if "recommender_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(900, func_only=True))
+
+
+def pytest_runtest_logreport(report) -> None:
+    SECONDS_PER_FILE[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Where the suite's time goes, per file (a session fixture counts in the first file that uses it)."""
+    if SECONDS_PER_FILE:
+        terminalreporter.write_sep("-", "seconds per test file: setup + call + teardown")
+        for path, seconds in sorted(SECONDS_PER_FILE.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:8.1f}  {path}")
 
 
 def free_port() -> int:
@@ -107,3 +136,73 @@ def own_genrec_home(tmp_path_factory, monkeypatch) -> Path:
     home = tmp_path_factory.mktemp("genrec-home")
     monkeypatch.setenv("GENREC_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """The small trained run the tests share (tests/eval_run.py: 150 MovieLens-100K movies, 60 users,
+    a tiny scratch model, LoRA, SASRec and the fusion), trained once per session. Read it; copy it
+    (`shutil.copytree`) to change it."""
+    from eval_run import trained_eval_run
+
+    run = trained_eval_run(tmp_path_factory)
+    before = _files_of(run)
+    yield run
+    changed = sorted(set(before.items()) ^ set(_files_of(run).items()))
+    assert not changed, f"a test changed the shared trained run instead of a copy: {changed[:5]}"
+
+
+def _files_of(run: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of the run's files, but for logs and Chroma's database (reading may touch them)."""
+    return {
+        str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in run.rglob("*")
+        if p.is_file() and p.relative_to(run).parts[0] not in ("logs", "chroma")
+    }
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running `genrec serve` of a run: its OpenAI-compatible URL and the API key it requires."""
+
+    run: Path
+    url: str
+    api_key: str
+
+
+@pytest.fixture(scope="session")
+def recommender_server(trained_run, tmp_path_factory) -> Served:
+    """ONE vLLM recommender server for the session, serving `trained_run` (base + LoRA module, the
+    trie search inside it), started through the `serve` command with an API key; stopped with SIGTERM
+    at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
+    pytest.importorskip("vllm")
+    from serving.server import free_port as server_port
+    from serving.server import port_is_free
+
+    api_key = "test-key-123"
+    port = server_port()
+    cmd = [
+        sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
+        "--run", str(trained_run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", api_key,
+    ]  # fmt: skip
+    stderr = tmp_path_factory.mktemp("recommender-server") / "stderr.log"
+    with open(stderr, "w") as err:  # a file, not a pipe nobody reads during the session
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    url_line: list[str] = []
+    reader = threading.Thread(target=lambda: url_line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=960)  # the run's serve.startup_timeout_s is 900
+    try:
+        if not url_line or not url_line[0].startswith("http"):
+            proc.kill()
+            raise RuntimeError(f"genrec serve printed no URL; stderr:\n{stderr.read_text()[-3000:]}")
+        yield Served(trained_run, url_line[0].strip(), api_key)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, f"genrec serve exited with {code} after SIGTERM"
+    assert port_is_free("127.0.0.1", port), "the vLLM server still listens after SIGTERM"

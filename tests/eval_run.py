@@ -50,8 +50,12 @@ def shared_eval_run(tmp_path_factory) -> Path:
 
 
 def trained_eval_run(tmp_path_factory) -> Path:
-    """A copy of the slice run with small semantic IDs and a tiny scratch model trained for one
-    epoch (about 20 s on 2 cores): real weights, real tokenizer, real trie for prompt experiments."""
+    """The small trained run the test session shares (conftest's `trained_run`): a copy of the slice
+    run with small semantic IDs, a tiny scratch model pre-trained and LoRA-tuned for one epoch each,
+    a SASRec dense model and their fusion. Real weights, real tokenizer, real trie; trained once.
+
+    Attention dropout is off, so `--processes 2` on the same inputs takes the same steps
+    (tests/test_scale.py compares the two). Tests that change a run work on a copy."""
     import shutil
 
     import numpy as np
@@ -69,23 +73,11 @@ def trained_eval_run(tmp_path_factory) -> Path:
     config.semantic_ids.method, config.semantic_ids.levels, config.semantic_ids.codebook_size = "rkmeans", 2, 8
     config.semantic_ids.latent_dim = 16
     t = config.train
-    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = (
-        1,
-        32,
-        1,
-        64,
-        400,
-    )  # head size 32: servable
-    t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha, t.max_length, t.val_users, t.aux_ratio = (
-        1,
-        1,
-        4,
-        8,
-        128,
-        20,
-        0.2,
-    )
+    t.num_heads, t.hidden_size, t.num_layers, t.intermediate_size, t.vocab_size = 1, 32, 1, 64, 400  # head 32: servable
+    t.pretrain_epochs, t.epochs, t.lora_rank, t.lora_alpha, t.dropout = 1, 1, 4, 8, 0.0
+    t.max_length, t.max_history, t.val_users, t.aux_ratio, t.tokens_per_batch = 128, 20, 20, 0.2, 2048
     config.generate.beam_width = 10
+    config.serve.startup_timeout_s = 900  # a first vLLM start on a busy 2-core machine takes minutes
     d = config.dense.sasrec
     d.hidden, d.max_len, d.epochs, d.patience, d.eval_every = 16, 50, 5, 2, 1
     init_run(root, config)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from eval_run import shared_eval_run, trained_eval_run
+from eval_run import shared_eval_run
 
 from genrec.errors import GenrecError
 
@@ -19,8 +19,9 @@ TEMPLATE = "Here are {{ n }} items a user chose, oldest first. Continue with the
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_eval_run(tmp_path_factory)
+def trained(trained_run):
+    """The session's small trained run (conftest); experiments only read it."""
+    return trained_run
 
 
 def write_experiment(folder: Path, run: Path, **overrides) -> Path:
@@ -141,22 +142,24 @@ def test_temperature_changes_beam_scores_as_rescaled_logits(trained):
 
 
 @pytest.mark.vllm
-def test_a_served_endpoint_cell_scores_like_the_same_model_run_locally(tmp_path, trained):
+def test_a_served_endpoint_cell_scores_like_the_same_model_run_locally(tmp_path, recommender_server, monkeypatch):
     """The experiment grid against a live vLLM server of the trained run: same model, same prompts,
-    both exact trie beam search, so the served cell's metrics match the local cell's."""
-    pytest.importorskip("vllm")
+    both exact trie beam search, so the served cell's metrics match the local cell's. The server
+    wants an API key: the endpoint cell sends GENREC_API_KEY, the variable `genrec serve` reads."""
     from eval.experiment import load_experiment, run_experiment
-    from genrec.config import ServeConfig
-    from serving.server import free_port, serve_run
 
-    with serve_run(trained, ServeConfig(port=free_port(), kv_cache_gib=1, startup_timeout_s=900)) as server:
-        path = write_experiment(
-            tmp_path,
-            trained,
-            decoding={"beam_width": 10, "k": 10},
-            models=[{"name": "local", "path": str(trained / "model")}, {"name": "served", "endpoint": server.url}],
-        )
-        result = run_experiment(load_experiment(path), progress=False)
+    trained = recommender_server.run
+    monkeypatch.setenv("GENREC_API_KEY", recommender_server.api_key)
+    path = write_experiment(
+        tmp_path,
+        trained,
+        decoding={"beam_width": 10, "k": 10},
+        models=[
+            {"name": "local", "path": str(trained / "model")},
+            {"name": "served", "endpoint": recommender_server.url},
+        ],
+    )
+    result = run_experiment(load_experiment(path), progress=False)
     assert result.failed == 0 and len(result.rows) == 2
     local, served = sorted(result.rows, key=lambda r: r["model"])
     assert served["model"] == "served" and local["users"] == served["users"] == 12

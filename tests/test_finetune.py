@@ -81,17 +81,6 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_run, tmp_path_factory) -> Path:
-    """The tiny run with a model trained by `finetune.train.train` (pre-training + LoRA, one epoch each)."""
-    from finetune.train import train
-
-    root = tmp_path_factory.mktemp("trained") / "run"
-    shutil.copytree(tiny_run, root)
-    train(root, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def run_data(tiny_run):
     from finetune.train import load_run_data
 
@@ -448,17 +437,26 @@ def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data
     assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
 
 
-def test_failed_export_leaves_the_previous_checkpoint_usable(trained_run):
+def test_failed_export_leaves_the_previous_checkpoint_usable(trained_run, tmp_path):
     from finetune.lora import export_model
     from serving.ranker import open_ranker
 
-    model = open_ranker(trained_run)[0].generator
-    before = sorted(p.name for p in (trained_run / "model").iterdir())
-    peft_like = _reattach(trained_run)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    model = open_ranker(run)[0].generator
+    before = sorted(p.name for p in (run / "model").iterdir())
+    peft_like = _reattach(run)
     with pytest.raises(TypeError):  # metadata that cannot be written: the export fails at its last step
-        export_model(peft_like, model.tokenizer, trained_run / "model", {"bad": object()})
-    assert sorted(p.name for p in (trained_run / "model").iterdir()) == before
-    assert open_ranker(trained_run)[0].rank([["1", "2"]], 3)[0]
+        export_model(peft_like, model.tokenizer, run / "model", {"bad": object()})
+    assert sorted(p.name for p in (run / "model").iterdir()) == before
+    assert open_ranker(run)[0].rank([catalog_items(run)[:2]], 3)[0]
+
+
+def catalog_items(run: Path) -> list[str]:
+    """The run's item ids, in catalog order."""
+    import pandas as pd
+
+    return [str(i) for i in pd.read_parquet(run / "items.parquet")["item_id"]]
 
 
 def _reattach(run: Path):
@@ -582,7 +580,7 @@ def test_a_run_without_a_dense_model_ranks_by_generation_and_says_so(trained_run
     ranker, notice = open_ranker(old)
     assert not ranker.hybrid and ranker.name == "genrec-gen"
     assert "ranking by generation alone" in notice and "--dense-only" in notice
-    assert ranker.rank([["1", "2", "3"]], 5)[0]
+    assert ranker.rank([catalog_items(old)[:3]], 5)[0]
     train_ranking(old, progress=False)  # what `genrec train --dense-only` runs
     assert open_ranker(old)[1] is None
 

@@ -169,6 +169,29 @@ def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
 
 
 @pytest.mark.vllm
+def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
+    """`open_ranker` with a server's URL (what the agent and `genrec recommend --llm-url` use), on the
+    session's trained run and its server: the beams come from vLLM, the dense model and the fusion
+    from the run; the top-10 is the in-process one."""
+    from genrec.run import RunPaths
+    from retrieval.catalog import load_catalog
+    from retrieval.split import leave_one_out
+    from serving.ranker import open_ranker
+
+    run = recommender_server.run
+    local, _ = open_ranker(run)
+    served, notice = open_ranker(run, llm_url=recommender_server.url, api_key=recommender_server.api_key)
+    assert notice is None and served.hybrid and served.generator.name == "vllm" and local.generator.name != "vllm"
+    split = leave_one_out(load_catalog(RunPaths(run)).interactions)
+    histories = [h[-5:] for h, _ in list(split.test.values())[:8]]  # within the tiny model's 128 positions
+    exclude = [set(h) for h in histories]
+    for mine, theirs in zip(local.rank(histories, 10, exclude=exclude), served.rank(histories, 10, exclude=exclude)):
+        assert [i for i, _ in theirs] == [i for i, _ in mine]
+        assert [s for _, s in theirs] == pytest.approx([s for _, s in mine], abs=1e-3)
+    served.generator.close()
+
+
+@pytest.mark.vllm
 def test_recommend_never_returns_unknown_item(client, tiny_run, prompts):
     _, trie = tiny_run
     for ids in prompts:
