@@ -224,6 +224,13 @@ class ServeConfig(Section):
     chat_dtype: str = "auto"
     chat_extra_args: list[str] = []
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
+    # What serves the chat model: "llama.cpp" (`llama-server` on the model's GGUF as shipped, 4-bit:
+    # several times faster on a CPU, bench/results/chat_model.json), "vllm" (a Hugging Face folder,
+    # dequantised), or "auto": llama.cpp on a machine without a CUDA GPU (when the chat model is a
+    # GGUF), vLLM on one. `chat_parallel`: llama.cpp's slots, chats answered at once (continuous
+    # batching); each gets `chat_max_model_len` tokens of context.
+    chat_engine: Literal["auto", "vllm", "llama.cpp"] = "auto"
+    chat_parallel: int = Field(16, ge=1)
 
 
 class EvalConfig(Section):
