@@ -5,10 +5,14 @@ what genrec needs around it:
 
 - `connect(url)`: a `ChatOpenAI` for the served chat model, deterministic (temperature 0), with a
   connect timeout and a whole-request timeout and no retries, so a down server costs one short wait;
-- `plan(llm, messages, tools)`: the planning step. The tools are bound with
-  `tool_choice="required"` (or one tool's name), which makes vLLM constrain the output to the tool
-  schemas, so every call parses; the model still picks which tool and its arguments. Each call's
-  arguments are validated against its tool's schema;
+- `plan(llm, messages, tools)`: the planning step, constrained to the tool schemas so every call
+  parses; the model still picks which tool and its arguments. How depends on the engine
+  (`server_engine`): vLLM enforces `tool_choice="required"` (or one tool's name); llama.cpp accepts
+  it but lets free text precede the call (upstream issue 27217), so there the reply is held from
+  its first token to a JSON schema `anyOf[{name: const, arguments: <that tool's parameters>}]`
+  (`tool_call_schema`, every string and list bounded) and the call, which arrives as the reply's
+  text, is read back into a LangChain `ToolCall` (`read_tool_call`). Each call's arguments are
+  validated against its tool's schema;
 - `reply(llm, messages)` / `stream_reply(llm, messages)`: the reply step, plain text, no tools.
   Small models answer poorly after raw tool messages, so callers put the tool results into a prompt
   of their own;
@@ -24,16 +28,19 @@ request or the model's call does not fit a tool.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.messages.tool import ToolCall
+from langchain_core.messages.tool import InvalidToolCall, ToolCall
 from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
@@ -69,11 +76,111 @@ def connect(
     )
 
 
+LLAMA_CPP = "llama.cpp"
+VLLM = "vllm"
+# Bounds put on a tool schema's strings and lists that have none: an unbounded list let the model
+# repeat items until max_tokens under llama.cpp's JSON-schema grammar.
+MAX_STRING = 200
+MAX_ITEMS = 8
+
+
+def server_engine(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> str:
+    """ "llama.cpp" if the OpenAI-style server at `url` is llama.cpp's (its models are `owned_by`
+    "llamacpp"), else "vllm"."""
+    client = openai.OpenAI(base_url=url.rstrip("/"), api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
+    with _llm_errors_at(url):
+        return engine_of(list(client.models.list()))
+
+
+def engine_of(models: Sequence[Any]) -> str:
+    """The engine behind a `/v1/models` listing."""
+    return LLAMA_CPP if any(getattr(m, "owned_by", "") == "llamacpp" for m in models) else VLLM
+
+
+def tool_call_schema(tools: Sequence[BaseTool]) -> dict[str, Any]:
+    """The JSON schema of one call to one of `tools`: `anyOf` one object per tool, its `name` a
+    constant and its `arguments` that tool's parameters (as LangChain sends them to an OpenAI
+    server, so the tools' own argument schemas flow through), every string and list bounded and
+    no property outside the schema."""
+    options = []
+    for tool in tools:
+        parameters = convert_to_openai_tool(tool)["function"].get("parameters") or {"type": "object", "properties": {}}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": _bounded(parameters)},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _bounded(schema: Any) -> Any:
+    """`schema` with `maxLength` on strings and `maxItems` on arrays that have none, and objects closed."""
+    if isinstance(schema, list):
+        return [_bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _bounded(v) for k, v in schema.items()}
+    kinds = out.get("type")
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds}
+    if "string" in kinds and "enum" not in out and "const" not in out:
+        out.setdefault("maxLength", MAX_STRING)
+    if "array" in kinds:
+        out.setdefault("maxItems", MAX_ITEMS)
+    if "object" in kinds and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def planning_kwargs(engine: str, tools: Sequence[BaseTool], tool: str | None = None) -> dict[str, Any]:
+    """What a planning request adds for `engine` (`llm.bind(**...)`): the tools, and the constraint
+    that holds the reply to one call of them (`tool` forces that one)."""
+    specs = [convert_to_openai_tool(t) for t in tools]
+    if engine != LLAMA_CPP:
+        forced = {"type": "function", "function": {"name": tool}} if tool else "required"
+        return {"tools": specs, "tool_choice": forced}
+    chosen = [t for t in tools if t.name == tool] if tool else list(tools)
+    # The tools still go in (the model's chat template lists them in the system prompt, as it was
+    # trained), with tool_choice "none" so llama.cpp adds no grammar of its own; the JSON schema,
+    # sent as llama.cpp's `json_schema` field, constrains the reply instead.
+    return {"tools": specs, "tool_choice": "none", "extra_body": {"json_schema": tool_call_schema(chosen)}}
+
+
+def read_tool_call(message: AIMessage) -> AIMessage:
+    """A llama.cpp planning reply with its call read from the text: an `AIMessage` with the call in
+    `tool_calls` (or, when the text is not a call, in `invalid_tool_calls`), usage kept."""
+    if message.tool_calls:
+        return message
+    text = str(message.content).strip()
+    call_id = f"call_{uuid.uuid4().hex[:24]}"
+    try:
+        data = json.loads(text)
+        name, args = data["name"], data.get("arguments") or {}
+        if not isinstance(name, str) or not isinstance(args, dict):
+            raise TypeError("name must be a string and arguments an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        invalid = InvalidToolCall(name=None, args=text[:500], id=call_id, error=f"not a tool call: {exc}")
+        return AIMessage(
+            content="",
+            invalid_tool_calls=[invalid],
+            usage_metadata=message.usage_metadata,
+            response_metadata=message.response_metadata,
+        )
+    return AIMessage(
+        content="",
+        tool_calls=[ToolCall(name=name, args=args, id=call_id, type="tool_call")],
+        usage_metadata=message.usage_metadata,
+        response_metadata=message.response_metadata,
+    )
+
+
 def plan(llm: ChatOpenAI, messages: Messages, tools: Sequence[BaseTool], tool: str | None = None) -> list[ToolCall]:
     """The tool calls the model makes for `messages`, each validated against its tool's schema.
 
-    `tool=None` lets the model pick among `tools` (vLLM `tool_choice="required"`: at least one call,
-    constrained to the schemas); a tool's name forces that tool. Returns LangChain `ToolCall`s
+    `tool=None` lets the model pick among `tools` (at least one call, constrained to the schemas:
+    `planning_kwargs`); a tool's name forces that tool. Returns LangChain `ToolCall`s
     (`{"name", "args", "id"}`) whose `args` are the validated arguments, those equal to their
     defaults left out. Raises `LLMUnavailable` when the server is down or slow, `LLMError` when no
     usable call came back.
@@ -81,9 +188,12 @@ def plan(llm: ChatOpenAI, messages: Messages, tools: Sequence[BaseTool], tool: s
     by_name = {t.name: t for t in tools}
     if tool is not None and tool not in by_name:
         raise LLMError(f"plan: no tool named {tool!r} (tools: {', '.join(by_name)})")
-    planner = llm.bind_tools(list(tools), tool_choice=tool or "required")
+    api_key = llm.openai_api_key.get_secret_value() if llm.openai_api_key else None
+    engine = server_engine(str(llm.openai_api_base), api_key)
     with _llm_errors(llm):
-        message = planner.invoke(list(messages))
+        message = llm.bind(**planning_kwargs(engine, tools, tool)).invoke(list(messages))
+    if engine == LLAMA_CPP and isinstance(message, AIMessage):
+        message = read_tool_call(message)
     if not isinstance(message, AIMessage) or not message.tool_calls:
         bad = getattr(message, "invalid_tool_calls", None) or getattr(message, "content", "")
         raise LLMError(f"{llm.openai_api_base}: the model made no usable tool call ({str(bad)[:200]!r})")
@@ -218,7 +328,14 @@ class ChatLLM:
         )
         self.breaker = Breaker(retry_after_s)
         self._llm: ChatOpenAI | None = None
+        self._engine: str | None = None
         self._lock = threading.Lock()
+
+    def engine(self) -> str:
+        """ "llama.cpp" or "vllm": what serves the model (asked once; raises `LLMUnavailable`)."""
+        if self._engine is None:
+            self._engine = server_engine(self.url, self.api_key, self.timeout_s)
+        return self._engine
 
     def unavailable(self) -> str | None:
         """Why the model is being skipped right now (it failed recently), or None."""
@@ -251,7 +368,8 @@ class ChatLLM:
             timeout=openai.Timeout(self.timeout_s, connect=self.connect_timeout_s),
         )
         with _llm_errors_at(self.url):
-            names = [m.id for m in client.models.list()]
+            models = list(client.models.list())
+        self._engine, names = engine_of(models), [m.id for m in models]
         for preferred in (CHAT_MODEL, BASE_MODEL):
             if preferred in names:
                 return preferred
@@ -262,15 +380,19 @@ class ChatLLM:
 
     def plan(self, messages: Messages, tools: Sequence[BaseTool], max_tokens: int | None = None) -> AIMessage:
         """The model's next step: an `AIMessage` with at least one tool call, constrained to the tools'
-        schemas (`tool_choice="required"`). Arguments are not validated here: the tool node answers a
-        bad call with the tool's error, so the model can correct it."""
+        schemas (`planning_kwargs`: vLLM's `tool_choice="required"`, llama.cpp's JSON schema).
+        Arguments are not validated here: the tool node answers a bad call with the tool's error, so
+        the model can correct it."""
         llm = self.llm
         extra = {"max_tokens": max_tokens} if max_tokens else {}
-        planner = llm.bind_tools(list(tools), tool_choice="required", **extra)
 
         def call() -> AIMessage:
+            engine = self.engine()
+            planner = llm.bind(**planning_kwargs(engine, tools), **extra)
             with _llm_errors(llm):
                 message = planner.invoke(list(messages))
+            if engine == LLAMA_CPP and isinstance(message, AIMessage):
+                message = read_tool_call(message)
             if not isinstance(message, AIMessage) or not (message.tool_calls or message.invalid_tool_calls):
                 raise LLMError(
                     f"{self.url}: the model made no tool call ({str(getattr(message, 'content', ''))[:200]!r})"
