@@ -218,7 +218,9 @@ class ServeConfig(Section):
     chat_tensor_parallel_size: int = Field(1, ge=1)
     chat_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     chat_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the chat server, e.g. "2,3"
-    chat_cpus: str = "auto"  # the chat server's CPU cores, as `cpus`
+    # the chat server's CPU cores, as `cpus`; llama.cpp: "auto" runs one thread per usable core but
+    # one (docs/scale.md, "Threads"), a list pins it to those cores with one thread each
+    chat_cpus: str = "auto"
     # "auto": bfloat16 where the hardware computes in it (GPUs, AVX512/AMX CPUs), float32 on other CPUs,
     # where bfloat16 starts and reads prompts slower and decodes no faster (bench/results/vllm_cpu.json).
     chat_dtype: str = "auto"
