@@ -78,10 +78,12 @@ def connect(
 
 LLAMA_CPP = "llama.cpp"
 VLLM = "vllm"
-# Bounds put on a tool schema's strings and lists that have none: an unbounded list let the model
-# repeat items until max_tokens under llama.cpp's JSON-schema grammar.
-MAX_STRING = 200
-MAX_ITEMS = 8
+# Bounds on every string and list of a tool schema under llama.cpp's JSON-schema grammar (tighter
+# than the tool's own, never looser), so a whole call fits the planner's max_tokens: an unbounded
+# list looped until max_tokens, and the 0.5B filled `exclude` (max 20) with "The Dark Knight: Part
+# X", "Part Y" ... until its 160 tokens ran out, a truncated call.
+MAX_STRING = 100
+MAX_ITEMS = 5
 
 
 def server_engine(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> str:
@@ -117,7 +119,8 @@ def tool_call_schema(tools: Sequence[BaseTool]) -> dict[str, Any]:
 
 
 def _bounded(schema: Any) -> Any:
-    """`schema` with `maxLength` on strings and `maxItems` on arrays that have none, and objects closed."""
+    """`schema` with every string's `maxLength` and array's `maxItems` at most `MAX_STRING` and
+    `MAX_ITEMS`, and objects closed."""
     if isinstance(schema, list):
         return [_bounded(s) for s in schema]
     if not isinstance(schema, dict):
@@ -126,9 +129,9 @@ def _bounded(schema: Any) -> Any:
     kinds = out.get("type")
     kinds = set(kinds) if isinstance(kinds, list) else {kinds}
     if "string" in kinds and "enum" not in out and "const" not in out:
-        out.setdefault("maxLength", MAX_STRING)
+        out["maxLength"] = min(out.get("maxLength", MAX_STRING), MAX_STRING)
     if "array" in kinds:
-        out.setdefault("maxItems", MAX_ITEMS)
+        out["maxItems"] = min(out.get("maxItems", MAX_ITEMS), MAX_ITEMS)
     if "object" in kinds and "properties" in out:
         out.setdefault("additionalProperties", False)
     return out

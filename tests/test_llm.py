@@ -137,7 +137,7 @@ def test_a_server_that_is_down_raises_llm_unavailable_at_once():
 
 def test_the_tool_call_schema_bounds_every_string_and_list_and_names_each_tool(tools):
     """An unbounded list let the model repeat items until max_tokens under a JSON-schema grammar."""
-    from agent.llm import tool_call_schema
+    from agent.llm import MAX_ITEMS, MAX_STRING, tool_call_schema
 
     schema = tool_call_schema(tools)
     assert [o["properties"]["name"]["const"] for o in schema["anyOf"]] == [t.name for t in tools]
@@ -146,9 +146,9 @@ def test_the_tool_call_schema_bounds_every_string_and_list_and_names_each_tool(t
         if isinstance(node, dict):
             kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
             if "string" in kinds and "enum" not in node and "const" not in node:
-                assert "maxLength" in node, node
+                assert node["maxLength"] <= MAX_STRING, node
             if "array" in kinds:
-                assert "maxItems" in node, node
+                assert node["maxItems"] <= MAX_ITEMS, node
             if "object" in kinds and "properties" in node:
                 assert node["additionalProperties"] is False, node
             for value in node.values():
