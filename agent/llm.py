@@ -82,8 +82,8 @@ VLLM = "vllm"
 # than the tool's own, never looser), so a whole call fits the planner's max_tokens: an unbounded
 # list looped until max_tokens, and the 0.5B filled `exclude` (max 20) with "The Dark Knight: Part
 # X", "Part Y" ... until its 160 tokens ran out, a truncated call.
-MAX_STRING = 100
-MAX_ITEMS = 5
+MAX_STRING = 80
+MAX_ITEMS = 4
 
 
 def server_engine(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> str:
@@ -137,6 +137,39 @@ def _bounded(schema: Any) -> Any:
     return out
 
 
+def max_call_tokens(schema: Any) -> int:
+    """An upper bound on the tokens of a reply that `schema` (bounded) allows, counting two
+    characters per token and llama.cpp's grammar's optional whitespace (up to ~22 characters) around
+    every value: a planning call given this many tokens always ends its JSON, however the model
+    loops inside its bounds, instead of being cut into an invalid call."""
+    return min(2048, _max_chars(schema) // 2 + 16)
+
+
+def _max_chars(node: Any) -> int:
+    if not isinstance(node, dict):
+        return 0
+    if "const" in node:
+        return len(json.dumps(node["const"])) + 22
+    if "enum" in node:
+        return max(len(json.dumps(v)) for v in node["enum"]) + 22
+    options = node.get("anyOf") or node.get("oneOf")
+    if options:
+        return max(_max_chars(o) for o in options)
+    kinds = node.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    sizes = [22 + 5]  # null, booleans
+    if "string" in kinds:
+        sizes.append(2 * node.get("maxLength", MAX_STRING) + 24)  # an escaped character takes two
+    if "integer" in kinds or "number" in kinds:
+        sizes.append(40)
+    if "array" in kinds:
+        sizes.append(node.get("maxItems", MAX_ITEMS) * (_max_chars(node.get("items", {})) + 1) + 24)
+    if "object" in kinds:
+        props = node.get("properties") or {}
+        sizes.append(sum(len(k) + 26 + _max_chars(v) for k, v in props.items()) + 24)
+    return max(sizes)
+
+
 def planning_kwargs(engine: str, tools: Sequence[BaseTool], tool: str | None = None) -> dict[str, Any]:
     """What a planning request adds for `engine` (`llm.bind(**...)`): the tools, and the constraint
     that holds the reply to one call of them (`tool` forces that one)."""
@@ -147,8 +180,15 @@ def planning_kwargs(engine: str, tools: Sequence[BaseTool], tool: str | None = N
     chosen = [t for t in tools if t.name == tool] if tool else list(tools)
     # The tools still go in (the model's chat template lists them in the system prompt, as it was
     # trained), with tool_choice "none" so llama.cpp adds no grammar of its own; the JSON schema,
-    # sent as llama.cpp's `json_schema` field, constrains the reply instead.
-    return {"tools": specs, "tool_choice": "none", "extra_body": {"json_schema": tool_call_schema(chosen)}}
+    # sent as llama.cpp's `json_schema` field, constrains the reply instead, and the reply may be as
+    # long as the schema allows (`max_call_tokens`), so it is never cut into an invalid call.
+    schema = tool_call_schema(chosen)
+    return {
+        "tools": specs,
+        "tool_choice": "none",
+        "extra_body": {"json_schema": schema},
+        "max_tokens": max_call_tokens(schema),
+    }
 
 
 def read_tool_call(message: AIMessage) -> AIMessage:
@@ -391,7 +431,8 @@ class ChatLLM:
 
         def call() -> AIMessage:
             engine = self.engine()
-            planner = llm.bind(**planning_kwargs(engine, tools), **extra)
+            kwargs = {**extra, **planning_kwargs(engine, tools)}  # llama.cpp: room for the longest call
+            planner = llm.bind(**kwargs)
             with _llm_errors(llm):
                 message = planner.invoke(list(messages))
             if engine == LLAMA_CPP and isinstance(message, AIMessage):
