@@ -76,7 +76,7 @@ def model_server(
 
     from genrec.errors import GenrecError
     from genrec.run import open_run
-    from serving.server import VllmServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
+    from serving.server import ModelServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
 
     if not llm_url or not start:
         yield []
@@ -87,7 +87,7 @@ def model_server(
         wanted.append((llm_url, lambda port: run_server_spec(run, config.serve, port=port)))
     if chat_url and chat_url != llm_url:
         wanted.append((chat_url, lambda port: chat_server_spec(run, config.serve, port=port)))
-    servers: list[VllmServer] = []
+    servers: list[ModelServer] = []
     for url, make_spec in wanted:
         if is_healthy(url, timeout_s=1.0):
             continue
@@ -106,18 +106,22 @@ def model_server(
         if spec is None:
             continue
         spec.api_key = api_key
-        server = VllmServer(spec, config.serve.startup_timeout_s)
+        server = ModelServer(spec, config.serve.startup_timeout_s)
         server.start()
         servers.append(server)
         note = "" if wait else f"; {meanwhile}"
-        console.print(f"[dim]started vLLM ({spec.served_name}) on {server.url} (log {spec.log_path}){note}[/]")
+        console.print(
+            f"[dim]started {server.engine} ({spec.served_name}) on {server.url} (log {spec.log_path}){note}[/]"
+        )
 
-    def wait_ready(server: VllmServer) -> None:
+    def wait_ready(server: ModelServer) -> None:
         try:
             seconds = server.wait_healthy()
-            console.print(f"[dim]vLLM ({server.spec.served_name}) ready after {seconds:.0f} s[/]")
+            console.print(f"[dim]{server.engine} ({server.spec.served_name}) ready after {seconds:.0f} s[/]")
         except GenrecError as exc:
-            console.print(f"[yellow]vLLM ({server.spec.served_name}) did not start: {str(exc).splitlines()[0]}[/]")
+            console.print(
+                f"[yellow]{server.engine} ({server.spec.served_name}) did not start: {str(exc).splitlines()[0]}[/]"
+            )
 
     waiters = [threading.Thread(target=wait_ready, args=(s,), daemon=True, name="vllm-wait") for s in servers]
     for waiter in waiters:

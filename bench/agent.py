@@ -2,8 +2,8 @@
 the rule-based fallback, on the same simulated conversations, with users that do not speak the rule
 planner's grammar.
 
-For the chat model (Qwen2.5-Coder-1.5B by default), one vLLM chat server is started the way
-`genrec serve` starts it, and then:
+For the chat model (Qwen2.5-Coder-1.5B by default), one chat server is started the way
+`genrec serve` starts it (`--engine`, `serve.chat_engine`: llama.cpp on a CPU by default), and then:
 
 - conversations: the same N test users of the run's leave-one-out split (hidden target = the
   user's test item) talk to (a) the LLM agent and (b) the rule fallback (the same agent with no chat
@@ -64,16 +64,16 @@ def save(results: dict) -> None:
     write_json(OUT, results)
 
 
-def chat_server(run: Path, model: str):
-    """A started, healthy chat server for `model` (the caller stops it)."""
+def chat_server(run: Path, model: str, engine: str = "auto"):
+    """A started, healthy chat server for `model` (the caller stops it), as `genrec serve` starts it
+    (`serve.chat_engine`: llama.cpp on a CPU, vLLM on a GPU, unless `engine` names one)."""
     from genrec.config import ServeConfig
-    from serving.server import VllmServer, chat_server_spec, free_port
+    from serving.server import free_port, serve_chat
 
-    spec = chat_server_spec(run, ServeConfig(chat_model=model, startup_timeout_s=1500), port=free_port())
-    server = VllmServer(spec, 1500)
+    server = serve_chat(run, ServeConfig(chat_model=model, chat_engine=engine, startup_timeout_s=1500), free_port())
     server.start()
     seconds = server.wait_healthy()
-    print(f"{model}: healthy in {seconds:.0f} s on {server.url}", flush=True)
+    print(f"{model}: {server.engine} healthy in {seconds:.0f} s on {server.url}", flush=True)
     return server, seconds
 
 
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="an indexed and trained run")
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--second-model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--engine", default="auto", choices=["auto", "llama.cpp", "vllm"], help="serve.chat_engine")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--users", nargs="+", default=["llm", "paraphrase"])
@@ -264,11 +265,12 @@ def main() -> None:
     first = [s for s in args.sections if s != "second_model"]
     with tempfile.TemporaryDirectory(prefix="genrec-bench-agent-") as tmp:
         if first:
-            server, start_s = chat_server(args.run, args.model)
+            server, start_s = chat_server(args.run, args.model, args.engine)
             try:
                 llm_agent, rule_agent, chat = agents(args.run, server.url, Path(tmp))
                 model = results.setdefault("models", {}).setdefault(args.model, {})
                 model["server_start_s"] = round(start_s, 1)
+                model["engine"] = server.engine
                 if "conversations" in first:
                     model["conversations"] = conversations(
                         llm_agent, rule_agent, chat, cases, args.conversations, args.turns, args.users
@@ -294,7 +296,7 @@ def main() -> None:
             finally:
                 server.stop()
         if "second_model" in args.sections:
-            server, start_s = chat_server(args.run, args.second_model)
+            server, start_s = chat_server(args.run, args.second_model, args.engine)
             try:
                 llm_agent, rule_agent, chat = agents(args.run, server.url, Path(tmp) / "second")
                 users = cases.users(args.second_conversations)

@@ -485,8 +485,10 @@ def simulate_run(
     show_violations: int = 20,
     chat_url: str | None = None,
     simulator: str = "template",
+    api_key: str | None = None,
 ) -> dict[str, Any]:
-    """Simulate `conversations` chats (a fixed seeded sample of test users) with the run's agent."""
+    """Simulate `conversations` chats (a fixed seeded sample of test users) with the run's agent.
+    `api_key`: the model servers' key, if they were started with one."""
     from agent.graph import AgentSettings
     from agent.session import Agent
     from genrec.run import open_run
@@ -511,7 +513,7 @@ def simulate_run(
     if simulator == "llm":
         from agent.llm import ChatLLM
 
-        chat = ChatLLM(chat_url, timeout_s=120.0)
+        chat = ChatLLM(chat_url, timeout_s=120.0, api_key=api_key)
     with tempfile.TemporaryDirectory(prefix="genrec-sim-") as tmp:
         agent = Agent.open(
             paths.root,
@@ -520,6 +522,7 @@ def simulate_run(
             db_path=Path(tmp) / "sim.sqlite",
             settings=AgentSettings(k=max(SUCCESS_KS)),
             llm_timeout_s=120.0,
+            api_key=api_key,
         )
         try:
             results, counts = converse(agent, cases, users, simulator, max_turns, chat, progress=progress)

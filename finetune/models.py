@@ -68,6 +68,44 @@ def smollm2_folder(cache: Path | None = None, progress: bool = True) -> Path:
     return target
 
 
+def split_gguf_file(model: SplitGguf, cache: Path | None = None, progress: bool = True) -> Path:
+    """The GGUF file of a model split over pip packages, joined once into the cache and kept (what
+    llama.cpp serves as it is). The parts are verified (size and sha256 of each) and the joined
+    file checked again; a note beside it records the sha256 it was checked against, so later calls
+    only compare sizes instead of hashing a gigabyte again."""
+    target = (cache or cache_root()) / f"{model.name}.gguf"
+    note = target.with_name(target.name + ".sha256")
+    try:
+        if target.stat().st_size == model.size and note.read_text(encoding="utf-8").strip() == model.sha256:
+            return target
+    except OSError:
+        pass
+    if progress:
+        print(f"joining {model.title} into {target} (once: {model.size / 2**30:.1f} GiB)", flush=True)
+    started = time.monotonic()
+    note.unlink(missing_ok=True)
+    assemble(model, target, progress=progress)
+    note.write_text(model.sha256 + "\n", encoding="utf-8")
+    if progress:
+        print(f"{model.name}.gguf: joined and verified in {time.monotonic() - started:.0f} s", flush=True)
+    return target
+
+
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file behind a chat model choice (`serve.chat_model`): a packaged model's (joined once
+    when split), a `.gguf` path as it is, or None for a Hugging Face folder (no GGUF to serve)."""
+    if name == SMOLLM2:
+        return smollm2_gguf()
+    if name in SPLIT_MODELS:
+        return split_gguf_file(SPLIT_MODELS[name])
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise GenrecError(f"{path}: no such GGUF file")
+        return path
+    return None
+
+
 def split_gguf_folder(model: SplitGguf, cache: Path | None = None, progress: bool = True) -> Path:
     """A bfloat16 Hugging Face folder of a GGUF split over pip packages (built once, cached).
 
@@ -87,7 +125,8 @@ def split_gguf_folder(model: SplitGguf, cache: Path | None = None, progress: boo
     started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{model.name}-gguf-", dir=root) as tmp:
-        gguf = assemble(model, Path(tmp) / f"{model.name}.gguf", progress=progress)
+        kept = split_gguf_file(model, root, progress=False) if (root / f"{model.name}.gguf").exists() else None
+        gguf = kept or assemble(model, Path(tmp) / f"{model.name}.gguf", progress=progress)
         source = {
             "model": model.name,
             "title": model.title,

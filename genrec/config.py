@@ -225,12 +225,21 @@ class ServeConfig(Section):
     chat_tensor_parallel_size: int = Field(1, ge=1)
     chat_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     chat_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the chat server, e.g. "2,3"
-    chat_cpus: str = "auto"  # the chat server's CPU cores, as `cpus`
+    # the chat server's CPU cores, as `cpus`; llama.cpp: "auto" runs one thread per usable core but
+    # one (docs/scale.md, "Threads"), a list pins it to those cores with one thread each
+    chat_cpus: str = "auto"
     # "auto": bfloat16 where the hardware computes in it (GPUs, AVX512/AMX CPUs), float32 on other CPUs,
     # where bfloat16 starts and reads prompts slower and decodes no faster (bench/results/vllm_cpu.json).
     chat_dtype: str = "auto"
     chat_extra_args: list[str] = []
     chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
+    # What serves the chat model: "llama.cpp" (`llama-server` on the model's GGUF as shipped, 4-bit:
+    # several times faster on a CPU, bench/results/chat_model.json), "vllm" (a Hugging Face folder,
+    # dequantised), or "auto": llama.cpp on a machine without a CUDA GPU (when the chat model is a
+    # GGUF), vLLM on one. `chat_parallel`: llama.cpp's slots, chats answered at once (continuous
+    # batching); each gets `chat_max_model_len` tokens of context.
+    chat_engine: Literal["auto", "vllm", "llama.cpp"] = "auto"
+    chat_parallel: int = Field(16, ge=1)
 
 
 class EvalConfig(Section):

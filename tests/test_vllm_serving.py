@@ -316,7 +316,7 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
 
     model = tmp_path / "model"
     model.mkdir()
-    config = ServeConfig(chat_model="auto")
+    config = ServeConfig(chat_model="auto", chat_engine="vllm")  # (on a CPU, auto serves SmolLM2's GGUF with llama.cpp)
     url = "http://127.0.0.1:8000/v1"
     (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
     assert (
