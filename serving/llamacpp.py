@@ -177,14 +177,13 @@ def parse_cores(cpus: str) -> list[int]:
 
 def chat_threads(cpus: str) -> int:
     """llama.cpp's threads for `serve.chat_cpus`: one per listed core when the chat server is pinned;
-    with "auto", every usable core but one (at least one), which stays free for the recommender
-    server and the agent process. llama.cpp's threads meet at a barrier after every operation, so
-    one thread whose core is taken stalls them all: on this 2-core machine under load (~16), the
-    0.5B decoded 12.2 tokens/s with 1 thread against 4.4 with 2, and read prompts as fast."""
+    with "auto", every usable core. On an idle 2-core machine two threads read prompts and decode
+    twice as fast as one (Qwen2.5-Coder-1.5B Q4_K_M: 82-86 against 43 prompt tokens/s, 13.0-13.7
+    against 7.0-7.5 decode tokens/s; bench/results/llamacpp_threads.json); under a heavy load of
+    other work (~16 on 2 cores) one thread did better (12.2 against 4.4 tokens/s for the 0.5B), so a
+    machine that trains beside its chat server can pin it to one core with `chat_cpus`."""
     cores = parse_cores(cpus)
-    if cpus.strip() not in ("auto", "vllm", ""):
-        return len(cores)
-    return max(1, len(cores) - 1)
+    return max(1, len(cores))
 
 
 def llama_server_command(spec) -> list[str]:

@@ -65,7 +65,7 @@ def test_the_llama_cpp_chat_server_uses_the_models_template_slots_and_one_thread
     assert spec.engine == "llama.cpp" and Path(cmd[0]).name == "llama-server"
     assert Path(cmd[cmd.index("--model") + 1]).suffix == ".gguf" and "--jinja" in cmd
     assert cmd[cmd.index("--parallel") + 1] == "6" and cmd[cmd.index("--ctx-size") + 1] == str(6 * 2048)
-    assert cmd[cmd.index("--threads") + 1] == str(max(1, len(os.sched_getaffinity(0)) - 1))  # one core left free
+    assert cmd[cmd.index("--threads") + 1] == str(len(os.sched_getaffinity(0)))  # every usable core
     assert "secret-key" not in " ".join(cmd) and server_env(spec)["LLAMA_API_KEY"] == "secret-key"
     pinned = chat_server_spec(tmp_path, config.model_copy(update={"chat_cpus": "0"}), port=8123)
     assert server_command(pinned)[:3] == ["taskset", "-c", "0"]
