@@ -150,7 +150,10 @@ def catalog_state(paths: RunPaths) -> CatalogState:
     from retrieval.semantic_ids import load_semantic_ids
 
     live, stamp = read_live(paths)
-    base = pd.read_parquet(paths.require(paths.items, f"genrec index --run {paths.root}"))
+    if paths.items.exists() or not paths.semantic_ids.exists():
+        base = pd.read_parquet(paths.require(paths.items, f"genrec index --run {paths.root}"))
+    else:  # a run that holds only what a model server needs (semantic IDs and the model), no item table
+        base = pd.DataFrame(columns=ITEM_COLUMNS)
     # an indexed run searched before its semantic IDs exist has items and no codes yet
     codes = dict(load_semantic_ids(paths)) if paths.semantic_ids.exists() else {}
     added = live["added"]

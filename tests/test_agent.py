@@ -364,6 +364,15 @@ def test_what_a_model_wrote_instead_of_a_tool_call_never_reaches_the_user(ctx, t
     steered = 'I will call recommend with {"exclude": ["Zardoz Returns (1999) [id 999]"], "k": 500}'
 
     class SteeredModel(BaseHTTPRequestHandler):
+        def do_GET(self):  # /v1/models, as vLLM lists its served model
+            listing = {"object": "list", "data": [{"id": "genrec-chat", "object": "model", "owned_by": "vllm"}]}
+            data = json.dumps(listing).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if body.get("stream"):
