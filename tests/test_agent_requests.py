@@ -1,6 +1,6 @@
 """Requests as people say them: years, genres wanted and not, misspelt and partial titles, words that
 are not titles, follow-ups, and replies that must not claim what their items break. Deterministic
-parts only (the chat model's side is measured by bench/requests.py)."""
+parts only (the chat model's side is measured by bench/chat_requests.py)."""
 
 from __future__ import annotations
 

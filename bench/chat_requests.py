@@ -1,5 +1,5 @@
 """Benchmark: does the agent do what a new user asked? Natural chat requests on MovieLens-100K with
-checkable constraints (`bench/requests/ml100k.jsonl`), written the way people speak: year bounds
+checkable constraints (`bench/chat_requests_data/ml100k.jsonl`), written the way people speak: year bounds
 (before, after, between, a decade, "the same decade as <title>"), genres wanted and unwanted, items
 already seen, misspelt and partial titles, follow-ups that refine or replace a request, other
 languages, titles the catalog lacks, and requests nothing in the catalog satisfies.
@@ -23,7 +23,7 @@ The baseline is the same benchmark run BEFORE a change, on the same machine and 
 the same invocation: `--baseline-code DIR` is a checkout of the older commit (`git archive`), run
 by this same file in a child process with that tree first on the path.
 
-    .venv/bin/python bench/requests.py --run RUN --chat-url http://127.0.0.1:PORT/v1 --split test \\
+    .venv/bin/python bench/chat_requests.py --run RUN --chat-url http://127.0.0.1:PORT/v1 --split test \\
         --baseline-code /tmp/genrec-before
 """
 
@@ -40,17 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-# run as a script, this file's folder comes first on the path, and its name would shadow the
-# `requests` package for every library that imports it
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ROOT / "bench" / "requests" / "ml100k.jsonl"
-OUT = ROOT / "bench" / "results" / "requests.json"
+CASES = ROOT / "bench" / "chat_requests_data" / "ml100k.jsonl"
+OUT = ROOT / "bench" / "results" / "chat_requests.json"
 CHECK_KEYS = {
     "year_min",
     "year_max",
