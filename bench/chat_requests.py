@@ -60,6 +60,7 @@ CHECK_KEYS = {
     "unknown",
     "expect",
 }
+ITEM_CHECKS = CHECK_KEYS - {"unknown", "expect"}  # the checks a turn's shown items must pass
 RAW_ERROR = re.compile(
     r"Traceback|Exception|ToolInvocation|ValidationError|validation error|Field required|"
     r"Input should be|Error:|\{'|\"type\": \"|pydantic",
@@ -251,20 +252,7 @@ def score_turn(
         honoured = False
     if expect == "nothing":
         honoured = honoured and not shown and says_nothing(reply)
-    elif any(
-        k in check
-        for k in (
-            "year_min",
-            "year_max",
-            "genres_any",
-            "genres_all",
-            "genres_none",
-            "not_titles",
-            "not_previous",
-            "older_than_previous",
-            "resolves",
-        )
-    ):
+    elif any(k in check for k in ITEM_CHECKS):
         honoured = honoured and bool(shown) and ok == len(shown)
     model_calls = [c for c in record.get("calls") or [] if c.get("by") == "model"]
     return {
