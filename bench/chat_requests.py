@@ -44,6 +44,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# run as a script, bench/ comes first on the path, where bench/agent.py would shadow the agent
+# package; taking bench/ off (rather than putting this tree first) keeps PYTHONPATH first, which is
+# how --baseline-code runs an older tree with this same file
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "bench" / "chat_requests_data" / "ml100k.jsonl"
 OUT = ROOT / "bench" / "results" / "chat_requests.json"
