@@ -6,6 +6,7 @@ Session-scoped fixtures are shared by every test file: a test that changes a run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,27 +178,36 @@ def recommender_server(trained_run, tmp_path_factory) -> Served:
     trie search inside it), started through the `serve` command with an API key; stopped with SIGTERM
     at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
+    api_key = "test-key-123"
+    with genrec_serve(trained_run, api_key, tmp_path_factory.mktemp("recommender-server"), 960) as url:
+        yield Served(trained_run, url, api_key)
+
+
+@contextlib.contextmanager
+def genrec_serve(run: Path, api_key: str, log_dir: Path, start_timeout_s: float) -> Iterator[str]:
+    """`genrec serve --no-chat` of `run` with `api_key` on a free port; yields its URL. Stopped with
+    SIGTERM (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does:
+    exit code 0 and the port free again."""
     from serving.server import free_port as server_port
     from serving.server import port_is_free
 
-    api_key = "test-key-123"
     port = server_port()
     cmd = [
         sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
-        "--run", str(trained_run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", api_key,
+        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", api_key,
     ]  # fmt: skip
-    stderr = tmp_path_factory.mktemp("recommender-server") / "stderr.log"
-    with open(stderr, "w") as err:  # a file, not a pipe nobody reads during the session
+    stderr = log_dir / "stderr.log"
+    with open(stderr, "w") as err:  # a file, not a pipe nobody reads while the server runs
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
     url_line: list[str] = []
     reader = threading.Thread(target=lambda: url_line.append(proc.stdout.readline()), daemon=True)
     reader.start()
-    reader.join(timeout=960)  # the run's serve.startup_timeout_s is 900
+    reader.join(timeout=start_timeout_s)
     try:
         if not url_line or not url_line[0].startswith("http"):
             proc.kill()
             raise RuntimeError(f"genrec serve printed no URL; stderr:\n{stderr.read_text()[-3000:]}")
-        yield Served(trained_run, url_line[0].strip(), api_key)
+        yield url_line[0].strip()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +21,10 @@ from finetune.decoding.trie import SidTrie
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 from serving.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
-from serving.server import free_port, is_healthy, lora_rank, port_is_free, run_server_spec
+from serving.server import free_port, is_healthy, lora_rank, run_server_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import genrec_serve  # noqa: E402
 from hf_reference import hf_trie_topk  # noqa: E402
 from tiny_models import build_tiny_sid_model  # noqa: E402
 
@@ -83,35 +81,13 @@ def prompts(tiny_run) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def vllm_url(tiny_run) -> str:
+def vllm_url(tiny_run, tmp_path_factory) -> str:
     """Start ONE vLLM server for the module through the `serve` command (with an API key); stop it
     with SIGTERM at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
     run, _ = tiny_run
-    port = free_port()
-    cmd = [
-        sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
-        "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", API_KEY,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url_line: list[str] = []
-    reader = threading.Thread(target=lambda: url_line.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout=400)
-    try:
-        if not url_line or not url_line[0].startswith("http"):
-            proc.kill()
-            raise RuntimeError(f"genrec serve printed no URL; stderr:\n{proc.stderr.read()[-3000:]}")
-        yield url_line[0].strip()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, f"genrec serve exited with {code} after SIGTERM"
-    assert port_is_free("127.0.0.1", port), "the vLLM server still listens after SIGTERM"
+    with genrec_serve(run, API_KEY, tmp_path_factory.mktemp("vllm-serving"), 400) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
