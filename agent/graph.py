@@ -71,6 +71,7 @@ class AgentSettings:
     plan_max_tokens: int = 160  # a call takes 30-110 tokens; a model looping in a list is cut here
     max_steps: int = 3  # planning steps per turn (one step may call several tools)
     replan: str = "on_error"  # plan again after tools: "on_error" (to correct a bad call, once) or "always"
+    warm_up: bool = True  # at start, have the chat server cache the prompts' fixed start (`warm_up`)
 
 
 @dataclass
@@ -566,6 +567,21 @@ def build_graph(
     graph.add_edge("guard", "remember")
     graph.add_edge("remember", END)
     return graph.compile(checkpointer=checkpointer, name="genrec-agent")
+
+
+def warm_up(ctx: AgentContext, chat: ChatLLM, settings: AgentSettings | None = None) -> dict[str, float | None]:
+    """Have the chat server cache the fixed start of the planner's and the reply's prompts (their
+    instructions and the tool schemas), so the first user does not wait for it to read them; the
+    seconds each took (None: the server did not answer). Meant for a background thread at start."""
+    settings = settings or AgentSettings()
+    fresh: dict[str, Any] = {"messages": [HumanMessage("hello")]}
+    seconds: dict[str, float | None] = {}
+    if settings.model_plans:
+        seconds["plan"] = chat.warm(planner_messages(fresh, ctx), [*bound_tools(ctx, settings.k), answer_tool()])
+    if settings.model_replies:
+        seconds["reply"] = chat.warm(reply_messages(fresh, ctx, []))
+    _log.info("chat model warm-up: %s", seconds)
+    return seconds
 
 
 _GRAPHS: dict[tuple[str, str, str], Any] = {}  # one compiled graph per (run, urls): the dev server may ask often

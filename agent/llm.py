@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -45,6 +46,8 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
 from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, LLMError, LLMUnavailable
+
+_log = logging.getLogger(__name__)
 
 Messages = Sequence[BaseMessage | dict[str, Any] | tuple[str, str]]
 T = TypeVar("T")
@@ -395,9 +398,12 @@ class ChatLLM:
     @property
     def llm(self) -> ChatOpenAI:
         """The LangChain chat model (resolving the served name on first use; raises `LLMUnavailable`)."""
+        return self._client(self.breaker.call)
+
+    def _client(self, guard: Callable[[Callable[[], str]], str]) -> ChatOpenAI:
         with self._lock:
             if self._llm is None:
-                name = self.model or self.breaker.call(self._served_name)
+                name = self.model or guard(self._served_name)
                 self._llm = connect(
                     self.url, name, self.timeout_s, self.connect_timeout_s, self.max_tokens, self.api_key
                 )
@@ -444,6 +450,23 @@ class ChatLLM:
             return message
 
         return self.breaker.call(call)
+
+    def warm(self, messages: Messages, tools: Sequence[BaseTool] | None = None) -> float | None:
+        """Send `messages` once for one token (as a planning request when `tools` are given) so the
+        server caches their prefix: the planner's fixed instructions and tool schemas are ~1,900
+        tokens, 20-40 s of prompt reading on two cores for whichever user comes first. Returns the
+        seconds it took, or None when the server did not answer (never raises; the breaker is not
+        touched, so a slow warm-up never sends real turns to the fallback)."""
+        started = time.monotonic()
+        try:
+            llm = self._client(lambda resolve: resolve())
+            kwargs: dict[str, Any] = planning_kwargs(self.engine(), tools) if tools else {}
+            with _llm_errors(llm):
+                llm.bind(**{**kwargs, "max_tokens": 1}).invoke(list(messages))
+        except (LLMError, LLMUnavailable) as exc:
+            _log.info("chat model warm-up skipped: %s", exc)
+            return None
+        return time.monotonic() - started
 
     def reply(self, messages: Messages, max_tokens: int | None = None) -> str:
         """The model's plain-text answer (no tools). Raises `LLMUnavailable`/`LLMError`."""

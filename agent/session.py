@@ -27,7 +27,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage
 
-from agent.graph import AgentSettings, build_graph
+from agent.graph import AgentSettings, build_graph, warm_up
 from agent.llm import ChatLLM
 from agent.model_tools import bound_tools
 from agent.planner import MAX_MESSAGE_CHARS, message_problem
@@ -116,6 +116,8 @@ class Agent:
         self.checkpointer = SqliteSaver(self._conn)
         self.graph = build_graph(ctx, chat, self.checkpointer, settings)
         self.tools = bound_tools(ctx, (settings or AgentSettings()).k)  # what /tools describes
+        if chat is not None and (settings or AgentSettings()).warm_up:
+            threading.Thread(target=warm_up, args=(ctx, chat, settings), name="chat-warm-up", daemon=True).start()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 

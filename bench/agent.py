@@ -319,4 +319,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from serving.server import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # `timeout`/`kill` stops the servers it started too
+        main()

@@ -555,4 +555,7 @@ def _commit(tree: Path) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from serving.server import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # `timeout`/`kill` stops the servers it started too
+        main()

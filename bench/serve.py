@@ -272,7 +272,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     from genrec.memory import keep_freed_memory, limit_onednn_cache
+    from serving.server import sigterm_as_interrupt
 
     keep_freed_memory()
     limit_onednn_cache()
-    main()
+    with sigterm_as_interrupt():  # `timeout`/`kill` stops the servers it started too
+        main()

@@ -135,6 +135,45 @@ def test_a_server_that_is_down_raises_llm_unavailable_at_once():
         assert time.monotonic() - started < 5
 
 
+def test_after_the_warm_up_the_first_users_planning_prompt_is_read_from_the_servers_cache(chat_server, ctx):
+    """The planner's fixed start (instructions and tool schemas) is most of its prompt; warmed at
+    start, a first user's planning request reads only what follows it."""
+    from langchain_core.messages import HumanMessage
+
+    from agent.graph import AgentSettings, warm_up
+    from agent.llm import planning_kwargs
+    from agent.model_tools import answer_tool, bound_tools
+    from agent.prompts import planner_messages
+
+    chat = chat_llm(chat_server)
+    settings = AgentSettings()
+    seconds = warm_up(ctx, chat, settings)
+    assert seconds["plan"] is not None and seconds["reply"] is not None, seconds
+    tools = [*bound_tools(ctx, settings.k), answer_tool()]
+    messages = planner_messages({"messages": [HumanMessage("I loved Fargo (1996), something like it?")]}, ctx)
+    kwargs = planning_kwargs(chat.engine(), tools)
+    payload = chat.llm._get_request_payload(messages, **{k: v for k, v in kwargs.items() if k != "extra_body"})
+    payload.update(kwargs.get("extra_body") or {})
+    headers = {"Authorization": f"Bearer {chat_server.spec.api_key}"}
+    body = httpx.post(f"{chat_server.url}/chat/completions", json=payload, headers=headers, timeout=300).json()
+    usage = body["usage"]
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is None:  # llama.cpp reports what it read in `timings`
+        cached = usage["prompt_tokens"] - body["timings"]["prompt_n"]
+    assert cached >= 0.7 * usage["prompt_tokens"], (cached, usage)
+
+
+def test_a_warm_up_of_a_server_that_is_down_says_none_and_leaves_the_model_usable_later():
+    from agent.llm import ChatLLM
+    from serving.server import free_port
+
+    chat = ChatLLM(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
+    started = time.monotonic()
+    assert chat.warm([("user", "hi")]) is None
+    assert time.monotonic() - started < 5
+    assert chat.unavailable() is None  # the breaker stays closed: real turns still try the model
+
+
 def test_the_tool_call_schema_bounds_every_string_and_list_and_names_each_tool(tools):
     """An unbounded list let the model repeat items until max_tokens under a JSON-schema grammar."""
     from agent.llm import MAX_ITEMS, MAX_STRING, tool_call_schema
