@@ -84,7 +84,7 @@ def agents(run: Path, url: str, db: Path):
     from agent.llm import ChatLLM
     from agent.session import Agent
     from agent.tools import AgentContext
-    from serving.ranker import run_ranker
+    from inference.ranker import run_ranker
 
     ctx = AgentContext.open(run, ranker=run_ranker(run))
     chat = ChatLLM(url, timeout_s=600.0)

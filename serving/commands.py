@@ -41,7 +41,7 @@ def serve(
 
     from genrec.errors import GenrecError
     from genrec.run import open_run
-    from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+    from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
     from serving.server import require_key_off_localhost, serve_chat, serve_run, sigterm_as_interrupt
 
     console = Console(stderr=True)
@@ -106,7 +106,7 @@ def recommend(
     from transformers.utils import logging as hf_logging
 
     from genrec.errors import GenrecError
-    from serving.recommend import RunRecommender
+    from inference.recommend import RunRecommender
 
     hf_logging.disable_progress_bar()  # keep the terminal (and --json output) to the answer
 

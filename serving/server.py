@@ -36,7 +36,7 @@ import httpx
 
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
-from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 
 # vLLM accepts only these values for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -177,7 +177,7 @@ def chat_engine(config: ServeConfig, source: str) -> str:
 
     "auto" is llama.cpp on a machine without a CUDA GPU when the model is a GGUF (the packaged ones,
     or a `.gguf` path) and vLLM otherwise; "llama.cpp" for a Hugging Face folder is an error."""
-    from finetune.models import PACKAGED
+    from inference.models import PACKAGED
 
     is_gguf = source in PACKAGED or source.endswith(".gguf")
     if config.chat_engine == "llama.cpp" and not is_gguf:
@@ -192,7 +192,7 @@ def chat_engine(config: ServeConfig, source: str) -> str:
 
 def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = None) -> ServerSpec | None:
     """The spec of the run's separate chat server, or None when the recommender server chats (or nobody does)."""
-    from finetune.models import gguf_file, resolve_base
+    from inference.models import gguf_file, resolve_base
 
     source = chat_source(run, config)
     if source in (None, "base"):
@@ -239,7 +239,7 @@ def chat_dtype(choice: str) -> str:
     computes in it (a GPU, or a CPU with AVX512/AMX, `bf16_supported`) and float32 elsewhere: on an
     AVX2 CPU vLLM's bfloat16 compiles and reads prompts slower and decodes no faster. The recommender
     keeps its own `dtype` (float32: scores equal to Hugging Face's)."""
-    from finetune.decoding.local import bf16_supported
+    from inference.decoding.local import bf16_supported
 
     value = choice.strip()
     if value != "auto":

@@ -149,7 +149,7 @@ def test_instructions_in_catalog_text_or_in_a_message_steer_nothing_outside_the_
 
 def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
     from agent.tools import explain
-    from finetune.explain import is_grounded
+    from inference.explain import is_grounded
 
     facts = agent.ctx.explainer.facts
     for item, liked in [("Spaceballs", ["Star Wars", "Alien"]), ("Fargo", ["Heat"]), ("Toy Story", ["Babe"])]:

@@ -75,8 +75,8 @@ def losses(run: Path) -> list[float]:
 
 
 def top10(run: Path, histories: list[list[str]], width: int = 20) -> list[list[tuple[str, float]]]:
-    from finetune.decoding.local import load_local_generator
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
     from retrieval.semantic_ids import load_semantic_ids
 
     paths = RunPaths(run)
@@ -133,11 +133,11 @@ def test_micro_batches_accumulate_to_the_step_of_one_pass(scale_run):
     import torch
 
     from finetune.loop import cosine_schedule, tokenise, train_epoch
-    from finetune.models import build_scratch_model
-    from finetune.sid_tokens import codebook_sizes
     from finetune.tasks import corpus_texts, next_item_examples
     from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
     from finetune.train import load_run_data
+    from inference.models import build_scratch_model
+    from inference.sid_tokens import codebook_sizes
 
     data = load_run_data(scale_run)
     tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), 400)
@@ -196,7 +196,7 @@ def test_the_two_process_export_is_the_one_process_export_that_vllm_serves(
     vLLM server loads those files (base + LoRA module); its top-10 is the two-process model's in process."""
     import torch
 
-    from serving.client import LLMClient
+    from inference.client import LLMClient
 
     assert recommender_server.run == one_process
     one, two = one_process / "model", two_processes / "model"
@@ -218,8 +218,8 @@ def test_the_two_process_export_is_the_one_process_export_that_vllm_serves(
         assert torch.allclose(theirs[name], tensor, rtol=1e-3, atol=1e-3), name
 
     prompts = [history[-5:] for history in fixed_prompts(two_processes, 5)]  # within the tiny model's 128 positions
-    from finetune.decoding.local import load_local_generator
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
     from retrieval.semantic_ids import load_semantic_ids
 
     gen = load_local_generator(
@@ -381,7 +381,7 @@ def test_a_cpu_server_on_a_small_machine_computes_on_every_core_and_larger_ones_
 
 
 def test_the_chat_server_computes_in_bfloat16_only_where_the_hardware_does(monkeypatch):
-    import finetune.decoding.local as local
+    import inference.decoding.local as local
     from serving.server import chat_dtype
 
     monkeypatch.setattr(local, "bf16_supported", lambda: True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.decoding.trie import SidTrie
 from genrec.config import ServeConfig
 from genrec.errors import GenrecError
-from serving.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
+from inference.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
+from inference.decoding.trie import SidTrie
 from serving.server import free_port, is_healthy, lora_rank, run_server_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,7 +70,7 @@ def prompts(tiny_run) -> list[list[int]]:
     prompts built from histories the way training builds them (no special tokens added)."""
     from transformers import AutoTokenizer
 
-    from finetune.decoding.prompts import HistoryPrompt
+    from inference.decoding.prompts import HistoryPrompt
 
     run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
@@ -127,10 +127,10 @@ def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, tiny_run, hf_mo
 @pytest.mark.vllm
 def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
     """The two generation backends of the served ranking: same prompts, same top-10."""
-    from finetune.decoding.local import load_local_generator
-    from finetune.decoding.prompts import HistoryPrompt
     from genrec.run import RunPaths
-    from serving.vllm_generator import VllmGenerator
+    from inference.decoding.local import load_local_generator
+    from inference.decoding.prompts import HistoryPrompt
+    from inference.vllm_generator import VllmGenerator
 
     run, trie = tiny_run
     local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20, bf16=False)
@@ -150,9 +150,9 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
     session's trained run and its server: the beams come from vLLM, the dense model and the fusion
     from the run; the top-10 is the in-process one."""
     from genrec.run import RunPaths
+    from inference.ranker import open_ranker
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
-    from serving.ranker import open_ranker
 
     run = recommender_server.run
     local, _ = open_ranker(run)
@@ -334,7 +334,7 @@ def test_adapter_carrying_embeddings_is_refused_before_starting_vllm(tmp_path):
 def test_tiny_model_tokenizer_keeps_sid_tokens_whole(tiny_run):
     from transformers import AutoTokenizer
 
-    from finetune.sid_tokens import render_sid
+    from inference.sid_tokens import render_sid
 
     run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")

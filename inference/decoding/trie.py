@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from finetune.sid_tokens import SidVocab, codebook_sizes
+from inference.sid_tokens import SidVocab, codebook_sizes
 
 Code = tuple[int, ...]
 Removed = Mapping[Code, int]  # prefix -> how many of its items are hidden
