@@ -92,7 +92,7 @@ def split_gguf_file(model: SplitGguf, cache: Path | None = None, progress: bool 
 
 
 def gguf_file(name: str) -> Path | None:
-    """The GGUF file behind a chat model choice (`serve.chat_model`): a packaged model's (joined once
+    """The GGUF file behind a chat model choice (`serve.chat.model`): a packaged model's (joined once
     when split), a `.gguf` path as it is, or None for a Hugging Face folder (no GGUF to serve)."""
     if name == SMOLLM2:
         return smollm2_gguf()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec.config import ServeConfig
+from genrec.config import ChatServerConfig, ServeConfig
 from genrec.errors import GenrecError
 from inference.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
 from inference.decoding.trie import SidTrie
@@ -292,7 +292,9 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
 
     model = tmp_path / "model"
     model.mkdir()
-    config = ServeConfig(chat_model="auto", chat_engine="vllm")  # (on a CPU, auto serves SmolLM2's GGUF with llama.cpp)
+    config = ServeConfig(
+        chat=ChatServerConfig(model="auto", engine="vllm")
+    )  # (on a CPU, auto serves SmolLM2's GGUF with llama.cpp)
     url = "http://127.0.0.1:8000/v1"
     (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
     assert (
@@ -304,7 +306,7 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
     (model / "genrec.json").write_text(json.dumps({"base": "smollm2-135m"}))
     assert chat_source(tmp_path, config) == "base" and chat_url(tmp_path, config, url) == url
     assert chat_server_spec(tmp_path, config) is None
-    assert chat_url(tmp_path, ServeConfig(chat_model="none"), url) is None
+    assert chat_url(tmp_path, ServeConfig(chat=ChatServerConfig(model="none")), url) is None
 
 
 def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_path):
@@ -312,7 +314,7 @@ def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     with pytest.raises(GenrecError, match="not a causal LM"):
-        chat_server_spec(tmp_path / "run", ServeConfig(chat_model=str(tmp_path)))
+        chat_server_spec(tmp_path / "run", ServeConfig(chat=ChatServerConfig(model=str(tmp_path))))
 
 
 def test_run_without_model_says_what_to_run_first(tmp_path):
