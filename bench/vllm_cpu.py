@@ -73,7 +73,7 @@ def measure(model: str, cpus: str, dtype: str, repeats: int, workdir: Path, cold
     import openai
 
     from genrec.config import ChatServerConfig, ServeConfig
-    from serving.server import VllmServer, chat_server_spec, cpu_binding, free_port
+    from serving.server import ModelServer, chat_server_spec, cpu_binding, free_port
 
     spec = chat_server_spec(
         workdir, ServeConfig(chat=ChatServerConfig(model=model, cpus=cpus, dtype=dtype)), port=free_port()
@@ -81,7 +81,7 @@ def measure(model: str, cpus: str, dtype: str, repeats: int, workdir: Path, cold
     if cold:
         os.environ["VLLM_CACHE_ROOT"] = str(workdir / f"vllm-cache-{cpus}-{dtype}")  # the server inherits it
     started = time.monotonic()
-    with VllmServer(spec, 1800) as server:
+    with ModelServer(spec, 1800) as server:
         server.wait_healthy()
         start_s = time.monotonic() - started
         client = openai.OpenAI(base_url=server.url, api_key="EMPTY", timeout=600, max_retries=0)

@@ -491,9 +491,6 @@ class ModelServer:
         self.stop()
 
 
-VllmServer = ModelServer  # the name it had when vLLM was the only engine
-
-
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Within the block, SIGTERM (systemd, `kill`, a container stop) raises KeyboardInterrupt like

@@ -58,14 +58,6 @@ class SidTrie:
         trie.vocab = SidVocab.from_tokenizer(tokenizer, trie.codebook_sizes)
         return trie
 
-    def with_vocab(self, vocab: SidVocab) -> SidTrie:
-        """This trie speaking another tokenizer's ids (e.g. a server's), sharing the code structure."""
-        import copy
-
-        other = copy.copy(self)
-        other.vocab, other._tokens = vocab, {}
-        return other
-
     def __len__(self) -> int:
         return len(self.item_of)
 

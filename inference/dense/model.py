@@ -118,11 +118,6 @@ class DenseRecommender(nn.Module):
         self.item_emb = nn.Embedding(len(self.item_ids) + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
 
-    @property
-    def num_items(self) -> int:
-        """Catalog size: the width of `scores`."""
-        return len(self.item_ids)
-
     def last_state(self, seq: torch.Tensor) -> torch.Tensor:
         """The hidden state at the last position of each input row: (batch, hidden)."""
         return self(seq)[:, -1]
