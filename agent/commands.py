@@ -29,7 +29,7 @@ API_KEY_HELP = (
 RunOption = Annotated[Path, typer.Option("--run", help="An indexed run directory.")]
 LlmUrlOption = Annotated[str, typer.Option("--llm-url", help="The recommender's model server (vLLM, OpenAI API).")]
 ChatUrlOption = Annotated[
-    str | None, typer.Option("--chat-url", help="The chat model's server (default: the run's, see serve.chat_model).")
+    str | None, typer.Option("--chat-url", help="The chat model's server (default: the run's, see serve.chat.model).")
 ]
 HostOption = Annotated[str, typer.Option("--host", help="Address to bind.")]
 NoLlmOption = Annotated[bool, typer.Option("--no-llm", help="Answer from retrieval alone; no model server.")]

@@ -2,7 +2,7 @@
 
 The `explain` tool asks the chat model why an item suits the user, giving it the item's real
 attributes, the titles the user liked with their own attributes, and what they share. Its answer is
-kept only when the claim checker (`finetune.explain.is_grounded`: every number and name comes from
+kept only when the claim checker (`inference.explain.is_grounded`: every number and name comes from
 those facts, no kind the item does not have, and it names a real shared kind or liked title)
 passes it; otherwise the user gets the catalog-facts explanation. Either way the tool records which
 one it was and the model's raw answer, which evaluation scores for faithfulness.
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from agent.llm import ChatLLM
-from finetune.explain import Explanation, describe, explain_with, grounded_explanation
-from finetune.tasks import ItemFacts, item_facts
-from serving.client import LLMError
+from inference.client import LLMError
+from inference.explain import Explanation, describe, explain_with, grounded_explanation
+from inference.facts import ItemFacts, item_facts
 
 MAX_TOKENS = 70
 SYSTEM = (

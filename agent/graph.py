@@ -55,7 +55,7 @@ from agent.prompts import planner_messages, reply_messages, text_of, tool_result
 from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence
 from agent.state import AgentState
 from agent.tools import AgentContext, argument_problem
-from serving.client import LLMError, LLMUnavailable
+from inference.client import LLMError, LLMUnavailable
 
 _log = logging.getLogger(__name__)
 
@@ -594,7 +594,7 @@ def make_graph(config: Any = None) -> Any:
     from agent.explainer import ChatExplainer
     from genrec.errors import GenrecError
     from genrec.run import open_run
-    from serving.ranker import run_ranker
+    from inference.ranker import run_ranker
     from serving.server import chat_url
 
     run = os.environ.get("GENREC_RUN")

@@ -45,7 +45,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
-from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, LLMError, LLMUnavailable
+from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, LLMError, LLMUnavailable
 
 _log = logging.getLogger(__name__)
 

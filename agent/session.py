@@ -32,9 +32,9 @@ from agent.llm import ChatLLM
 from agent.model_tools import bound_tools
 from agent.planner import MAX_MESSAGE_CHARS, message_problem
 from agent.tools import AgentContext
-from finetune.ranking import Ranker
 from genrec.errors import GenrecError
-from serving.ranker import run_ranker
+from inference.ranker import run_ranker
+from inference.ranking import Ranker
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"
 MAX_THREAD_CHARS = 200

@@ -31,9 +31,9 @@ import pandas as pd
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, create_model
 
 from agent.lookup import TitleIndex
-from finetune.ranking import Ranker
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
+from inference.ranking import Ranker
 from retrieval.catalog import KIND_KEYS, YEAR_KEYS
 from retrieval.search import Hit, Searcher
 from retrieval.where import compile_where, filter_items
@@ -68,7 +68,7 @@ class AgentContext:
     titles: TitleIndex
     genre_key: str | None
     genres: dict[str, str]  # lower-case genre -> the catalog's spelling
-    ranker: Ranker | None = None  # the served ranking (finetune.ranking); None when the run has no trained model
+    ranker: Ranker | None = None  # the served ranking (inference.ranking); None when the run has no trained model
     explainer: ItemExplainer | None = None  # writes the `explain` tool's text (see agent.explainer)
     lock: threading.RLock = field(default_factory=threading.RLock)
     year_key: str | None = None

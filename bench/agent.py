@@ -3,7 +3,7 @@ the rule-based fallback, on the same simulated conversations, with users that do
 planner's grammar.
 
 For the chat model (Qwen2.5-Coder-1.5B by default), one chat server is started the way
-`genrec serve` starts it (`--engine`, `serve.chat_engine`: llama.cpp on a CPU by default), and then:
+`genrec serve` starts it (`--engine`, `serve.chat.engine`: llama.cpp on a CPU by default), and then:
 
 - conversations: the same N test users of the run's leave-one-out split (hidden target = the
   user's test item) talk to (a) the LLM agent and (b) the rule fallback (the same agent with no chat
@@ -66,11 +66,13 @@ def save(results: dict) -> None:
 
 def chat_server(run: Path, model: str, engine: str = "auto"):
     """A started, healthy chat server for `model` (the caller stops it), as `genrec serve` starts it
-    (`serve.chat_engine`: llama.cpp on a CPU, vLLM on a GPU, unless `engine` names one)."""
-    from genrec.config import ServeConfig
+    (`serve.chat.engine`: llama.cpp on a CPU, vLLM on a GPU, unless `engine` names one)."""
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import free_port, serve_chat
 
-    server = serve_chat(run, ServeConfig(chat_model=model, chat_engine=engine, startup_timeout_s=1500), free_port())
+    server = serve_chat(
+        run, ServeConfig(chat=ChatServerConfig(model=model, engine=engine), startup_timeout_s=1500), free_port()
+    )
     server.start()
     seconds = server.wait_healthy()
     print(f"{model}: {server.engine} healthy in {seconds:.0f} s on {server.url}", flush=True)
@@ -84,7 +86,7 @@ def agents(run: Path, url: str, db: Path):
     from agent.llm import ChatLLM
     from agent.session import Agent
     from agent.tools import AgentContext
-    from serving.ranker import run_ranker
+    from inference.ranker import run_ranker
 
     ctx = AgentContext.open(run, ranker=run_ranker(run))
     chat = ChatLLM(url, timeout_s=600.0)
@@ -248,7 +250,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="an indexed and trained run")
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
     parser.add_argument("--second-model", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--engine", default="auto", choices=["auto", "llama.cpp", "vllm"], help="serve.chat_engine")
+    parser.add_argument("--engine", default="auto", choices=["auto", "llama.cpp", "vllm"], help="serve.chat.engine")
     parser.add_argument("--conversations", type=int, default=12)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--users", nargs="+", default=["llm", "paraphrase"])

@@ -28,8 +28,8 @@ if sys.argv[1] == "genrec":
     limit_onednn_cache()
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from finetune.decoding.beam import autocast
-from finetune.decoding.local import bf16_supported
+from inference.decoding.beam import autocast
+from inference.decoding.local import bf16_supported
 from genrec.config import TrainConfig
 
 t = TrainConfig()

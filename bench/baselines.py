@@ -14,7 +14,7 @@ choose.
 Resumable: every finished sweep point is written to bench/results/baselines.json at once, and a
 later invocation skips the points already there; a point interrupted midway resumes from the
 checkpoint its training saves after every epoch. Trained dense models are saved under
-$GENREC_HOME/bench/dense/DATASET/MODEL-N (`finetune.dense.load_dense`; `genrec.home`), and each is
+$GENREC_HOME/bench/dense/DATASET/MODEL-N (`inference.dense.load_dense`; `genrec.home`), and each is
 shared by fingerprint (`finetune.dense.build.share`): a `genrec train` or `bench/accuracy.py` run
 whose dense model has the same settings and training data reuses it instead of training it again.
 """

@@ -135,7 +135,7 @@ def measure_planning(llm, tools, prompt: str, ctx, requests) -> dict:
 
     from agent.llm import plan
     from agent.tools import run_tool
-    from serving.client import LLMError
+    from inference.client import LLMError
 
     rows = []
     for message, expected in requests:

@@ -404,7 +404,7 @@ def run_agent(
 
     rank = None
     if ranker == "run":
-        from serving.ranker import run_ranker
+        from inference.ranker import run_ranker
 
         rank = run_ranker(run, None)
     ctx = AgentContext.open(run, ranker=rank)

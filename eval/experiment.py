@@ -140,7 +140,7 @@ def _model_dir(path: Path) -> Path:
 
 def load_experiment(file: str | Path) -> Experiment:
     """Read and validate an experiment file completely (no model is loaded, nothing is computed)."""
-    from finetune.templates import render
+    from inference.templates import render
 
     file = Path(file)
     try:
@@ -239,7 +239,7 @@ def cell_key(exp: Experiment, cell: dict[str, Any]) -> str:
 
 def _local_cell(gen: Any, cell: dict[str, Any]) -> Any:
     """A grid cell ranked in process: the model with the cell's template, beam width and temperature."""
-    from finetune.ranking import Ranker
+    from inference.ranking import Ranker
 
     prompts = replace(gen.prompts, template=cell["template"])
     return Ranker(
@@ -252,15 +252,15 @@ def _endpoint_cell(exp: Experiment, entry: ModelEntry, cell: dict[str, Any]) -> 
     """A grid cell ranked by a served model: the same prompts, beams from the vLLM server."""
     from transformers import AutoTokenizer
 
-    from finetune.decoding.local import model_meta
-    from finetune.decoding.prompts import HistoryPrompt
-    from finetune.decoding.trie import SidTrie
-    from finetune.ranking import Ranker
     from genrec.run import RunPaths
+    from inference.client import LLMClient
+    from inference.decoding.local import model_meta
+    from inference.decoding.prompts import HistoryPrompt
+    from inference.decoding.trie import SidTrie
+    from inference.ranking import Ranker
+    from inference.vllm_generator import VllmGenerator
     from retrieval.semantic_ids import load_semantic_ids
-    from serving.client import LLMClient
     from serving.server import API_KEY_ENV
-    from serving.vllm_generator import VllmGenerator
 
     paths = RunPaths(exp.run)
     trie = SidTrie(load_semantic_ids(paths))
@@ -282,9 +282,9 @@ def run_experiment(exp: Experiment, force: bool = False, progress: bool = True) 
     from tqdm.auto import tqdm
 
     from eval.run_eval import load_split
-    from finetune.decoding.local import load_local_generator
     from genrec.metrics import rank_cases, sample_users
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
     from retrieval.semantic_ids import load_semantic_ids
 
     console = Console(stderr=True)

@@ -162,10 +162,10 @@ def model_explanations(
     max_history: int = 5,
 ) -> tuple[list[ExplanationScore], list[ExplanationScore], int]:
     """Explanations an instruction model writes (`write`: chat messages -> text) for each user's pick,
-    scored twice: as the model wrote them (raw), and as users get them (`finetune.explain.explain_with`
+    scored twice: as the model wrote them (raw), and as users get them (`inference.explain.explain_with`
     keeps a grounded answer, else the template one). Also returns how many raw answers were kept."""
-    from finetune.explain import explain_with
-    from finetune.tasks import item_facts
+    from inference.explain import explain_with
+    from inference.facts import item_facts
 
     facts = item_facts(items)
     kinds = {k for f in facts.values() for k in f.kinds}

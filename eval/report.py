@@ -167,7 +167,7 @@ def explanation_writer(explainer: str):
 
         chat = ChatLLM(explainer, timeout_s=60.0)
         return lambda messages: chat.reply(messages, max_tokens=60)
-    from finetune.explain import Explainer
+    from inference.explain import Explainer
 
     return Explainer(explainer, max_new_tokens=60).write
 

@@ -110,7 +110,7 @@ def parse_models(models: Sequence[str] | None) -> list[str] | None:
 def genrec_models(paths: RunPaths, names: list[str] | None, console=None) -> list[Recommender]:
     """The served ranking (`genrec`, exactly what `genrec recommend`, the agent and the API rank with)
     and pure generation (`genrec-gen`) beside it, so the dense model's gain is visible."""
-    from serving.ranker import open_ranker
+    from inference.ranker import open_ranker
 
     wanted = [n for n in ("genrec", "genrec-gen") if (names is None and has_model(paths)) or (names and n in names)]
     if not wanted:
@@ -124,7 +124,7 @@ def genrec_models(paths: RunPaths, names: list[str] | None, console=None) -> lis
         served.name = "genrec"
         models.append(served)
     if "genrec-gen" in wanted and (served.hybrid or "genrec" not in wanted):
-        from finetune.ranking import Ranker
+        from inference.ranking import Ranker
 
         models.append(Ranker(served.generator, name="genrec-gen"))
     return models
@@ -136,7 +136,7 @@ def run_dense_model(paths: RunPaths, config: RunConfig, item_ids: list[str]) -> 
     of that name is then that very model, not a second training."""
     import json
 
-    from finetune.dense import load_dense
+    from inference.dense import load_dense
 
     stats_path = paths.dense / "train_stats.json"
     if not stats_path.exists():

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from finetune.decoding.beam import autocast
 from finetune.distributed import Processes
 from finetune.stages import Budget
 from finetune.tasks import Example
 from genrec.config import TrainConfig
 from genrec.errors import GenrecError
+from inference.decoding.beam import autocast
 
 IGNORE = -100
 LOGITS_BYTES = 2**28  # float32 logits of one batch stay under 256 MiB (x ~4 with bf16 copies and grads)

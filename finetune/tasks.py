@@ -16,18 +16,16 @@ Items with no text beyond an id (amazon-seq) get only the next-item task.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import pandas as pd
-
-from finetune.sid_tokens import render_sid
-from finetune.templates import render, template_names
-from finetune.tokenizer import chat_prompt, end_of_turn
-from retrieval.catalog import KIND_KEYS, YEAR_KEYS, item_caption
+from finetune.tokenizer import end_of_turn
+from inference.decoding.prompts import chat_prompt, next_item_instruction
+from inference.explain import explanation_target
+from inference.facts import ItemFacts
+from inference.sid_tokens import render_sid
+from inference.templates import render, template_names
 
 AUX_TASKS = ("item_to_text", "text_to_item", "query_to_item", "explain")
 
@@ -40,47 +38,6 @@ class Example:
     target: str
     task: str
     user: str | None = None  # whose history the example shows (next_item, explain)
-
-
-@dataclass(frozen=True)
-class ItemFacts:
-    """What the catalog says about one item, in the shape the templates use."""
-
-    item_id: str
-    title: str
-    caption: str
-    kinds: list[str]
-    year: int | None
-    facts: list[str]  # other attributes as "key: value"
-
-    @property
-    def has_content(self) -> bool:
-        """True when the item has something to say beyond an id-like title."""
-        return bool(self.kinds or self.year or self.facts or self.caption.strip() != self.title.strip())
-
-
-def item_facts(items: pd.DataFrame) -> dict[str, ItemFacts]:
-    """Per item: title, caption and the attributes the tasks talk about."""
-    out: dict[str, ItemFacts] = {}
-    for row in items.itertuples(index=False):
-        attrs: dict[str, Any] = json.loads(row.attributes) if row.attributes else {}
-        kinds: list[str] = []
-        year = None
-        facts = []
-        for key, value in attrs.items():
-            if value in (None, "", []):
-                continue
-            if key in KIND_KEYS:
-                kinds.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-            elif key in YEAR_KEYS and str(value).isdigit():
-                year = int(value)
-            elif isinstance(value, (str, int, float)) and len(str(value)) <= 60:
-                facts.append(f"{key}: {value}")
-        text = row.text if isinstance(row.text, str) else ""
-        out[str(row.item_id)] = ItemFacts(
-            str(row.item_id), str(row.title), item_caption(str(row.title), attrs, text), kinds, year, facts[:4]
-        )
-    return out
 
 
 def history_chunks(items: Sequence[str], max_history: int, offset: int = 0) -> list[list[str]]:
@@ -100,21 +57,6 @@ def history_chunks(items: Sequence[str], max_history: int, offset: int = 0) -> l
         chunks.append(items[max(0, end - max_history) : end])
         end -= max_history
     return chunks[::-1]
-
-
-def next_item_instruction(n: int, template: str | None = None) -> str:
-    """The instruction that opens a next-item prompt for a history of `n` items."""
-    return render(template or template_names("next_item")[0], n=n)
-
-
-def next_item_prompt(tokenizer, history_codes: Sequence[Sequence[int]], template: str | None = None) -> str:
-    """The exact text the model continues with the next item's SID: chat prompt + history SIDs.
-
-    Training, Hugging Face generation and the vLLM client all build prompts here.
-    """
-    return chat_prompt(tokenizer, next_item_instruction(len(history_codes), template)) + "".join(
-        render_sid(c) for c in history_codes
-    )
 
 
 def next_item_examples(
@@ -153,51 +95,6 @@ def describe_query(facts: ItemFacts, rng: random.Random) -> str | None:
     phrase = " ".join(parts)
     article = "an" if phrase[0].lower() in "aeiou18" else "a"
     return f"{article} {phrase} item"
-
-
-def shared_kinds(facts: ItemFacts, history: Sequence[ItemFacts]) -> tuple[list[str], list[str]]:
-    """Kinds the item shares with the history, and up to two history titles that have them."""
-    mine = set(facts.kinds)
-    shared: list[str] = []
-    titles: list[str] = []
-    for past in reversed(history):
-        common = [k for k in past.kinds if k in mine and k not in shared]
-        if common:
-            shared.extend(common)
-            titles.append(past.title)
-        if len(titles) == 2:
-            break
-    return shared[:3], titles
-
-
-def join_words(words: Sequence[str]) -> str:
-    """`["A", "B", "C"]` -> `"A, B and C"`."""
-    words = [str(w) for w in words]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else ""
-
-
-def kind_phrase(kinds: Sequence[str]) -> str:
-    """`["Action", "Sci-Fi"]` -> `"an Action and Sci-Fi title"` (empty without kinds)."""
-    if not kinds:
-        return ""
-    words = join_words(kinds)
-    return f"{'an' if words[0].lower() in 'aeiou' else 'a'} {words} title"
-
-
-def explanation_target(facts: ItemFacts, history: Sequence[ItemFacts], template: str) -> str:
-    """A grounded explanation: only the item's real attributes and real history titles."""
-    shared, titles = shared_kinds(facts, history)
-    year = facts.year if facts.year and str(facts.year) not in facts.title else None  # titles often carry it
-    return render(
-        template,
-        title=facts.title,
-        year=year,
-        kinds=kind_phrase(facts.kinds),
-        shared=join_words(shared),
-        shared_phrase=kind_phrase(shared),
-        shared_titles=join_words(titles),
-        last=history[-1].title if history else "",
-    )
 
 
 def aux_examples(
@@ -252,7 +149,7 @@ def aux_examples(
 
 def corpus_texts(facts: Mapping[str, ItemFacts]) -> list[str]:
     """Texts the scratch tokenizer is trained on: titles, captions and every prompt template's words."""
-    from finetune.templates import TEMPLATE_DIR
+    from inference.templates import TEMPLATE_DIR
 
     texts = [f.caption for f in facts.values()] + [f.title for f in facts.values()]
     texts += [p.read_text(encoding="utf-8") for p in sorted(TEMPLATE_DIR.glob("*.j2"))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from finetune.sid_tokens import sid_token_strings
+from inference.sid_tokens import sid_token_strings
 
 # One role token each, closed by <|end|>: a template short enough for a 4-layer model to learn fast.
 SCRATCH_SPECIAL = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -59,13 +59,6 @@ def add_sid_tokens(tokenizer, codebook_sizes: Sequence[int]) -> list[int]:
     if missing:
         tokenizer.add_tokens(missing)
     return tokenizer.convert_tokens_to_ids(strings)
-
-
-def chat_prompt(tokenizer, instruction: str) -> str:
-    """The text of a one-turn conversation ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
-    )
 
 
 def end_of_turn(tokenizer) -> str:

@@ -9,7 +9,7 @@ Reads top to bottom like a training script:
 4. every new best is exported atomically to `RUN/model/` (base + LoRA adapter + genrec.json), so an
    interrupted run leaves the last good checkpoint usable;
 5. the dense next-item model (`RUN/dense/`) and the fusion of both, chosen on validation
-   (`RUN/ranking.json`): together the ranking that every command serves (`finetune.ranking`).
+   (`RUN/ranking.json`): together the ranking that every command serves (`inference.ranking`).
 """
 
 from __future__ import annotations
@@ -24,28 +24,29 @@ import torch
 from rich.console import Console
 
 from finetune.checkpoint import Checkpoints, fingerprint_of
-from finetune.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
-from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import SidTrie
 from finetune.dense import fit as fit_dense
-from finetune.dense import load_dense
 from finetune.dense.build import build as build_dense
 from finetune.dense.build import copy_shared, dense_fingerprint, find_shared, share
 from finetune.distributed import Processes, digest, start_processes
 from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
 from finetune.lora import attach_lora, export_model, merged_copy
-from finetune.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
-from finetune.ranking import Fusion, Ranker, tune_fusion
-from finetune.sid_tokens import codebook_sizes
 from finetune.stages import Budget
-from finetune.tasks import aux_examples, corpus_texts, item_facts, next_item_examples
+from finetune.tasks import aux_examples, corpus_texts, next_item_examples
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import RunConfig, TrainConfig
 from genrec.errors import GenrecError
 from genrec.metrics import sample_users, validation_ndcg
 from genrec.run import RunPaths, open_run
+from inference.decoding.local import LocalGenerator, bf16_supported, file_sha256, load_local_generator
+from inference.decoding.prompts import HistoryPrompt
+from inference.decoding.trie import SidTrie
+from inference.dense import load_dense
+from inference.facts import item_facts
+from inference.models import SCRATCH, build_scratch_model, load_pretrained, resize_for_tokenizer, resolve_base
+from inference.ranking import Fusion, Ranker, tune_fusion
+from inference.sid_tokens import codebook_sizes
 from retrieval.split import Split, leave_one_out
 
 
@@ -270,7 +271,7 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
 
 def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     """Load the kept generative model and the dense model as served, and pick their fusion on every
-    validation user (`finetune.ranking.tune_fusion`); written to `RUN/ranking.json`."""
+    validation user (`inference.ranking.tune_fusion`); written to `RUN/ranking.json`."""
     generate = data.config.generate
     gen = load_local_generator(data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size)
     ranker = Ranker(gen, load_dense(data.paths.dense), Fusion(dense_candidates=data.config.dense.candidates))

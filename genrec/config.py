@@ -155,7 +155,7 @@ class TrainConfig(Section):
     distributed: DistributedConfig = DistributedConfig()
     max_history: int = 112  # items of history in one prompt / training chunk: what fits max_length 512 with 4-token IDs
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
-    template: str | None = None  # next-item prompt template (None: finetune/templates/next_item.1.j2)
+    template: str | None = None  # next-item prompt template (None: inference/templates/next_item.1.j2)
     val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all)
     # LoRA's budget (training and its validation passes): the stage stops at the step that reaches it and
     # keeps its best checkpoint
@@ -191,8 +191,10 @@ class GenerateConfig(Section):
     max_explanation_tokens: int = 80
 
 
-class ServeConfig(Section):
-    """The vLLM server."""
+class ServerConfig(Section):
+    """One model server: where it listens and what it may use. Both servers have these settings: the
+    recommender's (the `serve` section itself) and the chat model's (`serve.chat`, whichever engine runs it).
+    vLLM reads them all; llama.cpp reads the address, `max_model_len`, `cpus` and `extra_args`."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -200,46 +202,72 @@ class ServeConfig(Section):
     max_model_len: int = 2048
     # float32 keeps vLLM's scores equal to Hugging Face's (vLLM's "auto" turns float32 models into bfloat16 on CPU)
     dtype: str = "float32"
-    startup_timeout_s: float = 300.0
-    # Parallelism and memory of the recommender server, passed to vLLM as its flags of the same names
-    # (the defaults add no flag: one process, as on a CPU). README, "Several GPUs".
+    # Parallelism and memory, passed to vLLM as its flags of the same names (the defaults add no flag:
+    # one process, as on a CPU). README, "Several GPUs".
     tensor_parallel_size: int = Field(1, ge=1)  # GPUs each layer is sharded over
     pipeline_parallel_size: int = Field(1, ge=1)  # GPUs (or nodes) the layers are split over, in stages
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # share of each GPU vLLM takes (None: vLLM's 0.9)
     max_num_seqs: int | None = Field(None, ge=1)  # sequences in one engine step (None: vLLM's default)
-    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the recommender server, e.g. "0,1" (None: inherited)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server, e.g. "0,1" (None: inherited)
     # The CPU cores a CPU server's compute threads run on (vLLM's VLLM_CPU_OMP_THREADS_BIND): "auto" is
     # every core this process may use on a machine of up to 4 (vLLM's own binding keeps one core for its
     # scheduler, a whole half of a 2-core machine: bench/results/vllm_cpu.json), vLLM's own above;
-    # "vllm": vLLM's own always; or a list such as "0-3". Ignored by GPU servers.
+    # "vllm": vLLM's own always; or a list such as "0-3". Ignored by GPU servers. llama.cpp: "auto"
+    # runs one thread per usable core (docs/scale.md, "Threads"), a list pins it to those cores.
     cpus: str = "auto"
-    extra_args: list[str] = []  # any other vLLM flags, appended last (so they win)
-    # The model that picks tools and writes chat replies, on a second server: "qwen2.5-coder-1.5b"
-    # (Qwen2.5-Coder-1.5B-Instruct from its packaged GGUF), "qwen2.5-coder-0.5b" (faster, weaker:
-    # for tests), "smollm2-135m", or a Hugging Face folder. "base": the run's own base model;
-    # "auto": "base" when it was fine-tuned from a pretrained model, else smollm2-135m; "none".
-    chat_model: str = "qwen2.5-coder-1.5b"
-    chat_port: int = 8001
-    chat_kv_cache_gib: int = 1
-    chat_max_model_len: int = 4096  # the planner's prompt alone (tool schemas, memory, conversation) fills 2,048
-    chat_tensor_parallel_size: int = Field(1, ge=1)
-    chat_gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    chat_devices: str | None = None  # CUDA_VISIBLE_DEVICES of the chat server, e.g. "2,3"
-    # the chat server's CPU cores, as `cpus`; llama.cpp: "auto" runs one thread per usable core but
-    # one (docs/scale.md, "Threads"), a list pins it to those cores with one thread each
-    chat_cpus: str = "auto"
+    extra_args: list[str] = []  # any other flags of the engine, appended last (so they win)
+
+
+class ChatServerConfig(ServerConfig):
+    """The server of the model that picks tools and writes chat replies (`serve.chat`)."""
+
+    # "qwen2.5-coder-1.5b" (Qwen2.5-Coder-1.5B-Instruct from its packaged GGUF), "qwen2.5-coder-0.5b"
+    # (faster, weaker: for tests), "smollm2-135m", or a Hugging Face folder. "base": the run's own base
+    # model; "auto": "base" when it was fine-tuned from a pretrained model, else smollm2-135m; "none".
+    model: str = "qwen2.5-coder-1.5b"
+    # What serves it: "llama.cpp" (`llama-server` on the model's GGUF as shipped, 4-bit: several times
+    # faster on a CPU, bench/results/chat_model.json), "vllm" (a Hugging Face folder, dequantised), or
+    # "auto": llama.cpp on a machine without a CUDA GPU (when the model is a GGUF), vLLM on one.
+    engine: Literal["auto", "vllm", "llama.cpp"] = "auto"
+    # llama.cpp's slots, chats answered at once (continuous batching); each gets `max_model_len` tokens
+    parallel: int = Field(16, ge=1)
+    tools: bool = True  # vLLM: serve ChatML models with Hermes-style tool calling (auto tool choice)
+    host: str | None = None  # None: where the recommender listens (`serve.host`)
+    port: int = 8001
+    kv_cache_gib: int = 1
+    max_model_len: int = 4096  # the planner's prompt alone (tool schemas, memory, conversation) fills 2,048
     # "auto": bfloat16 where the hardware computes in it (GPUs, AVX512/AMX CPUs), float32 on other CPUs,
     # where bfloat16 starts and reads prompts slower and decodes no faster (bench/results/vllm_cpu.json).
-    chat_dtype: str = "auto"
-    chat_extra_args: list[str] = []
-    chat_tools: bool = True  # serve ChatML models with Hermes-style tool calling (vLLM auto tool choice)
-    # What serves the chat model: "llama.cpp" (`llama-server` on the model's GGUF as shipped, 4-bit:
-    # several times faster on a CPU, bench/results/chat_model.json), "vllm" (a Hugging Face folder,
-    # dequantised), or "auto": llama.cpp on a machine without a CUDA GPU (when the chat model is a
-    # GGUF), vLLM on one. `chat_parallel`: llama.cpp's slots, chats answered at once (continuous
-    # batching); each gets `chat_max_model_len` tokens of context.
-    chat_engine: Literal["auto", "vllm", "llama.cpp"] = "auto"
-    chat_parallel: int = Field(16, ge=1)
+    dtype: str = "auto"
+
+
+# `serve.chat_X` before the chat server had its own section: read as `serve.chat.X`
+FLAT_CHAT_KEYS = ("model", "port", "kv_cache_gib", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization")
+FLAT_CHAT_KEYS += ("devices", "cpus", "dtype", "extra_args", "tools", "engine", "parallel")
+
+
+class ServeConfig(ServerConfig):
+    """The servers: the recommender's settings here, the chat model's under `chat`."""
+
+    startup_timeout_s: float = 300.0  # either server
+    chat: ChatServerConfig = ChatServerConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_chat_keys(cls, data):
+        """Configs written before `serve.chat` said `serve.chat.port` and the like: read them there."""
+        if not isinstance(data, dict) or not any(f"chat_{key}" in data for key in FLAT_CHAT_KEYS):
+            return data
+        data = dict(data)
+        chat = data.get("chat") or {}
+        chat = dict(chat) if isinstance(chat, dict) else chat.model_dump(exclude_unset=True)
+        for key in FLAT_CHAT_KEYS:
+            if f"chat_{key}" in data:
+                if key in chat:
+                    raise ValueError(f"chat_{key} and chat.{key} both given; keep chat.{key}")
+                chat[key] = data.pop(f"chat_{key}")
+        data["chat"] = chat
+        return data
 
 
 class EvalConfig(Section):

@@ -63,7 +63,7 @@ class RunPaths:
 
     @property
     def ranking(self) -> Path:
-        """The fusion chosen on validation (`finetune.ranking.Fusion`)."""
+        """The fusion chosen on validation (`inference.ranking.Fusion`)."""
         return self.root / "ranking.json"
 
     @property

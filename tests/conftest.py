@@ -229,10 +229,10 @@ CHAT_API_KEY = "genrec-test-chat-key"
 def chat_server(tmp_path_factory):
     """The session's chat-model server (started and healthy; `.url`, `.spec.api_key`). A test may
     stop it, but must start it again (`start()`, `wait_healthy()`) before it returns."""
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import free_port, serve_chat
 
-    config = ServeConfig(chat_model=CHAT_TEST_MODEL, startup_timeout_s=900, chat_parallel=4)
+    config = ServeConfig(chat=ChatServerConfig(model=CHAT_TEST_MODEL, parallel=4), startup_timeout_s=900)
     server = serve_chat(tmp_path_factory.mktemp("chat-server"), config, port=free_port(), api_key=CHAT_API_KEY)
     assert server is not None
     with server:

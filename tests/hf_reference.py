@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from finetune.decoding.trie import SidTrie
+from inference.decoding.trie import SidTrie
 
 
 class TrieLogitsProcessor:

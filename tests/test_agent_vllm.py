@@ -35,7 +35,7 @@ def served(tmp_path_factory, chat_server):
     """(run dir, recommender URL, chat URL, chat server): the run's vLLM recommender server, as `genrec
     serve` starts it, and the session's chat server."""
     pytest.importorskip("vllm")
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import ModelServer, free_port, run_server_spec
 
     run = tmp_path_factory.mktemp("vllm-agent") / "agent-run"
@@ -45,9 +45,13 @@ def served(tmp_path_factory, chat_server):
     build_tiny_sid_model(run / "model", codes)
     (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20, "template": None}))
     config = yaml.safe_load((run / "config.yaml").read_text())
-    config.setdefault("serve", {})["chat_model"] = CHAT_MODEL  # what `genrec chat` starts for this run, too
+    config.setdefault("serve", {}).setdefault("chat", {})["model"] = (
+        CHAT_MODEL  # what `genrec chat` starts for this run, too
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    serve = ServeConfig(kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900, chat_model=CHAT_MODEL)
+    serve = ServeConfig(
+        kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900, chat=ChatServerConfig(model=CHAT_MODEL)
+    )
     recommender = ModelServer(run_server_spec(run, serve, port=free_port()), 900)
     try:
         recommender.start()
@@ -149,7 +153,7 @@ def test_instructions_in_catalog_text_or_in_a_message_steer_nothing_outside_the_
 
 def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
     from agent.tools import explain
-    from finetune.explain import is_grounded
+    from inference.explain import is_grounded
 
     facts = agent.ctx.explainer.facts
     for item, liked in [("Spaceballs", ["Star Wars", "Alien"]), ("Fargo", ["Heat"]), ("Toy Story", ["Babe"])]:

@@ -14,12 +14,13 @@ import torch
 
 from eval.baselines import ContentNN, DenseBaseline, ItemKNN, Popularity, check_trainable, fit_baselines
 from eval.evaluate import evaluate
-from finetune.dense import BSARec, SASRec, TrainSettings, fit, load_dense
+from finetune.dense import TrainSettings, fit
 from finetune.dense.build import build, resolve
 from finetune.dense.train import training_examples
 from genrec.config import DenseConfig, EvalConfig, load_config
 from genrec.errors import GenrecError
 from genrec.protocol import Recommender
+from inference.dense import BSARec, SASRec, load_dense
 from retrieval.catalog import make_interactions
 from retrieval.split import leave_one_out
 

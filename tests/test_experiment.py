@@ -123,8 +123,8 @@ def test_a_failing_cell_never_loses_the_cells_already_computed(tmp_path, trained
 def test_temperature_changes_beam_scores_as_rescaled_logits(trained):
     import torch
 
-    from finetune.decoding.beam import beam_search
-    from serving.ranker import open_ranker
+    from inference.decoding.beam import beam_search
+    from inference.ranker import open_ranker
 
     genrec = open_ranker(trained)[0].generator
     enc = genrec.tokenizer([genrec.prompts.text(["1", "2"])], return_tensors="pt", add_special_tokens=False)

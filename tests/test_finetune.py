@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.sid_tokens import codebook_sizes, parse_sids, render_sid
 from genrec.config import RunConfig
 from genrec.errors import GenrecError
+from inference.sid_tokens import codebook_sizes, parse_sids, render_sid
 
 N_USERS = 40
 
@@ -101,10 +101,10 @@ def tokenizer(run_data):
 @pytest.fixture(scope="module")
 def untrained(run_data, tokenizer):
     """A randomly initialised tiny Llama behind `LocalGenerator`: nothing learned, so only the trie keeps it valid."""
-    from finetune.decoding.local import LocalGenerator
-    from finetune.decoding.prompts import HistoryPrompt
-    from finetune.decoding.trie import SidTrie
-    from finetune.models import build_scratch_model
+    from inference.decoding.local import LocalGenerator
+    from inference.decoding.prompts import HistoryPrompt
+    from inference.decoding.trie import SidTrie
+    from inference.models import build_scratch_model
 
     model = build_scratch_model(run_data.config.train, tokenizer).eval()
     trie = SidTrie.for_tokenizer(run_data.codes, tokenizer)
@@ -239,8 +239,8 @@ def test_training_examples_hold_only_training_items_of_each_user(run_data, token
 
 
 def test_queries_and_explanations_state_only_real_attributes(run_data):
-    from finetune.explain import grounded_explanation
     from finetune.tasks import describe_query
+    from inference.explain import grounded_explanation
 
     facts = run_data.facts
     rng = random.Random(1)
@@ -262,8 +262,8 @@ def test_queries_and_explanations_state_only_real_attributes(run_data):
 
 def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
     from finetune.loop import cosine_schedule, tokenise, train_epoch
-    from finetune.models import build_scratch_model
     from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
 
     torch.manual_seed(0)
     model = build_scratch_model(run_data.config.train, tokenizer)
@@ -283,9 +283,9 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
 
 
 def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_data, tokenizer):
-    from finetune.models import build_scratch_model
     from finetune.pretrain import pretrain
     from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
 
     torch.manual_seed(0)
     config = run_data.config.train.model_copy(
@@ -325,9 +325,9 @@ def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_d
 def test_pretraining_stops_at_its_token_budget_mid_epoch_scores_that_epoch_and_says_so(run_data, tokenizer):
     """`pretrain_max_tokens` ends pre-training at the step that reaches it (not at an epoch's end):
     that part-epoch is validated, the best scored epoch is kept, and the stats say what stopped it."""
-    from finetune.models import build_scratch_model
     from finetune.pretrain import pretrain
     from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
 
     torch.manual_seed(0)
     users = dict(list(run_data.split.train.items())[:30])
@@ -367,8 +367,8 @@ def test_the_budget_names_the_cap_that_was_reached():
 def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, tokenizer):
     """Why training does not re-score the pre-trained model before the first LoRA epoch."""
     from finetune.lora import attach_lora
-    from finetune.models import build_scratch_model
     from finetune.tokenizer import add_sid_tokens
+    from inference.models import build_scratch_model
 
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
     model = build_scratch_model(run_data.config.train, tokenizer).eval()
@@ -381,8 +381,8 @@ def test_a_freshly_attached_lora_leaves_the_models_outputs_unchanged(run_data, t
 
 def test_validation_copy_folds_the_adapter_in_and_leaves_the_trained_model_alone(run_data, tokenizer):
     from finetune.lora import attach_lora, merged_copy
-    from finetune.models import build_scratch_model
     from finetune.tokenizer import add_sid_tokens
+    from inference.models import build_scratch_model
 
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
     peft_model = attach_lora(build_scratch_model(run_data.config.train, tokenizer), run_data.config.train, sid_rows)
@@ -405,8 +405,8 @@ def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune.lora import attach_lora, export_model
-    from finetune.models import build_scratch_model
     from finetune.tokenizer import add_sid_tokens
+    from inference.models import build_scratch_model
 
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(run_data.codes.values()))
     model = build_scratch_model(run_data.config.train, tokenizer)
@@ -439,7 +439,7 @@ def test_export_reloads_with_from_pretrained_and_gives_identical_logits(run_data
 
 def test_failed_export_leaves_the_previous_checkpoint_usable(trained_run, tmp_path):
     from finetune.lora import export_model
-    from serving.ranker import open_ranker
+    from inference.ranker import open_ranker
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -472,9 +472,9 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     from eval.evaluate import evaluate
     from eval.run_eval import genrec_models
     from genrec.run import RunPaths
+    from inference.recommend import RunRecommender
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
-    from serving.recommend import RunRecommender
 
     meta = json.loads((trained_run / "model" / "genrec.json").read_text())
     report = json.loads((trained_run / "model" / "train_report.json").read_text())
@@ -519,7 +519,7 @@ def test_recommend_command_prints_json(trained_run):
 
 
 def test_fusion_mixes_the_two_log_probabilities_and_floors_items_no_beam_reached():
-    from finetune.ranking import Candidates, fused_order
+    from inference.ranking import Candidates, fused_order
 
     c = Candidates(["a", "b", "c"], np.array([-1.0, -2.0, np.nan]), np.array([-5.0, -3.0, -1.0]))
     order, _ = fused_order(c, 0.0, 1.0)
@@ -534,9 +534,9 @@ def test_fusion_mixes_the_two_log_probabilities_and_floors_items_no_beam_reached
 
 def test_the_served_ranking_never_returns_history_or_unknown_items(trained_run):
     from genrec.run import RunPaths
+    from inference.ranker import open_ranker
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
-    from serving.ranker import open_ranker
 
     ranker, notice = open_ranker(trained_run)
     assert notice is None and ranker.hybrid and ranker.name == "genrec"
@@ -550,12 +550,12 @@ def test_the_served_ranking_never_returns_history_or_unknown_items(trained_run):
 
 
 def test_training_chooses_the_fusion_on_validation_and_serves_exactly_what_it_scored(trained_run):
-    from finetune.ranking import Fusion
     from genrec.metrics import validation_ndcg
     from genrec.run import RunPaths
+    from inference.ranker import open_ranker
+    from inference.ranking import Fusion
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
-    from serving.ranker import open_ranker
 
     fusion = Fusion.from_json(json.loads((trained_run / "ranking.json").read_text()))
     assert fusion.valid_ndcg10 == max(g["valid_ndcg@10"] for g in fusion.grid)
@@ -571,7 +571,7 @@ def test_training_chooses_the_fusion_on_validation_and_serves_exactly_what_it_sc
 
 def test_a_run_without_a_dense_model_ranks_by_generation_and_says_so(trained_run, tmp_path):
     from finetune.train import train_ranking
-    from serving.ranker import open_ranker
+    from inference.ranker import open_ranker
 
     old = tmp_path / "old"
     shutil.copytree(trained_run, old)
@@ -589,7 +589,7 @@ def test_a_run_without_a_dense_model_ranks_by_generation_and_says_so(trained_run
 
 
 def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
-    from serving.recommend import RunRecommender
+    from inference.recommend import RunRecommender
 
     rec = RunRecommender(trained_run)
     with pytest.raises(GenrecError, match="unknown user id 'nobody'"):
@@ -601,7 +601,7 @@ def test_unknown_user_and_empty_history_are_one_line_errors(trained_run):
 
 
 def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
-    from finetune.models import resolve_base
+    from inference.models import resolve_base
 
     with pytest.raises(
         GenrecError,
@@ -617,7 +617,7 @@ def test_base_that_is_not_a_causal_lm_is_refused(tmp_path):
 
 def test_run_without_index_or_model_says_what_to_run_first(tiny_run, tmp_path):
     from finetune.train import train
-    from serving.ranker import open_ranker
+    from inference.ranker import open_ranker
 
     with pytest.raises(GenrecError, match="genrec index"):
         train(tmp_path / "nothing-here", progress=False)
@@ -631,7 +631,7 @@ def test_run_without_index_or_model_says_what_to_run_first(tiny_run, tmp_path):
 
 
 def test_model_refuses_semantic_ids_changed_after_training(trained_run, tmp_path):
-    from serving.ranker import open_ranker
+    from inference.ranker import open_ranker
 
     changed = tmp_path / "changed"
     shutil.copytree(trained_run, changed)
@@ -650,8 +650,9 @@ def test_model_refuses_semantic_ids_changed_after_training(trained_run, tmp_path
 def test_smollm2_converts_from_gguf_and_takes_sid_tokens(tmp_path, run_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.models import load_pretrained, resize_for_tokenizer, smollm2_folder
-    from finetune.tokenizer import add_sid_tokens, chat_prompt
+    from finetune.tokenizer import add_sid_tokens
+    from inference.decoding.prompts import chat_prompt
+    from inference.models import load_pretrained, resize_for_tokenizer, smollm2_folder
 
     folder = smollm2_folder(tmp_path / "cache", progress=False)
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -670,7 +671,7 @@ def test_smollm2_converts_from_gguf_and_takes_sid_tokens(tmp_path, run_data):
 
 @pytest.mark.slow
 def test_explainer_writes_an_explanation_from_real_attributes(run_data):
-    from finetune.explain import Explainer, explanation_messages
+    from inference.explain import Explainer, explanation_messages
 
     facts = run_data.facts
     star_wars, history = facts["50"], [facts["181"], facts["172"]]  # Return of the Jedi, Empire Strikes Back
@@ -696,7 +697,7 @@ def test_train_command_refuses_a_bad_base_before_training(tiny_run, tmp_path):
 
 
 def test_explanations_naming_unknown_things_are_rejected(run_data):
-    from finetune.explain import grounded_explanation, is_grounded
+    from inference.explain import grounded_explanation, is_grounded
 
     facts = run_data.facts
     star_wars, history = facts["50"], [facts["181"], facts["172"]]
@@ -799,7 +800,7 @@ def test_a_dense_model_trained_with_the_same_settings_and_data_elsewhere_is_reus
     from rich.console import Console
 
     import finetune.train as training
-    from finetune.dense import load_dense
+    from inference.dense import load_dense
 
     fits: list[int] = []
     real_fit = training.fit_dense

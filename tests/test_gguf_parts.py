@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from finetune.gguf_parts import QWEN_CODER_05B, QWEN_CODER_15B, SplitGguf, assemble, part_files, verify_parts
-from finetune.models import split_gguf_folder
 from genrec.errors import GenrecError
+from inference.gguf_parts import QWEN_CODER_05B, QWEN_CODER_15B, SplitGguf, assemble, part_files, verify_parts
+from inference.models import split_gguf_folder
 
 
 def fake_split_model(root: Path, contents: list[bytes], monkeypatch) -> SplitGguf:

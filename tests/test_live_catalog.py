@@ -73,10 +73,10 @@ def chroma_ids(run: Path) -> set[str]:
 
 def test_an_added_item_gets_an_unused_code_of_trained_tokens_and_is_recommendable_at_once(run, tmp_path):
     from genrec.run import RunPaths
+    from inference.recommend import RunRecommender
     from retrieval.live import add_items, catalog_state
     from retrieval.search import Searcher
     from retrieval.semantic_ids import load_semantic_ids
-    from serving.recommend import RunRecommender
 
     base = load_semantic_ids(RunPaths(run))
     recommender = RunRecommender(run)  # opened before the add, as a running server is
@@ -179,8 +179,8 @@ def test_a_command_line_add_prints_codes_and_a_bad_file_exits_2_with_one_line(ru
 def test_retired_items_leave_every_path_and_their_ids_and_codes_stay_reserved(run, tmp_path):
     from agent.tools import AgentContext, recommend, search_items
     from genrec.run import RunPaths
+    from inference.ranker import open_ranker
     from retrieval.live import add_items, catalog_state, retire_items
-    from serving.ranker import open_ranker
 
     ranker = open_ranker(run)[0]
     ctx = AgentContext.open(run, ranker=ranker)
@@ -240,12 +240,12 @@ def test_a_run_indexed_before_quantisers_were_saved_trains_it_again_and_checks_i
 def test_without_cold_or_retired_items_the_served_ranking_is_unchanged(run, tmp_path):
     """The live catalog wraps the one ranking function; a run whose catalog never changed ranks
     with exactly the ranker `genrec train` validated, to the last bit."""
-    from finetune.decoding.local import load_local_generator
-    from finetune.dense import load_dense
-    from finetune.ranking import Fusion, Ranker
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
+    from inference.dense import load_dense
+    from inference.ranker import open_ranker
+    from inference.ranking import Fusion, Ranker
     from retrieval.semantic_ids import load_semantic_ids
-    from serving.ranker import open_ranker
 
     paths = RunPaths(run)
     live = open_ranker(run)[0]
@@ -276,8 +276,8 @@ def test_without_cold_or_retired_items_the_served_ranking_is_unchanged(run, tmp_
 
 def test_sixteen_concurrent_recommendations_during_an_add_see_the_old_or_the_new_catalog(run, tmp_path):
     from genrec.run import RunPaths
+    from inference.recommend import RunRecommender
     from retrieval.live import add_items, catalog_state
-    from serving.recommend import RunRecommender
 
     recommender = RunRecommender(run)
     old = catalog_state(RunPaths(run)).active
@@ -361,7 +361,7 @@ def test_items_are_added_and_retired_over_http_only_with_an_api_key(run):
     from agent.http_api import create_app
     from agent.session import Agent
     from agent.tools import AgentContext
-    from serving.ranker import run_ranker
+    from inference.ranker import run_ranker
 
     movies = new_movies(run, 2)
     agent = Agent(AgentContext.open(run, ranker=run_ranker(run)), None, run / "chat.sqlite")

@@ -1,5 +1,5 @@
 """llama.cpp as the chat engine on a CPU: the `llama-server` build (cached per llama.cpp version and
-CPU), the engine `serve.chat_engine: auto` picks, and the command line `genrec serve` starts."""
+CPU), the engine `serve.chat.engine: auto` picks, and the command line `genrec serve` starts."""
 
 from __future__ import annotations
 
@@ -38,27 +38,27 @@ def test_the_build_is_cached_per_version_and_cpu_and_reused_without_rebuilding()
 
 
 def test_chat_engine_auto_picks_llama_cpp_on_a_machine_without_a_cuda_gpu(tmp_path):
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig
     from genrec.errors import GenrecError
     from serving.server import chat_engine, has_cuda_gpu
 
     if has_cuda_gpu():
         pytest.skip("this machine has a CUDA GPU: auto picks vLLM")
-    assert chat_engine(ServeConfig(), "qwen2.5-coder-1.5b") == "llama.cpp"
-    assert chat_engine(ServeConfig(), str(tmp_path / "model.gguf")) == "llama.cpp"
-    assert chat_engine(ServeConfig(), str(tmp_path)) == "vllm"  # a Hugging Face folder: only vLLM reads it
-    assert chat_engine(ServeConfig(chat_engine="vllm"), "qwen2.5-coder-1.5b") == "vllm"
+    assert chat_engine(ChatServerConfig(), "qwen2.5-coder-1.5b") == "llama.cpp"
+    assert chat_engine(ChatServerConfig(), str(tmp_path / "model.gguf")) == "llama.cpp"
+    assert chat_engine(ChatServerConfig(), str(tmp_path)) == "vllm"  # a Hugging Face folder: only vLLM reads it
+    assert chat_engine(ChatServerConfig(engine="vllm"), "qwen2.5-coder-1.5b") == "vllm"
     with pytest.raises(GenrecError, match="llama.cpp serves GGUF files"):
-        chat_engine(ServeConfig(chat_engine="llama.cpp"), str(tmp_path))
+        chat_engine(ChatServerConfig(engine="llama.cpp"), str(tmp_path))
 
 
 def test_the_llama_cpp_chat_server_uses_the_models_template_slots_and_one_thread_per_core(tmp_path):
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import chat_server_spec, has_cuda_gpu, server_command, server_env
 
     if has_cuda_gpu():
         pytest.skip("this machine has a CUDA GPU: auto picks vLLM")
-    config = ServeConfig(chat_model="qwen2.5-coder-0.5b", chat_parallel=6, chat_max_model_len=2048)
+    config = ServeConfig(chat=ChatServerConfig(model="qwen2.5-coder-0.5b", parallel=6, max_model_len=2048))
     spec = chat_server_spec(tmp_path, config, port=8123)
     spec.api_key = "secret-key"
     cmd = server_command(spec)
@@ -67,6 +67,6 @@ def test_the_llama_cpp_chat_server_uses_the_models_template_slots_and_one_thread
     assert cmd[cmd.index("--parallel") + 1] == "6" and cmd[cmd.index("--ctx-size") + 1] == str(6 * 2048)
     assert cmd[cmd.index("--threads") + 1] == str(len(os.sched_getaffinity(0)))  # every usable core
     assert "secret-key" not in " ".join(cmd) and server_env(spec)["LLAMA_API_KEY"] == "secret-key"
-    pinned = chat_server_spec(tmp_path, config.model_copy(update={"chat_cpus": "0"}), port=8123)
+    pinned = chat_server_spec(tmp_path, ServeConfig(chat=config.chat.model_copy(update={"cpus": "0"})), port=8123)
     assert server_command(pinned)[:3] == ["taskset", "-c", "0"]
     assert server_command(pinned)[server_command(pinned).index("--threads") + 1] == "1"

@@ -115,7 +115,7 @@ def test_a_server_that_is_down_raises_llm_unavailable_at_once():
     from langchain_core.tools import tool
 
     from agent.llm import connect, plan, reply, stream_reply
-    from serving.client import LLMUnavailable
+    from inference.client import LLMUnavailable
     from serving.server import free_port
 
     @tool

@@ -22,7 +22,8 @@ ranx = pytest.importorskip("ranx")
 from eval.baselines import Popularity  # noqa: E402
 from eval.evaluate import evaluate_detailed  # noqa: E402
 from eval.run_eval import ListRecorder  # noqa: E402
-from finetune.dense import SASRec, TrainSettings, fit  # noqa: E402
+from finetune.dense import TrainSettings, fit  # noqa: E402
+from inference.dense import SASRec  # noqa: E402
 from retrieval.catalog import make_interactions  # noqa: E402
 from retrieval.split import leave_one_out  # noqa: E402
 

@@ -134,7 +134,7 @@ def test_explanations_a_real_instruction_model_writes_are_scored_raw_and_as_show
     import pandas as pd
 
     from eval.faithfulness import Vocabulary, model_explanations
-    from finetune.explain import Explainer
+    from inference.explain import Explainer
     from retrieval.split import leave_one_out
 
     items = pd.read_parquet(run / "items.parquet")

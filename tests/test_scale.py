@@ -75,8 +75,8 @@ def losses(run: Path) -> list[float]:
 
 
 def top10(run: Path, histories: list[list[str]], width: int = 20) -> list[list[tuple[str, float]]]:
-    from finetune.decoding.local import load_local_generator
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
     from retrieval.semantic_ids import load_semantic_ids
 
     paths = RunPaths(run)
@@ -133,11 +133,11 @@ def test_micro_batches_accumulate_to_the_step_of_one_pass(scale_run):
     import torch
 
     from finetune.loop import cosine_schedule, tokenise, train_epoch
-    from finetune.models import build_scratch_model
-    from finetune.sid_tokens import codebook_sizes
     from finetune.tasks import corpus_texts, next_item_examples
     from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
     from finetune.train import load_run_data
+    from inference.models import build_scratch_model
+    from inference.sid_tokens import codebook_sizes
 
     data = load_run_data(scale_run)
     tokenizer = train_scratch_tokenizer(corpus_texts(data.facts), 400)
@@ -196,7 +196,7 @@ def test_the_two_process_export_is_the_one_process_export_that_vllm_serves(
     vLLM server loads those files (base + LoRA module); its top-10 is the two-process model's in process."""
     import torch
 
-    from serving.client import LLMClient
+    from inference.client import LLMClient
 
     assert recommender_server.run == one_process
     one, two = one_process / "model", two_processes / "model"
@@ -218,8 +218,8 @@ def test_the_two_process_export_is_the_one_process_export_that_vllm_serves(
         assert torch.allclose(theirs[name], tensor, rtol=1e-3, atol=1e-3), name
 
     prompts = [history[-5:] for history in fixed_prompts(two_processes, 5)]  # within the tiny model's 128 positions
-    from finetune.decoding.local import load_local_generator
     from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
     from retrieval.semantic_ids import load_semantic_ids
 
     gen = load_local_generator(
@@ -324,7 +324,7 @@ def test_settings_that_cannot_work_are_one_line_errors_naming_them(
 
 
 def test_vllm_gets_the_parallelism_of_the_run_config_and_the_cpu_command_stays_as_it_was(tmp_path):
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import chat_server_spec, run_server_spec, server_command, server_env
 
     base = tmp_path / "model" / "base"
@@ -347,11 +347,14 @@ def test_vllm_gets_the_parallelism_of_the_run_config_and_the_cpu_command_stays_a
         max_num_seqs=64,
         devices="0,1,2,3",
         extra_args=["--enforce-eager", "--max-num-seqs", "32"],
-        chat_model=str(base),
-        chat_tensor_parallel_size=2,
-        chat_gpu_memory_utilization=0.4,
-        chat_devices="4,5",
-        chat_extra_args=["--enable-prefix-caching"],
+        chat=ChatServerConfig(
+            model=str(base),
+            tensor_parallel_size=2,
+            gpu_memory_utilization=0.4,
+            max_num_seqs=16,
+            devices="4,5",
+            extra_args=["--enable-prefix-caching"],
+        ),
     )
     spec = run_server_spec(tmp_path, config)
     cmd = server_command(spec)
@@ -364,9 +367,39 @@ def test_vllm_gets_the_parallelism_of_the_run_config_and_the_cpu_command_stays_a
     chat = chat_server_spec(tmp_path, config)
     chat_flags = " ".join(server_command(chat))
     assert (
-        "--tensor-parallel-size 2 --gpu-memory-utilization 0.4 --max-num-seqs 64 --enable-prefix-caching" in chat_flags
+        "--tensor-parallel-size 2 --gpu-memory-utilization 0.4 --max-num-seqs 16 --enable-prefix-caching" in chat_flags
     )
     assert "--pipeline-parallel-size" not in chat_flags and server_env(chat)["CUDA_VISIBLE_DEVICES"] == "4,5"
+
+
+def test_a_run_config_with_the_chat_servers_old_flat_keys_reads_them_under_serve_chat(tmp_path):
+    import yaml
+
+    from genrec.config import RunConfig, load_config, save_config
+    from genrec.errors import GenrecError
+    from serving.server import chat_server_spec
+
+    base = tmp_path / "model" / "base"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    path = tmp_path / "config.yaml"
+    old = {"host": "0.0.0.0", "chat_model": str(base), "chat_port": 9001, "chat_cpus": "1", "chat_engine": "vllm"}
+    path.write_text(yaml.safe_dump({"serve": old}))
+    serve = load_config(path).serve
+    assert (serve.chat.model, serve.chat.port, serve.chat.cpus, serve.chat.engine) == (str(base), 9001, "1", "vllm")
+    spec = chat_server_spec(tmp_path, serve)
+    assert (spec.host, spec.port, spec.cpus) == (
+        "0.0.0.0",
+        9001,
+        "1",
+    )  # the chat server listens where the recommender does
+    save_config(RunConfig(serve=serve), path)  # written back in the new shape, read back the same
+    assert "chat_port" not in path.read_text() and load_config(path).serve == serve
+
+    path.write_text(yaml.safe_dump({"serve": {"chat_port": 9001, "chat": {"port": 9002}}}))
+    with pytest.raises(GenrecError, match=r"config.yaml: serve: .*chat_port and chat.port both given") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
 
 
 def test_a_cpu_server_on_a_small_machine_computes_on_every_core_and_larger_ones_keep_vllms_binding():
@@ -381,7 +414,7 @@ def test_a_cpu_server_on_a_small_machine_computes_on_every_core_and_larger_ones_
 
 
 def test_the_chat_server_computes_in_bfloat16_only_where_the_hardware_does(monkeypatch):
-    import finetune.decoding.local as local
+    import inference.decoding.local as local
     from serving.server import chat_dtype
 
     monkeypatch.setattr(local, "bf16_supported", lambda: True)
@@ -392,13 +425,13 @@ def test_the_chat_server_computes_in_bfloat16_only_where_the_hardware_does(monke
 
 
 def test_each_server_of_a_run_gets_the_cpu_binding_of_its_own_config_entry(tmp_path):
-    from genrec.config import ServeConfig
+    from genrec.config import ChatServerConfig, ServeConfig
     from serving.server import chat_server_spec, cpu_binding, run_server_spec, server_env
 
     base = tmp_path / "model" / "base"
     base.mkdir(parents=True)
     (base / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    config = ServeConfig(cpus="0", chat_cpus="1", chat_model=str(base))
+    config = ServeConfig(cpus="0", chat=ChatServerConfig(cpus="1", model=str(base)))
     assert server_env(run_server_spec(tmp_path, config))["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     assert server_env(chat_server_spec(tmp_path, config))["VLLM_CPU_OMP_THREADS_BIND"] == "1"
     default = server_env(run_server_spec(tmp_path, ServeConfig()))

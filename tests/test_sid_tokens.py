@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.decoding.trie import SidTrie
-from finetune.sid_tokens import codebook_sizes, parse_sids, render_sid, sid_token_strings
+from inference.decoding.trie import SidTrie
+from inference.sid_tokens import codebook_sizes, parse_sids, render_sid, sid_token_strings
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.decoding.trie import SidTrie
-from genrec.config import ServeConfig
+from genrec.config import ChatServerConfig, ServeConfig
 from genrec.errors import GenrecError
-from serving.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
+from inference.client import ADAPTER_MODEL, BASE_MODEL, LLMClient, LLMError, LLMUnavailable
+from inference.decoding.trie import SidTrie
 from serving.server import free_port, is_healthy, lora_rank, run_server_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -70,7 +70,7 @@ def prompts(tiny_run) -> list[list[int]]:
     prompts built from histories the way training builds them (no special tokens added)."""
     from transformers import AutoTokenizer
 
-    from finetune.decoding.prompts import HistoryPrompt
+    from inference.decoding.prompts import HistoryPrompt
 
     run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")
@@ -127,10 +127,10 @@ def test_vllm_top_k_equals_hugging_face_trie_beam_search(client, tiny_run, hf_mo
 @pytest.mark.vllm
 def test_in_process_and_vllm_backends_rank_alike(client, tiny_run):
     """The two generation backends of the served ranking: same prompts, same top-10."""
-    from finetune.decoding.local import load_local_generator
-    from finetune.decoding.prompts import HistoryPrompt
     from genrec.run import RunPaths
-    from serving.vllm_generator import VllmGenerator
+    from inference.decoding.local import load_local_generator
+    from inference.decoding.prompts import HistoryPrompt
+    from inference.vllm_generator import VllmGenerator
 
     run, trie = tiny_run
     local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20, bf16=False)
@@ -150,9 +150,9 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
     session's trained run and its server: the beams come from vLLM, the dense model and the fusion
     from the run; the top-10 is the in-process one."""
     from genrec.run import RunPaths
+    from inference.ranker import open_ranker
     from retrieval.catalog import load_catalog
     from retrieval.split import leave_one_out
-    from serving.ranker import open_ranker
 
     run = recommender_server.run
     local, _ = open_ranker(run)
@@ -217,14 +217,6 @@ def test_bad_requests_are_refused_naming_the_field(client):
 
 
 @pytest.mark.vllm
-def test_complete_and_chat_return_text(client):
-    text = client.complete("Explain why the user would like this item.", max_tokens=8)
-    reply = client.chat([{"role": "user", "content": "I loved Star Wars"}], max_tokens=8)
-    assert isinstance(text, str) and text
-    assert isinstance(reply, str)
-
-
-@pytest.mark.vllm
 def test_concurrent_recommendations_each_get_their_own_answer(client, prompts):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -239,13 +231,13 @@ def test_concurrent_recommendations_each_get_their_own_answer(client, prompts):
 @pytest.mark.vllm
 def test_server_that_cannot_load_its_model_fails_fast_with_the_log(tmp_path):
     pytest.importorskip("vllm")
-    from serving.server import VllmServer
+    from serving.server import ModelServer
 
     base = tmp_path / "run" / "model" / "base"
     base.mkdir(parents=True)
     (base / "config.json").write_text('{"model_type": "not-a-model"}')
     spec = run_server_spec(tmp_path / "run", ServeConfig(port=free_port(), kv_cache_gib=1))
-    server = VllmServer(spec, startup_timeout_s=240)
+    server = ModelServer(spec, startup_timeout_s=240)
     started = time.monotonic()
     with pytest.raises(GenrecError, match="vllm.log: vLLM exited"):
         with server:
@@ -265,7 +257,7 @@ def test_server_down_raises_llm_unavailable_fast():
     with pytest.raises(LLMUnavailable, match="not reachable"):
         client.recommend([1, 2, 3], width=5)
     with pytest.raises(LLMUnavailable):
-        client.chat([{"role": "user", "content": "hi"}])
+        client.models()
     assert time.monotonic() - started < 3
     assert not client.is_up()
     assert not is_healthy(url)
@@ -281,7 +273,7 @@ def test_hung_server_times_out_instead_of_hanging():
         client = LLMClient(url, timeout_s=1.0)
         started = time.monotonic()
         with pytest.raises(LLMUnavailable, match="no answer within"):
-            client.complete("hello")
+            client.recommend([1, 2, 3], width=5)
         assert time.monotonic() - started < 5
     finally:
         listener.close()
@@ -292,7 +284,9 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
 
     model = tmp_path / "model"
     model.mkdir()
-    config = ServeConfig(chat_model="auto", chat_engine="vllm")  # (on a CPU, auto serves SmolLM2's GGUF with llama.cpp)
+    config = ServeConfig(
+        chat=ChatServerConfig(model="auto", engine="vllm")
+    )  # (on a CPU, auto serves SmolLM2's GGUF with llama.cpp)
     url = "http://127.0.0.1:8000/v1"
     (model / "genrec.json").write_text(json.dumps({"base": "scratch"}))
     assert (
@@ -304,7 +298,7 @@ def test_a_scratch_run_chats_through_smollm2_and_a_pretrained_base_chats_itself(
     (model / "genrec.json").write_text(json.dumps({"base": "smollm2-135m"}))
     assert chat_source(tmp_path, config) == "base" and chat_url(tmp_path, config, url) == url
     assert chat_server_spec(tmp_path, config) is None
-    assert chat_url(tmp_path, ServeConfig(chat_model="none"), url) is None
+    assert chat_url(tmp_path, ServeConfig(chat=ChatServerConfig(model="none")), url) is None
 
 
 def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_path):
@@ -312,7 +306,7 @@ def test_chat_model_that_is_not_a_causal_lm_is_refused_before_starting_vllm(tmp_
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     with pytest.raises(GenrecError, match="not a causal LM"):
-        chat_server_spec(tmp_path / "run", ServeConfig(chat_model=str(tmp_path)))
+        chat_server_spec(tmp_path / "run", ServeConfig(chat=ChatServerConfig(model=str(tmp_path))))
 
 
 def test_run_without_model_says_what_to_run_first(tmp_path):
@@ -334,7 +328,7 @@ def test_adapter_carrying_embeddings_is_refused_before_starting_vllm(tmp_path):
 def test_tiny_model_tokenizer_keeps_sid_tokens_whole(tiny_run):
     from transformers import AutoTokenizer
 
-    from finetune.sid_tokens import render_sid
+    from inference.sid_tokens import render_sid
 
     run, trie = tiny_run
     tokenizer = AutoTokenizer.from_pretrained(run / "model" / "base")

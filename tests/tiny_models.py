@@ -33,7 +33,7 @@ def build_tiny_tokenizer(out_dir: str | Path, codebook_sizes: Sequence[int], voc
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from finetune.sid_tokens import sid_token_strings
+    from inference.sid_tokens import sid_token_strings
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -78,7 +78,7 @@ def build_tiny_sid_model(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from finetune.sid_tokens import codebook_sizes
+    from inference.sid_tokens import codebook_sizes
 
     out = Path(out_dir)
     base_dir, adapter_dir = out / "base", out / "adapter"

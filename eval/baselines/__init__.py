@@ -11,9 +11,9 @@ from eval.baselines.content import ContentNN
 from eval.baselines.dense import DenseBaseline, check_trainable
 from eval.baselines.itemknn import ItemKNN
 from eval.baselines.popularity import Popularity
-from finetune.dense import DenseRecommender
 from genrec.config import DenseConfig, EvalConfig
 from genrec.protocol import Recommender
+from inference.dense import DenseRecommender
 from retrieval.split import Split
 
 __all__ = ["ContentNN", "DenseBaseline", "ItemKNN", "Popularity", "check_trainable", "fit_baselines"]

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from finetune.dense import DenseRecommender, fit
+from finetune.dense import fit
 from finetune.dense.build import build
 from genrec.config import DenseModelConfig
 from genrec.errors import GenrecError
+from inference.dense import DenseRecommender
 from retrieval.split import Case
 
 

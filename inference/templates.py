@@ -1,4 +1,4 @@
-"""Prompt templates of the SFT tasks: Jinja files in `finetune/templates/`, several per task.
+"""Prompt templates of the SFT tasks: Jinja files in `inference/templates/`, several per task.
 
 A template file is named `<task>.<n>.j2` (e.g. `next_item.2.j2`); a task's templates are all the
 files with its prefix, in order. Training picks one at random per example so the model does not
@@ -38,7 +38,7 @@ def template_names(task: str) -> list[str]:
 
 
 def render(template: str, **values) -> str:
-    """Render one template (a name in `finetune/templates/` or a path to a .j2 file), stripped."""
+    """Render one template (a name in `inference/templates/` or a path to a .j2 file), stripped."""
     path = Path(template)
     if path.suffix == ".j2" and path.is_file() and path.parent.resolve() != TEMPLATE_DIR.resolve():
         env, name = _environment(str(path.parent.resolve())), path.name

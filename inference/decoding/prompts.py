@@ -1,8 +1,8 @@
 """The one prompt a history turns into: what training teaches and every backend continues.
 
 `HistoryPrompt` keeps the catalog items it knows, the last `max_history` of them, renders the
-next-item template (`finetune.tasks.next_item_prompt`, the same function training builds its
-examples with) and tokenizes it exactly as training does: no special tokens added by the
+next-item template (`next_item_prompt`, the same function training builds its examples
+with) and tokenizes it exactly as training does: no special tokens added by the
 tokenizer, since the chat template writes whatever the model's conversations start with. Backends
 receive token ids, never text, so a server whose tokenizer would add a BOS token cannot make the
 served prompt differ from the trained one.
@@ -13,7 +13,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from finetune.tasks import next_item_prompt
+from inference.sid_tokens import render_sid
+from inference.templates import render, template_names
+
+
+def chat_prompt(tokenizer, instruction: str) -> str:
+    """The text of a one-turn conversation ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def next_item_instruction(n: int, template: str | None = None) -> str:
+    """The instruction that opens a next-item prompt for a history of `n` items."""
+    return render(template or template_names("next_item")[0], n=n)
+
+
+def next_item_prompt(tokenizer, history_codes: Sequence[Sequence[int]], template: str | None = None) -> str:
+    """The exact text the model continues with the next item's SID: chat prompt + history SIDs.
+
+    Training, Hugging Face generation and the vLLM client all build prompts here.
+    """
+    return chat_prompt(tokenizer, next_item_instruction(len(history_codes), template)) + "".join(
+        render_sid(c) for c in history_codes
+    )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The fine-tuned model ranking in this process: prompts from histories, trie beam search, loading from a run.
 
-`LocalGenerator` is the in-process generation backend of `finetune.ranking.Ranker` (the vLLM one
-is `serving.vllm_generator.VllmGenerator`); training validates through it, so what is validated
+`LocalGenerator` is the in-process generation backend of `inference.ranking.Ranker` (the vLLM one
+is `inference.vllm_generator.VllmGenerator`); training validates through it, so what is validated
 is what is served.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from finetune.decoding.beam import beam_search
-from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
+from inference.decoding.beam import beam_search
+from inference.decoding.prompts import HistoryPrompt
+from inference.decoding.trie import Exclusions, Histories, Scored, SidTrie
 
 META_FILE = "genrec.json"
 

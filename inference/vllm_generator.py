@@ -11,9 +11,9 @@ from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
-from serving.client import ADAPTER_MODEL, LLMClient
+from inference.client import ADAPTER_MODEL, LLMClient
+from inference.decoding.prompts import HistoryPrompt
+from inference.decoding.trie import Exclusions, Histories, Scored, SidTrie
 
 
 @dataclass
@@ -45,7 +45,7 @@ class VllmGenerator:
         only: Collection[str] | None = None,
     ) -> list[list[Scored]]:
         """The best `width` items per history as (item_id, sequence log-prob), best first; raises
-        `serving.client.LLMUnavailable` when the server does not answer."""
+        `inference.client.LLMUnavailable` when the server does not answer."""
         width = width or self.beam_width
 
         def one(i: int) -> list[Scored]:

@@ -11,10 +11,7 @@ items in the same order, with nothing else to keep in sync.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -121,11 +118,6 @@ class DenseRecommender(nn.Module):
         self.item_emb = nn.Embedding(len(self.item_ids) + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
 
-    @property
-    def num_items(self) -> int:
-        """Catalog size: the width of `scores`."""
-        return len(self.item_ids)
-
     def last_state(self, seq: torch.Tensor) -> torch.Tensor:
         """The hidden state at the last position of each input row: (batch, hidden)."""
         return self(seq)[:, -1]
@@ -182,24 +174,3 @@ class DenseRecommender(nn.Module):
         model card: loadable with `<Class>.from_pretrained(dir)` or `load_dense(dir)`."""
         config = {**(self._hub_mixin_config or {}), "item_ids": self.item_ids, "model_type": self.name}
         PyTorchModelHubMixin.save_pretrained(self, save_directory, config=config, **kwargs)
-
-
-def load_dense(directory: str | Path) -> DenseRecommender:
-    """Load a dense network saved with `save_pretrained`, whichever kind it is (from `config.json`)."""
-    from finetune.dense.bsarec import BSARec
-    from finetune.dense.sasrec import SASRec
-
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except FileNotFoundError:
-        raise GenrecError(f"{config_path}: missing; save a dense model there with save_pretrained first") from None
-    except json.JSONDecodeError as exc:
-        raise GenrecError(f"{config_path}: not valid JSON ({exc.msg})") from None
-    kinds = {cls.name: cls for cls in (SASRec, BSARec)}
-    if model_type not in kinds:
-        raise GenrecError(f"{config_path}: model_type {model_type!r} is not one of {', '.join(kinds)}")
-    # huggingface_hub prints "Loading weights from local directory" to stdout, where `--json` output goes
-    with contextlib.redirect_stdout(sys.stderr):
-        return kinds[model_type].from_pretrained(directory)

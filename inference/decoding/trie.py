@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from finetune.sid_tokens import SidVocab, codebook_sizes
+from inference.sid_tokens import SidVocab, codebook_sizes
 
 Code = tuple[int, ...]
 Removed = Mapping[Code, int]  # prefix -> how many of its items are hidden
@@ -57,14 +57,6 @@ class SidTrie:
         trie = cls(item_codes)
         trie.vocab = SidVocab.from_tokenizer(tokenizer, trie.codebook_sizes)
         return trie
-
-    def with_vocab(self, vocab: SidVocab) -> SidTrie:
-        """This trie speaking another tokenizer's ids (e.g. a server's), sharing the code structure."""
-        import copy
-
-        other = copy.copy(self)
-        other.vocab, other._tokens = vocab, {}
-        return other
 
     def __len__(self) -> int:
         return len(self.item_of)

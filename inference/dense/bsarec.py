@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from finetune.dense.model import DenseRecommender, Dropout, MultiHeadAttention
+from inference.dense.model import DenseRecommender, Dropout, MultiHeadAttention
 
 MASKED = -10000.0  # additive attention mask of the reference code (a padding query then sees all keys)
 

@@ -1,10 +1,10 @@
 """Recommendations for a user of a run, with titles: the served ranking behind `genrec recommend`.
 
-    from serving.recommend import recommend
+    from inference.recommend import recommend
     recommend("runs/ml100k", "196", k=10)        # -> [Recommendation(item_id, title, score), ...]
 
 `RunRecommender` keeps the ranking loaded for many calls; `recommend` is the one-shot form. Both
-rank with `serving.ranker.open_ranker`, the function `genrec eval` scores.
+rank with `inference.ranker.open_ranker`, the function `genrec eval` scores.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.explain import Explainer, grounded_explanation
-from finetune.tasks import item_facts
 from genrec.errors import GenrecError
 from genrec.run import open_run
+from inference.explain import Explainer, grounded_explanation
+from inference.facts import item_facts
+from inference.ranker import open_ranker
 from retrieval.catalog import ITEM_COLUMNS
 from retrieval.live import Watched
 from retrieval.where import catalog_fields, compile_where, filter_items
-from serving.ranker import open_ranker
 
 
 @dataclass

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from finetune.tasks import ItemFacts, explanation_target
-from finetune.templates import template_names
+from inference.facts import ItemFacts
+from inference.templates import render, template_names
 
 SYSTEM = "You are a movie, book and product recommender. Be brief and factual."
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
@@ -35,6 +35,51 @@ def explanation_messages(item: ItemFacts, history: Sequence[ItemFacts]) -> list[
         f"Answer in one sentence using only these facts."
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def shared_kinds(facts: ItemFacts, history: Sequence[ItemFacts]) -> tuple[list[str], list[str]]:
+    """Kinds the item shares with the history, and up to two history titles that have them."""
+    mine = set(facts.kinds)
+    shared: list[str] = []
+    titles: list[str] = []
+    for past in reversed(history):
+        common = [k for k in past.kinds if k in mine and k not in shared]
+        if common:
+            shared.extend(common)
+            titles.append(past.title)
+        if len(titles) == 2:
+            break
+    return shared[:3], titles
+
+
+def join_words(words: Sequence[str]) -> str:
+    """`["A", "B", "C"]` -> `"A, B and C"`."""
+    words = [str(w) for w in words]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1] if words else ""
+
+
+def kind_phrase(kinds: Sequence[str]) -> str:
+    """`["Action", "Sci-Fi"]` -> `"an Action and Sci-Fi title"` (empty without kinds)."""
+    if not kinds:
+        return ""
+    words = join_words(kinds)
+    return f"{'an' if words[0].lower() in 'aeiou' else 'a'} {words} title"
+
+
+def explanation_target(facts: ItemFacts, history: Sequence[ItemFacts], template: str) -> str:
+    """A grounded explanation: only the item's real attributes and real history titles."""
+    shared, titles = shared_kinds(facts, history)
+    year = facts.year if facts.year and str(facts.year) not in facts.title else None  # titles often carry it
+    return render(
+        template,
+        title=facts.title,
+        year=year,
+        kinds=kind_phrase(facts.kinds),
+        shared=join_words(shared),
+        shared_phrase=kind_phrase(shared),
+        shared_titles=join_words(titles),
+        last=history[-1].title if history else "",
+    )
 
 
 def grounded_explanation(item: ItemFacts, history: Sequence[ItemFacts]) -> str:
@@ -128,7 +173,7 @@ class Explainer:
         self._tokenizer = None
 
     def _load(self) -> None:
-        from finetune.models import load_pretrained, resolve_base
+        from inference.models import load_pretrained, resolve_base
 
         self._model, self._tokenizer = load_pretrained(resolve_base(self.base))
         self._model.eval()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from finetune.decoding.trie import Removed, SidTrie
+from inference.decoding.trie import Removed, SidTrie
 
 NEG_INF = float("-inf")
 

@@ -24,7 +24,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from finetune.dense.model import DenseRecommender, Dropout, MultiHeadAttention
+from inference.dense.model import DenseRecommender, Dropout, MultiHeadAttention
 
 
 class PointWiseFeedForward(nn.Module):

@@ -4,7 +4,7 @@
     ranker = open_ranker("runs/ml100k", llm_url="http://127.0.0.1:8000/v1")  # beams from vLLM
     ranker.rank([history], k=10, exclude=[set(history)])
 
-Both return the same function of the same models (`finetune.ranking.Ranker`): the generative model
+Both return the same function of the same models (`inference.ranking.Ranker`): the generative model
 of `RUN/model/`, the dense model of `RUN/dense/` and the fusion of `RUN/ranking.json`, chosen on
 validation by `genrec train`. A run trained before the dense model existed is ranked by generation
 alone, and `notice` says so (every caller shows it); `generate.ranking: generative` asks for that.
@@ -22,12 +22,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from finetune.decoding.local import check_semantic_ids, load_local_generator, model_meta
-from finetune.decoding.prompts import HistoryPrompt
-from finetune.decoding.trie import Scored, SidTrie
-from finetune.ranking import ColdItems, Fusion, Ranker
 from genrec.errors import GenrecError
 from genrec.run import RunPaths, open_run
+from inference.decoding.local import check_semantic_ids, load_local_generator, model_meta
+from inference.decoding.prompts import HistoryPrompt
+from inference.decoding.trie import Scored, SidTrie
+from inference.ranking import ColdItems, Fusion, Ranker
 from retrieval.live import CatalogState, Watched
 from retrieval.semantic_ids import load_semantic_ids
 
@@ -96,7 +96,7 @@ class LiveRanker:
 def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
     """Give `ranker` the run's dense model and fusion when `ranking` is hybrid; return a notice when
     the run cannot rank that way (nothing is changed silently)."""
-    from finetune.dense import load_dense
+    from inference.dense import load_dense
 
     if ranking != "hybrid":
         ranker.name = "genrec-gen"
@@ -139,8 +139,8 @@ def open_ranker(
     else:
         from transformers import AutoTokenizer
 
-        from serving.client import LLMClient
-        from serving.vllm_generator import VllmGenerator
+        from inference.client import LLMClient
+        from inference.vllm_generator import VllmGenerator
 
         meta = model_meta(paths)
         check_semantic_ids(paths, meta)
@@ -162,7 +162,7 @@ def run_ranker(
     """The run's served ranking for the agent, or None when the run has no trained model yet.
 
     With `llm_url` the beams come from that vLLM server (if it is down, `rank` raises
-    `serving.client.LLMUnavailable` and the caller falls back); without it they are generated in process.
+    `inference.client.LLMUnavailable` and the caller falls back); without it they are generated in process.
     A notice (e.g. no dense model) is printed to stderr once.
     """
     import sys

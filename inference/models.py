@@ -6,7 +6,7 @@
   model, so its weights are copied into a plain model of the same config and saved once to a
   cache folder; from then on it is an ordinary Hugging Face folder (vLLM serves it too);
 - `qwen2.5-coder-1.5b`, `qwen2.5-coder-0.5b`: Qwen2.5-Coder-Instruct GGUFs split over numbered pip
-  packages (`finetune.gguf_parts`), verified, joined and converted the same way, in bfloat16;
+  packages (`inference.gguf_parts`), verified, joined and converted the same way, in bfloat16;
 - `scratch`: a small Llama-style model built from the run config, with a tokenizer trained on the
   catalog (see `finetune.pretrain`, which pre-trains it on the run's own corpus).
 """
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune.gguf_parts import SPLIT_MODELS, SplitGguf, assemble
 from genrec.atomic import atomic_dir
 from genrec.config import TrainConfig
 from genrec.errors import GenrecError
+from inference.gguf_parts import SPLIT_MODELS, SplitGguf, assemble
 
 SCRATCH = "scratch"
 SMOLLM2 = "smollm2-135m"
@@ -92,7 +92,7 @@ def split_gguf_file(model: SplitGguf, cache: Path | None = None, progress: bool 
 
 
 def gguf_file(name: str) -> Path | None:
-    """The GGUF file behind a chat model choice (`serve.chat_model`): a packaged model's (joined once
+    """The GGUF file behind a chat model choice (`serve.chat.model`): a packaged model's (joined once
     when split), a `.gguf` path as it is, or None for a Hugging Face folder (no GGUF to serve)."""
     if name == SMOLLM2:
         return smollm2_gguf()

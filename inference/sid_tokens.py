@@ -2,7 +2,7 @@
 
 A code `[12, 7, 201, 0]` is written `<a_12><b_7><c_201><d_0>`: one token per (level, code), the
 level named by a letter (`a` for level 0, `b` for level 1, ...). Training, decoding (the trie in
-`finetune.decoding.trie`), serving and evaluation all go through these functions so that they
+`inference.decoding.trie`), serving and evaluation all go through these functions so that they
 never disagree on the format.
 """
 

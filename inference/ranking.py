@@ -2,7 +2,7 @@
 
 Every ranking a user can receive (`genrec recommend`, the agent's `recommend` tool, the HTTP API,
 the vLLM path) and the `genrec` row of `genrec eval` is `Ranker.rank`. Only the generation backend
-differs: in-process beam search (`finetune.decoding.local`) or vLLM (`serving.vllm_generator`).
+differs: in-process beam search (`inference.decoding.local`) or vLLM (`inference.vllm_generator`).
 
 Candidates are the generator's trie-constrained beams (every one a catalog item) and the dense
 model's top items. Each candidate's score is a log-linear mix of two next-item log-probabilities:
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from finetune.decoding.trie import Exclusions, Histories, Scored, SidTrie
+from inference.decoding.trie import Exclusions, Histories, Scored, SidTrie
 
 
 class Generator(Protocol):
