@@ -20,7 +20,7 @@ what genrec needs around it:
   use), a breaker that makes a down server cost one timeout rather than one per turn, and the calls
   above through it. Thread-safe: concurrent conversations send concurrent requests, which vLLM batches.
 
-Failures surface as `serving.client` errors: `LLMUnavailable` when the server is down, too slow
+Failures surface as `inference.client` errors: `LLMUnavailable` when the server is down, too slow
 or failing (5xx), so callers fall back to the deterministic path; `LLMError` when it refused the
 request or the model's call does not fit a tool.
 """

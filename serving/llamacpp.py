@@ -88,7 +88,7 @@ def require_llama_server() -> Path:
     if binary is None:
         raise GenrecError(
             f"llama-server is not built for this CPU ({build_dir()}); run `bash scripts/setup.sh` "
-            "(or `python -m serving.llamacpp`), or set serve.chat_engine: vllm"
+            "(or `python -m serving.llamacpp`), or set serve.chat.engine: vllm"
         )
     return binary
 
@@ -171,17 +171,17 @@ def parse_cores(cpus: str) -> list[int]:
             lo, _, hi = part.strip().partition("-")
             cores.update(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise GenrecError(f"serve.chat_cpus {cpus!r}: expected 'auto' or a CPU list such as '0-3' or '0,2'") from None
+        raise GenrecError(f"serve.chat.cpus {cpus!r}: expected 'auto' or a CPU list such as '0-3' or '0,2'") from None
     return sorted(cores)
 
 
 def chat_threads(cpus: str) -> int:
-    """llama.cpp's threads for `serve.chat_cpus`: one per listed core when the chat server is pinned;
+    """llama.cpp's threads for `serve.chat.cpus`: one per listed core when the chat server is pinned;
     with "auto", every usable core. On an idle 2-core machine two threads read prompts and decode
     twice as fast as one (Qwen2.5-Coder-1.5B Q4_K_M: 82-86 against 43 prompt tokens/s, 13.0-13.7
     against 7.0-7.5 decode tokens/s; bench/results/llamacpp_threads.json); under a heavy load of
     other work (~16 on 2 cores) one thread did better (12.2 against 4.4 tokens/s for the 0.5B), so a
-    machine that trains beside its chat server can pin it to one core with `chat_cpus`."""
+    machine that trains beside its chat server can pin it to one core with `serve.chat.cpus`."""
     cores = parse_cores(cpus)
     return max(1, len(cores))
 
@@ -265,7 +265,7 @@ def _step(cmd: list[str], out, log: Path, name: str) -> None:
     if code != 0:
         raise GenrecError(
             f"llama-server: {name} failed (exit {code}); read {log}, fix what it says (compiler, disk, "
-            "network to the package index) and run `bash scripts/setup.sh` again, or set serve.chat_engine: vllm"
+            "network to the package index) and run `bash scripts/setup.sh` again, or set serve.chat.engine: vllm"
         )
 
 
