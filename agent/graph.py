@@ -52,7 +52,7 @@ from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
 from agent.planner import message_problem, plan_turn, stated_request
 from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
-from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence
+from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence, years_phrase
 from agent.state import AgentState
 from agent.tools import AgentContext, argument_problem
 from inference.client import LLMError, LLMUnavailable
@@ -357,23 +357,64 @@ def request_problem(state: AgentState, deps: Deps) -> str | None:
     ("before 1960" over films from 1996), else None."""
     message, _ = turn_messages(list(state.get("messages") or []))
     stated = stated_request(message, deps.ctx)
+    lists = [r for m in _last_round(list(state.get("messages") or [])) if (r := tool_result(m)).get("tool") in _LISTS]
+    if lists and not any(r.get("items") for r in lists):
+        return unasked_note(lists[-1].get("request") or {}, stated, state.get("preferences") or {}, message)
     if not stated.describe():
         return None
-    cards = [
-        c
-        for m in _last_round(list(state.get("messages") or []))
-        for r in [tool_result(m)]
-        if r.get("tool") in _LISTS
-        for c in r.get("items") or []
-    ]
+    cards = [c for r in lists for c in r.get("items") or []]
     broken = [(c, why) for c in cards if (why := stated.breaks(deps.ctx, str(c["item_id"])))]
     if not broken:
         return None
     card, why = broken[0]
     return (
-        f"Check: the user's message asks for {stated.describe()}, and {len(broken)} of the {len(cards)} items "
-        f"returned do not fit ({card['title']} {' and '.join(why)}). If your arguments misread the message, "
-        "call the tool again with arguments that match it; if they were right, call answer."
+        f"Check: the user's message asks for {stated.describe()} (as arguments: {stated_arguments(stated)}), and "
+        f"{len(broken)} of the {len(cards)} items returned do not fit ({card['title']} {' and '.join(why)}). If your "
+        "arguments misread the message, call the tool again with arguments that match it; if they were right, "
+        "call answer."
+    )
+
+
+def stated_arguments(stated: Any) -> str:
+    """A stated request as the list tools' arguments: `genres=["Thriller"], released_before=1975`.
+    The 1.5B, told only "Thriller, from 1974 or earlier", answered rather than turn its
+    `released_after=1975` around; the check's note names the arguments so the choice is concrete."""
+    args = []
+    if stated.genres:
+        args.append(f"genres={json.dumps(stated.genres)}")
+    if stated.exclude_genres:
+        args.append(f"exclude_genres={json.dumps(stated.exclude_genres)}")
+    if stated.year_min is not None:
+        args.append(f"released_after={stated.year_min - 1}")
+    if stated.year_max is not None:
+        args.append(f"released_before={stated.year_max + 1}")
+    return ", ".join(args)
+
+
+def unasked_note(applied: dict[str, Any], stated: Any, remembered: dict[str, Any], message: str) -> str | None:
+    """A note for the planner when a list came back empty under filters that neither the user's
+    message nor the conversation's remembered wishes ask for (the 1.5B turned "made before 1980 that
+    isn't a comedy" into Musical + the 1980s, "older films" into Film-Noir + Drama + Thriller), else
+    None. The model decides whether to drop them."""
+    said = []
+    for key, label in (("genres", "genres"), ("exclude_genres", "no")):
+        extra = [g for g in applied.get(key) or [] if g not in getattr(stated, key) + (remembered.get(key) or [])]
+        if extra:
+            said.append(f"{label} {', '.join(extra)}")
+    years_asked = (
+        stated.year_min is not None
+        or stated.year_max is not None
+        or remembered.get("year_min") is not None
+        or remembered.get("year_max") is not None
+        or "decade" in message.lower()
+    )
+    if not years_asked and (applied.get("year_min") is not None or applied.get("year_max") is not None):
+        said.append(years_phrase(applied.get("year_min"), applied.get("year_max")))
+    if not said:
+        return None
+    return (
+        f"Check: the call found no items. It asked for {'; '.join(said)}, which the user's message does not ask "
+        "for. If you added that, call the tool again without it; if the user asked for it, call answer."
     )
 
 

@@ -259,8 +259,10 @@ def claim_problems(
 ) -> list[str]:
     """What a reply states about its items that they break, checked like explanation claims: a year
     range ("made before 1960", "from the 1980s") that a shown item is outside, a genre said of the
-    list ("musicals") that no shown item and no liked item has, or a genre said to be left out
-    ("no horror") that a shown item has."""
+    list ("musicals", "here are the horror films") that a shown item lacks (unless a liked item has
+    it: "since you liked that thriller"), or a genre said to be left out ("no horror") that a shown
+    item has. A list is claimed whole: "the top horror films from the 80s" over Return of the Jedi
+    and one horror film was a false statement the looser "none of them" rule let through."""
     from agent.planner import genre_mentions, year_range
 
     if not cards:
@@ -268,6 +270,7 @@ def claim_problems(
     problems = []
     years = {str(c["item_id"]): ctx.item_year(str(c["item_id"])) for c in cards}
     shown_genres = {g for c in cards for g in ctx.item_genres(str(c["item_id"]))}
+    every_shown = set.intersection(*(set(ctx.item_genres(str(c["item_id"]))) for c in cards))
     liked = [str(c["item_id"]) for r in results for key in ("liked", "history") for c in r.get(key) or []]
     if any(isinstance(r.get("like"), dict) for r in results):
         liked += [str(r["like"]["item_id"]) for r in results if isinstance(r.get("like"), dict)]
@@ -283,8 +286,9 @@ def claim_problems(
                 problems.append(f"the reply says {sentence.strip()!r}, which {len(outside)} of its items are not")
         said, avoided = genre_mentions(plain, ctx.genres)
         for genre in said:
-            if genre not in shown_genres and genre not in liked_genres:
-                problems.append(f"the reply calls its items {genre}, which none of them is")
+            if genre not in every_shown and genre not in liked_genres:
+                lacking = "none of them is" if genre not in shown_genres else "not every one of them is"
+                problems.append(f"the reply calls its items {genre}, which {lacking}")
         for genre in avoided:
             if genre in shown_genres:
                 problems.append(f"the reply says its items are not {genre}, which one of them is")

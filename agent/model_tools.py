@@ -90,9 +90,28 @@ def said_by_user(ctx: AgentContext, state: dict[str, Any], names: list[str] | No
         words = normalize_title(re.sub(r"\[[^\]]*\]", " ", str(name)))
         ok = bool(words) and f" {words} " in said or (item is not None and item in seen)
         if not ok and item is not None:  # the user may write the title differently from the model
-            ok = f" {normalize_title(ctx.titles.titles[item])} " in said
+            title = normalize_title(ctx.titles.titles[item])
+            ok = f" {title} " in said or misspelt_in(title, said.split())
         (kept if ok else invented).append(str(name))
     return kept, invented
+
+
+def misspelt_in(title: str, words: list[str]) -> bool:
+    """True when some run of the user's words (as many as the title has, or one more or less) spells
+    the normalised `title` closely (rapidfuzz ratio >= `MISSPELLING_SCORE`): "star wors" for Star
+    Wars, "pulp fictoin" for Pulp Fiction. Titles under five letters need the exact words."""
+    from rapidfuzz import fuzz
+
+    from agent.lookup import MISSPELLING_SCORE
+
+    if len(title) < 5:
+        return False
+    n = len(title.split())
+    for size in {max(1, n - 1), n, n + 1}:
+        for i in range(len(words) - size + 1):
+            if fuzz.ratio(" ".join(words[i : i + size]), title) >= MISSPELLING_SCORE:
+                return True
+    return False
 
 
 def _ids(values: list[str] | None) -> list[str]:

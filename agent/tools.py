@@ -303,26 +303,33 @@ def make_request(
     avoid, _ = ctx.known_genres(exclude_genres)
     avoid = [g for g in avoid if g not in wanted]  # a small model fills exclude_genres with a copy of genres
     request = Request(wanted, avoid, unknown_genres=unknown_genres)
-    bounds: list[tuple[int | None, int | None]] = []
+    bounds: list[tuple[str, int | None, int | None]] = []
     if released_after is not None:
-        bounds.append((int(released_after) + 1, None))
+        bounds.append((f"released_after={released_after}", int(released_after) + 1, None))
     if released_before is not None:
-        bounds.append((None, int(released_before) - 1))
+        bounds.append((f"released_before={released_before}", None, int(released_before) - 1))
     if decade:
-        bounds.append(decade_range(decade))
+        bounds.append((f"decade={decade}", *decade_range(decade)))
     if same_decade_as:
         item = ctx.titles.find(same_decade_as)
         year = ctx.item_year(item) if item is not None else None
         if year is None:
             request.unknown.append(same_decade_as)
         else:
-            bounds.append(decade_range(year))
+            bounds.append((f"same_decade_as={ctx.titles.titles[item]}", *decade_range(year)))
             request.anchors.append(item)
     if ctx.has_years:
-        lows = [lo for lo, _ in bounds if lo is not None]
-        highs = [hi for _, hi in bounds if hi is not None]
+        lows = [lo for _, lo, _ in bounds if lo is not None]
+        highs = [hi for _, _, hi in bounds if hi is not None]
         request.year_min = max(lows) if lows else None
         request.year_max = min(highs) if highs else None
+        if request.year_min is not None and request.year_max is not None and request.year_min > request.year_max:
+            # "the same decade as Annie Hall" written as decade=1980s and same_decade_as=Annie Hall:
+            # no year fits both; the model is told which arguments clash, and plans again
+            raise GenrecError(
+                f"the year arguments exclude each other ({', '.join(label for label, _, _ in bounds)}): "
+                "keep only those the user asked for"
+            )
     return request
 
 

@@ -171,6 +171,27 @@ def test_items_that_break_the_stated_request_send_the_model_back_once_with_what_
     assert check_step(fits, deps)["route"] == "reply"
 
 
+def test_an_empty_list_under_filters_nobody_asked_for_sends_the_model_back_once_naming_them(deps):
+    """The 1.5B turned "made before 1980 that isn't a comedy" into Musical + the 1980s: nothing came back (here Horror)."""
+    asked = HumanMessage("something made before 1980 that isn't a comedy")
+    empty = {
+        "tool": "recommend",
+        "items": [],
+        "request": {"genres": ["Horror"], "exclude_genres": ["Comedy"], "year_min": 1980, "year_max": 1979},
+    }
+    state = {"planner": "model", "steps": 1, "messages": [asked, tool_message(empty)]}
+    update = check_step(state, deps)
+    assert update["route"] == "plan" and update["checked"]
+    assert "genres Horror" in update["check_note"] and "Comedy" not in update["check_note"]
+    assert check_step({**state, **update}, deps)["route"] == "reply"  # once
+    # filters the message or the conversation asked for: an empty list stands, the reply says so
+    said = {**empty, "request": {"genres": ["Horror"], "year_max": 1979}}
+    horror = HumanMessage("horror films made before 1980 please")
+    assert check_step({**state, "messages": [horror, tool_message(said)]}, deps)["route"] == "reply"
+    remembered = {**state, "preferences": {"genres": ["Horror"]}, "messages": [asked, tool_message(said)]}
+    assert check_step(remembered, deps)["route"] == "reply"
+
+
 def test_a_call_with_arguments_outside_the_schema_is_answered_with_a_sentence_not_an_exception(deps):
     from langgraph.graph import END, START, StateGraph
 

@@ -92,6 +92,29 @@ def test_a_request_nothing_fits_returns_no_items_and_says_what_was_asked(ctx):
     assert result["items"] == [] and result["note"] == "nothing in the catalog is Animation, from 1949 or earlier"
 
 
+def test_year_arguments_that_exclude_each_other_are_an_error_naming_them(ctx):
+    """The 1.5B wrote "the same decade as Alien" as decade=1980s and same_decade_as=Alien: no year
+    fits both, which used to read "nothing is from 1980 to 1979"; now the model is told and re-plans."""
+    from agent.tools import run_tool
+
+    result = run_tool(ctx, "recommend", {"decade": "1980s", "same_decade_as": "Alien"})
+    assert result["items"] == []
+    assert "decade=1980s" in result["error"] and "same_decade_as=Alien (1979)" in result["error"]
+    fits = run_tool(ctx, "recommend", {"decade": "1970s", "same_decade_as": "Alien"})
+    assert not fits.get("error")
+
+
+def test_a_title_the_user_misspelt_and_the_model_corrected_counts_as_said(ctx):
+    from langchain_core.messages import HumanMessage
+
+    from agent.model_tools import said_by_user
+
+    state = {"messages": [HumanMessage("I loved Star Wors and men in blak, and Heet")]}
+    kept, invented = said_by_user(ctx, state, ["Star Wars", "Men in Black", "Heat", "Aliens"])
+    assert kept == ["Star Wars", "Men in Black"]  # Heat is too short to match by spelling; Aliens was never said
+    assert invented == ["Heat", "Aliens"]
+
+
 def test_genre_words_given_as_liked_titles_are_not_reported_missing(ctx):
     result = recommend(ctx, liked=["Alien", "Drama", "the 1950s"], k=3)
     assert [c["title"] for c in result["liked"]] == ["Alien (1979)"] and result["unknown"] == []
