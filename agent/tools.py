@@ -316,7 +316,8 @@ def make_request(
         if year is None:
             request.unknown.append(same_decade_as)
         else:
-            bounds.append((f"same_decade_as={ctx.titles.titles[item]}", *decade_range(year)))
+            low, high = decade_range(year)  # named by its decade: a title here would be redacted from a reply
+            bounds.append((f"same_decade_as (the {low}s)", low, high))
             request.anchors.append(item)
     if ctx.has_years:
         lows = [lo for _, lo, _ in bounds if lo is not None]
