@@ -715,6 +715,40 @@ def test_explanations_naming_unknown_things_are_rejected(run_data):
     assert not is_grounded("Star Wars is a Sci-Fi comedy-drama.", star_wars, history, other_kinds=kinds)
 
 
+def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data, tokenizer):
+    """Auto (train.template None): items with no text beyond an id get the short prompt (the history
+    alone), and the prompt training builds is the one every backend serves; items with text keep the
+    worded templates. The template is part of pre-training's fingerprint once set, so a checkpoint
+    of the other prompt is never resumed, and a run that never set it keeps its old fingerprint."""
+    from finetune.checkpoint import fingerprint_of
+    from finetune.decoding.prompts import HistoryPrompt
+    from finetune.pretrain import PRETRAIN_FIELDS, fingerprint
+    from finetune.tasks import SHORT_TEMPLATE, ItemFacts, next_item_examples, resolve_template
+    from finetune.tokenizer import chat_prompt
+
+    bare = {i: ItemFacts(i, f"item {i}", f"item {i}", [], None, []) for i in run_data.codes}
+    assert resolve_template(None, bare) == SHORT_TEMPLATE
+    assert resolve_template(None, run_data.facts) is None  # MovieLens items carry genres and years
+    assert resolve_template("next_item.2.j2", bare) == "next_item.2.j2"  # a template set is kept
+
+    split, codes = run_data.split, run_data.codes
+    examples = next_item_examples(tokenizer, split.train, codes, 20, random.Random(0), template=SHORT_TEMPLATE)
+    assert {ex.prompt for ex in examples} == {chat_prompt(tokenizer, "")}
+    assert len(tokenizer(examples[0].prompt, add_special_tokens=False)["input_ids"]) <= 6
+    served = HistoryPrompt(tokenizer, codes, 20, SHORT_TEMPLATE)
+    user = next(u for u in sorted(split.train) if 2 <= len(split.train[u]) <= 20)
+    assert served.text(split.train[user]) == chat_prompt(tokenizer, "") + "".join(
+        render_sid(codes[i]) for i in split.train[user]
+    )
+    worded = next_item_examples(tokenizer, split.train, codes, 20, random.Random(0))
+    assert len({ex.prompt for ex in worded}) > 1 and chat_prompt(tokenizer, "") not in {ex.prompt for ex in worded}
+
+    config = RunConfig().train
+    unset = fingerprint(config, "data")
+    assert unset == fingerprint_of({name: getattr(config, name) for name in PRETRAIN_FIELDS}, "data")
+    assert fingerprint(config.model_copy(update={"template": SHORT_TEMPLATE}), "data") != unset
+
+
 def test_history_chunks_cover_the_sequence_once_in_order():
     from finetune.tasks import history_chunks
 
