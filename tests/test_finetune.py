@@ -749,6 +749,26 @@ def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data
     assert fingerprint(config.model_copy(update={"template": SHORT_TEMPLATE}), "data") != unset
 
 
+def test_a_checkpoint_of_other_settings_is_not_resumed_and_says_so_in_one_line(tmp_path, capsys):
+    from finetune.checkpoint import Checkpoints
+    from finetune.distributed import Processes
+    from finetune.loop import cosine_schedule
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = cosine_schedule(optimizer, 10, 1)
+    Checkpoints(tmp_path / "pretrain", "a" * 64, Processes()).save(
+        model, optimizer, scheduler, 2, None, None, {"history": []}, "pretrain"
+    )
+    capsys.readouterr()
+    assert Checkpoints(tmp_path / "pretrain", "b" * 64, Processes()).load(model, optimizer, scheduler) is None
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "other settings or data" in said[0] and "starts fresh" in said[0]
+    assert str(tmp_path / "pretrain") in said[0] and "epoch 2 done" in said[0]
+    resumed = Checkpoints(tmp_path / "pretrain", "a" * 64, Processes()).load(model, optimizer, scheduler)
+    assert resumed is not None and resumed.epoch == 2 and capsys.readouterr().err == ""
+
+
 def test_history_chunks_cover_the_sequence_once_in_order():
     from finetune.tasks import history_chunks
 
