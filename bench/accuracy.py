@@ -88,10 +88,6 @@ def dataset_config(name: str, args: argparse.Namespace):
     config.eval.baselines = ["popularity", "itemknn", "sasrec"]
     config.train.val_users = args.val_users
     config.dense.sasrec.max_minutes = None  # to convergence on validation; the cap is for the demo
-    if args.budget_minutes is not None:  # every training stage gets its share of the seed's budget
-        minutes = {stage: share * args.budget_minutes for stage, share in BUDGET_SHARES.items()}
-        config.train.pretrain_max_minutes, config.train.max_minutes = minutes["pretrain"], minutes["lora"]
-        config.dense.sasrec.max_minutes = config.dense.bsarec.max_minutes = minutes["dense"]
     if name in AMAZON:
         # no item text: collaborative residual-k-means codes; histories are short; pre-training is
         # bounded higher and stopped by validation (its curve was still rising at epoch 8)
@@ -108,7 +104,14 @@ def dataset_config(name: str, args: argparse.Namespace):
         # the published CE-SASRec weight decay, as bench/baselines.py trains it: the same settings and
         # data give the same fingerprint, so a dense model either one trained is reused by the other
         config.dense.sasrec.weight_decay = 1e-8
-    return apply_settings(config, args.set or [])
+    config = apply_settings(config, args.set or [])
+    if args.budget_minutes is not None:  # every training stage gets its share of the seed's budget
+        minutes = {stage: share * args.budget_minutes for stage, share in BUDGET_SHARES.items()}
+        if config.train.epochs == 0:  # no LoRA stage (train.epochs=0): its share goes to pre-training
+            minutes["pretrain"], minutes["lora"] = minutes["pretrain"] + minutes["lora"], None
+        config.train.pretrain_max_minutes, config.train.max_minutes = minutes["pretrain"], minutes["lora"]
+        config.dense.sasrec.max_minutes = config.dense.bsarec.max_minutes = minutes["dense"]
+    return config
 
 
 def apply_settings(config, settings: list[str]):
@@ -184,7 +187,7 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     config.dense.sasrec.seed = seed
     saved = run / "config.yaml"
     if saved.exists() and not args.force:
-        before, now = load_config(saved).model_dump(), config.model_dump()
+        before, now = budgetless(load_config(saved).model_dump()), budgetless(config.model_dump())
         if before != now:  # hours of training are not thrown away because a default moved: say so instead
             changed = ", ".join(differences(before, now)[:6])
             raise SystemExit(
@@ -208,6 +211,19 @@ def seed_run(name: str, base: Path, seed: int, args: argparse.Namespace) -> Path
     )
     init_run(run, config)
     return run
+
+
+def budgetless(config: dict) -> dict:
+    """A run config without its stages' budgets: a stopped seed resumes under another --budget-minutes
+    (its checkpoints' fingerprints leave budgets out too), any other change of settings does not."""
+    from finetune.train import RESUME_IGNORES
+
+    train = {k: v for k, v in config["train"].items() if k not in RESUME_IGNORES}
+    dense = {
+        kind: {k: v for k, v in d.items() if k != "max_minutes"} if isinstance(d, dict) else d
+        for kind, d in config["dense"].items()
+    }
+    return {**config, "train": train, "dense": dense}
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -292,6 +308,8 @@ def train_and_score(name: str, run: Path, users: int | None, trained: bool = Fal
             "total_minutes": minutes,
             "stages": stages,
             "budgets": report.get("budgets"),
+            # the next-item prompt trained and served ("short": the history alone; None: the worded ones)
+            "template": served_template(run),
             "val_users": report["epochs"][-1].get("valid_users") if report["epochs"] else None,
             "pretrain_minutes": report["pretrain_seconds"] / 60,
             "lora_minutes": report["train_seconds"] / 60,
@@ -312,6 +330,12 @@ def print_stages(stages: list[dict]) -> None:
     for row in stages:
         rate = next((f", {v:,.0f} {k[:-6]}/s" for k, v in row.items() if k.endswith("_per_s") and v), "")
         print(f"  {row['stage']:<40} {row['minutes']:7.1f} min{rate}")
+
+
+def served_template(run: Path) -> str | None:
+    """The next-item template the run's model was trained with and is served with (RUN/model/genrec.json)."""
+    meta = run / "model" / "genrec.json"
+    return json.loads(meta.read_text()).get("template") if meta.exists() else None
 
 
 def fusion_of(run: Path) -> dict:

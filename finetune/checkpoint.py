@@ -6,7 +6,8 @@ weights, the optimizer and schedule, the batch order's random state, how far the
 stage's own record (losses, validation scores, the best pre-training weights). It is written at
 the end of every epoch and, with `train.checkpoint_steps`, every N steps, atomically (an
 interrupted write keeps the previous one), and removed when its stage finishes. A checkpoint
-whose settings or data differ from the run's (its fingerprint) is ignored.
+whose settings or data differ from the run's (its fingerprint) is never resumed: the stage starts
+fresh, says so in one line, and its next save replaces it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,6 +71,13 @@ class Checkpoints:
         except (OSError, ValueError):
             return None
         if meta.get("fingerprint") != self.fingerprint:
+            if self.processes.main:
+                print(
+                    f"{describe_checkpoint(self.folder)}: made with other settings or data "
+                    f"(fingerprint {str(meta.get('fingerprint'))[:12]}, now {self.fingerprint[:12]}); not resumed, "
+                    "this stage starts fresh",
+                    file=sys.stderr,
+                )
             return None
         state = torch.load(self.folder / STATE_FILE, map_location="cpu", weights_only=False)
         if self.processes.sharded:

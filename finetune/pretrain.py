@@ -48,8 +48,12 @@ PRETRAIN_FIELDS = (
 
 
 def fingerprint(config: TrainConfig, data_hash: str) -> str:
-    """Hash of the pre-training settings and the data they see."""
-    return fingerprint_of({name: getattr(config, name) for name in PRETRAIN_FIELDS}, data_hash)
+    """Hash of the pre-training settings and the data they see. The next-item template (the prompt
+    every example opens with) counts once it is set; unset it leaves the hash of the runs before it."""
+    settings = {name: getattr(config, name) for name in PRETRAIN_FIELDS}
+    if config.template is not None:
+        settings["template"] = config.template
+    return fingerprint_of(settings, data_hash)
 
 
 def load_cached(folder: Path, expected: str):

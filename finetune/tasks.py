@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from finetune.tokenizer import end_of_turn
-from inference.decoding.prompts import chat_prompt, next_item_instruction
+from inference.decoding.prompts import SHORT_TEMPLATE, chat_prompt, next_item_instruction, next_item_templates
 from inference.explain import explanation_target
 from inference.facts import ItemFacts
 from inference.sid_tokens import render_sid
@@ -59,6 +59,15 @@ def history_chunks(items: Sequence[str], max_history: int, offset: int = 0) -> l
     return chunks[::-1]
 
 
+def resolve_template(template: str | None, facts: Mapping[str, ItemFacts]) -> str | None:
+    """The next-item template a training run uses: `template` as set, or for None ("auto") "short"
+    when no catalog item has text beyond an id (no caption tasks: the history is all there is to
+    say), else None (the three worded templates, the first one served)."""
+    if template is not None:
+        return template
+    return None if any(f.has_content for f in facts.values()) else SHORT_TEMPLATE
+
+
 def next_item_examples(
     tokenizer,
     train: Mapping[str, Sequence[str]],
@@ -66,12 +75,14 @@ def next_item_examples(
     max_history: int,
     rng: random.Random,
     shift: bool = False,
+    template: str | None = None,
 ) -> list[Example]:
     """One example per user chunk: the instruction as prompt, every item's SID as target.
 
-    With `shift`, chunk boundaries move by a random offset per user (see `history_chunks`).
+    With `shift`, chunk boundaries move by a random offset per user (see `history_chunks`). The
+    prompt is drawn from `next_item_templates(template)`: what generation then serves.
     """
-    templates = template_names("next_item")
+    templates = next_item_templates(template)
     out = []
     for user in sorted(train):
         items = [i for i in train[user] if i in codes]

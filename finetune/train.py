@@ -32,7 +32,7 @@ from finetune.loop import batch_budgets, check_world, cosine_schedule, length_ba
 from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
 from finetune.stages import Budget
-from finetune.tasks import aux_examples, corpus_texts, next_item_examples
+from finetune.tasks import aux_examples, corpus_texts, next_item_examples, resolve_template
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import RunConfig, TrainConfig
@@ -118,7 +118,9 @@ def example_maker(data: RunData, tokenizer, config: TrainConfig):
     def make(epoch: int):
         rng = random.Random(config.seed * 1000 + epoch)
         # chunk boundaries move every epoch, so no position is always trained without context
-        sequences = next_item_examples(tokenizer, data.split.train, data.codes, config.max_history, rng, shift=True)
+        sequences = next_item_examples(
+            tokenizer, data.split.train, data.codes, config.max_history, rng, shift=True, template=config.template
+        )
         count = int(round(config.aux_ratio * len(sequences)))
         return sequences + aux_examples(tokenizer, data.split.train, data.codes, data.facts, count, rng)
 
@@ -363,6 +365,9 @@ def train(
         config.epochs = epochs
     if pretrain_epochs is not None:
         config.pretrain_epochs = pretrain_epochs
+    # "auto" (None) made concrete: the short prompt for a catalog without item text; the model's
+    # genrec.json records it, so every backend serves the prompt it was trained on
+    config.template = resolve_template(config.template, data.facts)
     bf16 = bf16_supported() if config.bf16 is None else config.bf16
     processes = start_processes(config.distributed, bf16)
     check_world(

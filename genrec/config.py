@@ -155,7 +155,10 @@ class TrainConfig(Section):
     distributed: DistributedConfig = DistributedConfig()
     max_history: int = 112  # items of history in one prompt / training chunk: what fits max_length 512 with 4-token IDs
     aux_ratio: float = 0.5  # text-task examples (item<->text, query->item, explanation) per next-item example
-    template: str | None = None  # next-item prompt template (None: inference/templates/next_item.1.j2)
+    # next-item prompt: None (auto) is "short" (no instruction, the history alone) for a catalog with no
+    # item text, else the worded templates of inference/templates/next_item.N.j2 (the first one served);
+    # or "short", or one template's name or path
+    template: str | None = None
     val_users: int | None = 1000  # users scored for validation NDCG@10 after each epoch (None: all)
     # LoRA's budget (training and its validation passes): the stage stops at the step that reaches it and
     # keeps its best checkpoint

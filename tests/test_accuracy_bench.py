@@ -84,6 +84,7 @@ def test_a_killed_accuracy_seed_resumes_from_its_checkpoints_under_genrec_home(t
     result = json.loads(out.read_text())["datasets"]["beauty"]["per_seed"]["0"]
     train = result["train"]
     assert Path(train["run"]) == seed and not str(seed).startswith(str(ROOT))
+    assert train["template"] == "short"  # the file has no item text: the history alone is the prompt
     assert train["resumed"] and any(f"epoch {done} done" in line for line in train["resumed_from"][0]["found"])
     # the epochs the killed process trained were not trained again: the rerun went on after them
     report = json.loads((seed / "model" / "train_report.json").read_text())

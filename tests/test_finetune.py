@@ -716,6 +716,60 @@ def test_explanations_naming_unknown_things_are_rejected(run_data):
     assert not is_grounded("Star Wars is a Sci-Fi comedy-drama.", star_wars, history, other_kinds=kinds)
 
 
+def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data, tokenizer):
+    """Auto (train.template None): items with no text beyond an id get the short prompt (the history
+    alone), and the prompt training builds is the one every backend serves; items with text keep the
+    worded templates. The template is part of pre-training's fingerprint once set, so a checkpoint
+    of the other prompt is never resumed, and a run that never set it keeps its old fingerprint."""
+    from finetune.checkpoint import fingerprint_of
+    from finetune.decoding.prompts import HistoryPrompt
+    from finetune.pretrain import PRETRAIN_FIELDS, fingerprint
+    from finetune.tasks import SHORT_TEMPLATE, ItemFacts, next_item_examples, resolve_template
+    from finetune.tokenizer import chat_prompt
+
+    bare = {i: ItemFacts(i, f"item {i}", f"item {i}", [], None, []) for i in run_data.codes}
+    assert resolve_template(None, bare) == SHORT_TEMPLATE
+    assert resolve_template(None, run_data.facts) is None  # MovieLens items carry genres and years
+    assert resolve_template("next_item.2.j2", bare) == "next_item.2.j2"  # a template set is kept
+
+    split, codes = run_data.split, run_data.codes
+    examples = next_item_examples(tokenizer, split.train, codes, 20, random.Random(0), template=SHORT_TEMPLATE)
+    assert {ex.prompt for ex in examples} == {chat_prompt(tokenizer, "")}
+    assert len(tokenizer(examples[0].prompt, add_special_tokens=False)["input_ids"]) <= 6
+    served = HistoryPrompt(tokenizer, codes, 20, SHORT_TEMPLATE)
+    user = next(u for u in sorted(split.train) if 2 <= len(split.train[u]) <= 20)
+    assert served.text(split.train[user]) == chat_prompt(tokenizer, "") + "".join(
+        render_sid(codes[i]) for i in split.train[user]
+    )
+    worded = next_item_examples(tokenizer, split.train, codes, 20, random.Random(0))
+    assert len({ex.prompt for ex in worded}) > 1 and chat_prompt(tokenizer, "") not in {ex.prompt for ex in worded}
+
+    config = RunConfig().train
+    unset = fingerprint(config, "data")
+    assert unset == fingerprint_of({name: getattr(config, name) for name in PRETRAIN_FIELDS}, "data")
+    assert fingerprint(config.model_copy(update={"template": SHORT_TEMPLATE}), "data") != unset
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed_and_says_so_in_one_line(tmp_path, capsys):
+    from finetune.checkpoint import Checkpoints
+    from finetune.distributed import Processes
+    from finetune.loop import cosine_schedule
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = cosine_schedule(optimizer, 10, 1)
+    Checkpoints(tmp_path / "pretrain", "a" * 64, Processes()).save(
+        model, optimizer, scheduler, 2, None, None, {"history": []}, "pretrain"
+    )
+    capsys.readouterr()
+    assert Checkpoints(tmp_path / "pretrain", "b" * 64, Processes()).load(model, optimizer, scheduler) is None
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "other settings or data" in said[0] and "starts fresh" in said[0]
+    assert str(tmp_path / "pretrain") in said[0] and "epoch 2 done" in said[0]
+    resumed = Checkpoints(tmp_path / "pretrain", "a" * 64, Processes()).load(model, optimizer, scheduler)
+    assert resumed is not None and resumed.epoch == 2 and capsys.readouterr().err == ""
+
+
 def test_history_chunks_cover_the_sequence_once_in_order():
     from finetune.tasks import history_chunks
 
