@@ -228,9 +228,12 @@ def conversation_turns(agent, ctx, n: int, concurrent: bool, seed_offset: int = 
 
     started = time.monotonic()
     if concurrent:
-        with ThreadPoolExecutor(max_workers=n) as pool:
+        pool = ThreadPoolExecutor(max_workers=n)
+        try:
             for future in [pool.submit(one, i, item, title) for i, (item, title) in enumerate(picks)]:
                 future.result()
+        finally:  # on SIGTERM/Ctrl-C: go on to stop the server (the running turns then fail fast)
+            pool.shutdown(wait=False, cancel_futures=True)
     else:
         for i, (item, title) in enumerate(picks):
             one(i, item, title)

@@ -722,10 +722,10 @@ def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data
     worded templates. The template is part of pre-training's fingerprint once set, so a checkpoint
     of the other prompt is never resumed, and a run that never set it keeps its old fingerprint."""
     from finetune.checkpoint import fingerprint_of
-    from finetune.decoding.prompts import HistoryPrompt
     from finetune.pretrain import PRETRAIN_FIELDS, fingerprint
-    from finetune.tasks import SHORT_TEMPLATE, ItemFacts, next_item_examples, resolve_template
-    from finetune.tokenizer import chat_prompt
+    from finetune.tasks import next_item_examples, resolve_template
+    from inference.decoding.prompts import SHORT_TEMPLATE, HistoryPrompt, chat_prompt
+    from inference.facts import ItemFacts
 
     bare = {i: ItemFacts(i, f"item {i}", f"item {i}", [], None, []) for i in run_data.codes}
     assert resolve_template(None, bare) == SHORT_TEMPLATE
