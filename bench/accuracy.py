@@ -395,6 +395,16 @@ def pooled(per_seed: dict[str, dict], runs: dict[str, Path]) -> dict:
     out["strongest_baseline"] = strongest
     out["genrec_over_strongest_baseline"] = out["models"]["genrec"]["ndcg@10"]["mean"] / baselines[strongest]
     out["genrec_over_sasrec"] = out["models"]["genrec"]["ndcg@10"]["mean"] / baselines["sasrec"]
+    if present and strongest != "sasrec":  # the paired test against the strongest baseline of the same runs too
+        diff = np.concatenate([per_user_ndcg_difference(run, "genrec", strongest) for run in present])
+        test = paired_bootstrap(diff)
+        out[f"genrec_minus_{strongest}_pooled"] = {
+            "pairs": len(diff),
+            "diff": float(diff.mean()),
+            "ci95": [test["ci_low"], test["ci_high"]],
+            "bootstrap_p": test["p"],
+            "t_test_p": paired_t(diff),
+        }
     return out
 
 
