@@ -50,7 +50,7 @@ from langgraph.prebuilt import ToolNode
 from agent.guard import check, claim_problems, guard_cards, redact, tool_items
 from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
-from agent.planner import message_problem, plan_turn, stated_request
+from agent.planner import message_problem, plan_turn, stated_request, year_args
 from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
 from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence, years_phrase
 from agent.state import AgentState
@@ -384,10 +384,8 @@ def stated_arguments(stated: Any) -> str:
         args.append(f"genres={json.dumps(stated.genres)}")
     if stated.exclude_genres:
         args.append(f"exclude_genres={json.dumps(stated.exclude_genres)}")
-    if stated.year_min is not None:
-        args.append(f"released_after={stated.year_min - 1}")
-    if stated.year_max is not None:
-        args.append(f"released_before={stated.year_max + 1}")
+    years = year_args({"year_min": stated.year_min, "year_max": stated.year_max})
+    args += [f"{name}={year}" for name, year in years.items()]
     return ", ".join(args)
 
 
