@@ -58,7 +58,6 @@ def build_cold_run(
     from finetune.train import train
     from retrieval.catalog import Catalog, save_catalog
     from retrieval.index import content_vectors, index_catalog
-    from retrieval.live import add_items
     from retrieval.semantic_ids import build_semantic_ids, save_semantic_ids
 
     console = console or Console(stderr=True)
@@ -67,9 +66,13 @@ def build_cold_run(
     inter = pd.read_parquet(paths.interactions)
     cold = sample_cold(items["item_id"].astype(str).tolist(), fraction, seed)
     dest = cold_run_path(paths.root, fraction, seed)
-    done = dest / "cold.json"
+    done, plan = dest / "cold.json", dest / "cold.plan.json"
     if done.exists() and json.loads(done.read_text())["cold"] == cold:
         return dest, cold
+    if plan.exists() and json.loads(plan.read_text())["cold"] == cold:  # interrupted while training: resume
+        console.print(f"cold items: resuming the training of {dest}")
+        train(dest)
+        return _add_back(dest, items, cold, done, paths.root, fraction, seed)
     if dest.exists():
         shutil.rmtree(dest)
     config = config.model_copy(deep=True)
@@ -87,10 +90,20 @@ def build_cold_run(
     encoded = index_catalog(catalog, cold_paths, config)
     content = content_vectors(encoded.text, encoded.image, encoded.mask, config.encoder.image_weight)
     save_semantic_ids(build_semantic_ids(catalog, config.semantic_ids, content), cold_paths)
+    write_json(plan, {"cold": cold})  # from here on, an interrupted copy resumes its training
     console.print(f"cold items: {len(cold)} of {len(items)} held out of every training input; training {dest}")
     train(dest)
+    return _add_back(dest, items, cold, done, paths.root, fraction, seed)
+
+
+def _add_back(
+    dest: Path, items: pd.DataFrame, cold: list[str], done: Path, run: Path, fraction: float, seed: int
+) -> tuple[Path, list[str]]:
+    """Add the held-out items to the trained copy with `genrec items add`, then mark the copy done."""
+    from retrieval.live import add_items
+
     new = dest / "cold_items.jsonl"
-    rows = items[items["item_id"].isin(cold_set)]
+    rows = items[items["item_id"].isin(set(cold))]
     with open(new, "w", encoding="utf-8") as fh:
         for r in rows.itertuples(index=False):
             obj = {"id": r.item_id, "title": r.title, "text": r.text, "attributes": json.loads(r.attributes)}
@@ -98,7 +111,7 @@ def build_cold_run(
                 obj["image"] = r.image
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
     add_items(dest, new)
-    write_json(done, {"run": str(paths.root), "fraction": fraction, "seed": seed, "cold": cold})
+    write_json(done, {"run": str(run), "fraction": fraction, "seed": seed, "cold": cold})
     return dest, cold
 
 
