@@ -367,12 +367,50 @@ def request_problem(state: AgentState, deps: Deps) -> str | None:
     if not broken:
         return None
     card, why = broken[0]
+    call = matching_call(list(state.get("messages") or []), stated)
     return (
         f"Check: the user's message asks for {stated.describe()} (as arguments: {stated_arguments(stated)}), and "
-        f"{len(broken)} of the {len(cards)} items returned do not fit ({card['title']} {' and '.join(why)}). If your "
-        "arguments misread the message, call the tool again with arguments that match it; if they were right, "
-        "call answer."
+        f"{len(broken)} of the {len(cards)} items returned do not fit ({card['title']} {' and '.join(why)}). "
+        + (
+            f"The call that matches the message is {call}: make it, unless the user did not ask for that; then "
+            "call answer."
+            if call
+            else "If your arguments misread the message, call the tool again with arguments that match it; if they "
+            "were right, call answer."
+        )
     )
+
+
+def matching_call(messages: list[AnyMessage], stated: Any) -> str | None:
+    """The last list call with the stated request's genres added and its years in their place, written
+    as a call (`recommend(decade="1970s", genres=["Thriller"])`), or None without such a call. The
+    1.5B, told which arguments the message states but not the call they make, answered instead of
+    calling again for 2 of 5 dev-half decade requests; it still chooses whether to make it."""
+    last = next(
+        (
+            c
+            for m in reversed(messages)
+            if isinstance(m, AIMessage)
+            for c in reversed(m.tool_calls)
+            if c["name"] in _LISTS
+        ),
+        None,
+    )
+    if last is None:
+        return None
+    args = {k: v for k, v in (last.get("args") or {}).items() if v not in (None, "", [])}
+    for key in ("genres", "exclude_genres"):
+        if getattr(stated, key):
+            args[key] = list(dict.fromkeys([*(args.get(key) or []), *getattr(stated, key)]))
+    if stated.year_min is not None or stated.year_max is not None:
+        for key in ("decade", "same_decade_as", "released_after", "released_before"):
+            args.pop(key, None)
+        lo, hi = stated.year_min, stated.year_max
+        if lo is not None and hi == lo + 9 and lo % 10 == 0:
+            args["decade"] = f"{lo}s"
+        else:
+            args.update(year_args({"year_min": lo, "year_max": hi}))
+    return f"{last['name']}({', '.join(f'{k}={json.dumps(v)}' for k, v in args.items())})"
 
 
 def stated_arguments(stated: Any) -> str:

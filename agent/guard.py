@@ -254,42 +254,101 @@ def guard_cards(cards: Sequence[dict[str, Any]], allowed: set[str], titles: Titl
     return out
 
 
+_ANAPHORA = re.compile(
+    r"^\W*(?:it|it's|its|this|that|he|she|the (?:film|movie|book|item|product|one|latter|former))\b", re.IGNORECASE
+)
+
+
+def card_mentions(sentence: str, cards: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """Where a sentence names one of `cards` (by `[id N]` or by its title, year optional): (start,
+    end, item id), in order, overlaps merged ("Vertigo (1958) [id 479]" is one mention)."""
+    ids = {str(c["item_id"]) for c in cards}
+    norms = {normalize_title(str(c.get("title") or "")): str(c["item_id"]) for c in cards}
+    norms.pop("", None)
+    spans = [
+        (m.start(), m.end(), item) for m in _ID_MENTION.finditer(sentence) if (item := m.group(1) or m.group(2)) in ids
+    ]
+    words = list(_WORD.finditer(sentence))
+    for i, w in enumerate(words):
+        for j in range(min(len(words), i + _MAX_SPAN), i, -1):
+            item = norms.get(normalize_title(sentence[w.start() : words[j - 1].end()]))
+            if item is not None:
+                year = _YEAR_AFTER.match(sentence, words[j - 1].end())
+                spans.append((w.start(), year.end() if year else words[j - 1].end(), item))
+                break
+    merged: list[tuple[int, int, str]] = []
+    for start, end, item in sorted(spans):
+        if merged and start <= merged[-1][1] + 2 and merged[-1][2] == item:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), item)
+        elif not merged or start >= merged[-1][1]:
+            merged.append((start, end, item))
+    return merged
+
+
+def claim_parts(text: str, cards: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The reply cut into claims and what each is about: (words, item ids). A clause that names an
+    item is about that item ("Vertigo (1958), a mystery thriller, and The Graduate (1967), a
+    romance"); words before the first named item are about every item the sentence names ("Here are
+    two horror films: A and B"); a sentence that names none is about the whole list, or, when it
+    opens with "it" / "this film", about the item the previous sentence named last. Titles are blanked
+    out of the words, so "Scream" or "(1977)" are no claims."""
+    every = [str(c["item_id"]) for c in cards]
+    parts: list[tuple[str, list[str]]] = []
+    previous: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
+        mentions = card_mentions(sentence, cards)
+        blank = list(sentence)
+        for start, end, _ in mentions:
+            blank[start:end] = " " * (end - start)
+        plain = _YEAR_PAREN.sub(" ", "".join(blank))
+        if not mentions:
+            parts.append((plain, previous if previous and _ANAPHORA.match(sentence) else every))
+            continue
+        named = list(dict.fromkeys(item for _, _, item in mentions))
+        parts.append((plain[: mentions[0][0]], named))
+        for k, (start, _, item) in enumerate(mentions):
+            stop = mentions[k + 1][0] if k + 1 < len(mentions) else len(plain)
+            parts.append((plain[start:stop], [item]))
+        previous = [mentions[-1][2]]  # "it" is the item named last
+    return parts
+
+
 def claim_problems(
     text: str, cards: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]], ctx: Any
 ) -> list[str]:
     """What a reply states about its items that they break, checked like explanation claims: a year
-    range ("made before 1960", "from the 1980s") that a shown item is outside, a genre said of the
-    list ("musicals", "here are the horror films") that a shown item lacks (unless a liked item has
-    it: "since you liked that thriller"), or a genre said to be left out ("no horror") that a shown
-    item has. A list is claimed whole: "the top horror films from the 80s" over Return of the Jedi
-    and one horror film was a false statement the looser "none of them" rule let through."""
+    range ("made before 1960", "from the 1980s") that an item it is said of is outside, a genre said
+    of items ("musicals", "here are the horror films") that one of them lacks (unless a liked item
+    has it: "since you liked that thriller"), or a genre said to be left out ("no horror") that one
+    of them has. What each claim is said of comes from `claim_parts`: a clause about one named item
+    is checked against that item, a sentence about the list against every item shown (so "the top
+    horror films from the 80s" over Return of the Jedi and one horror film is caught, and "Vertigo
+    (1958), a mystery thriller" is not held against the comedy beside it)."""
     from agent.planner import genre_mentions, year_range
 
     if not cards:
         return []
     problems = []
-    years = {str(c["item_id"]): ctx.item_year(str(c["item_id"])) for c in cards}
-    shown_genres = {g for c in cards for g in ctx.item_genres(str(c["item_id"]))}
-    every_shown = set.intersection(*(set(ctx.item_genres(str(c["item_id"]))) for c in cards))
     liked = [str(c["item_id"]) for r in results for key in ("liked", "history") for c in r.get(key) or []]
     if any(isinstance(r.get("like"), dict) for r in results):
         liked += [str(r["like"]["item_id"]) for r in results if isinstance(r.get("like"), dict)]
     liked_genres = {g for i in liked for g in ctx.item_genres(i)}
-    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
-        plain = _YEAR_PAREN.sub(" ", sentence)  # "Toy Story (1995)" is a title, not a claim
-        lo, hi = year_range(plain) if ctx.has_years else (None, None)
+    for words, about in claim_parts(text, cards):
+        if not words.strip() or not about:
+            continue
+        lo, hi = year_range(words) if ctx.has_years else (None, None)
         if (lo is not None or hi is not None) and lo != hi:
-            outside = [
-                i for i, y in years.items() if y is None or (lo is not None and y < lo) or (hi is not None and y > hi)
-            ]
+            years = [ctx.item_year(i) for i in about]
+            outside = [y for y in years if y is None or (lo is not None and y < lo) or (hi is not None and y > hi)]
             if outside:
-                problems.append(f"the reply says {sentence.strip()!r}, which {len(outside)} of its items are not")
-        said, avoided = genre_mentions(plain, ctx.genres)
+                problems.append(f"the reply says {words.strip()!r} of items {len(outside)} of which are not")
+        kinds = [set(ctx.item_genres(i)) for i in about]
+        said, avoided = genre_mentions(words, ctx.genres)
         for genre in said:
-            if genre not in every_shown and genre not in liked_genres:
-                lacking = "none of them is" if genre not in shown_genres else "not every one of them is"
-                problems.append(f"the reply calls its items {genre}, which {lacking}")
+            if genre not in set.intersection(*kinds) and genre not in liked_genres:
+                lacking = "none of them is" if not any(genre in k for k in kinds) else "not every one of them is"
+                problems.append(f"the reply calls {len(about)} of its items {genre}, which {lacking}")
         for genre in avoided:
-            if genre in shown_genres:
-                problems.append(f"the reply says its items are not {genre}, which one of them is")
+            if any(genre in k for k in kinds):
+                problems.append(f"the reply says items are not {genre}, which one of them is")
     return problems

@@ -29,6 +29,8 @@ PLANNER_SYSTEM = (
     '- "something funnier" -> recommend(genres=["Comedy"])\n'
     '- "musicals made before 1960" -> recommend(genres=["Musical"], released_before=1960)\n'
     '- "only from the 90s" -> recommend(decade="1990s")\n'
+    '- "a war film from the 60s" -> recommend(genres=["War"], decade="1960s")\n'
+    '- "westerns older than 1970" -> recommend(genres=["Western"], released_before=1970)\n'
     '- "after 1985, but no horror" -> recommend(released_after=1985, exclude_genres=["Horror"])\n'
     '- "from the same decade as <A>" -> recommend(same_decade_as="<A>")\n'
     '- "I have already seen <A>" -> recommend(exclude=["<A>"])\n'

@@ -167,6 +167,18 @@ def test_items_that_break_the_stated_request_send_the_model_back_once_with_what_
         and "Galaxy Quest (1999) is from 1999" in update["check_note"]
     )
     assert check_step({**state, **update}, deps)["route"] == "reply"  # once: then the model's second answer stands
+    # with the model's call in the transcript, the note writes the call that matches the message
+    called = AIMessage(
+        "", tool_calls=[{"name": "recommend", "args": {"genres": ["Comedy"], "released_after": 1980}, "id": "c1"}]
+    )
+    update = check_step({**state, "messages": [asked, called, tool_message(result)]}, deps)
+    assert 'recommend(genres=["Comedy"], released_before=1980)' in update["check_note"]
+    decade = HumanMessage("thrillers from the 1970s")
+    called = AIMessage(
+        "", tool_calls=[{"name": "recommend", "args": {"decade": "1970s", "same_decade_as": None}, "id": "c2"}]
+    )
+    update = check_step({**state, "messages": [decade, called, tool_message(result)]}, deps)
+    assert 'recommend(genres=["Thriller"], decade="1970s")' in update["check_note"]
     fits = {**state, "messages": [asked, tool_message({"tool": "recommend", "items": [ctx.card("16")]})]}
     assert check_step(fits, deps)["route"] == "reply"
 

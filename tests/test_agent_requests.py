@@ -154,6 +154,22 @@ def test_a_reply_claiming_years_or_genres_its_items_break_is_caught(ctx):
     assert claim_problems("Since you liked a horror film, try Galaxy Quest.", cards, liked, ctx) == []
 
 
+def test_a_genre_said_of_one_named_item_is_checked_against_that_item_only(ctx):
+    # Star Wars (1977): Action, Adventure, Sci-Fi; Spaceballs (1987): Comedy, Sci-Fi; Alien (1979): Horror, Sci-Fi, Thriller
+    cards = [ctx.card("1"), ctx.card("4"), ctx.card("2")]
+    fine = (
+        "Star Wars (1977) [id 1] is an action adventure in space, Spaceballs (1987) is a comedy that "
+        "parodies it, and Alien (1979) is a horror thriller. It was made in the 1970s."
+    )
+    assert claim_problems(fine, cards, [], ctx) == []
+    assert claim_problems("Spaceballs (1987) is a horror classic.", cards, [], ctx)  # Spaceballs is no horror
+    assert claim_problems("Alien (1979) is a thriller. It is from the 1980s.", cards, [], ctx)  # "it": Alien, 1979
+    # a lead-in before the named items is said of all of them, and a sentence naming none of the whole list
+    assert claim_problems("Three comedies for you: Star Wars, Spaceballs and Alien.", cards, [], ctx)
+    assert claim_problems("All of these are sci-fi comedies.", cards, [], ctx)
+    assert claim_problems("These are all sci-fi films from 1977 to 1987.", cards, [], ctx) == []
+
+
 def test_the_graph_answers_a_decade_request_without_a_model_within_the_decade(ctx, tmp_path):
     from agent.session import Agent
 
