@@ -261,7 +261,7 @@ def test_queries_and_explanations_state_only_real_attributes(run_data):
 
 
 def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
-    from finetune.loop import cosine_schedule, tokenise, train_epoch
+    from finetune.batches import cosine_schedule, tokenise, train_epoch
     from finetune.tasks import next_item_examples
     from inference.models import build_scratch_model
 
@@ -751,9 +751,9 @@ def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed_and_says_so_in_one_line(tmp_path, capsys):
+    from finetune.batches import cosine_schedule
     from finetune.checkpoint import Checkpoints
     from finetune.distributed import Processes
-    from finetune.loop import cosine_schedule
 
     model = torch.nn.Linear(4, 4)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -806,7 +806,8 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     tiny_run, tmp_path, monkeypatch, capsys
 ):
     """`genrec train` killed while the dense model trains: the rerun goes on from its last epoch
-    (a checkpoint named for these settings and data), and a finished run keeps no checkpoint."""
+    (`RUN/checkpoints/dense`, bound to these settings and data), and a finished run keeps no checkpoint;
+    other settings do not resume it, and a checkpoint file of an earlier genrec is named and set aside."""
     import dataclasses
 
     from rich.console import Console
@@ -828,21 +829,29 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     with pytest.raises(KeyboardInterrupt):
         training.train_dense(data, False, Console(quiet=True))
     checkpoint = Path(seen[0])
-    assert checkpoint.parent == root / "checkpoints" and checkpoint.exists()
+    assert checkpoint == root / "checkpoints" / "dense" and (checkpoint / "checkpoint.json").exists()
 
     capsys.readouterr()
     monkeypatch.setattr(training, "fit_dense", lambda *a: (seen.append(a[3].checkpoint), real_fit(*a))[1])
     stats = training.train_dense(data, False, Console(quiet=True))
-    assert seen[1] == seen[0] and f"resumed from {checkpoint} after epoch 1" in capsys.readouterr().out
+    assert seen[1] == seen[0] and f"resuming sasrec from {checkpoint} (dense: epoch 1 done)" in capsys.readouterr().out
     assert stats["epochs"] == tiny_config().dense.sasrec.epochs
-    assert not list((root / "checkpoints").glob("dense-*.ckpt"))
-    assert (root / "dense" / "train_stats.json").exists()
+    assert not checkpoint.exists() and (root / "dense" / "train_stats.json").exists()
 
-    data.config.dense.sasrec.lr = 0.01  # other settings: another checkpoint name, nothing resumed by mistake
+    data.config.dense.sasrec.lr = 0.01  # other settings: the checkpoint is not resumed by mistake
     monkeypatch.setattr(training, "fit_dense", killed_after_one_epoch)
     with pytest.raises(KeyboardInterrupt):
         training.train_dense(data, False, Console(quiet=True))
-    assert seen[-1] != seen[0]
+    capsys.readouterr()
+    data.config.dense.sasrec.lr = 0.02
+    old = root / "checkpoints" / "dense-0123456789abcdef.ckpt"
+    old.write_bytes(b"a checkpoint file of an earlier genrec")
+    console = Console(record=True, width=300)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_dense(data, False, console)
+    said = capsys.readouterr().err
+    assert f"{checkpoint} (dense: epoch 1 done): made with other settings or data" in said and "starts fresh" in said
+    assert f"{old}: a dense checkpoint of an earlier genrec; not resumed" in console.export_text() and not old.exists()
 
 
 def test_a_dense_model_trained_with_the_same_settings_and_data_elsewhere_is_reused_not_retrained(
