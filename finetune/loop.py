@@ -17,7 +17,7 @@ seeded sample of users or all of them). The loop does the rest, the same way for
 - the budget (`finetune.stages.Budget`: wall minutes, training and validation, and/or tokens),
   checked after every epoch and, by epochs that can, after every step; a run resumed under a
   larger budget goes on;
-- a checkpoint after every epoch (and every `checkpoints.every_steps` steps), one line a epoch.
+- a checkpoint after every epoch (and every `checkpoints.every_steps` steps), and one line an epoch.
 
 Several processes (`genrec train --processes N`) run the loop together: each epoch function trains
 on its share of every batch, rank 0 validates and writes, the others follow what it decided.
@@ -236,7 +236,7 @@ class Loop:
     def finish(self, record: Record) -> Record:
         if record.best_weights is not None:
             self.processes.unwrap(self.trainee.model).load_state_dict(record.best_weights)
-        if record.validated:
+        if record.validated and self.progress:
             self.say(f"{self.name} keeps epoch {record.best_epoch} (best validation NDCG@10 {record.best_score:.4f})")
         return record
 
