@@ -356,6 +356,56 @@ def test_pretraining_stops_at_its_token_budget_mid_epoch_scores_that_epoch_and_s
     assert stats["best_epoch"] == 1 and stats["budget"] == {"minutes": None, "tokens": int(epoch_tokens * 1.5)}
 
 
+def test_pretraining_killed_mid_epoch_resumes_at_that_step_and_ends_with_the_weights_of_an_uninterrupted_run(
+    run_data, tokenizer, tmp_path, capsys
+):
+    """The one loop's resume on a language model: with a checkpoint every step, a run killed in its
+    second epoch goes on from the last step saved (not from the epoch's start, nor from scratch),
+    and ends with the losses, scores and weights of a run that was never stopped."""
+    from finetune.checkpoint import Checkpoints
+    from finetune.distributed import Processes
+    from finetune.pretrain import pretrain
+    from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
+
+    config = run_data.config.train.model_copy(
+        update={"pretrain_epochs": 2, "pretrain_val_start": 1, "tokens_per_batch": 1024}
+    )
+    users = dict(list(run_data.split.train.items())[:6])
+    make = lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e))  # noqa: E731
+    scores = [0.1, 0.2]  # the last epoch is the best: the weights compared are the last ones trained
+
+    def pretrained(validate, checkpoints=None):
+        torch.manual_seed(0)
+        model = build_scratch_model(config, tokenizer)
+        return model, pretrain(model, tokenizer, make, config, False, False, None, validate, None, checkpoints)
+
+    straight, expected = pretrained(iter(scores).__next__)
+    folder = tmp_path / "pretrain"
+
+    def killed_in_epoch_two() -> float:  # its last step trained, the end of the epoch not yet saved
+        if len(validated) == 1:
+            raise KeyboardInterrupt
+        validated.append(scores[0])
+        return scores[0]
+
+    validated: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        pretrained(killed_in_epoch_two, Checkpoints(folder, "f" * 64, Processes(), every_steps=1))
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    assert meta["epoch"] == 1 and meta["step"] >= 1  # part-way through epoch 2
+    capsys.readouterr()
+    resumed, stats = pretrained(iter(scores[1:]).__next__, Checkpoints(folder, "f" * 64, Processes(), every_steps=1))
+    said = " ".join(capsys.readouterr().err.split())  # (the console wraps long lines)
+    assert "resuming pre-training from" in said and f"(pretrain: epoch 1 done, step {meta['step']} of epoch 2)" in said
+    assert [(h["loss"], h["valid_ndcg@10"]) for h in stats["history"]] == [
+        (h["loss"], h["valid_ndcg@10"]) for h in expected["history"]
+    ]
+    assert stats["best_epoch"] == 2 and all(
+        torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values())
+    )
+
+
 def test_the_budget_names_the_cap_that_was_reached():
     from finetune.stages import Budget
 
