@@ -110,7 +110,7 @@ class Record:
 class Loop:
     """Epochs 1..`epochs` of one stage (see the module docstring)."""
 
-    name: str  # "pre-training", "LoRA fine-tuning", a dense network's name: messages and the checkpoint's stage
+    name: str  # what messages call the stage: "pre-training", "LoRA fine-tuning", a dense network's name
     epochs: int  # upper bound
     one_epoch: Callable[[int, EpochPosition | None, Spent, StepHook | None], EpochStats]
     trainee: Trainee
