@@ -240,7 +240,6 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def what_resumes(run: Path) -> list[str]:
     """What an unfinished seed's folder holds that its training goes on from, one line per stage."""
-    import torch
 
     from finetune.checkpoint import describe_checkpoint
 
@@ -253,9 +252,9 @@ def what_resumes(run: Path) -> list[str]:
             found.append(f"{stage}: resumes from {where}")
     if (run / "model" / "train_report.json").exists():
         found.append(f"LoRA finished ({run / 'model'}): kept")
-    for checkpoint in sorted((run / "checkpoints").glob("dense-*.ckpt")):
-        state = torch.load(checkpoint, weights_only=False)["run"]
-        found.append(f"dense model: resumes from {checkpoint} (epoch {state['epoch']} done)")
+    where = describe_checkpoint(run / "checkpoints" / "dense")
+    if where:
+        found.append(f"dense model: resumes from {where}")
     if (run / "dense" / "train_stats.json").exists():
         found.append(f"dense model ({run / 'dense'}): kept if its settings and data are unchanged")
     return found or ["no stage had saved anything yet: training starts from the beginning"]

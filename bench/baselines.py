@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from eval.baselines import ContentNN, ItemKNN, Popularity  # noqa: E402
 from eval.evaluate import evaluate, evaluate_validation, print_results  # noqa: E402
 from finetune.dense import fit  # noqa: E402
 from finetune.dense.build import build, dense_fingerprint, density, share  # noqa: E402
+from finetune.loop import Record  # noqa: E402
 from genrec.atomic import write_json  # noqa: E402
 from genrec.config import DenseConfig, EvalConfig  # noqa: E402
 from genrec.home import genrec_home  # noqa: E402
@@ -155,11 +157,11 @@ def run_dense(kind: str, dataset: str, split, ids: list[str], entry: dict, args,
         print(f"== {dataset} {kind} [{key}] ({shape} data)")
         model, settings, resolved = build(kind, ids, base.model_copy(update=overrides), split.train)
         # saved every epoch: an interrupted point resumes where it stopped
-        settings.checkpoint = str(MODELS_DIR / dataset / f"{kind}-{number}.ckpt")
+        settings.checkpoint = str(MODELS_DIR / dataset / f"{kind}-{number}.ckpt")  # a folder
         model, stats = fit(model, split.train, split.valid, settings)
         test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
         model.save_pretrained(MODELS_DIR / dataset / f"{kind}-{number}")
-        Path(settings.checkpoint).unlink(missing_ok=True)
+        shutil.rmtree(settings.checkpoint, ignore_errors=True)
         # `genrec train` (and bench/accuracy.py) with the same settings and data reuse it by fingerprint
         shared = share(
             model,
@@ -198,32 +200,33 @@ def report_partial(kind: str, dataset: str, split, ids: list[str], entry: dict, 
     points = SWEEPS[(kind, density(split.train))][: args.max_configs]
     done = {p["key"] for p in entry.get("sweeps", {}).get(kind, [])}
     for number, overrides in enumerate(points):
-        checkpoint = MODELS_DIR / dataset / f"{kind}-{number}.ckpt"
+        checkpoint = MODELS_DIR / dataset / f"{kind}-{number}.ckpt" / "state.pt"  # `finetune.checkpoint`
         if sweep_key(overrides) in done or not checkpoint.exists():
             continue
         base = getattr(DenseConfig(), kind).model_copy(update=BENCH_DENSE[kind])
         model, _, resolved = build(kind, ids, base.model_copy(update=overrides), split.train)
-        run = torch.load(checkpoint, weights_only=False)["run"]
-        if run["best_state"] is None:
+        run = Record(**torch.load(checkpoint, weights_only=False)["progress"])  # `finetune.loop.Record`
+        if run.best_weights is None:
             continue
-        model.load_state_dict(run["best_state"])
+        model.load_state_dict(run.best_weights)
         model.eval()
         test = evaluate([model], split, ids, ks=KS, progress=False)[kind]
+        minutes = run.spent()[0] / 60
         entry.setdefault("partial", {})[kind] = {
             "key": sweep_key(overrides),
             "config": resolved.model_dump(),
-            "epochs_done": run["epoch"],
-            "best_epoch": run["best_epoch"],
-            "valid_ndcg@10": run["best_score"],
-            "minutes_so_far": run["elapsed"] / 60,
-            "history": run["history"],
+            "epochs_done": run.epochs,
+            "best_epoch": run.best_epoch,
+            "valid_ndcg@10": run.best_score,
+            "minutes_so_far": minutes,
+            "history": run.history,
             "test": test,
         }
         if kind not in entry.get("chosen", {}):
-            entry.setdefault("results", {})[kind] = test | {"fit_minutes": run["elapsed"] / 60, "partial": True}
+            entry.setdefault("results", {})[kind] = test | {"fit_minutes": minutes, "partial": True}
         print(
-            f"== {dataset} {kind} [{sweep_key(overrides)}] partial after {run['epoch']} epochs: valid "
-            f"{run['best_score']:.4f} (epoch {run['best_epoch']}), test NDCG@10 {test['ndcg@10']:.4f}"
+            f"== {dataset} {kind} [{sweep_key(overrides)}] partial after {run.epochs} epochs: valid "
+            f"{run.best_score:.4f} (epoch {run.best_epoch}), test NDCG@10 {test['ndcg@10']:.4f}"
         )
         return
 

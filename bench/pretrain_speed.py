@@ -56,7 +56,7 @@ def train_slices(run: Path, compiled: bool, threads: int, warmup: int, measure: 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
 
-    from finetune.loop import batch_budgets, cosine_schedule, tokenise, train_epoch
+    from finetune.batches import batch_budgets, cosine_schedule, tokenise, train_epoch
     from finetune.tasks import corpus_texts
     from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
     from finetune.train import example_maker, load_run_data

@@ -1,4 +1,4 @@
-"""Resumable training state: `RUN/checkpoints/STAGE/` (pretrain, lora), written by rank 0.
+"""Resumable training state: `RUN/checkpoints/STAGE/` (pretrain, lora, dense), written by rank 0.
 
 The exported model (`RUN/model/`, the best epoch so far) is what serving uses; this is what a run
 that stopped (Ctrl-C, a dead process, a lost machine) needs to go on where it was: the trainable
@@ -17,7 +17,6 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,25 @@ from typing import Any
 import torch
 
 from finetune.distributed import Processes
-from finetune.loop import EpochPosition
 from genrec.atomic import atomic_dir, write_json
 
 STATE_FILE = "state.pt"
 META_FILE = "checkpoint.json"
 ENGINE_DIR = "accelerate"  # FSDP / DeepSpeed: model and optimizer shards as accelerate saves them
+# 2: one loop for every stage (`finetune.loop`), its record in `progress`; 1 (unmarked): a record per stage
+FORMAT = 2
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch got: optimizer steps done and this process's running sums, to resume it."""
+
+    step: int = 0
+    loss_sum: float = 0.0  # loss x target tokens
+    target_tokens: int = 0
+    examples: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
 
 
 def fingerprint_of(settings: Any, data_hash: str) -> str:
@@ -46,7 +58,7 @@ class Resumed:
     epoch: int  # epochs finished
     position: EpochPosition | None  # how far the next epoch got (None: it had not begun)
     rng_state: Any  # the batch-order generator's state at the start of that epoch
-    progress: dict  # the stage's own record
+    progress: Any  # the stage's record (`finetune.loop.Record`)
 
 
 class Checkpoints:
@@ -62,7 +74,7 @@ class Checkpoints:
         """Where the last checkpoint left off, for messages ("" when there is none)."""
         return describe_checkpoint(self.folder)
 
-    def load(self, model, optimizer, scheduler) -> Resumed | None:
+    def load(self, model, optimizer, scheduler=None) -> Resumed | None:
         """Restore the saved state into the (prepared) model, optimizer and schedule; None when there is
         no checkpoint of these settings and data."""
         meta_path = self.folder / META_FILE
@@ -70,13 +82,18 @@ class Checkpoints:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if meta.get("fingerprint") != self.fingerprint:
+        why = None
+        if meta.get("format", 1) != FORMAT:
+            why = f"written by an earlier genrec (checkpoint format {meta.get('format', 1)}, now {FORMAT})"
+        elif meta.get("fingerprint") != self.fingerprint:
+            why = (
+                f"made with other settings or data (fingerprint {str(meta.get('fingerprint'))[:12]}, "
+                f"now {self.fingerprint[:12]})"
+            )
+        if why is not None:
             if self.processes.main:
                 print(
-                    f"{describe_checkpoint(self.folder)}: made with other settings or data "
-                    f"(fingerprint {str(meta.get('fingerprint'))[:12]}, now {self.fingerprint[:12]}); not resumed, "
-                    "this stage starts fresh",
-                    file=sys.stderr,
+                    f"{describe_checkpoint(self.folder)}: {why}; not resumed, this stage starts fresh", file=sys.stderr
                 )
             return None
         state = torch.load(self.folder / STATE_FILE, map_location="cpu", weights_only=False)
@@ -89,7 +106,8 @@ class Checkpoints:
                 return None
             own.load_state_dict(state["weights"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         position = EpochPosition(**state["position"]) if state["position"] else None
         if (
@@ -106,7 +124,7 @@ class Checkpoints:
         epoch: int,
         position: EpochPosition | None,
         rng_state: Any,
-        progress: dict,
+        progress: Any,
         stage: str,
     ) -> None:
         """Write the state after `epoch` epochs (and `position.step` steps of the next one)."""
@@ -126,7 +144,7 @@ class Checkpoints:
             if processes.sharded
             else {name: p.detach().cpu().clone() for name, p in own.named_parameters() if p.requires_grad},
             "optimizer": {} if processes.sharded else optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "torch_rng": torch.get_rng_state(),
             "rng_state": rng_state,
             "position": asdict(position) if position is not None else None,
@@ -140,6 +158,7 @@ class Checkpoints:
                 tmp / META_FILE,
                 {
                     "stage": stage,
+                    "format": FORMAT,
                     "epoch": epoch,
                     "step": position.step if position else 0,
                     "fingerprint": self.fingerprint,
@@ -148,19 +167,6 @@ class Checkpoints:
                 },
             )
         processes.wait()
-
-    def on_step(
-        self, model, optimizer, scheduler, epoch: int, rng_state: Any, progress: Callable[[], dict], stage: str
-    ) -> Callable[[EpochPosition, int], None] | None:
-        """The training loop's step callback that saves every `every_steps` steps (None when not asked for)."""
-        if not self.every_steps:
-            return None
-
-        def save(position: EpochPosition, steps: int) -> None:
-            if position.step % self.every_steps == 0 and position.step < steps:
-                self.save(model, optimizer, scheduler, epoch, position, rng_state, progress(), stage)
-
-        return save
 
     def clear(self) -> None:
         """Remove the checkpoint once its stage has finished (rank 0)."""

@@ -64,8 +64,8 @@ def train(
     paths, config = open_run(run)
     wanted = processes if processes is not None else config.train.distributed.processes
     if wanted > 1 and not launched():
+        from finetune.batches import check_world
         from finetune.distributed import check_settings
-        from finetune.loop import check_world
 
         check_settings(config.train.distributed, wanted)  # here, before N processes start, to fail in one line at once
         check_world(config.train, config.train.tokens_per_batch, wanted)

@@ -41,7 +41,7 @@ def last_checkpoint(run: Path) -> str:
     """Where the interrupted run's checkpoint left off, for the error message."""
     from finetune.checkpoint import describe_checkpoint
 
-    for stage in ("lora", "pretrain"):
+    for stage in ("dense", "lora", "pretrain"):
         found = describe_checkpoint(run / "checkpoints" / stage)
         if found:
             return found

@@ -1,152 +1,47 @@
-"""The training loop shared by pre-training and LoRA fine-tuning: tokenise, batch by length, step.
+"""The one training loop: pre-training, LoRA fine-tuning and the dense models run their epochs here.
 
-Examples are tokenised as prompt + target separately (so labels cover the target exactly) and
-grouped into batches of similar length under a token budget, which keeps padding, the main waste
-of CPU time here, near zero. bf16 autocast is used on CPUs with bf16 units; master weights and
-optimizer state stay float32.
+    loop = Loop("pre-training", epochs, one_epoch, Trainee(model, optimizer, scheduler, rng),
+                validate=score, patience=2, budget=Budget(minutes=60), checkpoints=checkpoints)
+    record = loop.run()
+
+A stage brings what is its own: how to train one epoch (`one_epoch(epoch, start, spent, on_step)`,
+returning `EpochStats`) and how to score a model (`validate(model)`: validation NDCG@10 on a fixed,
+seeded sample of users or all of them). The loop does the rest, the same way for every stage:
+
+- resume: the last checkpoint of these settings and data (`finetune.checkpoint`) restores the
+  weights, optimizer, schedule and batch order, and the epoch goes on where it was;
+- validation after the epochs `due(epoch)` names, the last epoch, and an epoch the budget cut;
+- the best validated epoch: kept in memory and restored at the end, or handed to `keep_best`
+  (LoRA exports it to `RUN/model/` as it goes);
+- early stopping after `patience` validations in a row without a gain;
+- the budget (`finetune.stages.Budget`: wall minutes, training and validation, and/or tokens),
+  checked after every epoch and, by epochs that can, after every step; a run resumed under a
+  larger budget goes on;
+- a checkpoint after every epoch (and every `checkpoints.every_steps` steps), and one line an epoch.
+
+Several processes (`genrec train --processes N`) run the loop together: each epoch function trains
+on its share of every batch, rank 0 validates and writes, the others follow what it decided.
+Hugging Face's `Trainer` was not used: its checkpoints, data loaders and evaluation would replace the
+fingerprinted checkpoints, length-grouped batches shared across processes, and generation-based
+validation this loop keeps in a screenful; accelerate (under `Processes`) already runs the processes.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from finetune.checkpoint import Checkpoints, EpochPosition
 from finetune.distributed import Processes
-from finetune.stages import Budget
-from finetune.tasks import Example
-from genrec.config import TrainConfig
-from genrec.errors import GenrecError
-from inference.decoding.beam import autocast
+from finetune.stages import Budget, timed_validation
 
-IGNORE = -100
-LOGITS_BYTES = 2**28  # float32 logits of one batch stay under 256 MiB (x ~4 with bf16 copies and grads)
-
-
-def token_budget(tokens_per_batch: int, vocab_size: int) -> int:
-    """Padded tokens per batch: `tokens_per_batch`, fewer for large vocabularies so logits fit memory.
-
-    A 49k-token vocabulary (SmolLM2) at 8192 tokens per batch needs 1.6 GB for the logits alone,
-    and several copies of them exist during the backward pass.
-    """
-    return max(256, min(tokens_per_batch, LOGITS_BYTES // (4 * vocab_size)))
-
-
-def batch_budgets(config: TrainConfig, vocab_size: int) -> tuple[int, int | None]:
-    """The global batch (padded tokens per optimizer step, over all processes) and the micro-batch
-    (padded tokens per forward pass; None: a process's whole share in one pass).
-
-    Without micro-batches a process may hold the whole global batch in one pass (when it runs alone),
-    so the global batch is capped as a pass is (`token_budget`), the same for any number of processes.
-    """
-    if config.micro_batch_tokens is None:
-        return token_budget(config.tokens_per_batch, vocab_size), None
-    return config.tokens_per_batch, token_budget(config.micro_batch_tokens, vocab_size)
-
-
-def check_world(config: TrainConfig, global_tokens: int, world: int) -> None:
-    """Fail in one line when a global batch cannot give every process an example of the longest length."""
-    if world > 1 and global_tokens < world * config.max_length:
-        capped = (
-            " (capped for this vocabulary's logits; set train.micro_batch_tokens to lift the cap)"
-            if global_tokens < config.tokens_per_batch
-            else ""
-        )
-        raise GenrecError(
-            f"train.tokens_per_batch {global_tokens}{capped}: a batch of {config.max_length}-token examples "
-            f"holds {global_tokens // config.max_length}, fewer than the {world} processes "
-            f"(train.distributed.processes); raise it to at least {world * config.max_length} or use fewer processes"
-        )
-
-
-@dataclass
-class Tokenised:
-    """Token ids of one example and the labels the loss sees (`IGNORE` on the prompt)."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-
-def tokenise(tokenizer, examples: Sequence[Example], max_length: int, loss_on_prompt: bool = False) -> list[Tokenised]:
-    """Token ids and labels for each example, cut to `max_length` (targets keep their start)."""
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
-    out = []
-    for p, t in zip(prompts, targets):
-        ids = (p + t)[:max_length]
-        labels = (p if loss_on_prompt else [IGNORE] * len(p)) + t
-        out.append(Tokenised(ids, labels[:max_length]))
-    return out
-
-
-def length_batches(data: Sequence[Tokenised], max_tokens: int, rng: random.Random) -> list[list[int]]:
-    """Indices of `data` grouped into batches of similar length, each at most `max_tokens` padded tokens.
-
-    Lengths are jittered before sorting so batches differ between epochs; batch order is shuffled.
-    """
-    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids) + rng.random() * 8)
-    batches = pack(order, data, max_tokens)
-    rng.shuffle(batches)
-    return batches
-
-
-def pack(order: Sequence[int], data: Sequence[Tokenised], max_tokens: int) -> list[list[int]]:
-    """`order` cut into consecutive groups of at most `max_tokens` padded tokens (at least one example a group)."""
-    groups: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in order:
-        n = len(data[i].input_ids)
-        if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            groups.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, n)
-    return groups + ([current] if current else [])
-
-
-def collate(rows: Sequence[Tokenised], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-padded tensors for training, on `device`."""
-    length = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, : len(r.input_ids)] = torch.tensor(r.input_ids)
-        labels[j, : len(r.labels)] = torch.tensor(r.labels)
-        mask[j, : len(r.input_ids)] = 1
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-    return batch if str(device) == "cpu" else {k: v.to(device) for k, v in batch.items()}
-
-
-def targets(row: Tokenised) -> int:
-    """Tokens of `row` the loss is computed on (a label is predicted from the token before it)."""
-    return sum(1 for label in row.labels[1:] if label != IGNORE)
-
-
-def micro_batches(rows: Sequence[int], data: Sequence[Tokenised], max_tokens: int | None) -> list[list[int]]:
-    """`rows` (similar lengths) cut into forward passes of at most `max_tokens` padded tokens each;
-    None keeps them together."""
-    if max_tokens is None:
-        return [list(rows)] if rows else []
-    return pack(rows, data, max_tokens)
-
-
-def cosine_schedule(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to 10% of the peak learning rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+Spent = tuple[float, int]  # seconds (training and validation) and tokens a stage has taken
+StepHook = Callable[[EpochPosition, int], None]
 
 
 @dataclass
@@ -155,113 +50,211 @@ class EpochStats:
 
     loss: float
     examples: int
-    tokens: int
+    tokens: int  # padded tokens (language models) or targets (dense models): what a token budget counts
     seconds: float
     stopped_by: str | None = None  # the stage's budget ended the epoch early ("max_minutes", "max_tokens")
 
 
 @dataclass
-class EpochPosition:
-    """How far an epoch got: optimizer steps done and this process's running sums, to resume it."""
+class Trainee:
+    """What a checkpoint saves and restores: the (prepared) model, its optimizer and schedule, and the
+    generator of the batch order (`random.Random` or numpy's)."""
 
-    step: int = 0
-    loss_sum: float = 0.0  # loss x target tokens
-    target_tokens: int = 0
-    examples: int = 0
-    padded_tokens: int = 0
-    seconds: float = 0.0
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    rng: random.Random | np.random.Generator | None = None
+
+    def rng_state(self) -> Any:
+        if isinstance(self.rng, np.random.Generator):
+            return self.rng.bit_generator.state
+        return self.rng.getstate() if self.rng is not None else None
+
+    def set_rng_state(self, state: Any) -> None:
+        if isinstance(self.rng, np.random.Generator):
+            self.rng.bit_generator.state = state
+        elif self.rng is not None:
+            self.rng.setstate(state)
 
 
-def train_epoch(
-    model,
-    data: Sequence[Tokenised],
-    optimizer,
-    scheduler,
-    pad_id: int,
-    max_tokens: int,
-    rng: random.Random,
-    bf16: bool,
-    desc: str,
-    progress: bool = True,
-    clip: float = 1.0,
-    params: Sequence[torch.nn.Parameter] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    processes: Processes | None = None,
-    micro_tokens: int | None = None,
-    start: EpochPosition | None = None,
-    on_step: Callable[[EpochPosition, int], None] | None = None,
-    budget: Budget | None = None,
-    spent: tuple[float, int] = (0.0, 0),
-) -> EpochStats:
-    """One pass over `data` in length-grouped global batches of at most `max_tokens` padded tokens.
+@dataclass
+class Record:
+    """A stage's epochs so far and its best validated one: what a checkpoint carries and the loop returns."""
 
-    Every process draws the same batches from `rng` and trains on its share of each (`Processes.share`),
-    in micro-batches of at most `micro_tokens` padded tokens (gradient accumulation). Each micro-batch's
-    mean loss is weighted by its share of the global batch's target tokens (times the number of
-    processes, whose gradients are averaged), so a step's gradient is that of the loss averaged over
-    the global batch's target tokens, whatever the number of processes or micro-batches. A process whose
-    share is empty (a last batch smaller than the world) runs one example at weight 0 to keep in step.
-    `start` resumes an epoch after its first `start.step` steps (same `rng` state as then); `on_step`
-    is called after each step with the position and the number of steps of the epoch. With `budget`
-    (`finetune.stages.Budget`), the epoch ends after the step at which the stage's seconds and tokens,
-    `spent` before this epoch plus this epoch's, reach it (rank 0 decides for every process).
-    """
-    processes = processes or Processes()
-    model.train()
-    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
-    batches = length_batches(data, max_tokens, rng)
-    position = EpochPosition(**vars(start)) if start is not None else EpochPosition()
-    device = processes.device
-    began = time.perf_counter() - position.seconds
-    stopped_by = None
-    bar = tqdm(
-        total=len(batches),
-        initial=position.step,
-        desc=desc,
-        unit="batch",
-        disable=not (progress and processes.main),
-        leave=False,
-    )
-    for step in range(position.step, len(batches)):
-        batch = batches[step]
-        global_targets = sum(targets(data[i]) for i in batch)
-        groups = micro_batches(processes.share(batch), data, micro_tokens)
-        idle = not groups
-        for j, rows in enumerate(groups or [[batch[0]]]):
-            inputs = collate([data[i] for i in rows], pad_id, device)
-            n = int((inputs["labels"][:, 1:] != IGNORE).sum())
-            with processes.no_sync(model, skip=j < len(groups) - 1):
-                with autocast(bf16, device.type):
-                    out = model(**inputs)
-                # exactly 1.0 for one process and one micro-batch: the loss as it always was
-                weight = 0.0 if idle else (n * processes.world) / max(global_targets, 1)
-                processes.backward(out.loss * weight)
-            if not idle:
-                position.loss_sum += float(out.loss.detach()) * n
-                position.target_tokens += n
-                position.examples += len(rows)
-                position.padded_tokens += int(inputs["attention_mask"].sum())
-        processes.clip(params, clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        position.step = step + 1
-        position.seconds = time.perf_counter() - began
-        bar.update(1)
-        bar.set_postfix(loss=f"{position.loss_sum / max(position.target_tokens, 1):.4f}")
-        if on_step is not None:
-            on_step(position, len(batches))
-        if should_stop is not None and should_stop():
-            break
-        if budget is not None:
-            reason = budget.reason(spent[0] + position.seconds, spent[1] + position.padded_tokens * processes.world)
-            stopped_by = processes.broadcast(reason if processes.main else None)
-            if stopped_by is not None:
-                break
-    bar.close()
-    loss_sum, target_tokens, examples, padded = processes.sum(
-        [position.loss_sum, position.target_tokens, position.examples, position.padded_tokens]
-    )
-    return EpochStats(
-        loss_sum / max(target_tokens, 1), int(examples), int(padded), time.perf_counter() - began, stopped_by
-    )
+    history: list[dict] = field(default_factory=list)  # one record an epoch (epoch 0: the model before training)
+    best_epoch: int = 0
+    best_score: float = -1.0
+    since_best: int = 0  # validations in a row without a gain
+    best_weights: dict | None = None  # kept in memory when the stage has no `keep_best`
+    stopped_by: str = "epochs"  # patience, max_minutes, max_tokens, or epochs (its upper bound)
+
+    @property
+    def epochs(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def validated(self) -> bool:
+        return any("valid_ndcg@10" in h for h in self.history)
+
+    def spent(self) -> Spent:
+        return (
+            sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in self.history),
+            sum(h.get("tokens", 0) for h in self.history),
+        )
+
+    def sums(self, key: str) -> float:
+        return sum(h.get(key) or 0 for h in self.history)
+
+
+@dataclass
+class Loop:
+    """Epochs 1..`epochs` of one stage (see the module docstring)."""
+
+    name: str  # what messages call the stage: "pre-training", "LoRA fine-tuning", a dense network's name
+    epochs: int  # upper bound
+    one_epoch: Callable[[int, EpochPosition | None, Spent, StepHook | None], EpochStats]
+    trainee: Trainee
+    validate: Callable[[torch.nn.Module], float] | None = None  # rank 0, on the whole model
+    users: int = 0  # validation users a pass scores (recorded with it)
+    due: Callable[[int], bool] = lambda epoch: True  # epochs validated (besides the last and a cut one)
+    patience: int | None = None  # validations without a gain before stopping (None: never)
+    budget: Budget = field(default_factory=Budget)
+    keep_best: Callable[[dict, torch.nn.Module | None], None] | None = None  # None: best weights kept in memory
+    score_start: bool = False  # also score the model before training (epoch 0), unless `known_start`
+    known_start: float | None = None
+    checkpoints: Checkpoints | None = None
+    stage: str = ""  # the checkpoint's stage name (pretrain, lora, dense)
+    processes: Processes = field(default_factory=Processes)
+    say: Callable[[str], Any] = print
+    progress: bool = True  # a line after every epoch (resuming and stopping are always said)
+
+    def run(self) -> Record:
+        """Train, validate, stop early or on the budget; the model ends with its best validated weights
+        (when they are kept in memory) and the record says what happened."""
+        record, position = self.resume()
+        stop = self.stopped(record)
+        epoch = record.epochs
+        while stop is None and epoch < self.epochs:
+            epoch += 1
+            start_state, spent = self.trainee.rng_state(), record.spent()
+            stats = self.one_epoch(epoch, position, spent, self.step_saver(epoch, start_state, record))
+            position = None
+            entry = {
+                "epoch": epoch,
+                "loss": stats.loss,
+                "examples": stats.examples,
+                "tokens": stats.tokens,
+                "seconds": stats.seconds,
+                "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
+            }
+            cut = stats.stopped_by or self.decide(
+                lambda: self.budget.reason(spent[0] + stats.seconds, spent[1] + stats.tokens)  # noqa: B023
+            )
+            if cut is not None:
+                entry["stopped_by"] = cut
+            if self.validate is not None and (self.due(epoch) or epoch == self.epochs or cut is not None):
+                self.score(record, entry)
+            else:
+                record.history.append(entry)
+            self.save(record, epoch, None, self.trainee.rng_state())
+            if self.progress:
+                self.say(self.line(entry, record))
+            stop = self.stopped(record) or cut
+        record.stopped_by = stop or "epochs"
+        if stop is not None:
+            self.say(self.why(stop, record))
+        return self.finish(record)
+
+    def resume(self) -> tuple[Record, EpochPosition | None]:
+        """The record of the last checkpoint of these settings and data (its state restored), else a
+        fresh one (with epoch 0 scored when asked for)."""
+        t = self.trainee
+        resumed = self.checkpoints.load(t.model, t.optimizer, t.scheduler) if self.checkpoints is not None else None
+        if resumed is not None:
+            t.set_rng_state(resumed.rng_state)
+            self.say(f"resuming {self.name} from {self.checkpoints.describe()}")
+            return Record(**resumed.progress), resumed.position
+        record = Record()
+        if self.score_start:
+            entry = {"epoch": 0, "loss": None, "examples": 0, "tokens": 0, "seconds": 0.0}
+            self.score(record, entry, self.known_start)
+            if self.progress:
+                self.say(self.line(entry, record))
+        return record, None
+
+    def score(self, record: Record, entry: dict, known: float | None = None) -> None:
+        """Validate the model (rank 0) and add `entry` with its score to the record; a new best is kept."""
+        t = self.trainee
+        full = self.processes.full_model(t.model)  # (every process: FSDP / DeepSpeed gather the weights here)
+        if known is not None:
+            scored = timed_validation(lambda: known, self.users)
+        else:
+            scored = self.decide(lambda: timed_validation(lambda: self.validate(full), self.users))
+        entry |= scored
+        record.history.append(entry)
+        t.model.train()
+        if scored["valid_ndcg@10"] <= record.best_score:
+            record.since_best += 1
+            return
+        record.best_epoch, record.best_score, record.since_best = entry["epoch"], scored["valid_ndcg@10"], 0
+        if self.keep_best is not None:
+            self.keep_best(entry, full)
+        else:
+            own = self.processes.unwrap(t.model)
+            record.best_weights = {k: v.detach().cpu().clone() for k, v in own.state_dict().items()}
+        self.processes.wait()
+
+    def stopped(self, record: Record) -> str | None:
+        """Why the stage stops now (patience, or its budget is spent), or None to go on."""
+        if self.patience is not None and record.validated and record.since_best >= self.patience:
+            return "patience"
+        return self.decide(lambda: self.budget.reason(*record.spent()))
+
+    def decide(self, choose: Callable[[], Any]) -> Any:
+        """Rank 0's choice, on every process (each process's clock differs)."""
+        return self.processes.broadcast(choose() if self.processes.main else None)
+
+    def step_saver(self, epoch: int, start_state: Any, record: Record) -> StepHook | None:
+        """The epoch's hook that saves every `checkpoints.every_steps` steps (None when not asked for)."""
+        if self.checkpoints is None or not self.checkpoints.every_steps:
+            return None
+        every = self.checkpoints.every_steps
+
+        def save(position: EpochPosition, steps: int) -> None:
+            if position.step % every == 0 and position.step < steps:
+                self.save(record, epoch - 1, position, start_state)
+
+        return save
+
+    def save(self, record: Record, epoch: int, position: EpochPosition | None, rng_state: Any) -> None:
+        if self.checkpoints is not None:
+            t = self.trainee
+            self.checkpoints.save(
+                t.model, t.optimizer, t.scheduler, epoch, position, rng_state, dict(vars(record)), self.stage
+            )
+
+    def finish(self, record: Record) -> Record:
+        if record.best_weights is not None:
+            self.processes.unwrap(self.trainee.model).load_state_dict(record.best_weights)
+        if record.validated and self.progress:
+            self.say(f"{self.name} keeps epoch {record.best_epoch} (best validation NDCG@10 {record.best_score:.4f})")
+        return record
+
+    def line(self, entry: dict, record: Record) -> str:
+        """One line an epoch: loss, speed, validation."""
+        said = f"{self.name} epoch {entry['epoch']}: " + (
+            "before training" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
+        )
+        if entry["seconds"]:
+            said += f", {entry['examples'] / entry['seconds']:.1f} examples/s, {entry['tokens_per_s']:.0f} tokens/s"
+        if "valid_ndcg@10" in entry:
+            best = record.best_epoch == entry["epoch"]
+            said += f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" + (
+                " (best)" if best else f" (best {record.best_score:.4f} at epoch {record.best_epoch})"
+            )
+        return said
+
+    def why(self, stop: str, record: Record) -> str:
+        if stop == "patience":
+            return f"{self.name} stops after epoch {record.epochs}: no validation gain in {self.patience} validations"
+        return f"{self.name} stops in epoch {record.epochs}: its budget ({stop}) is spent"

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from finetune.batches import batch_budgets, check_world, cosine_schedule, epochs_of, length_batches, tokenise
 from finetune.checkpoint import Checkpoints, fingerprint_of
-from finetune.distributed import Processes, digest
-from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
-from finetune.stages import Budget, timed_validation
+from finetune.distributed import Processes
+from finetune.loop import Loop, Trainee
+from finetune.stages import Budget
 from finetune.tasks import Example
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import TrainConfig
@@ -95,150 +96,64 @@ def pretrain(
     With several `processes`, each trains on its share of every batch and rank 0 alone validates.
     `checkpoints` resumes a stopped run and saves after every epoch. The stage's budget
     (`pretrain_max_minutes`, `pretrain_max_tokens`: training and validation) ends it at the step that
-    reaches it; that epoch is then scored, and the best scored epoch is kept as always.
+    reaches it; that epoch is then scored, and the best scored epoch is kept as always (`finetune.loop`).
     """
     console = console or Console(stderr=True)
     processes = processes or Processes()
-    rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     first = tokenise(tokenizer, make_examples(0), config.max_length, loss_on_prompt=True)
-    budget, micro = batch_budgets(config, len(tokenizer))
-    check_world(config, budget, processes.world)
-    steps_per_epoch = len(length_batches(first, budget, random.Random(0)))
+    budgets = batch_budgets(config, len(tokenizer))
+    check_world(config, budgets[0], processes.world)
+    steps_per_epoch = len(length_batches(first, budgets[0], random.Random(0)))
     scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, warmup=min(200, steps_per_epoch))
     trained, optimizer = processes.prepare(model, optimizer)
-    history: list[dict] = []
-    best = None
-    begin, position = 0, None
-    resumed = checkpoints.load(trained, optimizer, scheduler) if checkpoints is not None else None
-    if resumed is not None:
-        begin, position, history, best = (
-            resumed.epoch,
-            resumed.position,
-            resumed.progress["history"],
-            resumed.progress["best"],
-        )
-        rng.setstate(resumed.rng_state)
-        console.print(f"resuming pre-training from {checkpoints.describe()}")
+    trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
+
+    def examples(epoch: int):  # (epochs count from 1 here, from 0 in `make_examples`)
+        return first if epoch == 1 else tokenise(tokenizer, make_examples(epoch - 1), config.max_length, True)
+
     cap = Budget(config.pretrain_max_minutes, config.pretrain_max_tokens)
-    stopped_by = cap.reason(*spent(history)) if history else None
-    for epoch in range(begin if stopped_by is None else config.pretrain_epochs, config.pretrain_epochs):
-        data = (
-            first if epoch == 0 else tokenise(tokenizer, make_examples(epoch), config.max_length, loss_on_prompt=True)
-        )
-        processes.check_same(digest(data), f"pre-training examples (epoch {epoch + 1})")
-        epoch_rng = rng.getstate()
-        on_step = (
-            None
-            if checkpoints is None
-            else checkpoints.on_step(
-                trained,
-                optimizer,
-                scheduler,
-                epoch,
-                epoch_rng,
-                lambda: {"history": history, "best": best},  # noqa: B023 (read when a step checkpoints, in this epoch)
-                "pretrain",
-            )
-        )
-        stats = train_epoch(
-            trained,
-            data,
-            optimizer,
-            scheduler,
-            tokenizer.pad_token_id,
-            budget,
-            rng,
-            bf16,
-            desc=f"pretrain {epoch + 1}/{config.pretrain_epochs}",
-            progress=progress and processes.main,
-            processes=processes,
-            micro_tokens=micro,
-            start=position,
-            on_step=on_step,
-            budget=cap,
-            spent=spent(history),
-        )
-        position = None
-        stopped_by = stats.stopped_by
-        record = {
-            "epoch": epoch + 1,
-            "loss": stats.loss,
-            "examples": stats.examples,
-            "seconds": stats.seconds,
-            "tokens": stats.tokens,
-            "tokens_per_s": stats.tokens / stats.seconds if stats.seconds else 0.0,
-        }
-        if stopped_by is not None:
-            record["stopped_by"] = stopped_by
-        scored = validate is not None and (
-            epoch + 1 >= config.pretrain_val_start or epoch + 1 == config.pretrain_epochs or stopped_by is not None
-        )
-        if scored:
-            record |= processes.broadcast(timed_validation(validate, val_users) if processes.main else None)
-            if record["valid_ndcg@10"] > max((h.get("valid_ndcg@10", -1.0) for h in history), default=-1.0):
-                best = {k: v.detach().cpu().clone() for k, v in processes.unwrap(trained).state_dict().items()}
-            trained.train()
-        history.append(record)
-        if checkpoints is not None:
-            checkpoints.save(
-                trained,
-                optimizer,
-                scheduler,
-                epoch + 1,
-                None,
-                rng.getstate(),
-                {"history": history, "best": best},
-                "pretrain",
-            )
-        if progress and processes.main:
-            console.print(
-                f"pretrain epoch {epoch + 1}: loss {stats.loss:.4f}, {stats.examples / stats.seconds:.1f} examples/s, "
-                f"{stats.tokens / stats.seconds:.0f} tokens/s"
-                + (f", valid NDCG@10 {record['valid_ndcg@10']:.4f}" if scored else "")
-            )
-        if scored and stalled(history, config.pretrain_patience):
-            console.print(
-                f"pre-training stops after epoch {epoch + 1}: no validation gain in {config.pretrain_patience} epochs"
-            )
-            stopped_by = "patience"
-            break
-        if stopped_by is not None:
-            console.print(f"pre-training stops in epoch {epoch + 1}: its budget ({stopped_by}) is spent")
-            break
-    best_epoch = config.pretrain_epochs
-    if validate is not None and history:
-        best_record = max((h for h in history if "valid_ndcg@10" in h), key=lambda h: h["valid_ndcg@10"])
-        best_epoch = best_record["epoch"]
-        model.load_state_dict(best)
-        if processes.main:
-            console.print(f"pre-training keeps epoch {best_epoch} (best validation NDCG@10)")
+    show = progress and processes.main
+    one_epoch = epochs_of(
+        trainee,
+        examples,
+        tokenizer.pad_token_id,
+        budgets,
+        bf16,
+        "pretrain",
+        config.pretrain_epochs,
+        processes,
+        cap,
+        show,
+    )
+    record = Loop(
+        "pre-training",
+        config.pretrain_epochs,
+        one_epoch,
+        trainee,
+        validate=(lambda _: validate()) if validate is not None else None,
+        users=val_users,
+        due=lambda epoch: epoch >= config.pretrain_val_start,
+        patience=config.pretrain_patience,
+        budget=cap,
+        checkpoints=checkpoints,
+        stage="pretrain",
+        processes=processes,
+        say=console.print,
+        progress=show,
+    ).run()
     processes.release()
     model.eval()
     stats = {
-        "history": history,
-        "seconds": sum(h["seconds"] for h in history),
-        "best_epoch": best_epoch,
-        "stopped_by": stopped_by or "epochs",
+        "history": record.history,
+        "seconds": record.sums("seconds"),
+        "best_epoch": record.best_epoch if record.validated else config.pretrain_epochs,
+        "stopped_by": record.stopped_by,
         "budget": cap.to_json(),
     }
-    if validate is not None and history:
-        stats["best_valid_ndcg@10"] = best_record["valid_ndcg@10"]
+    if record.validated:
+        stats["best_valid_ndcg@10"] = record.best_score
     return stats
-
-
-def spent(history: Sequence[dict]) -> tuple[float, int]:
-    """Seconds (training and validation) and tokens the epochs in `history` took: what the budget counts."""
-    return (
-        sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history),
-        sum(h.get("tokens", 0) for h in history),
-    )
-
-
-def stalled(history: Sequence[dict], patience: int) -> bool:
-    """True when the last `patience` validated epochs all scored below the best one before them."""
-    scores = [h["valid_ndcg@10"] for h in history if "valid_ndcg@10" in h]
-    return len(scores) > patience and max(scores[-patience:]) <= max(scores[:-patience])
 
 
 def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:

@@ -1,13 +1,11 @@
-"""What the three training loops share (pre-training, LoRA, the dense model): a budget, a timed
-validation pass on a fixed sample, and the per-stage record a report is built from.
-
-Each loop is still its own (issue 31 asks for one loop); these are the pieces they must not copy:
+"""What the training loop (`finetune.loop`) and the reports share: a budget, a timed validation pass
+on a fixed sample, and the per-stage rows a report is built from.
 
 - `Budget`: a stage's cap in wall minutes and/or training tokens (targets, for the dense model).
   The loop asks `Budget.reason(seconds, tokens)` after every step or epoch, stops when it names one,
   keeps its best validated weights, and records why it stopped (`stopped_by`).
 - `timed_validation`: one validation pass (NDCG@10 on a fixed, seeded sample of validation users;
-  `genrec.metrics.validation_ndcg`) with its seconds and users, as every loop records it.
+  `genrec.metrics.validation_ndcg`) with its seconds and users, as the loop records it.
 - `stage_rows`: minutes and tokens/s per stage (pre-training, its validation passes, LoRA, its
   validation passes, the dense model, its validation passes, the fusion) from a `TrainReport`.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,12 +24,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from finetune.batches import batch_budgets, check_world, cosine_schedule, epochs_of, length_batches, tokenise
 from finetune.checkpoint import Checkpoints, fingerprint_of
 from finetune.dense import fit as fit_dense
 from finetune.dense.build import build as build_dense
 from finetune.dense.build import copy_shared, dense_fingerprint, find_shared, share
-from finetune.distributed import Processes, digest, start_processes
-from finetune.loop import batch_budgets, check_world, cosine_schedule, length_batches, tokenise, train_epoch
+from finetune.distributed import Processes, start_processes
+from finetune.loop import Loop, Trainee
 from finetune.lora import attach_lora, export_model, merged_copy
 from finetune.pretrain import fingerprint, load_cached, pretrain, save_pretrained_cache
 from finetune.stages import Budget
@@ -250,7 +252,10 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
         )
         return stats
     console.print(f"training the dense model ({kind}, history {model.max_len}) on the training split")
-    checkpoint = data.paths.checkpoints / f"dense-{bound[:16]}.ckpt"
+    for old in data.paths.checkpoints.glob("dense-*.ckpt"):  # one file a fingerprint, before the one training loop
+        console.print(f"{old}: a dense checkpoint of an earlier genrec; not resumed, the dense model starts fresh")
+        old.unlink()
+    checkpoint = data.paths.checkpoints / "dense"  # resumed only with the same settings and data (its fingerprint)
     settings.checkpoint = str(checkpoint)
     started = time.perf_counter()
     model, stats = fit_dense(model, data.split.train, data.split.valid, settings)
@@ -261,8 +266,7 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
         model.save_pretrained(tmp)
         write_json(tmp / "train_stats.json", stats)
     share(model, stats, bound)  # for any later run of the same settings and data
-    for stale in data.paths.checkpoints.glob("dense-*.ckpt"):  # this one, and those of settings since changed
-        stale.unlink()
+    shutil.rmtree(checkpoint, ignore_errors=True)
     cut = " (cut by its max_minutes)" if stats.get("stopped_by") == "max_minutes" else ""
     console.print(
         f"dense model: best valid NDCG@10 {stats.get('best_valid_ndcg@10') or 0:.4f} at epoch "
@@ -359,12 +363,10 @@ def train(
     """
     data = load_run_data(run)
     config = data.config.train.model_copy()
-    if base is not None:
-        config.base = base
-    if epochs is not None:
-        config.epochs = epochs
-    if pretrain_epochs is not None:
-        config.pretrain_epochs = pretrain_epochs
+    overrides = {"base": base, "epochs": epochs, "pretrain_epochs": pretrain_epochs}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config, name, value)
     # "auto" (None) made concrete: the short prompt for a catalog without item text; the model's
     # genrec.json records it, so every backend serves the prompt it was trained on
     config.template = resolve_template(config.template, data.facts)
@@ -394,49 +396,39 @@ def train(
             f"the generative model in {data.paths.model} finished training with these settings and data: "
             "kept (--no-resume trains it again)"
         )
-        processes.finish()
-        if not processes.main:
-            return None
-        finished.dense, fusion = train_ranking(run, progress, console, resume)
-        finished.fusion = fusion.to_json() if fusion is not None else {}
-        return finished
+        report = finished
+    else:
+        model, tokenizer, pretrain_stats = prepare_base(
+            data, config.base, config, bf16, progress, console, processes, resume
+        )
+        if processes.main:  # from here RUN/model changes: its report no longer says what it holds
+            (data.paths.model / "train_report.json").unlink(missing_ok=True)
+        report = fine_tune(data, config, model, tokenizer, pretrain_stats, bf16, progress, console, processes, resume)
+    processes.finish()
+    if not processes.main:
+        return None
+    if finished is None:
+        write_json(data.paths.model / "train_report.json", asdict(report))
+    report.dense, fusion = train_ranking(run, progress, console, resume)  # records both in the report just written
+    report.fusion = fusion.to_json() if fusion is not None else {}
+    if finished is None:
+        console.print(
+            f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "
+            f"(pre-training {report.pretrain_seconds / 60:.1f} min{', cached' if report.pretrain_cached else ''}): "
+            f"best valid NDCG@10 {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch}; model in {data.paths.model}"
+        )
+    return report
 
-    model, tokenizer, pretrain_stats = prepare_base(
-        data, config.base, config, bf16, progress, console, processes, resume
-    )
-    if processes.main:  # from here RUN/model changes: its report no longer says what it holds
-        (data.paths.model / "train_report.json").unlink(missing_ok=True)
-    pretrain_seconds = pretrain_stats["seconds"]
-    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
-    torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
-    peft_model = attach_lora(model, config, sid_rows)
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
-    genrec = generator(peft_model, tokenizer, data, config)
-    trie = genrec.trie
 
-    make_examples = example_maker(data, tokenizer, config)
-    rng = random.Random(config.seed)
-    first = tokenise(tokenizer, make_examples(100), config.max_length)
-    budget, micro = batch_budgets(config, len(tokenizer))
-    check_world(config, budget, processes.world)
-    steps = len(length_batches(first, budget, random.Random(0))) * config.epochs
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
-    trained, optimizer = processes.prepare(peft_model, optimizer)
-    trainable = [p for p in trained.parameters() if p.requires_grad]  # FSDP / DeepSpeed hand back their own
-    meta = {
-        "base": config.base,
-        "max_history": config.max_history,
-        "template": config.template,
-        "semantic_ids_sha256": file_sha256(data.paths.semantic_ids),
-        "sid_levels": trie.depth,
-    }
-    report = TrainReport(
+def lora_report(
+    config: TrainConfig, data: RunData, model, trainable: int, pretrain_stats: dict, cap: Budget
+) -> TrainReport:
+    """The report of a LoRA stage about to start (its epochs, best and speed come from the loop)."""
+    return TrainReport(
         base=config.base,
         parameters=sum(p.numel() for p in model.parameters()),
-        trainable_parameters=n_lora + len(sid_rows) * model.config.hidden_size,
-        pretrain_seconds=pretrain_seconds,
+        trainable_parameters=trainable,
+        pretrain_seconds=pretrain_stats["seconds"],
         train_seconds=0.0,
         examples_per_s=0.0,
         tokens_per_s=0.0,
@@ -444,139 +436,102 @@ def train(
         best_valid_ndcg10=-1.0,
         model_dir=str(data.paths.model),
         pretrain_epochs=pretrain_stats.get("history", []),
-        processes=processes.world,
         pretrain_cached=bool(pretrain_stats.get("cached")),
-        fingerprint=settings_and_data,
+        fingerprint=lora_fingerprint(config, data.data_hash),
+        pretrain_stopped_by=pretrain_stats.get("stopped_by", ""),
+        budgets={"pretrain": pretrain_stats.get("budget"), "lora": cap.to_json()},
     )
+
+
+def lora_trainee(model, tokenizer, data: RunData, config: TrainConfig, processes: Processes, first, batch_tokens: int):
+    """The model with LoRA adapters and trainable SID rows, prepared for the processes with its optimizer,
+    schedule (sized on the first epoch's batches) and batch order; and how many weights train."""
+    sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
+    torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
+    peft_model = attach_lora(model, config, sid_rows)
+    n_lora = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+    steps = len(length_batches(first, batch_tokens, random.Random(0))) * config.epochs
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0
+    )
+    scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
+    trained, optimizer = processes.prepare(peft_model, optimizer)
+    trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
+    return peft_model, trainee, n_lora + len(sid_rows) * model.config.hidden_size
+
+
+def fine_tune(
+    data: RunData,
+    config: TrainConfig,
+    model,
+    tokenizer,
+    pretrain_stats: dict,
+    bf16: bool,
+    progress: bool,
+    console: Console,
+    processes: Processes,
+    resume: bool,
+) -> TrainReport:
+    """LoRA on the SFT tasks (`finetune.loop`): validation NDCG@10 before training and after every epoch,
+    each new best exported to `RUN/model/`, early stopping, the stage's budget, checkpoints."""
+    make_examples = example_maker(data, tokenizer, config)
+    first = tokenise(tokenizer, make_examples(100), config.max_length)
+    budgets = batch_budgets(config, len(tokenizer))
+    check_world(config, budgets[0], processes.world)
+    peft_model, trainee, trainable = lora_trainee(model, tokenizer, data, config, processes, first, budgets[0])
+    genrec = generator(peft_model, tokenizer, data, config)
+    cap = Budget(config.max_minutes, config.max_tokens)
+    report = lora_report(config, data, model, trainable, pretrain_stats, cap)
+    report.processes = processes.world
+    users = validation_users(data, config.val_users)
     console.print(
         f"LoRA fine-tuning {config.base}: {report.trainable_parameters / 1e6:.2f}M trainable of "
-        f"{report.parameters / 1e6:.1f}M, {config.epochs} epochs, validation on "
-        f"{min(config.val_users or len(data.split.valid), len(data.split.valid))} users"
+        f"{report.parameters / 1e6:.1f}M, {config.epochs} epochs, validation on {users} users"
         + (f", {processes.world} processes ({config.distributed.strategy})" if processes.world > 1 else "")
     )
-    cap = Budget(config.max_minutes, config.max_tokens)
-    report.budgets = {"pretrain": pretrain_stats.get("budget"), "lora": cap.to_json()}
-    report.pretrain_stopped_by = pretrain_stats.get("stopped_by", "")
-    users = validation_users(data, config.val_users)
+    meta = {"base": config.base, "max_history": config.max_history, "template": config.template}
+    meta |= {"semantic_ids_sha256": file_sha256(data.paths.semantic_ids), "sid_levels": genrec.trie.depth}
 
-    def lora_spent() -> tuple[float, int]:
-        """Seconds (training and validation) and tokens LoRA has taken so far: what its budget counts."""
-        return report.train_seconds + sum(e.get("valid_seconds", 0.0) for e in report.epochs), seen["tokens"]
+    def validate(full) -> float:
+        return validation_score(replace(genrec, model=merged_copy(full)), data, config.val_users, config.seed, progress)
 
-    seen = {"examples": 0, "tokens": 0}
+    def export(entry: dict, full) -> None:  # a usable model exists from epoch 0 on, whatever happens to the others
+        if processes.main:
+            export_model(
+                full, tokenizer, data.paths.model, {**meta, **{k: entry[k] for k in ("epoch", "valid_ndcg@10")}}
+            )
 
-    def checkpoint(epoch: int, loss: float | None, seconds: float, known: float | None = None) -> None:
-        """Validate; export if this is the best model so far (epoch 0: the base before LoRA, LoRA at identity).
+    def examples(epoch: int):  # (epoch 1 trains on the examples the schedule was sized on)
+        return first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
 
-        `known`: the score of this very model measured moments ago (pre-training's kept epoch; LoRA
-        starts at identity), so it is not scored twice. Rank 0 validates and exports; every process
-        records the same score."""
-        t0 = time.perf_counter()
-        full = processes.full_model(trained)
-        if known is not None:
-            score = known
-        elif processes.main:
-            merged = replace(genrec, model=merged_copy(full))
-            score = validation_score(merged, data, config.val_users, config.seed, progress)
-            del merged
-        score = processes.broadcast(score if processes.main else None)
-        report.epochs.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "valid_ndcg@10": score,
-                "train_seconds": seconds,
-                "valid_seconds": time.perf_counter() - t0,
-                "valid_users": users,
-            }
-        )
-        improved = score > report.best_valid_ndcg10
-        if improved:
-            report.best_epoch, report.best_valid_ndcg10 = epoch, score
-            if processes.main:
-                export_model(full, tokenizer, data.paths.model, {**meta, "epoch": epoch, "valid_ndcg@10": score})
-        processes.wait()
-        console.print(
-            f"epoch {epoch}: "
-            + (f"loss {loss:.4f}, " if loss is not None else "before LoRA, ")
-            + f"valid NDCG@10 {score:.4f}"
-            + (" (best, saved)" if improved else f" (best {report.best_valid_ndcg10:.4f} at epoch {report.best_epoch})")
-        )
-
-    def record() -> dict:
-        return {"report": asdict(report), "seen": dict(seen)}
-
-    checkpoints = Checkpoints(data.paths.checkpoints / "lora", settings_and_data, processes, config.checkpoint_steps)
+    checkpoints = Checkpoints(data.paths.checkpoints / "lora", report.fingerprint, processes, config.checkpoint_steps)
     if not resume:
         checkpoints.clear()
-    resumed = checkpoints.load(trained, optimizer, scheduler)
-    begin, position = 1, None
-    if resumed is not None:
-        begin, position = resumed.epoch + 1, resumed.position
-        rng.setstate(resumed.rng_state)
-        saved = resumed.progress["report"]
-        report.epochs, report.best_epoch, report.best_valid_ndcg10 = (
-            saved["epochs"],
-            saved["best_epoch"],
-            saved["best_valid_ndcg10"],
-        )
-        report.train_seconds, seen = saved["train_seconds"], resumed.progress["seen"]
-        console.print(f"resuming LoRA fine-tuning from {checkpoints.describe()}")
-    else:
-        # a usable model exists from here on, whatever happens to the LoRA epochs
-        checkpoint(0, None, 0.0, pretrain_stats.get("best_valid_ndcg@10"))
-    for epoch in range(begin, config.epochs + 1):
-        data_epoch = first if epoch == 1 else tokenise(tokenizer, make_examples(100 + epoch), config.max_length)
-        processes.check_same(digest(data_epoch), f"LoRA examples (epoch {epoch})")
-        epoch_rng = rng.getstate()
-        stats = train_epoch(
-            trained,
-            data_epoch,
-            optimizer,
-            scheduler,
-            tokenizer.pad_token_id,
-            budget,
-            rng,
-            bf16,
-            desc=f"LoRA epoch {epoch}/{config.epochs}",
-            progress=progress,
-            params=trainable,
-            processes=processes,
-            micro_tokens=micro,
-            start=position,
-            on_step=checkpoints.on_step(trained, optimizer, scheduler, epoch - 1, epoch_rng, record, "lora"),
-            budget=cap,
-            spent=lora_spent(),
-        )
-        position = None
-        report.train_seconds += stats.seconds
-        seen["examples"] += stats.examples
-        seen["tokens"] += stats.tokens
-        checkpoint(epoch, stats.loss, stats.seconds)
-        checkpoints.save(trained, optimizer, scheduler, epoch, None, rng.getstate(), record(), "lora")
-        report.lora_stopped_by = "epochs"
-        if epoch - report.best_epoch >= config.patience:
-            console.print(f"stopping after LoRA epoch {epoch}: no validation gain in {config.patience} epoch(s)")
-            report.lora_stopped_by = "patience"
-            break
-        over = stats.stopped_by or processes.broadcast(cap.reason(*lora_spent()) if processes.main else None)
-        if over is not None:
-            console.print(f"[yellow]stopping in LoRA epoch {epoch}: its budget ({over}) is spent")
-            report.lora_stopped_by = over
-            break
+    one_epoch = epochs_of(
+        trainee, examples, tokenizer.pad_token_id, budgets, bf16, "LoRA epoch", config.epochs, processes, cap, progress
+    )
+    record = Loop(
+        "LoRA fine-tuning",
+        config.epochs,
+        one_epoch,
+        trainee,
+        validate=validate,
+        users=users,
+        patience=config.patience,
+        budget=cap,
+        keep_best=export,
+        score_start=True,
+        known_start=pretrain_stats.get("best_valid_ndcg@10"),
+        checkpoints=checkpoints,
+        stage="lora",
+        processes=processes,
+        say=console.print,
+    ).run()
     checkpoints.clear()
     processes.release()
-    processes.finish()
-    if not processes.main:
-        return None
-    report.examples_per_s = seen["examples"] / report.train_seconds if report.train_seconds else 0.0
-    report.tokens_per_s = seen["tokens"] / report.train_seconds if report.train_seconds else 0.0
-    write_json(data.paths.model / "train_report.json", asdict(report))
-    report.dense, fusion = train_ranking(run, progress, console, resume)  # records both in the report just written
-    report.fusion = fusion.to_json() if fusion is not None else {}
-    console.print(
-        f"[green]trained[/] {config.base} in {(time.perf_counter() - started) / 60:.1f} min "
-        f"(pre-training {pretrain_seconds / 60:.1f} min{', cached' if report.pretrain_cached else ''}): best valid NDCG@10 {report.best_valid_ndcg10:.4f} "
-        f"at epoch {report.best_epoch}; model in {data.paths.model}"
-    )
+    report.epochs, report.best_epoch, report.best_valid_ndcg10 = record.history, record.best_epoch, record.best_score
+    report.train_seconds, report.lora_stopped_by = record.sums("seconds"), record.stopped_by
+    if report.train_seconds:
+        report.examples_per_s = record.sums("examples") / report.train_seconds
+        report.tokens_per_s = record.sums("tokens") / report.train_seconds
     return report

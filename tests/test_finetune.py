@@ -261,7 +261,7 @@ def test_queries_and_explanations_state_only_real_attributes(run_data):
 
 
 def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
-    from finetune.loop import cosine_schedule, tokenise, train_epoch
+    from finetune.batches import cosine_schedule, tokenise, train_epoch
     from finetune.tasks import next_item_examples
     from inference.models import build_scratch_model
 
@@ -354,6 +354,56 @@ def test_pretraining_stops_at_its_token_budget_mid_epoch_scores_that_epoch_and_s
     assert epoch_tokens * 1.5 <= sum(h["tokens"] for h in history) < epoch_tokens * 2  # mid-epoch
     assert history[1]["valid_ndcg@10"] == 0.1 and history[1]["valid_users"] == 7 and history[1]["valid_seconds"] >= 0
     assert stats["best_epoch"] == 1 and stats["budget"] == {"minutes": None, "tokens": int(epoch_tokens * 1.5)}
+
+
+def test_pretraining_killed_mid_epoch_resumes_at_that_step_and_ends_with_the_weights_of_an_uninterrupted_run(
+    run_data, tokenizer, tmp_path, capsys
+):
+    """The one loop's resume on a language model: with a checkpoint every step, a run killed in its
+    second epoch goes on from the last step saved (not from the epoch's start, nor from scratch),
+    and ends with the losses, scores and weights of a run that was never stopped."""
+    from finetune.checkpoint import Checkpoints
+    from finetune.distributed import Processes
+    from finetune.pretrain import pretrain
+    from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
+
+    config = run_data.config.train.model_copy(
+        update={"pretrain_epochs": 2, "pretrain_val_start": 1, "tokens_per_batch": 1024}
+    )
+    users = dict(list(run_data.split.train.items())[:6])
+    make = lambda e: next_item_examples(tokenizer, users, run_data.codes, 20, random.Random(e))  # noqa: E731
+    scores = [0.1, 0.2]  # the last epoch is the best: the weights compared are the last ones trained
+
+    def pretrained(validate, checkpoints=None):
+        torch.manual_seed(0)
+        model = build_scratch_model(config, tokenizer)
+        return model, pretrain(model, tokenizer, make, config, False, False, None, validate, None, checkpoints)
+
+    straight, expected = pretrained(iter(scores).__next__)
+    folder = tmp_path / "pretrain"
+
+    def killed_in_epoch_two() -> float:  # its last step trained, the end of the epoch not yet saved
+        if len(validated) == 1:
+            raise KeyboardInterrupt
+        validated.append(scores[0])
+        return scores[0]
+
+    validated: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        pretrained(killed_in_epoch_two, Checkpoints(folder, "f" * 64, Processes(), every_steps=1))
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    assert meta["epoch"] == 1 and meta["step"] >= 1  # part-way through epoch 2
+    capsys.readouterr()
+    resumed, stats = pretrained(iter(scores[1:]).__next__, Checkpoints(folder, "f" * 64, Processes(), every_steps=1))
+    said = " ".join(capsys.readouterr().err.split())  # (the console wraps long lines)
+    assert "resuming pre-training from" in said and f"(pretrain: epoch 1 done, step {meta['step']} of epoch 2)" in said
+    assert [(h["loss"], h["valid_ndcg@10"]) for h in stats["history"]] == [
+        (h["loss"], h["valid_ndcg@10"]) for h in expected["history"]
+    ]
+    assert stats["best_epoch"] == 2 and all(
+        torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values())
+    )
 
 
 def test_the_budget_names_the_cap_that_was_reached():
@@ -751,9 +801,9 @@ def test_a_catalog_without_item_text_trains_and_serves_the_short_prompt(run_data
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed_and_says_so_in_one_line(tmp_path, capsys):
+    from finetune.batches import cosine_schedule
     from finetune.checkpoint import Checkpoints
     from finetune.distributed import Processes
-    from finetune.loop import cosine_schedule
 
     model = torch.nn.Linear(4, 4)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -806,7 +856,8 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     tiny_run, tmp_path, monkeypatch, capsys
 ):
     """`genrec train` killed while the dense model trains: the rerun goes on from its last epoch
-    (a checkpoint named for these settings and data), and a finished run keeps no checkpoint."""
+    (`RUN/checkpoints/dense`, bound to these settings and data), and a finished run keeps no checkpoint;
+    other settings do not resume it, and a checkpoint file of an earlier genrec is named and set aside."""
     import dataclasses
 
     from rich.console import Console
@@ -828,21 +879,29 @@ def test_the_runs_dense_model_resumes_after_an_interruption_and_leaves_no_checkp
     with pytest.raises(KeyboardInterrupt):
         training.train_dense(data, False, Console(quiet=True))
     checkpoint = Path(seen[0])
-    assert checkpoint.parent == root / "checkpoints" and checkpoint.exists()
+    assert checkpoint == root / "checkpoints" / "dense" and (checkpoint / "checkpoint.json").exists()
 
     capsys.readouterr()
     monkeypatch.setattr(training, "fit_dense", lambda *a: (seen.append(a[3].checkpoint), real_fit(*a))[1])
     stats = training.train_dense(data, False, Console(quiet=True))
-    assert seen[1] == seen[0] and f"resumed from {checkpoint} after epoch 1" in capsys.readouterr().out
+    assert seen[1] == seen[0] and f"resuming sasrec from {checkpoint} (dense: epoch 1 done)" in capsys.readouterr().out
     assert stats["epochs"] == tiny_config().dense.sasrec.epochs
-    assert not list((root / "checkpoints").glob("dense-*.ckpt"))
-    assert (root / "dense" / "train_stats.json").exists()
+    assert not checkpoint.exists() and (root / "dense" / "train_stats.json").exists()
 
-    data.config.dense.sasrec.lr = 0.01  # other settings: another checkpoint name, nothing resumed by mistake
+    data.config.dense.sasrec.lr = 0.01  # other settings: the checkpoint is not resumed by mistake
     monkeypatch.setattr(training, "fit_dense", killed_after_one_epoch)
     with pytest.raises(KeyboardInterrupt):
         training.train_dense(data, False, Console(quiet=True))
-    assert seen[-1] != seen[0]
+    capsys.readouterr()
+    data.config.dense.sasrec.lr = 0.02
+    old = root / "checkpoints" / "dense-0123456789abcdef.ckpt"
+    old.write_bytes(b"a checkpoint file of an earlier genrec")
+    console = Console(record=True, width=300)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_dense(data, False, console)
+    said = capsys.readouterr().err
+    assert f"{checkpoint} (dense: epoch 1 done): made with other settings or data" in said and "starts fresh" in said
+    assert f"{old}: a dense checkpoint of an earlier genrec; not resumed" in console.export_text() and not old.exists()
 
 
 def test_a_dense_model_trained_with_the_same_settings_and_data_elsewhere_is_reused_not_retrained(

@@ -132,7 +132,7 @@ def test_micro_batches_accumulate_to_the_step_of_one_pass(scale_run):
 
     import torch
 
-    from finetune.loop import cosine_schedule, tokenise, train_epoch
+    from finetune.batches import cosine_schedule, tokenise, train_epoch
     from finetune.tasks import corpus_texts, next_item_examples
     from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
     from finetune.train import load_run_data

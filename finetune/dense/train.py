@@ -22,13 +22,16 @@ Every `eval_every` epochs the model is scored on the validation cases by
 `genrec.metrics.validation_ndcg` (NDCG@10, the one metric code path); the best epoch's weights
 are kept, and training stops after `patience` validations without a gain, after `epochs`, or when
 the optional wall-clock cap `max_minutes` runs out. The stats say which of the three ended it.
-With `checkpoint`, the run is saved after every epoch and an interrupted run resumes where it stopped.
+With `checkpoint` (a folder), the run is saved after every epoch and an interrupted run with the same
+network, data and settings resumes where it stopped. The epochs, validation, early stopping and
+checkpoints are the one training loop's (`finetune.loop`); what is the dense models' own is here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import hashlib
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -39,8 +42,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from finetune.stages import Budget, timed_validation
-from genrec.atomic import atomic_path
+from finetune.checkpoint import Checkpoints, fingerprint_of
+from finetune.distributed import Processes
+from finetune.loop import EpochStats, Loop, Trainee
+from finetune.stages import Budget
 from genrec.errors import GenrecError
 from genrec.metrics import validation_ndcg
 from inference.dense.model import DenseRecommender, left_pad
@@ -67,7 +72,7 @@ class TrainSettings:
     threads: int | None = 1  # torch threads (None: leave torch's setting)
     bf16: bool | None = None  # bf16 autocast for training matmuls (None: where the CPU has bf16 units)
     progress: bool = True
-    # a file to save the run to after every epoch and resume from when it exists (None: no checkpoints)
+    # a folder to save the run to after every epoch and resume from (None: no checkpoints)
     checkpoint: str | None = None
 
 
@@ -194,6 +199,7 @@ def fit(
 
 
 def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict:
+    """`fit` on the one training loop (`finetune.loop`), with a dense epoch: every example once, Adam."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     examples = training_examples(model, train)
@@ -201,60 +207,15 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
         raise GenrecError(
             f"{model.name}: no user has two or more training items, so there is no next item to learn from"
         )
-    targets_per_epoch = sum(len(e[1]) if model.causal else 1 for e in examples)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    # everything an interrupted run needs to go on where it stopped (see `checkpoint`)
-    run = {
-        "epoch": 0,
-        "best_score": -1.0,
-        "best_state": None,
-        "best_epoch": 0,
-        "bad_evals": 0,
-        "history": [],
-        "stopped_by": "epochs",
-        "train_seconds": 0.0,
-        "valid_seconds": 0.0,
-        "trained": 0,
-        "elapsed": 0.0,
-    }
-    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        rng.bit_generator.state = saved["numpy_rng"]
-        run = saved["run"]
-        tqdm.write(f"{model.name}: resumed from {checkpoint} after epoch {run['epoch']}")
-    started = time.perf_counter() - run["elapsed"]
-    budget = Budget(settings.max_minutes)  # (its tokens: targets, uncapped)
 
-    def validate(record: dict) -> None:
-        users = min(settings.val_users or len(valid), len(valid))
-        passed = timed_validation(
-            lambda: validation_ndcg(model, valid, model.item_ids, max_users=settings.val_users, seed=settings.seed),
-            users,
-        )
-        run["valid_seconds"] += passed["valid_seconds"]
-        run["validations"] = run.get("validations", 0) + 1
-        score = record["valid_ndcg@10"] = passed["valid_ndcg@10"]
-        if score > run["best_score"]:
-            run.update(
-                best_score=score, best_epoch=record["epoch"], bad_evals=0, best_state=copy.deepcopy(model.state_dict())
-            )
-        else:
-            run["bad_evals"] += 1
-
-    done = run["stopped_by"] != "epochs" or run["epoch"] >= settings.epochs
-    while not done:
-        epoch = run["epoch"] + 1
-        epoch_start = time.perf_counter()
+    def one_epoch(epoch: int, *_) -> EpochStats:
+        began = time.perf_counter()
         model.train()
         total_loss, total_n = 0.0, 0
-        batches = epoch_batches(examples, settings.batch_size, rng)
-        # bars on a terminal only; logs get the one line per epoch below
+        # bars on a terminal only; logs get the loop's one line per epoch
         bar = tqdm(
-            batches,
+            epoch_batches(examples, settings.batch_size, rng),
             desc=f"{model.name} epoch {epoch}",
             leave=False,
             unit="batch",
@@ -268,62 +229,58 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
             total_n += n
             bar.set_postfix(loss=f"{total_loss / total_n:.4f}")
         bar.close()
-        run["train_seconds"] += time.perf_counter() - epoch_start
-        run["trained"] += total_n
-        record: dict = {"epoch": epoch, "loss": total_loss / max(total_n, 1)}
-        out_of_time = budget.reason(time.perf_counter() - started, run["trained"]) is not None
-        if valid and (epoch % settings.eval_every == 0 or out_of_time or epoch == settings.epochs):
-            validate(record)
-        record["seconds"] = time.perf_counter() - started
-        run["history"].append(record)
-        run["epoch"] = epoch
-        if settings.progress:
-            extra = f", valid ndcg@10 {record['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in record else ""
-            tqdm.write(f"{model.name} epoch {epoch}: loss {record['loss']:.4f}{extra} ({record['seconds']:.0f} s)")
-        if valid and run["bad_evals"] >= settings.patience:
-            run["stopped_by"] = "patience"
-        elif out_of_time:
-            run["stopped_by"] = "max_minutes"
-        done = run["stopped_by"] != "epochs" or epoch >= settings.epochs
-        run["elapsed"] = time.perf_counter() - started
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, rng, run)
-    if run["best_state"] is not None:
-        model.load_state_dict(run["best_state"])
+        return EpochStats(total_loss / max(total_n, 1), len(examples), total_n, time.perf_counter() - began)
+
+    checkpoints = None
+    if settings.checkpoint:
+        checkpoints = Checkpoints(Path(settings.checkpoint), resume_fingerprint(model, examples, settings), Processes())
+    scored = lambda m: validation_ndcg(m, valid, m.item_ids, max_users=settings.val_users, seed=settings.seed)  # noqa: E731
+    record = Loop(
+        model.name,
+        settings.epochs,
+        one_epoch,
+        Trainee(model, optimizer, rng=rng),
+        validate=scored if valid else None,
+        users=min(settings.val_users or len(valid), len(valid)) if valid else 0,
+        due=lambda epoch: epoch % settings.eval_every == 0,
+        patience=settings.patience,
+        budget=Budget(settings.max_minutes),  # (its tokens: targets, uncapped)
+        checkpoints=checkpoints,
+        stage="dense",
+        say=tqdm.write,
+        progress=settings.progress,
+    ).run()
     model.eval()
-    found = run["best_state"] is not None
-    if run["stopped_by"] == "max_minutes":
+    if record.stopped_by == "max_minutes":
         tqdm.write(
             f"{model.name}: training cut short by the {settings.max_minutes:g}-minute cap (max_minutes) after epoch "
-            f"{run['epoch']}, before early stopping ended it; best validation NDCG@10 {run['best_score']:.4f} at epoch "
-            f"{run['best_epoch']}. Set max_minutes to null to train to convergence."
+            f"{record.epochs}, before early stopping ended it; best validation NDCG@10 {record.best_score:.4f} at "
+            f"epoch {record.best_epoch}. Set max_minutes to null to train to convergence."
         )
+    train_seconds, valid_seconds = record.sums("seconds"), record.sums("valid_seconds")
     return {
-        "epochs": run["epoch"],
-        "best_epoch": run["best_epoch"] if found else run["epoch"],
-        "best_valid_ndcg@10": run["best_score"] if found else None,
-        "stopped_by": run["stopped_by"],
-        "train_seconds": run["train_seconds"],
-        "valid_seconds": run["valid_seconds"],
-        "validations": run.get("validations", 0),
-        "total_seconds": time.perf_counter() - started,
-        "targets_per_epoch": targets_per_epoch,
-        "targets_per_s": run["trained"] / run["train_seconds"] if run["train_seconds"] else 0.0,
+        "epochs": record.epochs,
+        "best_epoch": record.best_epoch if record.validated else record.epochs,
+        "best_valid_ndcg@10": record.best_score if record.validated else None,
+        "stopped_by": record.stopped_by,
+        "train_seconds": train_seconds,
+        "valid_seconds": valid_seconds,
+        "validations": sum("valid_ndcg@10" in h for h in record.history),
+        "total_seconds": train_seconds + valid_seconds,
+        "targets_per_epoch": sum(len(e[1]) if model.causal else 1 for e in examples),
+        "targets_per_s": record.sums("tokens") / train_seconds if train_seconds else 0.0,
         "settings": asdict(settings),
-        "history": run["history"],
+        "history": record.history,
     }
 
 
-def save_checkpoint(path: Path, model: DenseRecommender, optimizer, rng: np.random.Generator, run: dict) -> None:
-    """Write what resuming needs (weights, optimizer, both random generators, the run so far), atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state,
-                "run": run,
-            },
-            tmp,
-        )
+# settings that do not change the weights an epoch trains: a checkpoint made under others still resumes
+RESUME_IGNORES = ("epochs", "patience", "max_minutes", "checkpoint", "progress", "threads")
+
+
+def resume_fingerprint(model: DenseRecommender, examples: Sequence[Example], settings: TrainSettings) -> str:
+    """The fingerprint of a dense training's checkpoint: the network, its training examples and settings."""
+    network = {"model": model.name, **(model._hub_mixin_config or {})}
+    kept = {k: v for k, v in asdict(settings).items() if k not in RESUME_IGNORES}
+    data = hashlib.sha256(json.dumps([model.item_ids, examples]).encode()).hexdigest()
+    return fingerprint_of([network, kept], data)
