@@ -114,6 +114,37 @@ def misspelt_in(title: str, words: list[str]) -> bool:
     return False
 
 
+_PLACEHOLDER = re.compile(r"<[A-Z]>")
+
+
+def placeholder_error(tool: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """An error result when the model copied a placeholder of the planner's examples ("<A>" stands for
+    a title the user wrote) into an argument: the 1.5B called `same_decade_as="<A>"` when re-planning
+    "a crime movie, nothing with romance". The error sends it back once (`agent.graph.check_step`)."""
+    values = [v for value in request.values() for v in (value if isinstance(value, list) else [value])]
+    copied = [str(v) for v in values if isinstance(v, str) and _PLACEHOLDER.search(v)]
+    if not copied:
+        return None
+    return {
+        "tool": tool,
+        "items": [],
+        "error": f"{copied[0]!r} is a placeholder of the examples, not something the user wrote: leave that argument "
+        "out unless the message names a title",
+    }
+
+
+def user_said(state: dict[str, Any], user_id: str) -> bool:
+    """True when the user wrote this user id in one of their messages (or the conversation knows it)."""
+    from langchain_core.messages import HumanMessage
+
+    from agent.prompts import text_of
+
+    if str(state.get("user_id") or "") == user_id:
+        return True
+    pattern = re.compile(rf"(?<![\w]){re.escape(user_id)}(?![\w])")
+    return any(pattern.search(text_of(m)) for m in state.get("messages") or [] if isinstance(m, HumanMessage))
+
+
 def _ids(values: list[str] | None) -> list[str]:
     return [f"id {v}" for v in values or []]
 
@@ -164,6 +195,8 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
 
     def search_items(runtime: ToolRuntime, by_photo: bool = False, **request: Any) -> dict[str, Any]:
         state = runtime.state
+        if problem := placeholder_error("search_items", request):
+            return problem
         photo = photo_bytes(state) if by_photo else None
         if by_photo and photo is None:
             return {"tool": "search_items", "items": [], "error": "no photo is attached to this message"}
@@ -172,6 +205,8 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
 
     def recommend(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
+        if problem := placeholder_error("recommend", request):
+            return problem
         user_id = _step_user(state) or state.get("user_id")
         liked, invented = said_by_user(ctx, state, request.pop("liked", None))
         exclude, invented_too = said_by_user(ctx, state, request.pop("exclude", None))
@@ -193,7 +228,7 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
         return result
 
     def item_details(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
-        return run_tool(ctx, "item_details", request)
+        return placeholder_error("item_details", request) or run_tool(ctx, "item_details", request)
 
     def explain(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
@@ -207,6 +242,13 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
         )
 
     def user_history(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
+        user_id = str(request.get("user_id") or "")
+        if user_id and not user_said(runtime.state, user_id):  # the 1.5B copied "42" from the examples
+            return {
+                "tool": "user_history",
+                "items": [],
+                "error": f"the user did not say they are user {user_id}: call user_history only with an id they wrote",
+            }
         return run_tool(ctx, "user_history", request, n=10)
 
     funcs = {

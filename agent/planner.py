@@ -192,7 +192,8 @@ def genre_mentions(text: str, genres: dict[str, str]) -> tuple[list[str], list[s
             continue
         for m in re.finditer(r"(?<![\w-])" + re.escape(word) + r"(?![\w-])", low):
             # the words before it in its own clause ("no horror, but a comedy": comedy is wanted)
-            clause = re.split(r"[,.;!?]|\bbut\b|\band\b|\bor\b", said[: m.start()])[-1]
+            # ("not dramas or thrillers": "or" keeps the negation, so it does not end the clause)
+            clause = re.split(r"[,.;!?]|\bbut\b|\band\b", said[: m.start()])[-1]
             before = clause.split()[-5:]
             (avoid if any(b in _NEGATIONS for b in before) else wanted).append(target)
     wanted = [g for g in dict.fromkeys(wanted) if g not in avoid]

@@ -115,6 +115,29 @@ def test_a_title_the_user_misspelt_and_the_model_corrected_counts_as_said(ctx):
     assert invented == ["Heat", "Aliens"]
 
 
+def test_arguments_the_user_never_gave_are_sent_back_not_used():
+    """The 1.5B copied the planner's examples: `same_decade_as="<A>"` and user 42 for "only recent stuff"."""
+    from langchain_core.messages import HumanMessage
+
+    from agent.model_tools import placeholder_error, user_said
+
+    assert "placeholder" in placeholder_error("recommend", {"same_decade_as": "<A>", "genres": ["Crime"]})["error"]
+    assert placeholder_error("recommend", {"liked": ["Star Wars", "<B>"]})
+    assert placeholder_error("recommend", {"liked": ["Star Wars"], "genres": ["Crime"]}) is None
+    state = {"messages": [HumanMessage("only recent stuff, after 1996")]}
+    assert not user_said(state, "42") and not user_said(state, "199")
+    assert user_said({"messages": [HumanMessage("I'm user 42, what next?")]}, "42")
+    assert user_said({**state, "user_id": "42"}, "42")  # said in an earlier turn
+
+
+def test_a_negation_covers_every_genre_joined_by_or(ctx):
+    from agent.planner import genre_mentions
+
+    wanted, avoided = genre_mentions("light films, not dramas or thrillers", ctx.genres)
+    assert wanted == [] and sorted(avoided) == ["Drama", "Thriller"]
+    assert genre_mentions("a comedy or a drama, no horror", ctx.genres) == (["Comedy", "Drama"], ["Horror"])
+
+
 def test_genre_words_given_as_liked_titles_are_not_reported_missing(ctx):
     result = recommend(ctx, liked=["Alien", "Drama", "the 1950s"], k=3)
     assert [c["title"] for c in result["liked"]] == ["Alien (1979)"] and result["unknown"] == []
