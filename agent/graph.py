@@ -137,6 +137,13 @@ def degenerate(text: str) -> bool:
 
 
 _BOUNDARY = re.compile(r"[.!?:](?=\s)|\n")
+_LIST_NUMBER = re.compile(r"(?:^|\s)\d{1,2}[.:]$")
+
+
+def sentence_ends(text: str, start: int = 0) -> list[int]:
+    """Where sentences of `text` end after `start`; "2." opening a list item is no end (a reply cut
+    at its token limit ended on "... as you asked 3.")."""
+    return [m.end() for m in _BOUNDARY.finditer(text, start) if not _LIST_NUMBER.search(text[: m.end()])]
 
 
 def release_checked(pieces: Iterable[str], allowed: set[str], ctx: AgentContext, write: Any) -> str:
@@ -148,7 +155,7 @@ def release_checked(pieces: Iterable[str], allowed: set[str], ctx: AgentContext,
         text += piece
         if not clean:
             continue
-        cut = max((m.end() for m in _BOUNDARY.finditer(text, released)), default=released)
+        cut = max(sentence_ends(text, released), default=released)
         if cut > released:
             if check(text[:cut], allowed, ctx.titles).ok:
                 write(text[released:cut])
@@ -525,7 +532,7 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
                 lambda chunk: write({"delta": chunk}),
             )
             if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
-                ends = [m.end() for m in _BOUNDARY.finditer(text)]
+                ends = sentence_ends(text)
                 text = text[: ends[-1]] if ends else text
             unknown = [n for r in results for n in r.get("unknown") or []]
             if text.strip():  # a title the catalog lacks is always said, in the deterministic words

@@ -23,6 +23,7 @@ from agent.graph import (
     remember,
     reply,
     rules_step,
+    sentence_ends,
 )
 from agent.model_tools import ANSWER, answer_tool, known_args
 from agent.prompts import PLANNER_SYSTEM, compact_result, memory_text, planner_messages
@@ -349,3 +350,9 @@ def test_remember_records_likes_exclusions_the_request_and_the_items_shown(deps,
     assert memory["preferences"] == {"genres": ["Comedy"]}
     assert [c["item_id"] for c in memory["candidates"]] == [c["item_id"] for c in result["items"]]
     assert memory["photo"] is None  # a photo belongs to the message it came with
+
+
+def test_a_list_number_is_not_the_end_of_a_sentence():
+    text = "Two picks: 1. Alien (1979) [id 2] is scary. 2. Spaceballs is from 1987. 3."
+    assert [text[:e] for e in sentence_ends(text)][-1].endswith("from 1987.")
+    assert not any(text[:e].endswith((" 1.", " 2.", " 3.")) for e in sentence_ends(text))
