@@ -46,6 +46,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
 from inference.client import ADAPTER_MODEL, BASE_MODEL, CHAT_MODEL, LLMError, LLMUnavailable
+from serving.llamacpp import compact_grammar
 
 _log = logging.getLogger(__name__)
 
@@ -185,11 +186,14 @@ def planning_kwargs(engine: str, tools: Sequence[BaseTool], tool: str | None = N
     # trained), with tool_choice "none" so llama.cpp adds no grammar of its own; the JSON schema,
     # sent as llama.cpp's `json_schema` field, constrains the reply instead, and the reply may be as
     # long as the schema allows (`max_call_tokens`), so it is never cut into an invalid call.
+    # A compact grammar from the same schema (no newlines or indentation) when this machine has the
+    # converter: a third fewer tokens to decode per call.
     schema = tool_call_schema(chosen)
+    grammar = compact_grammar(schema)
     return {
         "tools": specs,
         "tool_choice": "none",
-        "extra_body": {"json_schema": schema},
+        "extra_body": {"grammar": grammar} if grammar else {"json_schema": schema},
         "max_tokens": max_call_tokens(schema),
     }
 

@@ -197,3 +197,19 @@ def test_the_tool_call_schema_bounds_every_string_and_list_and_names_each_tool(t
                 walk(value)
 
     walk(schema)
+
+
+def test_planning_calls_are_written_as_compact_json_on_llama_cpp(chat_server, tools):
+    """llama-server's own schema grammar lets the model indent its JSON (a third of a call's tokens
+    on the 1.5B); the converter kept with the build allows one space at most."""
+    from agent.llm import LLAMA_CPP, planning_kwargs
+
+    chat = chat_llm(chat_server)
+    if chat.engine() != LLAMA_CPP:
+        pytest.skip("vLLM constrains calls with its own tool parser")
+    kwargs = planning_kwargs(LLAMA_CPP, tools)
+    assert "grammar" in kwargs["extra_body"] and "json_schema" not in kwargs["extra_body"]
+    for message in PLANNING_REQUESTS[:4]:
+        raw = chat.llm.bind(**kwargs).invoke([("system", PLANNER), ("user", message)])
+        assert "\n" not in raw.content and "  " not in raw.content, raw.content
+        assert chat.plan([("system", PLANNER), ("user", message)], tools).tool_calls, message
