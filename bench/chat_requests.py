@@ -325,7 +325,8 @@ def score(
                     "reply": record.get("reply"),
                     "items": [facts.get(i, {}).get("title") for i in record["items"]],
                     "calls": record.get("calls"),
-                    **{k: marks[k] for k in ("broken", "honoured", "false_statements", "raw_error")},
+                    **{k: marks[k] for k in ("broken", "honoured", "false_statements", "raw_error", "source")},
+                    "replaced_because": record.get("violations") or [],  # why the guard replaced the model's reply
                 }
             )
             previous = [{"item_id": i, **facts.get(i, {})} for i in record["items"]] or previous
@@ -440,6 +441,7 @@ def run_agent(
                         "calls": answer.calls,
                         "planner": answer.planner,
                         "source": answer.source,
+                        "violations": answer.violations,
                         "seconds": round(seconds, 2),
                         "tokens_per_s": (answer.timing or {}).get("reply_tokens_per_s"),
                         "plan_s": sum((answer.timing or {}).get("plan_s") or []),
