@@ -72,11 +72,10 @@ def model_server(
     runs). `meanwhile` tells the user what happens until a started server is ready. Servers started
     here require `api_key` when it is given."""
     import threading
-    from urllib.parse import urlparse
 
     from genrec.errors import GenrecError
     from genrec.run import open_run
-    from serving.server import ModelServer, chat_server_spec, is_healthy, run_server_spec, sigterm_as_interrupt
+    from serving.server import ModelServer, chat_server_spec, run_server_spec, sigterm_as_interrupt
 
     if not llm_url or not start:
         yield []
@@ -87,32 +86,11 @@ def model_server(
         wanted.append((llm_url, lambda port: run_server_spec(run, config.serve, port=port)))
     if chat_url and chat_url != llm_url:
         wanted.append((chat_url, lambda port: chat_server_spec(run, config.serve, port=port)))
-    servers: list[ModelServer] = []
-    for url, make_spec in wanted:
-        if is_healthy(url, timeout_s=1.0):
-            continue
-        parsed = urlparse(url)
-        if parsed.hostname not in _LOCAL_HOSTS or parsed.port is None:
-            console.print(f"[yellow]nothing answers at {url}; replies come from retrieval alone[/]")
-            continue
-        try:
-            spec = make_spec(parsed.port)
-        except GenrecError as exc:
-            console.print(
-                f"[yellow]nothing answers at {url} and no model server can be started there ({exc}); "
-                "replies come from retrieval alone[/]"
-            )
-            continue
-        if spec is None:
-            continue
-        spec.api_key = api_key
-        server = ModelServer(spec, config.serve.startup_timeout_s)
-        server.start()
-        servers.append(server)
-        note = "" if wait else f"; {meanwhile}"
-        console.print(
-            f"[dim]started {server.engine} ({spec.served_name}) on {server.url} (log {spec.log_path}){note}[/]"
-        )
+    servers = [
+        server
+        for url, make_spec in wanted
+        if (server := _start_missing(url, make_spec, config, api_key, console, "" if wait else f"; {meanwhile}"))
+    ]
 
     def wait_ready(server: ModelServer) -> None:
         try:
@@ -135,6 +113,37 @@ def model_server(
     finally:
         for server in servers:
             server.stop()
+
+
+def _start_missing(url: str, make_spec: Any, config: Any, api_key: str | None, console: Any, note: str) -> Any:
+    """Start the server `make_spec(port)` describes when nothing answers at `url` and the url is this
+    machine's; None when one answers already or none can be started here (said on `console`)."""
+    from urllib.parse import urlparse
+
+    from genrec.errors import GenrecError
+    from serving.server import ModelServer, is_healthy
+
+    if is_healthy(url, timeout_s=1.0):
+        return None
+    parsed = urlparse(url)
+    if parsed.hostname not in _LOCAL_HOSTS or parsed.port is None:
+        console.print(f"[yellow]nothing answers at {url}; replies come from retrieval alone[/]")
+        return None
+    try:
+        spec = make_spec(parsed.port)
+    except GenrecError as exc:
+        console.print(
+            f"[yellow]nothing answers at {url} and no model server can be started there ({exc}); "
+            "replies come from retrieval alone[/]"
+        )
+        return None
+    if spec is None:
+        return None
+    spec.api_key = api_key
+    server = ModelServer(spec, config.serve.startup_timeout_s)
+    server.start()
+    console.print(f"[dim]started {server.engine} ({spec.served_name}) on {server.url} (log {spec.log_path}){note}[/]")
+    return server
 
 
 def resolve_chat_url(run: Path, llm_url: str | None, chat_url: str | None) -> str | None:

@@ -128,6 +128,7 @@ def placeholder_error(tool: str, request: dict[str, Any]) -> dict[str, Any] | No
     return {
         "tool": tool,
         "items": [],
+        "bad_arguments": True,  # the rule reply says it could not read the request, not this text
         "error": f"{copied[0]!r} is a placeholder of the examples, not something the user wrote: leave that argument "
         "out unless the message names a title",
     }
@@ -247,6 +248,7 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
             return {
                 "tool": "user_history",
                 "items": [],
+                "bad_arguments": True,
                 "error": f"the user did not say they are user {user_id}: call user_history only with an id they wrote",
             }
         return run_tool(ctx, "user_history", request, n=10)

@@ -81,6 +81,24 @@ def years_phrase(year_min: int | None, year_max: int | None) -> str:
     return f"from {year_min} or later" if year_min is not None else f"from {year_max} or earlier"
 
 
+def _basis(result: dict[str, Any], request: dict[str, Any]) -> list[str]:
+    """What a recommendation went on, in words: liked titles, a user's history, the request, what was seen."""
+    basis = []
+    if result.get("liked"):
+        basis.append(f"you liked {_join_names(result['liked'][-4:])}")
+    if result.get("user_id"):
+        basis.append(f"user {result['user_id']}'s history")
+    if request.get("genres"):
+        basis.append(f"you want {', '.join(request['genres'])}")
+    if request.get("exclude_genres"):
+        basis.append(f"no {', '.join(request['exclude_genres'])}")
+    if request.get("year_min") is not None or request.get("year_max") is not None:
+        basis.append(years_phrase(request.get("year_min"), request.get("year_max")))
+    if result.get("seen"):
+        basis.append(f"not {_join_names(result['seen'][-4:])}, which you have seen")
+    return basis
+
+
 def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] | None = None) -> str:
     """A reply that states exactly what the tools returned."""
     parts: list[str] = []
@@ -106,20 +124,7 @@ def rules_reply(results: Sequence[dict[str, Any]], preferences: dict[str, Any] |
             if not r.get("items"):
                 parts.append(_nothing(r) or "I found nothing that fits; try another title or fewer constraints.")
                 continue
-            basis = []
-            req = r.get("request") or prefs
-            if r.get("liked"):
-                basis.append(f"you liked {_join_names(r['liked'][-4:])}")
-            if r.get("user_id"):
-                basis.append(f"user {r['user_id']}'s history")
-            if req.get("genres"):
-                basis.append(f"you want {', '.join(req['genres'])}")
-            if req.get("exclude_genres"):
-                basis.append(f"no {', '.join(req['exclude_genres'])}")
-            if req.get("year_min") is not None or req.get("year_max") is not None:
-                basis.append(years_phrase(req.get("year_min"), req.get("year_max")))
-            if r.get("seen"):
-                basis.append(f"not {_join_names(r['seen'][-4:])}, which you have seen")
+            basis = _basis(r, r.get("request") or prefs)
             head = ("Since " + "; ".join(basis) + ", here are my picks:") if basis else "Here are my picks:"
             parts.append("\n".join([head, *_listing(r["items"])]))
             if r.get("model_unavailable"):

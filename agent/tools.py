@@ -454,23 +454,7 @@ def recommend(
     # the user's history) fused with the dense next-item model; the request filters its candidates.
     k = _clip_k(k)
     result: dict[str, Any] = {"tool": "recommend", "items": [], "liked": [], "unknown": []}
-    seeds: list[str] = []
-    if user_id:
-        past = ctx.user_items(user_id, 10_000)
-        if past:
-            result["user_id"] = str(user_id)
-            result["history"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in past[-20:]]
-            seeds += past
-        else:
-            result["unknown_user"] = str(user_id)
-    for name in liked or []:
-        found = ctx.titles.find(str(name))
-        if found is None:
-            if not ctx.titles.reserved_word(str(name)):  # "Drama", "the 1950s": a kind or a time, not a title
-                result["unknown"].append(str(name))
-        elif found not in seeds:
-            seeds.append(found)
-            result["liked"].append({"item_id": found, "title": ctx.titles.titles[found]})
+    seeds = _seeds(ctx, result, user_id, liked)
     request = make_request(ctx, genres, exclude_genres, released_after, released_before, decade, same_decade_as)
     if request.unknown_genres:
         result["unknown_genres"] = request.unknown_genres
@@ -503,6 +487,29 @@ def recommend(
     for rank, (item, score) in enumerate(ranked):
         result["items"].append(ctx.card(item, score, reasons(ctx, item, seeds, request.genres, rank)))
     return result
+
+
+def _seeds(ctx: AgentContext, result: dict[str, Any], user_id: str | None, liked: Titles | None) -> list[str]:
+    """What a recommendation starts from: the catalog user's history, then the liked titles found in
+    the catalog; `result` records both, and the names that are no catalog title."""
+    seeds: list[str] = []
+    if user_id:
+        past = ctx.user_items(user_id, 10_000)
+        if past:
+            result["user_id"] = str(user_id)
+            result["history"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in past[-20:]]
+            seeds += past
+        else:
+            result["unknown_user"] = str(user_id)
+    for name in liked or []:
+        found = ctx.titles.find(str(name))
+        if found is None:
+            if not ctx.titles.reserved_word(str(name)):  # "Drama", "the 1950s": a kind or a time, not a title
+                result["unknown"].append(str(name))
+        elif found not in seeds:
+            seeds.append(found)
+            result["liked"].append({"item_id": found, "title": ctx.titles.titles[found]})
+    return seeds
 
 
 def _similar_items(

@@ -116,6 +116,19 @@ def demo(
     )
 
 
+def _search(run: Path, console: Any) -> None:
+    """The store's top 5 for the sample query, as a table."""
+    from rich.table import Table
+
+    from retrieval.search import Searcher
+
+    console.print(f"query: [italic]{SAMPLE_QUERY}[/]")
+    table = Table("rank", "item_id", "title", "score")
+    for rank, hit in enumerate(Searcher.open(run).search(SAMPLE_QUERY, k=5), 1):
+        table.add_row(str(rank), hit.item_id, hit.title, f"{hit.score:.3f}")
+    console.print(table)
+
+
 def _pipeline(
     run: Path,
     dataset: str,
@@ -130,8 +143,6 @@ def _pipeline(
     """The demo's five stages. Model servers start as soon as what they serve exists (the chat model
     before training, the recommender before evaluation) and compile while the CPU-bound stages run,
     so the chat does not wait for them; `servers` stops them at the end."""
-    from rich.table import Table
-
     from agent.commands import DEFAULT_LLM_URL, model_server, resolve_chat_url
     from genrec.errors import GenrecError
 
@@ -156,13 +167,7 @@ def _pipeline(
 
     clock.stage("search")
     console.rule("[bold]2/5 search the Chroma store")
-    from retrieval.search import Searcher
-
-    console.print(f"query: [italic]{SAMPLE_QUERY}[/]")
-    table = Table("rank", "item_id", "title", "score")
-    for rank, hit in enumerate(Searcher.open(run).search(SAMPLE_QUERY, k=5), 1):
-        table.add_row(str(rank), hit.item_id, hit.title, f"{hit.score:.3f}")
-    console.print(table)
+    _search(run, console)
 
     clock.stage("train")
     console.rule("[bold]3/5 train the generative recommender (semantic-ID LM + LoRA)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,17 @@ def slice_metrics(ranks: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
+def slices(ranks: Sequence[int], targets: Sequence[str], cold: set[str]) -> dict[str, dict[str, float]]:
+    """One model's metrics on the cold slice (target held out), the warm slice and all users."""
+    is_cold = np.array([t in cold for t in targets], dtype=bool)
+    ranks = np.asarray(ranks)
+    return {
+        "cold": slice_metrics(ranks, is_cold),
+        "warm": slice_metrics(ranks, ~is_cold),
+        "all": slice_metrics(ranks, np.ones(len(ranks), dtype=bool)),
+    }
+
+
 def evaluate_cold(
     run: str | Path,
     fraction: float = 0.05,
@@ -197,16 +209,8 @@ def evaluate_cold(
         "dense_weight": fusion.dense_weight,
         "content_weight": fusion.content_weight if ranker.hybrid else None,
         "content_weight_grid": grid,
-        "models": {},
     }
-    for name, r in results.items():
-        is_cold = np.array([t in cold_set for t in r.targets])
-        ranks = np.asarray(r.ranks)
-        report["models"][name] = {
-            "cold": slice_metrics(ranks, is_cold),
-            "warm": slice_metrics(ranks, ~is_cold),
-            "all": slice_metrics(ranks, np.ones(len(ranks), dtype=bool)),
-        }
+    report["models"] = {name: slices(r.ranks, r.targets, cold_set) for name, r in results.items()}
     write_json(cold_paths.eval / "cold.json", report)
     return report
 

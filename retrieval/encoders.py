@@ -258,7 +258,6 @@ def encode_images(
     from tqdm import tqdm
 
     item_ids = item_ids or [str(i) for i in range(len(sources))]
-    mask = np.zeros(len(sources), dtype=bool)
     vectors: dict[int, np.ndarray] = {}
     network_ok = True
     pending: list[tuple[int, str, Any]] = []
@@ -313,10 +312,16 @@ def encode_images(
             flush()
     if pending:
         flush()
+    return stack_rows(vectors, len(sources))
+
+
+def stack_rows(vectors: dict[int, np.ndarray], n: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Row vectors by position as one (n, dim) array, zeros where a row is missing, and the mask of
+    rows present; (None, all False) when none is."""
+    mask = np.zeros(n, dtype=bool)
     if not vectors:
         return None, mask
-    dim = len(next(iter(vectors.values())))
-    out = np.zeros((len(sources), dim), dtype=np.float32)
+    out = np.zeros((n, len(next(iter(vectors.values())))), dtype=np.float32)
     for i, vec in vectors.items():
         out[i] = vec
         mask[i] = True
