@@ -285,7 +285,11 @@ def server_command(spec: ServerSpec) -> list[str]:
     if spec.run is not None:  # the recommender: trie beam search inside the server
         cmd += ["--middleware", "serving.trie_search.recommend_route"]
     if engine_search:  # the run's own architecture (base + merged LoRA, loaded by it): no LoRA modules in vLLM
-        return cmd + ENGINE_SEARCH_ARGS + parallel_args(spec) + list(spec.extra_args)
+        # an engine step may hold as many whole prompts as the pooler searches at once (16): its
+        # forward pass is empty, so tokens cost nothing, and vLLM's CPU default (2,048 tokens) holds 4
+        # ML-100K prompts; one step's requests are one beam search batch (bench/results/serve.json)
+        batch = ["--max-num-batched-tokens", str(max(2048, 16 * spec.max_model_len))]
+        return cmd + ENGINE_SEARCH_ARGS + batch + parallel_args(spec) + list(spec.extra_args)
     if spec.adapter_dir is not None:
         cmd += [
             "--enable-lora",

@@ -183,11 +183,13 @@ async def recommend_route(request, call_next):
 
     if request.url.path != ROUTE:
         return await call_next(request)
-    if request.method != "POST":
-        return JSONResponse({"error": {"message": f"{ROUTE}: use POST"}}, status_code=405)
+    if request.method not in ("POST", "GET"):
+        return JSONResponse({"error": {"message": f"{ROUTE}: use POST (GET says how it searches)"}}, status_code=405)
     state = request.app.state
     if not _authorised(request, state):
         return JSONResponse({"error": {"message": "Unauthorized"}}, status_code=401)
+    if request.method == "GET":
+        return JSONResponse({"search": "engine" if await searches_in_engine(state.engine_client) else "steps"})
     run = os.environ.get(RUN_ENV)
     if not run:
         return JSONResponse(
