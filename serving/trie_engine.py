@@ -53,10 +53,15 @@ class TrieSearcher:
     adapter's served name asks for) and, at the first request for it, the base alone."""
 
     def __init__(self, run: Path, batch_size: int = 16):
+        from genrec.memory import keep_freed_memory
         from genrec.run import RunPaths
         from inference.decoding.local import load_local_generator
         from retrieval.semantic_ids import load_semantic_ids
 
+        # the search allocates and frees its caches and masks at every level, larger with every
+        # request of the batch; returned to the kernel each time (glibc's default) they page-fault
+        # anew, and a batch of 16 searched slower per request than a batch of 1 (bench/serve.py)
+        keep_freed_memory()
         self.run = run
         paths = RunPaths(run)
         self.adapted = load_local_generator(paths, load_semantic_ids(paths), batch_size=batch_size)

@@ -424,3 +424,19 @@ def test_serving_off_localhost_without_an_api_key_is_refused(tiny_run):
     app.command("noop")(lambda: None)
     result = CliRunner().invoke(app, ["serve", "--run", str(run), "--host", "0.0.0.0"], env={"GENREC_API_KEY": ""})
     assert isinstance(result.exception, GenrecError) and "without an API key" in str(result.exception)
+
+
+def test_the_recommender_searches_in_the_engine_unless_its_base_model_also_chats(tiny_run):
+    """`serve.search: auto`: a pooling server (one engine request per recommendation) for a run whose
+    chat model is another server; the per-step search on a generating server when its base chats."""
+    from serving.server import recommend_search, server_command
+
+    run, _ = tiny_run
+    spec = run_server_spec(run, ServeConfig())
+    command = server_command(spec)
+    assert spec.search == "engine" and command[1:3] == ["-m", "serving.trie_engine"]
+    assert "pooling" in command and "--enable-lora" not in command and "--max-num-batched-tokens" in command
+    assert recommend_search(run, ServeConfig(chat=ChatServerConfig(model="base"))) == "steps"
+    steps = run_server_spec(run, ServeConfig(search="steps"))
+    command = server_command(steps)
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enable-lora" in command
