@@ -15,6 +15,8 @@ users' histories, built by `HistoryPrompt` as training builds them, history item
 Each at 1 request at a time and at 16 concurrent requests (vLLM: 16 client threads, one HTTP request
 per recommendation through `inference.vllm_generator`'s payload, batched by the server; in-process and
 HF: batches of 16 histories, how a process serves 16 waiting requests; HF at 1 only, it is slow).
+The in-process path is measured again just before each engine-search measurement (`*_beside_engine`):
+on a shared machine the load changes by the minute, and those are the ratios to read.
 Reports recommendations/s, p50/p95 latency, the ratios vLLM/in-process and vLLM/HF measured in the
 same run, whether the top-10 lists agree on every prompt, server start time and peak memory, and
 where the vLLM routes' time goes: the steps search's engine requests per recommendation and the
@@ -296,9 +298,15 @@ def main() -> None:
             vllm = route_caller(server.url, local, ADAPTER_MODEL, stats)
             vllm(histories[:2])  # warm-up: first shapes
             with PeakMemory(server.process.pid) as memory:
+                # the machine's load changes by the minute: the in-process baseline is measured again
+                # just before each engine measurement (the idle server costs ~1% of a core)
+                if search == "engine":
+                    report["in_process_1_beside_engine"], _ = sequential(in_process, histories)
                 stats.clear()
                 report[f"vllm_{search}_1"], routes[search] = sequential(vllm, histories)
                 one = list(stats)
+                if search == "engine":
+                    report["in_process_16_beside_engine"], _ = batched(in_process, histories)
                 stats.clear()
                 report[f"vllm_{search}_16"], routes[f"{search}_16"] = concurrent(vllm, histories)
                 sixteen = list(stats)
@@ -325,6 +333,8 @@ def main() -> None:
         return round(report[a]["recs_per_s"] / report[b]["recs_per_s"], 3)
 
     report["ratios"] = {
+        "vllm_engine_16_over_in_process_16_beside": ratio("vllm_engine_16", "in_process_16_beside_engine"),
+        "vllm_engine_1_over_in_process_1_beside": ratio("vllm_engine_1", "in_process_1_beside_engine"),
         "vllm_engine_16_over_in_process_16": ratio("vllm_engine_16", "in_process_16"),
         "vllm_engine_1_over_in_process_1": ratio("vllm_engine_1", "in_process_1"),
         "vllm_engine_16_over_vllm_steps_16": ratio("vllm_engine_16", "vllm_steps_16"),
@@ -333,8 +343,8 @@ def main() -> None:
     }
     report["machine"]["load_at_end"] = os.getloadavg()
     write_json(args.out, report)
-    keys = ("in_process_1", "in_process_16", "hf_generate_1", "vllm_engine_1", "vllm_engine_16", "vllm_steps_1")
-    for key in (*keys, "vllm_steps_16"):
+    keys = ("in_process_1", "in_process_16", "hf_generate_1", "in_process_1_beside_engine", "vllm_engine_1")
+    for key in (*keys, "in_process_16_beside_engine", "vllm_engine_16", "vllm_steps_1", "vllm_steps_16"):
         print(f"{key:15s} {report[key]['recs_per_s']:8.2f} recs/s  p50 {report[key]['p50_ms']:8.1f} ms")
     print("ratios", report["ratios"], "agreement", report["agreement"])
     print(f"wrote {args.out}")
