@@ -21,7 +21,9 @@ Reports recommendations/s, p50/p95 latency, the ratios vLLM/in-process and vLLM/
 same run, whether the top-10 lists agree on every prompt, server start time and peak memory, and
 where the vLLM routes' time goes: the steps search's engine requests per recommendation and the
 one-token requests/s the engine answers; the engine search's batch per engine step and the share of
-the wall time its pooler spent searching (the rest: HTTP, the API process, the engine's scheduling).
+the wall time its pooler spent searching (the rest: HTTP, the API process, the engine's scheduling);
+and for both, how many cores each of the server's processes (API server, engine core, worker) and
+the benchmark's own client threads kept busy while it was measured.
 
     .venv/bin/python bench/serve.py --run runs/demo [--prompts 32]
 
@@ -91,6 +93,38 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a vLLM server's processes by role, and of this process
+    (the benchmark's client threads while a server is measured)."""
+    import psutil
+
+    roles: dict[str, float] = {"api_server": 0.0, "engine_core": 0.0, "worker": 0.0, "other": 0.0}
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name, times = proc.name(), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = (
+            "api_server"
+            if proc.pid == pid
+            else "worker"
+            if "Worker" in name
+            else "engine_core"
+            if "Engine" in name  # "VLLM::EngineCore", cut to 15 characters
+            else "other"
+        )
+        roles[role] += times.user + times.system
+    mine = psutil.Process().cpu_times()
+    roles["benchmark_client"] = mine.user + mine.system
+    return roles
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Cores each role kept busy on average over `wall_s` (of the machine's 2 here)."""
+    return {role: round((after[role] - before[role]) / wall_s, 2) for role in before}
 
 
 def sequential(call, items: list) -> tuple[dict, list]:
@@ -303,13 +337,18 @@ def main() -> None:
                 if search == "engine":
                     report["in_process_1_beside_engine"], _ = sequential(in_process, histories)
                 stats.clear()
+                cpu = cpu_seconds(server.process.pid)
                 report[f"vllm_{search}_1"], routes[search] = sequential(vllm, histories)
+                cpu_1 = cpu_share(cpu, cpu_seconds(server.process.pid), report[f"vllm_{search}_1"]["wall_s"])
                 one = list(stats)
                 if search == "engine":
                     report["in_process_16_beside_engine"], _ = batched(in_process, histories)
                 stats.clear()
+                cpu = cpu_seconds(server.process.pid)
                 report[f"vllm_{search}_16"], routes[f"{search}_16"] = concurrent(vllm, histories)
+                cpu_16 = cpu_share(cpu, cpu_seconds(server.process.pid), report[f"vllm_{search}_16"]["wall_s"])
                 sixteen = list(stats)
+            report[f"vllm_{search}_cores_busy"] = {"at_1": cpu_1, "at_16": cpu_16}
             report[f"vllm_{search}_peak_rss_mb"] = round(memory.peak_mb)
             if search == "engine":
                 report["engine_search"] = {
