@@ -4,15 +4,26 @@ Hugging Face `generate`, on a trained run's own prompts.
 The three generation paths of the same model (base + LoRA) and the same prompts (the run's test
 users' histories, built by `HistoryPrompt` as training builds them, history items excluded):
 
-- vLLM: `genrec serve`'s recommender server, trie beam search inside the server
-  (`serving.trie_search`), one HTTP request per recommendation (`inference.vllm_generator`);
+- vLLM, engine search: `genrec serve`'s recommender server as it starts by default, the pooling
+  architecture `serving.trie_engine`: one engine request per recommendation, genrec's beam search
+  in the engine's pooler on every request of an engine step at once;
+- vLLM, steps search: the same server started with `serve.search: steps` (what a server that also
+  chats runs), one one-token engine request per live beam and level (`serving.trie_search`);
 - in-process: `inference.decoding.local.LocalGenerator` (tree-attention beam search, prompt encoded once);
 - Hugging Face: `generate(num_beams=20)` kept on the trie by a logits processor (tests/hf_reference.py).
 
-Each at 1 request at a time and at 16 concurrent requests (vLLM: 16 client threads, batched by the
-server; in-process and HF: batches of 16 histories, how a process serves 16 waiting requests).
+Each at 1 request at a time and at 16 concurrent requests (vLLM: 16 client threads, one HTTP request
+per recommendation through `inference.vllm_generator`'s payload, batched by the server; in-process and
+HF: batches of 16 histories, how a process serves 16 waiting requests; HF at 1 only, it is slow).
+The in-process path is measured again just before each engine-search measurement (`*_beside_engine`):
+on a shared machine the load changes by the minute, and those are the ratios to read.
 Reports recommendations/s, p50/p95 latency, the ratios vLLM/in-process and vLLM/HF measured in the
-same run, whether the three top-10 lists agree on every prompt, server start time and peak memory.
+same run, whether the top-10 lists agree on every prompt, server start time and peak memory, and
+where the vLLM routes' time goes: the steps search's engine requests per recommendation and the
+one-token requests/s the engine answers; the engine search's batch per engine step and the share of
+the wall time its pooler spent searching (the rest: HTTP, the API process, the engine's scheduling);
+and for both, how many cores each of the server's processes (API server, engine core, worker) and
+the benchmark's own client threads kept busy while it was measured.
 
     .venv/bin/python bench/serve.py --run runs/demo [--prompts 32]
 
@@ -84,6 +95,38 @@ class PeakMemory:
         self._thread.join()
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a vLLM server's processes by role, and of this process
+    (the benchmark's client threads while a server is measured)."""
+    import psutil
+
+    roles: dict[str, float] = {"api_server": 0.0, "engine_core": 0.0, "worker": 0.0, "other": 0.0}
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name, times = proc.name(), proc.cpu_times()
+        except psutil.Error:
+            continue
+        role = (
+            "api_server"
+            if proc.pid == pid
+            else "worker"
+            if "Worker" in name
+            else "engine_core"
+            if "Engine" in name  # "VLLM::EngineCore", cut to 15 characters
+            else "other"
+        )
+        roles[role] += times.user + times.system
+    mine = psutil.Process().cpu_times()
+    roles["benchmark_client"] = mine.user + mine.system
+    return roles
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Cores each role kept busy on average over `wall_s` (of the machine's 2 here)."""
+    return {role: round((after[role] - before[role]) / wall_s, 2) for role in before}
+
+
 def sequential(call, items: list) -> tuple[dict, list]:
     """One request at a time."""
     out, latencies = [], []
@@ -123,7 +166,7 @@ def concurrent(call, items: list, threads: int = CONCURRENT) -> tuple[dict, list
 
 
 def engine_ceiling(url: str, client, local, histories: list[list[str]]) -> dict:
-    """What bounds the in-server search on this machine: how many one-token engine requests one
+    """What bounds the steps search on this machine: how many one-token engine requests one
     recommendation takes (the route reports it), and how many such requests per second the same
     server answers as plain completions of the same prompts, 1 and 32 at a time."""
     import requests
@@ -167,6 +210,51 @@ def engine_ceiling(url: str, client, local, histories: list[list[str]]) -> dict:
     }
 
 
+def route_caller(url: str, local, model: str, stats: list):
+    """One recommendation through the server's route, as `LLMClient.recommend` sends it; the route's
+    own figures (search kind, engine requests, batch, search seconds) are appended to `stats`."""
+    import requests
+
+    from serving.trie_search import ROUTE
+
+    root = url.rsplit("/v1", 1)[0]
+    session = threading.local()
+
+    def call(batch: list[list[str]]) -> list:
+        if not hasattr(session, "http"):
+            session.http = requests.Session()
+        out = []
+        for history in batch:
+            body = {
+                "model": model,
+                "prompt_token_ids": local.prompts.token_ids(history),
+                "width": WIDTH,
+                "k": K,
+                "exclude": sorted(set(history)),
+            }
+            answer = session.http.post(root + ROUTE, json=body, timeout=600)
+            answer.raise_for_status()
+            reply = answer.json()
+            stats.append({key: value for key, value in reply.items() if key != "items"})
+            out.append([(row["item_id"], row["logprob"]) for row in reply["items"]])
+        return out
+
+    return call
+
+
+def engine_breakdown(stats: list[dict], wall_s: float) -> dict:
+    """Where the engine search's time went: requests per engine step, and the pooler's search time
+    (each step's seconds shared by the requests it searched) against the wall time."""
+    search_s = sum(s["search_s"] / s["batch"] for s in stats)
+    return {
+        "engine_requests_per_recommendation": float(np.mean([s["engine_requests"] for s in stats])),
+        "mean_batch_per_engine_step": round(float(np.mean([s["batch"] for s in stats])), 2),
+        "search_s_total": round(search_s, 2),
+        "search_share_of_wall": round(search_s / wall_s, 3),
+        "search_ms_per_recommendation": round(1000 * search_s / len(stats), 1),
+    }
+
+
 def agreement(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> dict:
     """How often two paths return the same top-K items in the same order, and their largest score gap."""
     same = sum([i for i, _ in x[:K]] == [i for i, _ in y[:K]] for x, y in zip(a, b))
@@ -191,10 +279,8 @@ def main() -> None:
     from genrec.config import ServeConfig
     from genrec.metrics import sample_users
     from genrec.run import open_run
-    from inference.client import LLMClient
+    from inference.client import ADAPTER_MODEL, LLMClient
     from inference.decoding.local import load_local_generator
-    from inference.decoding.trie import SidTrie
-    from inference.vllm_generator import VllmGenerator
     from retrieval.catalog import load_catalog
     from retrieval.semantic_ids import load_semantic_ids
     from retrieval.split import leave_one_out
@@ -233,38 +319,71 @@ def main() -> None:
 
     report["hf_generate_1"], hf_1 = sequential(hf, hf_histories)
 
-    serve_cfg: ServeConfig = config.serve.model_copy(update={"port": free_port(), "kv_cache_gib": 2})
-    server = serve_run(args.run, serve_cfg)
-    t0 = time.perf_counter()
-    with server:
-        report["vllm_start_s"] = round(time.perf_counter() - t0, 1)
-        client = LLMClient(server.url, timeout_s=300)
-        gen = VllmGenerator(client, SidTrie(codes), local.prompts, beam_width=WIDTH, concurrency=CONCURRENT)
-
-        def vllm(batch: list[list[str]]) -> list:
-            return [row[:K] for row in gen.generate(batch, WIDTH, exclude=[set(h) for h in batch])]
-
-        vllm(histories[:2])  # warm-up: compile graphs for the first shapes
-        with PeakMemory(server.process.pid) as memory:
-            report["vllm_1"], vllm_1 = sequential(vllm, histories)
-            report["vllm_16"], _ = concurrent(vllm, histories)
-        report["vllm_peak_rss_mb"] = round(memory.peak_mb)
-        gen.close()
-        report["engine"] = engine_ceiling(server.url, client, local, histories)
+    routes = {}
+    for search in ("engine", "steps"):
+        serve_cfg: ServeConfig = config.serve.model_copy(
+            update={"port": free_port(), "kv_cache_gib": 2, "search": search}
+        )
+        server = serve_run(args.run, serve_cfg)
+        t0 = time.perf_counter()
+        with server:
+            report[f"vllm_{search}_start_s"] = round(time.perf_counter() - t0, 1)
+            stats: list[dict] = []
+            vllm = route_caller(server.url, local, ADAPTER_MODEL, stats)
+            vllm(histories[:2])  # warm-up: first shapes
+            with PeakMemory(server.process.pid) as memory:
+                # the machine's load changes by the minute: the in-process baseline is measured again
+                # just before each engine measurement (the idle server costs ~1% of a core)
+                if search == "engine":
+                    report["in_process_1_beside_engine"], _ = sequential(in_process, histories)
+                stats.clear()
+                cpu = cpu_seconds(server.process.pid)
+                report[f"vllm_{search}_1"], routes[search] = sequential(vllm, histories)
+                cpu_1 = cpu_share(cpu, cpu_seconds(server.process.pid), report[f"vllm_{search}_1"]["wall_s"])
+                one = list(stats)
+                if search == "engine":
+                    report["in_process_16_beside_engine"], _ = batched(in_process, histories)
+                stats.clear()
+                cpu = cpu_seconds(server.process.pid)
+                report[f"vllm_{search}_16"], routes[f"{search}_16"] = concurrent(vllm, histories)
+                cpu_16 = cpu_share(cpu, cpu_seconds(server.process.pid), report[f"vllm_{search}_16"]["wall_s"])
+                sixteen = list(stats)
+            report[f"vllm_{search}_cores_busy"] = {"at_1": cpu_1, "at_16": cpu_16}
+            report[f"vllm_{search}_peak_rss_mb"] = round(memory.peak_mb)
+            if search == "engine":
+                report["engine_search"] = {
+                    "at_1": engine_breakdown(one, report["vllm_engine_1"]["wall_s"]),
+                    "at_16": engine_breakdown(sixteen, report["vllm_engine_16"]["wall_s"]),
+                }
+            else:
+                client = LLMClient(server.url, timeout_s=300)
+                report["steps_search"] = engine_ceiling(server.url, client, local, histories)
+                client.close()
 
     report["agreement"] = {
-        "vllm_vs_in_process": agreement(vllm_1, local_1),
-        "vllm_vs_hf_generate": agreement(vllm_1[: len(hf_1)], hf_1),
+        "vllm_engine_vs_in_process": agreement(routes["engine"], local_1),
+        "vllm_engine_16_vs_in_process": agreement(routes["engine_16"], local_1),
+        "vllm_steps_vs_in_process": agreement(routes["steps"], local_1),
+        "vllm_engine_vs_hf_generate": agreement(routes["engine"][: len(hf_1)], hf_1),
         "in_process_vs_hf_generate": agreement(local_1[: len(hf_1)], hf_1),
     }
+
+    def ratio(a: str, b: str) -> float:
+        return round(report[a]["recs_per_s"] / report[b]["recs_per_s"], 3)
+
     report["ratios"] = {
-        "vllm_16_over_in_process_16": round(report["vllm_16"]["recs_per_s"] / report["in_process_16"]["recs_per_s"], 3),
-        "vllm_16_over_hf_generate_1": round(report["vllm_16"]["recs_per_s"] / report["hf_generate_1"]["recs_per_s"], 3),
-        "vllm_1_over_in_process_1": round(report["vllm_1"]["recs_per_s"] / report["in_process_1"]["recs_per_s"], 3),
+        "vllm_engine_16_over_in_process_16_beside": ratio("vllm_engine_16", "in_process_16_beside_engine"),
+        "vllm_engine_1_over_in_process_1_beside": ratio("vllm_engine_1", "in_process_1_beside_engine"),
+        "vllm_engine_16_over_in_process_16": ratio("vllm_engine_16", "in_process_16"),
+        "vllm_engine_1_over_in_process_1": ratio("vllm_engine_1", "in_process_1"),
+        "vllm_engine_16_over_vllm_steps_16": ratio("vllm_engine_16", "vllm_steps_16"),
+        "vllm_engine_16_over_hf_generate_1": ratio("vllm_engine_16", "hf_generate_1"),
+        "vllm_steps_16_over_in_process_16": ratio("vllm_steps_16", "in_process_16"),
     }
     report["machine"]["load_at_end"] = os.getloadavg()
     write_json(args.out, report)
-    for key in ("in_process_1", "in_process_16", "hf_generate_1", "vllm_1", "vllm_16"):
+    keys = ("in_process_1", "in_process_16", "hf_generate_1", "in_process_1_beside_engine", "vllm_engine_1")
+    for key in (*keys, "in_process_16_beside_engine", "vllm_engine_16", "vllm_steps_1", "vllm_steps_16"):
         print(f"{key:15s} {report[key]['recs_per_s']:8.2f} recs/s  p50 {report[key]['p50_ms']:8.1f} ms")
     print("ratios", report["ratios"], "agreement", report["agreement"])
     print(f"wrote {args.out}")

@@ -253,6 +253,11 @@ class ServeConfig(ServerConfig):
     """The servers: the recommender's settings here, the chat model's under `chat`."""
 
     startup_timeout_s: float = 300.0  # either server
+    # How the recommender server searches the trie (serving.trie_search): "engine" is one vLLM request
+    # per recommendation, the beam search in the engine's pooler (serving.trie_engine; the server then
+    # generates no text); "steps" one request per live beam and level (a server that also chats);
+    # "auto": "engine" unless the recommender's base model is the chat model (chat.model base).
+    search: Literal["auto", "engine", "steps"] = "auto"
     chat: ChatServerConfig = ChatServerConfig()
 
     @model_validator(mode="before")

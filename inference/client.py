@@ -115,6 +115,11 @@ class LLMClient:
 
     # ----------------------------------------------------------------- recommendation
 
+    def recommend_search(self) -> str:
+        """How the server searches the trie: "engine" (one engine request per recommendation) or
+        "steps" (one per live beam and level; `serving.trie_search`)."""
+        return str(self._request("GET", self.root_url + RECOMMEND_ROUTE, None, self._deadline())["search"])
+
     def recommend(
         self,
         prompt_token_ids: Sequence[int],

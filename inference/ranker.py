@@ -128,7 +128,9 @@ def open_ranker(
     """The run's served ranking and a notice (None when it ranks as configured).
 
     Without `llm_url` the generative model runs in this process; with it, beams come from the vLLM
-    server there (`genrec serve`). `ranking` overrides `generate.ranking` ("hybrid" or "generative").
+    server there (`genrec serve`), unless that server searches the trie per beam and level (a
+    server that also chats): then in this process, which is faster (`VllmGenerator.describe` says
+    which, once, on stderr). `ranking` overrides `generate.ranking` ("hybrid" or "generative").
     """
     paths, config = open_run(run)
     generate = config.generate
@@ -150,7 +152,14 @@ def open_ranker(
         trie = SidTrie(codes)
         prompts = HistoryPrompt(tokenizer, trie.code_of, int(meta["max_history"]), meta.get("template"))
         client = LLMClient(llm_url, timeout_s=timeout_s, connect_timeout_s=2.0, api_key=api_key)
-        generator = VllmGenerator(client, trie, prompts, beam_width=width)
+        generator = VllmGenerator(
+            client,
+            trie,
+            prompts,
+            beam_width=width,
+            # a server that searches per beam is slower than this process: generate here then
+            fallback=lambda: load_local_generator(paths, codes, beam_width=width, batch_size=generate.batch_size),
+        )
     ranker = Ranker(generator)
     notice = attach_dense(ranker, paths, ranking or generate.ranking)
     return LiveRanker(paths, ranker), notice

@@ -32,6 +32,12 @@ def serve(
         envvar="GENREC_API_KEY",
         help="Clients must send this key (bearer token); required off localhost.",
     ),
+    search: str | None = typer.Option(
+        None,
+        "--search",
+        help="The recommender's trie search (default: serve.search, auto): engine (one vLLM request per "
+        "recommendation; the server then generates no text) or steps (one request per beam and level).",
+    ),
 ) -> None:
     """Start vLLM with the run's base model and its LoRA adapter (module `genrec`) and, for a scratch base,
     a second server with the chat model (`genrec-chat`: llama.cpp on a CPU, vLLM on a GPU,
@@ -51,6 +57,10 @@ def serve(
         serve_cfg.host = host
     if kv_cache_gib is not None:
         serve_cfg.kv_cache_gib = kv_cache_gib
+    if search is not None:
+        if search not in ("auto", "engine", "steps"):
+            raise GenrecError(f"--search: {search!r} is not one of auto, engine, steps")
+        serve_cfg.search = search
     require_key_off_localhost(serve_cfg.host, api_key, "genrec serve")
     server = serve_run(run, serve_cfg, port=port, use_adapter=not no_adapter, api_key=api_key)
     chat_server = serve_chat(run, serve_cfg, port=chat_port, api_key=api_key) if chat else None
@@ -65,7 +75,12 @@ def serve(
                 for s in servers:  # both load at once; each is waited for in turn
                     s.start()
                 startup = [s.wait_healthy() for s in servers]
-            console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}")
+            how = (
+                "trie search in the engine, one request per recommendation"
+                if server.spec.search == "engine"
+                else "trie search per beam and level (the server also generates text)"
+            )
+            console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}; {how}")
             if chat_server is not None:
                 console.print(
                     f"chat model ready in {startup[1]:.0f} s on {chat_server.url} ({chat_server.engine}), "

@@ -53,6 +53,7 @@ class ServerSpec(ServerConfig):
     block_size: int = 32
     served_name: str = BASE_MODEL
     run: Path | None = None  # the run whose trie the recommender server searches (serving.trie_search)
+    search: str = "steps"  # the recommender's trie search: "engine" (serving.trie_engine) or "steps"
     api_key: str | None = None  # clients must send it as a bearer token (vLLM's --api-key, passed by environment)
     engine: str = "vllm"  # or "llama.cpp": base_dir is then the GGUF file (serving.llamacpp)
     parallel: int = 1  # llama.cpp's slots: requests decoded together, max_model_len tokens of context each
@@ -85,7 +86,18 @@ def run_server_spec(
         adapter_dir=adapter if use_adapter and has_adapter else None,
         log_path=run / "logs" / "vllm.log",
         run=run,
+        search=recommend_search(run, config),
     )
+
+
+def recommend_search(run: str | Path, config: ServeConfig) -> str:
+    """How the run's recommender server searches the trie (`serve.search`): "engine", one vLLM request
+    per recommendation (`serving.trie_engine`: a pooling server, it generates no text), unless the
+    server must also chat (its base model is the chat model): then "steps", one request per beam and
+    level (`serving.trie_search`)."""
+    if config.search != "auto":
+        return config.search
+    return "steps" if chat_source(run, config) == "base" else "engine"
 
 
 TOOL_TEMPLATE = Path(__file__).parent / "chat_templates" / "chatml_tools.j2"
@@ -258,10 +270,11 @@ def server_command(spec: ServerSpec) -> list[str]:
         from serving.llamacpp import llama_server_command
 
         return llama_server_command(spec)
+    engine_search = spec.run is not None and spec.search == "engine"
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        sys.executable, "-m", "serving.trie_engine" if engine_search else "vllm.entrypoints.openai.api_server",
         "--model", str(spec.base_dir),
-        "--served-model-name", spec.served_name,
+        "--served-model-name", *([BASE_MODEL, ADAPTER_MODEL] if engine_search else [spec.served_name]),
         "--host", spec.host,
         "--port", str(spec.port),
         "--max-model-len", str(spec.max_model_len),
@@ -271,6 +284,12 @@ def server_command(spec: ServerSpec) -> list[str]:
     ]  # fmt: skip
     if spec.run is not None:  # the recommender: trie beam search inside the server
         cmd += ["--middleware", "serving.trie_search.recommend_route"]
+    if engine_search:  # the run's own architecture (base + merged LoRA, loaded by it): no LoRA modules in vLLM
+        # an engine step may hold as many whole prompts as the pooler searches at once (16): its
+        # forward pass is empty, so tokens cost nothing, and vLLM's CPU default (2,048 tokens) holds 4
+        # ML-100K prompts; one step's requests are one beam search batch (bench/results/serve.json)
+        batch = ["--max-num-batched-tokens", str(max(2048, 16 * spec.max_model_len))]
+        return cmd + ENGINE_SEARCH_ARGS + batch + parallel_args(spec) + list(spec.extra_args)
     if spec.adapter_dir is not None:
         cmd += [
             "--enable-lora",
@@ -278,6 +297,16 @@ def server_command(spec: ServerSpec) -> list[str]:
             "--max-lora-rank", str(lora_rank(spec.adapter_dir)),
         ]  # fmt: skip
     return cmd + parallel_args(spec) + list(spec.extra_args)
+
+
+# serving.trie_engine's pooling architecture over the run's base model folder; nothing of vLLM's own to
+# load ("dummy"): the model loads the run's base and adapter with from_pretrained
+ENGINE_SEARCH_ARGS = [
+    "--runner", "pooling",
+    "--hf-overrides", json.dumps({"architectures": ["GenrecTrieSearch"]}),
+    "--load-format", "dummy",
+    "--no-enable-prefix-caching",  # no KV cache to reuse (vLLM's prefix cache needs one to start)
+]  # fmt: skip
 
 
 def parallel_args(spec: ServerSpec) -> list[str]:
@@ -312,6 +341,7 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
     )
     if spec.run is not None:
         env["GENREC_RUN"] = str(Path(spec.run).resolve())
+        env["GENREC_ADAPTER"] = "1" if spec.adapter_dir is not None else "0"  # read by serving.trie_engine
     if spec.devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.devices
     binding = cpu_binding(spec.cpus, spec.tensor_parallel_size * spec.pipeline_parallel_size)

@@ -1,6 +1,16 @@
 """Trie-constrained beam search inside the vLLM server: one HTTP request per recommendation.
 
-vLLM's own beam search builds fresh sampling parameters at every step, so neither
+`POST /v1/genrec/recommend` has two ways through the engine, and says which one answered
+(`"search"` in its reply):
+
+- `engine` (a server started with `serving.trie_engine`, the pooling architecture
+  `GenrecTrieSearch`): ONE engine request per recommendation, whose pooler runs genrec's
+  tree-attention beam search over the trie in the engine process, batched with the other requests
+  of its engine step;
+- `steps` (a server that also generates text, e.g. one whose base model chats): the beam search
+  below, one one-token engine request per live beam and level.
+
+The `steps` search: vLLM's own beam search builds fresh sampling parameters at every step, so neither
 `structured_outputs` nor per-request logits processors reach it (vLLM issue 21546; read in
 `vllm/entrypoints/generate/beam_search/online.py` of 0.32). This module runs genrec's beam search
 in the server process instead, as an ASGI middleware that vLLM loads with
@@ -27,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.client import BASE_MODEL
 from inference.decoding.trie import Removed, SidTrie
 
 ROUTE = "/v1/genrec/recommend"
@@ -172,11 +183,13 @@ async def recommend_route(request, call_next):
 
     if request.url.path != ROUTE:
         return await call_next(request)
-    if request.method != "POST":
-        return JSONResponse({"error": {"message": f"{ROUTE}: use POST"}}, status_code=405)
+    if request.method not in ("POST", "GET"):
+        return JSONResponse({"error": {"message": f"{ROUTE}: use POST (GET says how it searches)"}}, status_code=405)
     state = request.app.state
     if not _authorised(request, state):
         return JSONResponse({"error": {"message": "Unauthorized"}}, status_code=401)
+    if request.method == "GET":
+        return JSONResponse({"search": "engine" if await searches_in_engine(state.engine_client) else "steps"})
     run = os.environ.get(RUN_ENV)
     if not run:
         return JSONResponse(
@@ -193,7 +206,36 @@ async def recommend_route(request, call_next):
         lora = models.lora_requests[search.model]
     elif search.model and not any(search.model == p.name for p in models.base_model_paths):
         return JSONResponse({"error": {"message": f"model: {search.model!r} is not served here"}}, status_code=404)
-    removed = narrowed(trie, search.exclude, search.only)
-    stats: dict = {}
-    found = await beam_search(state.engine_client, search.prompt_token_ids, trie, removed, search.width, lora, stats)
+    if await searches_in_engine(state.engine_client):
+        found, stats = await engine_search(state.engine_client, search, trie, adapter=search.model != BASE_MODEL)
+        stats = {"search": "engine", "engine_requests": 1, **stats}
+    else:
+        removed = narrowed(trie, search.exclude, search.only)
+        stats = {"search": "steps"}
+        found = await beam_search(
+            state.engine_client, search.prompt_token_ids, trie, removed, search.width, lora, stats
+        )
     return JSONResponse({"items": [{"item_id": i, "logprob": s} for i, s in found[: search.k]], **stats})
+
+
+async def searches_in_engine(engine) -> bool:
+    """True when the engine serves `serving.trie_engine`'s pooling architecture (its task `plugin`)."""
+    from serving.trie_engine import TASK
+
+    return TASK in await engine.get_supported_tasks()
+
+
+async def engine_search(engine, search: SearchRequest, trie: SidTrie, adapter: bool) -> tuple[list, dict]:
+    """One pooling request: the engine's pooler searches the trie (`serving.trie_engine`)."""
+    from vllm import PoolingParams
+
+    from serving.trie_engine import TASK, decode_answer
+
+    ask = {"width": search.width, "k": search.k, "exclude": search.exclude, "adapter": adapter}
+    if search.only is not None:
+        ask["only"] = search.only
+    params = PoolingParams(task=TASK, extra_kwargs=ask)
+    final = None
+    async for out in engine.encode({"prompt_token_ids": search.prompt_token_ids}, params, f"genrec-{uuid.uuid4().hex}"):
+        final = out
+    return decode_answer(final.outputs.data, trie.item_of)

@@ -184,7 +184,9 @@ def recommender_server(trained_run, tmp_path_factory) -> Served:
 
 
 @contextlib.contextmanager
-def genrec_serve(run: Path, api_key: str, log_dir: Path, start_timeout_s: float) -> Iterator[str]:
+def genrec_serve(
+    run: Path, api_key: str, log_dir: Path, start_timeout_s: float, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
     """`genrec serve --no-chat` of `run` with `api_key` on a free port; yields its URL. Stopped with
     SIGTERM (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does:
     exit code 0 and the port free again."""
@@ -195,6 +197,7 @@ def genrec_serve(run: Path, api_key: str, log_dir: Path, start_timeout_s: float)
     cmd = [
         sys.executable, "-c", "import typer; from serving.commands import serve; typer.run(serve)",
         "--run", str(run), "--port", str(port), "--kv-cache-gib", "1", "--no-chat", "--api-key", api_key,
+        *extra_args,
     ]  # fmt: skip
     stderr = log_dir / "stderr.log"
     with open(stderr, "w") as err:  # a file, not a pipe nobody reads while the server runs

@@ -80,13 +80,17 @@ def prompts(tiny_run) -> list[list[int]]:
     return with_bos + [history.token_ids(["item1", "item7", "item42"]), history.token_ids(["item3"])]
 
 
-@pytest.fixture(scope="module")
-def vllm_url(tiny_run, tmp_path_factory) -> str:
-    """Start ONE vLLM server for the module through the `serve` command (with an API key); stop it
-    with SIGTERM at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
+@pytest.fixture(scope="module", params=["engine", "steps"])
+def vllm_url(request, tiny_run, tmp_path_factory) -> str:
+    """A vLLM server through the `serve` command (with an API key), once per trie search: "engine"
+    (one engine request per recommendation, what `serve` starts for this run) and then "steps" (one
+    per beam and level, what a server that also chats runs), so that every server test checks both;
+    one server at a time, stopped with SIGTERM (what `kill`, systemd or a container stop send),
+    which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
     run, _ = tiny_run
-    with genrec_serve(run, API_KEY, tmp_path_factory.mktemp("vllm-serving"), 400) as url:
+    folder = tmp_path_factory.mktemp(f"vllm-serving-{request.param}")
+    with genrec_serve(run, API_KEY, folder, 400, ("--search", request.param)) as url:
         yield url
 
 
@@ -158,6 +162,9 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
     local, _ = open_ranker(run)
     served, notice = open_ranker(run, llm_url=recommender_server.url, api_key=recommender_server.api_key)
     assert notice is None and served.hybrid and served.generator.name == "vllm" and local.generator.name != "vllm"
+    generator = served.current().generator
+    assert generator.server_search() == "engine" and not generator.in_process()
+    assert "one engine request per recommendation" in generator.describe()
     split = leave_one_out(load_catalog(RunPaths(run)).interactions)
     histories = [h[-5:] for h, _ in list(split.test.values())[:8]]  # within the tiny model's 128 positions
     exclude = [set(h) for h in histories]
@@ -165,6 +172,74 @@ def test_the_served_ranking_over_vllm_is_the_in_process_one(recommender_server):
         assert [i for i, _ in theirs] == [i for i, _ in mine]
         assert [s for _, s in theirs] == pytest.approx([s for _, s in mine], abs=1e-3)
     served.generator.close()
+
+
+@pytest.mark.vllm
+def test_the_route_says_how_it_searches_and_the_engine_search_costs_one_engine_request(vllm_url, client, prompts):
+    import httpx
+
+    from inference.client import RECOMMEND_ROUTE
+
+    search = client.recommend_search()
+    root = vllm_url.removesuffix("/v1")
+    body = {"model": ADAPTER_MODEL, "prompt_token_ids": prompts[0], "width": 20, "k": 10}
+    reply = httpx.post(root + RECOMMEND_ROUTE, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+    answer = reply.json()
+    assert answer["search"] == search and search in ("engine", "steps")
+    if search == "engine":
+        assert answer["engine_requests"] == 1 and answer["batch"] >= 1 and answer["search_s"] > 0
+    else:
+        assert answer["engine_requests"] > 20  # one per live beam and level: 1 + 20 + 20 + 20 at most
+
+
+@pytest.mark.vllm
+def test_engine_search_batches_concurrent_requests_into_one_engine_step(vllm_url, client, prompts):
+    """16 users at once: the engine searches several of them in one step, each still gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from inference.client import RECOMMEND_ROUTE
+
+    if client.recommend_search() != "engine":
+        pytest.skip("the steps search sends one engine request per beam and level")
+    root, headers = vllm_url.removesuffix("/v1"), {"Authorization": f"Bearer {API_KEY}"}
+    alone = [client.recommend(p, width=10, k=5) for p in prompts]
+
+    def ask(i: int) -> dict:
+        body = {"model": ADAPTER_MODEL, "prompt_token_ids": prompts[i % len(prompts)], "width": 10, "k": 5}
+        return httpx.post(root + RECOMMEND_ROUTE, json=body, headers=headers, timeout=120).json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(ask, range(32)))
+    assert max(a["batch"] for a in answers) > 1
+    for i, answer in enumerate(answers):
+        expected = alone[i % len(prompts)]
+        assert [row["item_id"] for row in answer["items"]] == [item for item, _ in expected]
+        assert [row["logprob"] for row in answer["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)
+
+
+@pytest.mark.vllm
+def test_a_ranker_facing_a_per_step_server_generates_in_process_and_says_so(client, tiny_run):
+    """No path is slower than it need be because a server runs: against the steps search (~60 engine
+    requests a recommendation) the vLLM backend generates in this process, with the same top-10."""
+    from genrec.run import RunPaths
+    from inference.decoding.local import load_local_generator
+    from inference.decoding.prompts import HistoryPrompt
+    from inference.vllm_generator import VllmGenerator
+
+    run, trie = tiny_run
+    local = load_local_generator(RunPaths(run), dict(trie.code_of), beam_width=20)
+    served = VllmGenerator(
+        client, SidTrie(dict(trie.code_of)), HistoryPrompt(local.tokenizer, trie.code_of, 20), fallback=lambda: local
+    )
+    search = client.recommend_search()
+    assert served.in_process() == (search == "steps")
+    assert ("in this process" in served.describe()) == (search == "steps")
+    histories = [["item1", "item7", "item42"], ["item3"]]
+    exclude = [set(h) for h in histories]
+    for mine, theirs in zip(local.generate(histories, exclude=exclude), served.generate(histories, exclude=exclude)):
+        assert [i for i, _ in mine][:10] == [i for i, _ in theirs][:10]
 
 
 @pytest.mark.vllm
@@ -349,3 +424,19 @@ def test_serving_off_localhost_without_an_api_key_is_refused(tiny_run):
     app.command("noop")(lambda: None)
     result = CliRunner().invoke(app, ["serve", "--run", str(run), "--host", "0.0.0.0"], env={"GENREC_API_KEY": ""})
     assert isinstance(result.exception, GenrecError) and "without an API key" in str(result.exception)
+
+
+def test_the_recommender_searches_in_the_engine_unless_its_base_model_also_chats(tiny_run):
+    """`serve.search: auto`: a pooling server (one engine request per recommendation) for a run whose
+    chat model is another server; the per-step search on a generating server when its base chats."""
+    from serving.server import recommend_search, server_command
+
+    run, _ = tiny_run
+    spec = run_server_spec(run, ServeConfig())
+    command = server_command(spec)
+    assert spec.search == "engine" and command[1:3] == ["-m", "serving.trie_engine"]
+    assert "pooling" in command and "--enable-lora" not in command and "--max-num-batched-tokens" in command
+    assert recommend_search(run, ServeConfig(chat=ChatServerConfig(model="base"))) == "steps"
+    steps = run_server_spec(run, ServeConfig(search="steps"))
+    command = server_command(steps)
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and "--enable-lora" in command

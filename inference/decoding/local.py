@@ -19,7 +19,7 @@ from genrec.errors import GenrecError
 from genrec.run import RunPaths
 from inference.decoding.beam import beam_search
 from inference.decoding.prompts import HistoryPrompt
-from inference.decoding.trie import Exclusions, Histories, Scored, SidTrie
+from inference.decoding.trie import Exclusions, Histories, Removed, Scored, SidTrie
 
 META_FILE = "genrec.json"
 
@@ -77,10 +77,21 @@ class LocalGenerator:
         """
         width = width or self.beam_width
         removed = narrowing(self.trie, len(histories), exclude, only)
-        encoded = self.prompts.batch_token_ids(histories)
+        return self.generate_token_ids(self.prompts.batch_token_ids(histories), width, removed)
+
+    def generate_token_ids(
+        self,
+        encoded: Sequence[Sequence[int]],
+        width: int,
+        removed: Sequence[Removed | None],
+        trie: SidTrie | None = None,
+    ) -> list[list[Scored]]:
+        """`generate` for prompts already tokenized, each with its trie narrowing (`removed[i]`), over
+        `trie` (default: this generator's): what the vLLM server's engine runs on its batched requests."""
+        trie = trie or self.trie
         # longest prompts first, batched by similar length so little padding is computed
-        order = sorted(range(len(histories)), key=lambda i: -len(encoded[i]))
-        results: list[list[Scored]] = [[] for _ in histories]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[list[Scored]] = [[] for _ in encoded]
         was_training = getattr(self.model, "training", False)
         self.model.eval()
         pad = self.tokenizer.pad_token_id
@@ -91,10 +102,10 @@ class LocalGenerator:
                 ids = torch.full((len(rows), length), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), length), dtype=torch.long)
                 for j, i in enumerate(rows):
-                    ids[j, length - len(encoded[i]) :] = torch.tensor(encoded[i])
+                    ids[j, length - len(encoded[i]) :] = torch.tensor(list(encoded[i]))
                     mask[j, length - len(encoded[i]) :] = 1
                 found = beam_search(
-                    self.model, ids, mask, self.trie, width, [removed[i] for i in rows], self.bf16, self.temperature
+                    self.model, ids, mask, trie, width, [removed[i] for i in rows], self.bf16, self.temperature
                 )
                 for i, items in zip(rows, found):
                     results[i] = items
