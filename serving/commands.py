@@ -6,8 +6,32 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
+
+
+def _with_flags(settings: Any, host: str | None, kv_cache_gib: int | None, search: str | None) -> Any:
+    """The run's `serve` settings with the flags given on the command line in their place."""
+    from genrec.errors import GenrecError
+
+    out = settings.model_copy()
+    if host is not None:
+        out.host = host
+    if kv_cache_gib is not None:
+        out.kv_cache_gib = kv_cache_gib
+    if search is not None:
+        if search not in ("auto", "engine", "steps"):
+            raise GenrecError(f"--search: {search!r} is not one of auto, engine, steps")
+        out.search = search
+    return out
+
+
+def _how(server: Any) -> str:
+    """How the recommender server searches the trie, in words."""
+    if server.spec.search == "engine":
+        return "trie search in the engine, one request per recommendation"
+    return "trie search per beam and level (the server also generates text)"
 
 
 def serve(
@@ -52,15 +76,7 @@ def serve(
 
     console = Console(stderr=True)
     _, config = open_run(run)
-    serve_cfg = config.serve.model_copy()
-    if host is not None:
-        serve_cfg.host = host
-    if kv_cache_gib is not None:
-        serve_cfg.kv_cache_gib = kv_cache_gib
-    if search is not None:
-        if search not in ("auto", "engine", "steps"):
-            raise GenrecError(f"--search: {search!r} is not one of auto, engine, steps")
-        serve_cfg.search = search
+    serve_cfg = _with_flags(config.serve, host, kv_cache_gib, search)
     require_key_off_localhost(serve_cfg.host, api_key, "genrec serve")
     server = serve_run(run, serve_cfg, port=port, use_adapter=not no_adapter, api_key=api_key)
     chat_server = serve_chat(run, serve_cfg, port=chat_port, api_key=api_key) if chat else None
@@ -75,12 +91,7 @@ def serve(
                 for s in servers:  # both load at once; each is waited for in turn
                     s.start()
                 startup = [s.wait_healthy() for s in servers]
-            how = (
-                "trie search in the engine, one request per recommendation"
-                if server.spec.search == "engine"
-                else "trie search per beam and level (the server also generates text)"
-            )
-            console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}; {how}")
+            console.print(f"vLLM ready in {startup[0]:.0f} s on {server.url}, models: {models}; {_how(server)}")
             if chat_server is not None:
                 console.print(
                     f"chat model ready in {startup[1]:.0f} s on {chat_server.url} ({chat_server.engine}), "
