@@ -259,6 +259,10 @@ _ANAPHORA = re.compile(
 )
 
 
+# words after a list's last item that speak of the whole list, not of that item
+_LIST_TAIL = re.compile(r"^[\s,]*(?:for|as|which|that|all|both|each|since|because|if)\b", re.IGNORECASE)
+
+
 def card_mentions(sentence: str, cards: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
     """Where a sentence names one of `cards` (by `[id N]` or by its title, year optional): (start,
     end, item id), in order, overlaps merged ("Vertigo (1958) [id 479]" is one mention)."""
@@ -288,8 +292,9 @@ def card_mentions(sentence: str, cards: Sequence[dict[str, Any]]) -> list[tuple[
 def claim_parts(text: str, cards: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """The reply cut into claims and what each is about: (words, item ids). A clause that names an
     item is about that item ("Vertigo (1958), a mystery thriller, and The Graduate (1967), a
-    romance"); words before the first named item are about every item the sentence names ("Here are
-    two horror films: A and B"); a sentence that names none is about the whole list, or, when it
+    romance"); words before the first named item, and words after the last that open with "for",
+    "as", "which" ..., are about every item the sentence names ("Here are two horror films: A and
+    B", "A, B or C for a comedy"); a sentence that names none is about the whole list, or, when it
     opens with "it" / "this film", about the item the previous sentence named last. Titles are blanked
     out of the words, so "Scream" or "(1977)" are no claims."""
     every = [str(c["item_id"]) for c in cards]
@@ -309,6 +314,9 @@ def claim_parts(text: str, cards: Sequence[dict[str, Any]]) -> list[tuple[str, l
         for k, (start, _, item) in enumerate(mentions):
             stop = mentions[k + 1][0] if k + 1 < len(mentions) else len(plain)
             parts.append((plain[start:stop], [item]))
+        tail = plain[mentions[-1][1] :]
+        if len(named) > 1 and _LIST_TAIL.match(tail):  # "A, B or C for a comedy without romance"
+            parts.append((tail, named))
         previous = [mentions[-1][2]]  # "it" is the item named last
     return parts
 

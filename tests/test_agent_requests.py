@@ -191,6 +191,11 @@ def test_a_genre_said_of_one_named_item_is_checked_against_that_item_only(ctx):
     assert claim_problems("Three comedies for you: Star Wars, Spaceballs and Alien.", cards, [], ctx)
     assert claim_problems("All of these are sci-fi comedies.", cards, [], ctx)
     assert claim_problems("These are all sci-fi films from 1977 to 1987.", cards, [], ctx) == []
+    # words after the last named item that speak of the list are said of every item named
+    assert claim_problems(
+        "Try Star Wars (1977), Alien (1979) or Spaceballs (1987) for a laugh-out-loud comedy.", cards, [], ctx
+    )
+    assert claim_problems("Try Star Wars (1977), Alien (1979) or Spaceballs (1987), all sci-fi.", cards, [], ctx) == []
 
 
 def test_the_graph_answers_a_decade_request_without_a_model_within_the_decade(ctx, tmp_path):

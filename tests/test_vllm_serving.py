@@ -210,13 +210,20 @@ def test_engine_search_batches_concurrent_requests_into_one_engine_step(vllm_url
         body = {"model": ADAPTER_MODEL, "prompt_token_ids": prompts[i % len(prompts)], "width": 10, "k": 5}
         return httpx.post(root + RECOMMEND_ROUTE, json=body, headers=headers, timeout=120).json()
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(ask, range(32)))
-    assert max(a["batch"] for a in answers) > 1
-    for i, answer in enumerate(answers):
-        expected = alone[i % len(prompts)]
-        assert [row["item_id"] for row in answer["items"]] == [item for item, _ in expected]
-        assert [row["logprob"] for row in answer["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)
+    # On a loaded machine a burst can reach the engine one request at a time (the tiny model searches
+    # in milliseconds): up to three bursts, each answer checked, until one step held several.
+    batched = 0
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(ask, range(32)))
+        for i, answer in enumerate(answers):
+            expected = alone[i % len(prompts)]
+            assert [row["item_id"] for row in answer["items"]] == [item for item, _ in expected]
+            assert [row["logprob"] for row in answer["items"]] == pytest.approx([s for _, s in expected], abs=1e-4)
+        batched = max(a["batch"] for a in answers)
+        if batched > 1:
+            break
+    assert batched > 1
 
 
 @pytest.mark.vllm
