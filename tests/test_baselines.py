@@ -5,12 +5,11 @@ cannot learn from in one line."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from shared_data import ML100K, needs_ml100k
 
 from eval.baselines import ContentNN, DenseBaseline, ItemKNN, Popularity, check_trainable, fit_baselines
 from eval.evaluate import evaluate
@@ -24,13 +23,7 @@ from inference.dense import BSARec, SASRec, load_dense
 from retrieval.catalog import make_interactions
 from retrieval.split import leave_one_out
 
-# ../shared/data beside the checkout (a git worktree sits one level deeper)
-ROOT = Path(__file__).resolve().parents[1]
-ML100K = next(
-    (p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-    ROOT.parent / "shared" / "data" / "ml-100k",
-)
-pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="MovieLens-100K not present in ../shared")
+pytestmark = needs_ml100k
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ for every stage. Shown here on a small SASRec (`finetune.dense.fit`) over 60 Mov
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from shared_data import ML100K, needs_ml100k
 
 from finetune.checkpoint import META_FILE, STATE_FILE, Checkpoints
 from finetune.dense import TrainSettings, fit
@@ -20,12 +20,7 @@ from inference.dense import SASRec
 from retrieval.catalog import make_interactions
 from retrieval.split import leave_one_out
 
-ROOT = Path(__file__).resolve().parents[1]
-ML100K = next(
-    (p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-    ROOT.parent / "shared" / "data" / "ml-100k",
-)
-pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="MovieLens-100K not present in ../shared")
+pytestmark = needs_ml100k
 
 
 @pytest.fixture(scope="module")

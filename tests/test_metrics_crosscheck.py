@@ -10,14 +10,14 @@ for the mean and for every user.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 ranx = pytest.importorskip("ranx")
+
+from shared_data import ML100K, needs_ml100k  # noqa: E402
 
 from eval.baselines import Popularity  # noqa: E402
 from eval.evaluate import evaluate_detailed  # noqa: E402
@@ -27,13 +27,8 @@ from inference.dense import SASRec  # noqa: E402
 from retrieval.catalog import make_interactions  # noqa: E402
 from retrieval.split import leave_one_out  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ML100K = next(
-    (p / "shared" / "data" / "ml-100k" for p in ROOT.parents if (p / "shared" / "data").is_dir()),
-    ROOT.parent / "shared" / "data" / "ml-100k",
-)
 pytestmark = [
-    pytest.mark.skipif(not (ML100K / "u.data").exists(), reason="MovieLens-100K not present in ../shared"),
+    needs_ml100k,
     pytest.mark.filterwarnings("ignore:unsafe cast"),  # numba, inside ranx
 ]
 
