@@ -10,7 +10,6 @@ on a CPU.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,8 +124,10 @@ def memory_text(state: dict[str, Any], ctx: AgentContext) -> str:
     return "The conversation remembers:\n" + "\n".join(lines)
 
 
-def compact_result(result: dict[str, Any], items: int = 10) -> str:
-    """A tool result as a few lines of text."""
+def compact_result(result: dict[str, Any], items: int = 10, one_line: bool = False) -> str:
+    """A tool result as a few lines of text; with `one_line`, its items on a single `items:` line
+    (the reply prompt: a 1.5B copies a numbered list line by line, and most replies ran to the token
+    limit that way, where it writes a sentence over one line)."""
     if result.get("error"):
         return f"error: {result['error']}"
     wish = request_words(result.get("request") or {})
@@ -146,9 +147,9 @@ def compact_result(result: dict[str, Any], items: int = 10) -> str:
         lines.append(f"note: {result['note']}")
     cards = result.get("items") or []
     if cards:
-        lines.append(f"{len(cards)} items:")
-        for n, card in enumerate(cards[:items], 1):
-            line = f"{n}. {name(card)} ({describe(card.get('attributes') or {})})"
+        shown = []
+        for card in cards[:items]:
+            line = f"{name(card)} ({describe(card.get('attributes') or {})})"
             if card.get("explanation"):
                 why = (
                     str(card["explanation"])
@@ -158,7 +159,11 @@ def compact_result(result: dict[str, Any], items: int = 10) -> str:
                 line += f": {why}"
             if card.get("description"):
                 line += f". Description: {str(card['description'])[:300]}"
-            lines.append(line)
+            shown.append(line)
+        if one_line:
+            lines.append("items: " + "; ".join(shown))
+        else:
+            lines += [f"{len(cards)} items:", *(f"{n}. {line}" for n, line in enumerate(shown, 1))]
     elif not lines:
         lines.append("no items")
     return "\n".join(lines_head + lines)
@@ -209,21 +214,9 @@ def planner_messages(state: dict[str, Any], ctx: AgentContext) -> list[BaseMessa
     return out
 
 
-_NUMBERED = re.compile(r"^\d+\. ")
-
-
 def data_block(results: Sequence[dict[str, Any]]) -> str:
-    """This turn's tool results for the reply prompt, the items of a list on one line: a 1.5B copies
-    a numbered list line by line (most replies ran to the token limit that way) where it writes a
-    sentence over one line."""
-    blocks = []
-    for r in results:
-        lines = compact_result(r, REPLY_ITEMS).split("\n")
-        items = [_NUMBERED.sub("", line) for line in lines if _NUMBERED.match(line)]
-        rest = [line for line in lines if not _NUMBERED.match(line) and not line.endswith(" items:")]
-        blocks.append(
-            "\n".join([f"{r.get('tool', 'tool')}:", *rest, *(["items: " + "; ".join(items)] if items else [])])
-        )
+    """This turn's tool results for the reply prompt, each list's items on one line."""
+    blocks = [f"{r.get('tool', 'tool')}:\n{compact_result(r, REPLY_ITEMS, one_line=True)}" for r in results]
     return "\n\n".join(blocks) or "(no tool was needed for this message)"
 
 
