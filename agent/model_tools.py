@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
@@ -125,13 +127,27 @@ def placeholder_error(tool: str, request: dict[str, Any]) -> dict[str, Any] | No
     copied = [str(v) for v in values if isinstance(v, str) and _PLACEHOLDER.search(v)]
     if not copied:
         return None
-    return {
-        "tool": tool,
-        "items": [],
-        "bad_arguments": True,  # the rule reply says it could not read the request, not this text
-        "error": f"{copied[0]!r} is a placeholder of the examples, not something the user wrote: leave that argument "
-        "out unless the message names a title",
-    }
+    return bad_arguments(
+        tool,
+        f"{copied[0]!r} is a placeholder of the examples, not something the user wrote: leave that argument out "
+        "unless the message names a title",
+    )
+
+
+def bad_arguments(tool: str, error: str) -> dict[str, Any]:
+    """A tool result refusing arguments the user never gave: `error` is for the model, which plans
+    again once; a rule reply says it could not read the request instead of quoting it."""
+    return {"tool": tool, "items": [], "bad_arguments": True, "error": error}
+
+
+def refusing_placeholders(name: str, func: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """`func` (a bound tool) answering `placeholder_error` instead of running when an argument is one."""
+
+    @functools.wraps(func)
+    def run(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
+        return placeholder_error(name, request) or func(runtime, **request)
+
+    return run
 
 
 def user_said(state: dict[str, Any], user_id: str) -> bool:
@@ -196,8 +212,6 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
 
     def search_items(runtime: ToolRuntime, by_photo: bool = False, **request: Any) -> dict[str, Any]:
         state = runtime.state
-        if problem := placeholder_error("search_items", request):
-            return problem
         photo = photo_bytes(state) if by_photo else None
         if by_photo and photo is None:
             return {"tool": "search_items", "items": [], "error": "no photo is attached to this message"}
@@ -206,8 +220,6 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
 
     def recommend(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
-        if problem := placeholder_error("recommend", request):
-            return problem
         user_id = _step_user(state) or state.get("user_id")
         liked, invented = said_by_user(ctx, state, request.pop("liked", None))
         exclude, invented_too = said_by_user(ctx, state, request.pop("exclude", None))
@@ -229,7 +241,7 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
         return result
 
     def item_details(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
-        return placeholder_error("item_details", request) or run_tool(ctx, "item_details", request)
+        return run_tool(ctx, "item_details", request)
 
     def explain(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         state = runtime.state
@@ -245,12 +257,10 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
     def user_history(runtime: ToolRuntime, **request: Any) -> dict[str, Any]:
         user_id = str(request.get("user_id") or "")
         if user_id and not user_said(runtime.state, user_id):  # the 1.5B copied "42" from the examples
-            return {
-                "tool": "user_history",
-                "items": [],
-                "bad_arguments": True,
-                "error": f"the user did not say they are user {user_id}: call user_history only with an id they wrote",
-            }
+            return bad_arguments(
+                "user_history",
+                f"the user did not say they are user {user_id}: call user_history only with an id they wrote",
+            )
         return run_tool(ctx, "user_history", request, n=10)
 
     funcs = {
@@ -262,7 +272,10 @@ def bound_tools(ctx: AgentContext, k: int = 5) -> list[BaseTool]:
     }
     return [
         StructuredTool.from_function(
-            func=funcs[name], name=name, description=(schema.__doc__ or "").strip(), args_schema=schema
+            func=refusing_placeholders(name, funcs[name]),
+            name=name,
+            description=(schema.__doc__ or "").strip(),
+            args_schema=schema,
         )
         for name, schema in args.items()
     ]
