@@ -37,7 +37,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from agent.guard import check, claim_problems, guard_cards, redact, tool_items
 from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
 from agent.planner import message_problem, plan_turn, stated_request, year_args
-from agent.prompts import planner_messages, reply_messages, text_of, tool_result, turn_start
+from agent.prompts import planner_messages, reply_messages, rewrite_messages, text_of, tool_result, turn_start
 from agent.reply import PROMPT_MARKERS, rules_reply, shows_candidates, turn_cards, unknown_sentence, years_phrase
 from agent.state import AgentState
 from agent.tools import AgentContext, argument_problem
@@ -146,10 +146,17 @@ def sentence_ends(text: str, start: int = 0) -> list[int]:
     return [m.end() for m in _BOUNDARY.finditer(text, start) if not _LIST_NUMBER.search(text[: m.end()])]
 
 
-def release_checked(pieces: Iterable[str], allowed: set[str], ctx: AgentContext, write: Any) -> str:
+def release_checked(
+    pieces: Iterable[str],
+    allowed: set[str],
+    ctx: AgentContext,
+    write: Any,
+    claims: Callable[[str], list[str]] | None = None,
+) -> str:
     """Consume a streamed reply; pass each completed sentence to `write` once the text up to it names
-    no item outside `allowed`. After a sentence that does, nothing more is released (the guard node
-    then replaces the reply). Returns the whole text."""
+    no item outside `allowed` and (with `claims`) states nothing false about its items. After a
+    sentence that does, nothing more is released (the guard node then sends the reply back for a
+    rewrite, or replaces it). Returns the whole text."""
     text, released, clean = "", 0, True
     for piece in pieces:
         text += piece
@@ -157,7 +164,7 @@ def release_checked(pieces: Iterable[str], allowed: set[str], ctx: AgentContext,
             continue
         cut = max(sentence_ends(text, released), default=released)
         if cut > released:
-            if check(text[:cut], allowed, ctx.titles).ok:
+            if check(text[:cut], allowed, ctx.titles).ok and not (claims and claims(text[:cut])):
                 write(text[released:cut])
                 released = cut
             else:
@@ -186,6 +193,8 @@ def _fresh_turn() -> dict[str, Any]:
         "checked": False,
         "check_note": "",
         "route": "",
+        "rewrite": "",
+        "rewritten": False,
     }
 
 
@@ -523,13 +532,21 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
                 pieces += 1
                 yield piece
 
-        try:
+        prompt = reply_messages(state, deps.ctx, results)
+        if state.get("rewrite"):  # the guard sent the last draft back: the model writes it again, told why
+            write({"reset": True})
+            write({"status": "rewriting the reply"})
+            prompt += rewrite_messages(str((state.get("draft") or {}).get("text") or ""), state["rewrite"])
+        else:
             write({"status": "writing the reply"})
+        cards = draft["cards"]
+        try:
             text = release_checked(
-                timed(chat.stream(reply_messages(state, deps.ctx, results), deps.settings.reply_max_tokens)),
+                timed(chat.stream(prompt, deps.settings.reply_max_tokens)),
                 allowed,
                 deps.ctx,
                 lambda chunk: write({"delta": chunk}),
+                claims=lambda said: claim_problems(said, cards, results, deps.ctx),
             )
             if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
                 ends = sentence_ends(text)
@@ -542,6 +559,9 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
         except LLMError as exc:
             note = note or f"the language model is unavailable ({exc})"
         ended = time.monotonic()
+        if state.get("rewrite"):  # the first draft's seconds stay in the turn's reply time
+            timing["rewrite_s"] = round(ended - started, 3)
+            started -= float(timing.get("reply_s") or 0.0)
         timing.update(
             reply_s=round(ended - started, 3),
             reply_tokens=pieces,
@@ -555,27 +575,38 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     return {"draft": draft, "llm_note": note, "timing": timing}
 
 
+def reply_problems(
+    text: str, draft: dict[str, Any], allowed: set[str], results: list[dict[str, Any]], ctx
+) -> list[str]:
+    """What is wrong with a model reply: an item named outside `allowed`, none of its items named,
+    its prompt or itself repeated, or a claim its items break (`claim_problems`)."""
+    checked = check(text, allowed, ctx.titles)
+    if not checked.ok:
+        return [f"it names {v.describe()}, which is not in the results" for v in checked.violations]
+    if draft.get("cards") and not mentions_any(text, draft["cards"]):
+        return ["the model's reply names none of the items it is about"]
+    if any(marker.lower() in text.lower() for marker in PROMPT_MARKERS):
+        return ["the model's reply repeats its prompt"]
+    if degenerate(text):
+        return ["the model's reply repeats itself"]
+    return claim_problems(text, draft.get("cards") or [], results, ctx)
+
+
 def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
-    """The reply that leaves: the model's draft unless it breaks grounding (then the deterministic
-    one), every item mention checked, cards limited to items the tools returned."""
+    """The reply that leaves: the model's draft when it passes `reply_problems`; otherwise the model is
+    sent back once to rewrite it, told what was wrong, and a rewrite that fails too is replaced by
+    the deterministic reply. Every item mention checked, cards limited to items the tools returned."""
     ctx = deps.ctx
     results = turn_results(list(state.get("messages") or []))
     allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
     draft = state.get("draft") or {}
     violations: list[str] = []
     text = str(draft.get("text") or "")
+    earlier = list(state.get("guard_violations") or [])  # the first draft's, when this is the rewrite
     if draft.get("source") == "model":
-        checked = check(text, allowed, ctx.titles)
-        if not checked.ok:
-            violations = [v.describe() for v in checked.violations]
-        elif draft.get("cards") and not mentions_any(text, draft["cards"]):
-            violations = ["the model's reply names none of the items it is about"]
-        elif any(marker.lower() in text.lower() for marker in PROMPT_MARKERS):
-            violations = ["the model's reply repeats its prompt"]
-        elif degenerate(text):
-            violations = ["the model's reply repeats itself"]
-        if not violations:
-            violations = claim_problems(text, draft.get("cards") or [], results, ctx)
+        violations = reply_problems(text, draft, allowed, results, ctx)
+        if violations and not state.get("rewritten") and deps.chat is not None and not deps.chat.unavailable():
+            return {"rewrite": "; ".join(violations), "rewritten": True, "guard_violations": violations}
         if violations:
             text = str(draft.get("fallback") or "")
     cleaned = redact(text, allowed, ctx.titles)
@@ -586,6 +617,7 @@ def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
         text += f"\n\n(Rule-based fallback: {note}.)"
     cards = guard_cards(draft.get("cards") or [], allowed, ctx.titles)
     source = "rules" if violations else draft.get("source", "rules")
+    violations = earlier + violations if state.get("rewritten") else violations
     return {
         "messages": [
             AIMessage(
@@ -599,7 +631,13 @@ def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
             )
         ],
         "guard_violations": violations,
+        "rewrite": "",
     }
+
+
+def after_guard(state: AgentState) -> str:
+    """Where the guard sends the turn: back to the reply step for a rewrite, or on to memory."""
+    return "reply" if state.get("rewrite") else "remember"
 
 
 def remember(state: AgentState, deps: Deps) -> dict[str, Any]:
@@ -648,7 +686,7 @@ def build_graph(
     graph.add_edge("tools", "check")
     graph.add_conditional_edges("check", after_check, {"plan": "plan", "reply": "reply"})
     graph.add_edge("reply", "guard")
-    graph.add_edge("guard", "remember")
+    graph.add_conditional_edges("guard", after_guard, {"reply": "reply", "remember": "remember"})
     graph.add_edge("remember", END)
     return graph.compile(checkpointer=checkpointer, name="genrec-agent")
 

@@ -346,17 +346,31 @@ def claim_problems(
             continue
         lo, hi = year_range(words) if ctx.has_years else (None, None)
         if (lo is not None or hi is not None) and lo != hi:
-            years = [ctx.item_year(i) for i in about]
-            outside = [y for y in years if y is None or (lo is not None and y < lo) or (hi is not None and y > hi)]
+            outside = [
+                i
+                for i in about
+                if (y := ctx.item_year(i)) is None or (lo is not None and y < lo) or (hi is not None and y > hi)
+            ]
             if outside:
-                problems.append(f"the reply says {words.strip()!r} of items {len(outside)} of which are not")
-        kinds = [set(ctx.item_genres(i)) for i in about]
+                problems.append(f"the reply says {words.strip()!r} of {_named(outside, ctx)}, which is not")
+        kinds = {i: set(ctx.item_genres(i)) for i in about}
         said, avoided = genre_mentions(words, ctx.genres)
         for genre in said:
-            if genre not in set.intersection(*kinds) and genre not in liked_genres:
-                lacking = "none of them is" if not any(genre in k for k in kinds) else "not every one of them is"
-                problems.append(f"the reply calls {len(about)} of its items {genre}, which {lacking}")
+            lacking = [i for i in about if genre not in kinds[i]]
+            if lacking and genre not in liked_genres:
+                problems.append(f"the reply calls {_named(lacking, ctx)} {genre}, which it is not")
         for genre in avoided:
-            if any(genre in k for k in kinds):
-                problems.append(f"the reply says items are not {genre}, which one of them is")
+            having = [i for i in about if genre in kinds[i]]
+            if having:
+                problems.append(f"the reply says {_named(having, ctx)} is not {genre}, which it is")
     return problems
+
+
+def _named(item_ids: Sequence[str], ctx: Any) -> str:
+    """Items as a claim problem names them: "Star Wars (1977) [Action, Sci-Fi]", joined with "and"."""
+    names = []
+    for i in item_ids:
+        title, year, genres = ctx.searcher.hit(i).title, ctx.item_year(i), ", ".join(ctx.item_genres(i))
+        year_tag = f" ({year})" if year is not None and str(year) not in title else ""
+        names.append(f"{title}{year_tag}" + (f" [{genres}]" if genres else ""))
+    return " and ".join(names)

@@ -3,7 +3,8 @@
     POST /chat         {"thread_id", "message", "photo"?} -> {"reply", "items": [{"item_id", "title", "explanation"}],
                        "source", "planner"}   (`photo`: an image file, base64; the agent searches by it)
     POST /chat/stream  same body -> Server-Sent Events as they happen: `status`, `tool_call`, `tool_result`,
-                       `delta` (the reply as it is written), then one `reply` (the checked reply)
+                       `delta` (the reply as it is written), `reset` (the deltas so far are void: the
+                       model is rewriting a reply the guard sent back), then one `reply` (the checked reply)
     GET  /threads/{id} what a thread remembers (liked items, preferences, last items)
     GET  /tools        the tools the chat model calls, with the JSON schema of their arguments
     GET  /health       ok, and whether the chat model answers
@@ -188,13 +189,14 @@ def create_app(agent: Agent, api_keys: Sequence[str] = ()) -> FastAPI:
         responses={
             200: {
                 "content": {"text/event-stream": {}},
-                "description": "status, tool_call, tool_result and delta events, then a reply event",
+                "description": "status, tool_call, tool_result, delta and reset events, then a reply event",
             }
         },
     )
     def chat_stream(request: ChatRequest, key: str | None = Depends(caller)) -> StreamingResponse:
         """The same as /chat as Server-Sent Events: what the agent does as it happens, the reply as it is
-        written (`delta`), then the checked `reply`, which replaces the deltas."""
+        written (`delta`; `reset` voids the deltas before a rewrite), then the checked `reply`, which
+        replaces the deltas."""
         photo = photo_of(request)
         try:
             agent.check_owner(agent.check_thread(request.thread_id), key)

@@ -220,6 +220,17 @@ def data_block(results: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(blocks) or "(no tool was needed for this message)"
 
 
+def rewrite_messages(draft: str, problems: str) -> list[BaseMessage]:
+    """What the reply step adds when the guard sent its draft back: the draft, and what was wrong."""
+    return [
+        AIMessage(draft[:600]),
+        SystemMessage(
+            f"That reply was not sent: {problems}. Write the reply again from the results above; "
+            "say of each item only what its results say (its year, its genres)."
+        ),
+    ]
+
+
 def reply_messages(state: dict[str, Any], ctx: AgentContext, results: Sequence[dict[str, Any]]) -> list[BaseMessage]:
     """The reply step's prompt: instructions, earlier exchanges, the message, then this turn's results
     (after the message: a 1.5B model parrots a results block that comes before it)."""

@@ -228,7 +228,8 @@ class Agent:
         - `status`: what the agent is doing ("choosing tools", "writing the reply");
         - `tool_call`: a tool the planner called (`name`, `args`, `planner`), before it runs;
         - `tool_result`: its result (`name`, `items`: how many, `error`);
-        - `delta`: a piece of the model's reply, released once it passed the grounding check;
+        - `delta`: a piece of the model's reply, released once it passed the grounding and claim checks;
+        - `reset`: the deltas so far are void: the guard sent the reply back to the model to be rewritten;
         - `reply`: the final reply (text, items, source, planner) after the guard: it replaces the
           deltas (when the guard replaced the model's reply, it differs from them).
         """
@@ -249,6 +250,8 @@ class Agent:
                 if mode == "custom":
                     if "delta" in chunk:
                         yield {"event": "delta", "text": chunk["delta"]}
+                    elif "reset" in chunk:
+                        yield {"event": "reset"}
                     elif "status" in chunk:
                         yield {"event": "status", "text": chunk["status"]}
                     continue

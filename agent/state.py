@@ -68,4 +68,6 @@ class AgentState(TypedDict, total=False):
     guard_violations: list[str]  # mentions the guard removed from this turn's reply
     direct: str | None  # this turn's answer when no tool is needed (greeting, unreadable message)
     draft: dict[str, Any]  # the reply before the guard: text, source ("model"/"rules"), fallback, cards
+    rewrite: str  # what the guard found wrong in the model's reply, sent back for one rewrite ("" if nothing)
+    rewritten: bool  # the guard has sent the reply back once this turn
     timing: dict[str, Any]  # seconds per planning step, reply seconds and tokens (for benchmarks)

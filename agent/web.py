@@ -128,6 +128,8 @@ def turn_events(
                 status.pop("metadata")
                 status["content"] = ""
             status["content"] += event["text"]
+        elif kind == "reset":  # the reply is being rewritten: what was shown of it goes
+            status["content"] = ""
         elif kind == "reply":
             answer = event
         yield history, None

@@ -4,6 +4,8 @@ parts only (the chat model's side is measured by bench/chat_requests.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from agent_catalog import agent_run
@@ -207,3 +209,60 @@ def test_the_graph_answers_a_decade_request_without_a_model_within_the_decade(ct
         later = agent.ask("t", "actually, make it the 1990s")
         assert later.items and all(1990 <= ctx.item_year(i["item_id"]) <= 1999 for i in later.items)
         assert all("Comedy" in ctx.item_genres(i["item_id"]) for i in later.items)
+
+
+def test_a_claim_problem_names_the_item_its_year_and_genres(ctx):
+    cards = [ctx.card("4")]  # Spaceballs (1987): Comedy, Sci-Fi
+    [problem] = claim_problems("Spaceballs (1987) [id 4] is a horror classic.", cards, [], ctx)
+    assert "Spaceballs (1987)" in problem and "Comedy" in problem and "Horror" in problem
+
+
+def test_a_streamed_sentence_with_a_false_claim_is_held_back(ctx):
+    from agent.graph import release_checked
+
+    cards, sent = [ctx.card("4"), ctx.card("2")], []
+    text = release_checked(
+        ["Alien (1979) [id 2] is a sci-fi thriller. ", "Spaceballs (1987) [id 4] is a horror classic. ", "Enjoy!"],
+        {"2", "4"},
+        ctx,
+        sent.append,
+        claims=lambda said: claim_problems(said, cards, [], ctx),
+    )
+    assert sent == ["Alien (1979) [id 2] is a sci-fi thriller."] and text.endswith("Enjoy!")
+
+
+def test_the_guard_sends_a_false_reply_back_once_then_replaces_it(ctx):
+    """The model keeps deciding: a reply stating what its items break goes back to the model, told
+    why; only a rewrite that fails too is replaced by the deterministic reply."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from agent.graph import AgentSettings, Deps, after_guard, guard
+    from agent.llm import ChatLLM
+    from agent.tools import recommend
+
+    result = recommend(ctx, liked=["Alien"], k=2)
+    first = result["items"][0]
+    chat = ChatLLM("http://127.0.0.1:9/v1", timeout_s=1)  # a configured model; the guard itself calls none
+    draft = {
+        "text": f"{first['title']} [id {first['item_id']}] is a musical made before 1930.",
+        "fallback": "Here are my picks.",
+        "source": "model",
+        "cards": result["items"],
+    }
+    state = {
+        "messages": [
+            HumanMessage("I loved Alien"),
+            ToolMessage(json.dumps(result), tool_call_id="c", name="recommend"),
+        ],
+        "planner": "model",
+        "draft": draft,
+    }
+    deps = Deps(ctx, chat, AgentSettings(k=2))
+    sent_back = guard(state, deps)
+    assert sent_back["rewritten"] and "1930" in sent_back["rewrite"] and first["title"] in sent_back["rewrite"]
+    assert after_guard(sent_back) == "reply" and "messages" not in sent_back  # nothing reached the user yet
+    final = guard({**state, **sent_back}, deps)  # the rewrite broke the request too
+    message = final["messages"][-1]
+    assert message.content.startswith("Here are my picks.") and message.additional_kwargs["source"] == "rules"
+    assert after_guard(final) == "remember"
+    assert final["guard_violations"] == sent_back["guard_violations"] * 2  # both drafts' problems are kept
