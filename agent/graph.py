@@ -47,7 +47,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from agent.guard import check, claim_problems, guard_cards, redact, tool_items
+from agent.guard import check, claim_problems, guard_cards, redact, said_items, tool_items
 from agent.llm import ChatLLM
 from agent.model_tools import ANSWER, answer_tool, bound_tools, known_args
 from agent.planner import message_problem, plan_turn, stated_request, year_args
@@ -493,6 +493,12 @@ def after_check(state: AgentState) -> str:
     return "plan" if state.get("route") == "plan" else "reply"
 
 
+def reply_allowed(state: AgentState, results: list[dict[str, Any]]) -> set[str]:
+    """The items this turn's reply may name: every item a tool returned in the conversation, and
+    the catalog items the user named this turn (`said_items`)."""
+    return set(state.get("grounded") or []) | {i for r in results for i in [*tool_items(r), *said_items(r)]}
+
+
 def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     """The reply draft: the model's (streamed, sentence by sentence, once grounded) or the deterministic one."""
     message, _ = turn_messages(list(state.get("messages") or []))
@@ -521,7 +527,7 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     elif results and not any(r.get("items") for r in results):
         pass  # nothing found: the deterministic reply says exactly what was missing
     elif deps.settings.model_replies and not chat.unavailable():
-        allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
+        allowed = reply_allowed(state, results)
         write = _writer()
         started, first_at, pieces = time.monotonic(), None, 0
 
@@ -536,7 +542,7 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
         if state.get("rewrite"):  # the guard sent the last draft back: the model writes it again, told why
             write({"reset": True})
             write({"status": "rewriting the reply"})
-            prompt += rewrite_messages(str((state.get("draft") or {}).get("text") or ""), state["rewrite"])
+            prompt += rewrite_messages(state["rewrite"])
         else:
             write({"status": "writing the reply"})
         cards = draft["cards"]
@@ -554,7 +560,9 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
             unknown = [n for r in results for n in r.get("unknown") or []]
             if text.strip():  # a title the catalog lacks is always said, in the deterministic words
                 draft.update(
-                    text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""), source="model"
+                    text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""),
+                    model_text=text.strip(),  # what the model wrote: the claims checked are its own
+                    source="model",
                 )
         except LLMError as exc:
             note = note or f"the language model is unavailable ({exc})"
@@ -589,7 +597,7 @@ def reply_problems(
         return ["the model's reply repeats its prompt"]
     if degenerate(text):
         return ["the model's reply repeats itself"]
-    return claim_problems(text, draft.get("cards") or [], results, ctx)
+    return claim_problems(str(draft.get("model_text") or text), draft.get("cards") or [], results, ctx)
 
 
 def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
@@ -598,7 +606,7 @@ def guard(state: AgentState, deps: Deps) -> dict[str, Any]:
     the deterministic reply. Every item mention checked, cards limited to items the tools returned."""
     ctx = deps.ctx
     results = turn_results(list(state.get("messages") or []))
-    allowed = set(state.get("grounded") or []) | {i for r in results for i in tool_items(r)}
+    allowed = reply_allowed(state, results)
     draft = state.get("draft") or {}
     violations: list[str] = []
     text = str(draft.get("text") or "")

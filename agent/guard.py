@@ -107,6 +107,13 @@ def tool_items(result: Any) -> list[str]:
     return ids
 
 
+def said_items(result: dict[str, Any]) -> list[str]:
+    """Catalog items the user named that a tool resolved but did not return as picks (those seen,
+    the title of a "same decade as"): this turn's reply may name them ("unlike Reservoir Dogs"),
+    they never become candidates."""
+    return [str(c["item_id"]) for key in ("seen", "anchor") for c in result.get(key) or [] if "item_id" in c]
+
+
 def grounded_ids(messages: Iterable[AnyMessage]) -> list[str]:
     """Every item id the tools returned in a transcript, first-seen order."""
     seen: dict[str, None] = {}

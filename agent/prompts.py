@@ -220,14 +220,14 @@ def data_block(results: Sequence[dict[str, Any]]) -> str:
     return "\n\n".join(blocks) or "(no tool was needed for this message)"
 
 
-def rewrite_messages(draft: str, problems: str) -> list[BaseMessage]:
-    """What the reply step adds when the guard sent its draft back: the draft, and what was wrong."""
+def rewrite_messages(problems: str) -> list[BaseMessage]:
+    """What the reply step adds when the guard sent its draft back: what was wrong with it (not the
+    draft itself: a 1.5B model shown its draft writes it again word for word)."""
     return [
-        AIMessage(draft[:600]),
         SystemMessage(
-            f"That reply was not sent: {problems}. Write the reply again from the results above; "
+            f"Your first reply was not sent: {problems}. Write a new reply from the results above; "
             "say of each item only what its results say (its year, its genres)."
-        ),
+        )
     ]
 
 

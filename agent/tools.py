@@ -459,6 +459,8 @@ def recommend(
     if request.unknown_genres:
         result["unknown_genres"] = request.unknown_genres
     result["unknown"] += request.unknown
+    if request.anchors:  # the title a `same_decade_as` named: the reply may name it, it is no pick
+        result["anchor"] = [{"item_id": i, "title": ctx.titles.titles[i]} for i in request.anchors]
     result["request"] = request.as_dict()
     excluded, unknown_seen = ctx.resolve(exclude)
     if excluded:

@@ -266,3 +266,44 @@ def test_the_guard_sends_a_false_reply_back_once_then_replaces_it(ctx):
     assert message.content.startswith("Here are my picks.") and message.additional_kwargs["source"] == "rules"
     assert after_guard(final) == "remember"
     assert final["guard_violations"] == sent_back["guard_violations"] * 2  # both drafts' problems are kept
+
+
+def test_a_reply_may_name_the_titles_the_user_ruled_out_but_never_shows_them_as_picks(ctx):
+    """ "Like Star Wars but not Alien": the reply may say "unlike Alien"; Alien is no card, and the
+    deterministic reply names it in full instead of redacting it."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from agent.graph import AgentSettings, Deps, guard
+
+    result = recommend(ctx, liked=["Star Wars"], exclude=["Alien"], k=2)
+    assert [c["title"] for c in result["seen"]] == ["Alien (1979)"] and "2" not in {
+        c["item_id"] for c in result["items"]
+    }
+    first = result["items"][0]
+    state = {
+        "messages": [
+            HumanMessage("like Star Wars but not Alien, seen it"),
+            ToolMessage(json.dumps(result), tool_call_id="c", name="recommend"),
+        ],
+        "planner": "model",
+        "draft": {
+            "text": f"Instead of Alien (1979), try {first['title']} [id {first['item_id']}].",
+            "fallback": "unused",
+            "source": "model",
+            "cards": result["items"],
+        },
+    }
+    out = guard(state, Deps(ctx, None, AgentSettings(k=2)))
+    message = out["messages"][-1]
+    assert out["guard_violations"] == [] and "Alien (1979)" in message.content
+    assert "2" not in {c["item_id"] for c in message.additional_kwargs["items"]}
+
+
+def test_the_sentence_genrec_appends_about_unknown_titles_is_not_read_as_the_models_claim(ctx):
+    from agent.graph import reply_problems
+    from agent.reply import unknown_sentence
+
+    cards = [ctx.card("6"), ctx.card("5")]  # two comedies
+    said = "Try Galaxy Quest (1999) [id 6] or Men in Black (1997) [id 5]."
+    draft = {"text": f"{said}\n\n{unknown_sentence(['Comedy'])}", "model_text": said, "cards": cards}
+    assert reply_problems(draft["text"], draft, {"6", "5"}, [], ctx) == []  # "could not find Comedy" is ours
