@@ -267,7 +267,10 @@ _ANAPHORA = re.compile(
 
 
 # words after a list's last item that speak of the whole list, not of that item
-_LIST_TAIL = re.compile(r"^[\s,]*(?:for|as|which|that|all|both|each|since|because|if)\b", re.IGNORECASE)
+_LIST_TAIL = re.compile(
+    r"^[\s,]*(?:for|as|which|that|all|both|each|since|because|if|from|but|none|neither|made|released|are|were)\b",
+    re.IGNORECASE,
+)
 
 
 def card_mentions(sentence: str, cards: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:

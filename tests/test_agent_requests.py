@@ -198,6 +198,10 @@ def test_a_genre_said_of_one_named_item_is_checked_against_that_item_only(ctx):
         "Try Star Wars (1977), Alien (1979) or Spaceballs (1987) for a laugh-out-loud comedy.", cards, [], ctx
     )
     assert claim_problems("Try Star Wars (1977), Alien (1979) or Spaceballs (1987), all sci-fi.", cards, [], ctx) == []
+    assert claim_problems(
+        "Star Wars, Alien and Spaceballs from the same decade as Jaws, but not a comedy.", cards, [], ctx
+    )
+    assert claim_problems("Star Wars (1977) and Alien (1979), both from the 1970s.", cards, [], ctx) == []
 
 
 def test_the_graph_answers_a_decade_request_without_a_model_within_the_decade(ctx, tmp_path):
