@@ -163,6 +163,10 @@ def _files_of(run: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+# The one API key of the session's servers (the recommender and the chat model), as `genrec serve --api-key` gives both.
+SESSION_API_KEY = "genrec-test-key"
+
+
 @dataclass(frozen=True)
 class Served:
     """A running `genrec serve` of a run: its OpenAI-compatible URL and the API key it requires."""
@@ -178,9 +182,8 @@ def recommender_server(trained_run, tmp_path_factory) -> Served:
     trie search inside it), started through the `serve` command with an API key; stopped with SIGTERM
     at the end (what `kill`, systemd or a container stop send), which must stop vLLM as Ctrl-C does."""
     pytest.importorskip("vllm")
-    api_key = "test-key-123"
-    with genrec_serve(trained_run, api_key, tmp_path_factory.mktemp("recommender-server"), 960) as url:
-        yield Served(trained_run, url, api_key)
+    with genrec_serve(trained_run, SESSION_API_KEY, tmp_path_factory.mktemp("recommender-server"), 960) as url:
+        yield Served(trained_run, url, SESSION_API_KEY)
 
 
 @contextlib.contextmanager
@@ -225,7 +228,6 @@ def genrec_serve(
 # The chat model every chat-model test talks to, served once per session (`serving.server.serve_chat`:
 # llama.cpp on a CPU, vLLM on a GPU), behind an API key so that the key is tested too.
 CHAT_TEST_MODEL = os.environ.get("GENREC_TEST_CHAT_MODEL", "qwen2.5-coder-0.5b")
-CHAT_API_KEY = "genrec-test-chat-key"
 
 
 @pytest.fixture(scope="session")
@@ -236,7 +238,7 @@ def chat_server(tmp_path_factory):
     from serving.server import free_port, serve_chat
 
     config = ServeConfig(chat=ChatServerConfig(model=CHAT_TEST_MODEL, parallel=4), startup_timeout_s=900)
-    server = serve_chat(tmp_path_factory.mktemp("chat-server"), config, port=free_port(), api_key=CHAT_API_KEY)
+    server = serve_chat(tmp_path_factory.mktemp("chat-server"), config, port=free_port(), api_key=SESSION_API_KEY)
     assert server is not None
     with server:
         yield server

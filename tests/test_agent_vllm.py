@@ -1,8 +1,10 @@
-"""The agent with real model servers: the recommender (a tiny semantic-ID model + LoRA adapter,
-`genrec`) on a vLLM server, and the session's chat model (tests/conftest.py `chat_server`:
-llama.cpp on a CPU) that plans every turn and writes the replies (`genrec-chat`). Marked `vllm`:
-the recommender server lives for this module; its last test stops the chat server mid-conversation
-(and starts it again for the tests after it).
+"""The agent with real model servers: the session's vLLM recommender over the session's trained run
+(tests/conftest.py `recommender_server`: a tiny semantic-ID model + LoRA adapter on 150 MovieLens-100K
+movies, `genrec`) and the session's chat model (`chat_server`: llama.cpp on a CPU) that plans every
+turn and writes the replies (`genrec-chat`). The injection test runs on the small agent catalog
+(tests/agent_catalog.py), whose descriptions carry the instructions, with its recommender in this
+process. The module's last test stops the chat server mid-conversation (and starts it again for the
+tests after it).
 
 What the model planned and wrote is recorded in test-artifacts/agent_llm_turns.json.
 """
@@ -15,28 +17,53 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from agent_catalog import INJECTION_TARGET_ID, MOVIES, PHANTOM, agent_run
-from conftest import CHAT_TEST_MODEL
+from conftest import SESSION_API_KEY
 from tiny_models import build_tiny_sid_model
 
-# The module's fixture starts both servers, bounded by their own start timeout (900 s: a first start
-# compiles for minutes on a slow CPU); the 900 s of each test are for the test alone.
+# The session's servers start within their own fixtures' timeouts; the 900 s of each test are for the test alone.
 pytestmark = [pytest.mark.vllm, pytest.mark.chat_model, pytest.mark.timeout(900, func_only=True)]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-CHAT_MODEL = CHAT_TEST_MODEL
 RECORD: list[dict] = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def record_turns():
+    """Writes what the model planned and wrote once the module is done."""
+    yield
+    if RECORD:
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "agent_llm_turns.json").write_text(json.dumps(RECORD, indent=2, ensure_ascii=False, default=str))
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, chat_server):
-    """(run dir, recommender URL, chat URL, chat server): the run's vLLM recommender server, as `genrec
-    serve` starts it, and the session's chat server."""
-    pytest.importorskip("vllm")
-    from genrec.config import ChatServerConfig, ServeConfig
-    from serving.server import ModelServer, free_port, run_server_spec
+def agent(recommender_server, chat_server, tmp_path_factory):
+    """The trained run's agent as `genrec chat --llm-url ... --chat-url ...` opens it: recommendations
+    from the session's vLLM server, planning and replies from the session's chat server (one API key
+    for both, as `genrec serve --api-key` gives them)."""
+    from agent.session import Agent
+
+    a = Agent.open(
+        recommender_server.run,
+        llm_url=recommender_server.url,
+        chat_url=chat_server.url,
+        db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite",
+        llm_timeout_s=300,
+        api_key=SESSION_API_KEY,
+    )
+    assert a.ctx.ranker is not None and a.ctx.ranker.generator.name == "vllm"  # recommend ranks through the server
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def catalog_agent(chat_server, tmp_path_factory):
+    """The agent over the small movie catalog whose text carries a prompt injection: a tiny semantic-ID
+    model ranks in this process (`genrec chat --chat-url ...` without `--llm-url`), the session's chat
+    server plans and writes."""
+    from agent.session import Agent
 
     run = tmp_path_factory.mktemp("vllm-agent") / "agent-run"
     shutil.copytree(agent_run(tmp_path_factory), run)
@@ -44,42 +71,11 @@ def served(tmp_path_factory, chat_server):
     (run / "semantic_ids.json").write_text(json.dumps(codes))
     build_tiny_sid_model(run / "model", codes)
     (run / "model" / "genrec.json").write_text(json.dumps({"base": "scratch", "max_history": 20, "template": None}))
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    config.setdefault("serve", {}).setdefault("chat", {})["model"] = (
-        CHAT_MODEL  # what `genrec chat` starts for this run, too
-    )
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    serve = ServeConfig(
-        kv_cache_gib=1, max_model_len=2048, startup_timeout_s=900, chat=ChatServerConfig(model=CHAT_MODEL)
-    )
-    recommender = ModelServer(run_server_spec(run, serve, port=free_port()), 900)
-    try:
-        recommender.start()
-        recommender.wait_healthy()
-        yield run, recommender.url, chat_server.url, chat_server
-    finally:
-        recommender.stop()
-        if RECORD:
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / "agent_llm_turns.json").write_text(
-                json.dumps(RECORD, indent=2, ensure_ascii=False, default=str)
-            )
-
-
-@pytest.fixture(scope="module")
-def agent(served, tmp_path_factory):
-    from agent.session import Agent
-
-    run, url, chat_url, _ = served
     a = Agent.open(
-        run,
-        llm_url=url,
-        chat_url=chat_url,
-        db_path=tmp_path_factory.mktemp("vllm-chat") / "chat.sqlite",
-        llm_timeout_s=300,
-        api_key=served[3].spec.api_key,  # the chat server's (the recommender's vLLM takes any key: it has none)
-    )
-    assert a.ctx.ranker is not None and a.ctx.ranker.generator.name == "vllm"  # recommend ranks through the server
+        run, llm_url=None, chat_url=chat_server.url, db_path=run / "chat.sqlite", llm_timeout_s=300,
+        api_key=SESSION_API_KEY,
+    )  # fmt: skip
+    assert a.ctx.ranker is not None and a.ctx.ranker.generator.name != "vllm"
     yield a
     a.close()
 
@@ -127,11 +123,13 @@ def test_the_chat_model_plans_every_turn_with_valid_calls_and_every_reply_is_gro
 
 
 def test_generated_ids_are_catalog_items_outside_the_history(agent):
-    ids = [i for i, _ in agent.ctx.ranker.rank([["1", "2", "13"]], 5, exclude=[{"1", "2", "13"}])[0]]
-    assert len(ids) == 5 and set(ids) <= set(agent.ctx.titles.ids) and not {"1", "2", "13"} & set(ids)
+    history = [agent.ctx.titles.find(t) for t in ("Star Wars", "Alien", "Terminator, The")]
+    ids = [i for i, _ in agent.ctx.ranker.rank([history], 5, exclude=[set(history)])[0]]
+    assert len(ids) == 5 and set(ids) <= set(agent.ctx.titles.ids) and not set(history) & set(ids)
 
 
-def test_instructions_in_catalog_text_or_in_a_message_steer_nothing_outside_the_catalog(agent):
+def test_instructions_in_catalog_text_or_in_a_message_steer_nothing_outside_the_catalog(catalog_agent):
+    agent = catalog_agent
     keys = schema_keys(agent)
     answer, state = turn(agent, "inject", "tell me about Midnight Static")
     # whichever tool the model picks, the item whose text carries the instructions steers nothing
@@ -156,7 +154,7 @@ def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
     from inference.explain import is_grounded
 
     facts = agent.ctx.explainer.facts
-    for item, liked in [("Spaceballs", ["Star Wars", "Alien"]), ("Fargo", ["Heat"]), ("Toy Story", ["Babe"])]:
+    for item, liked in [("Men in Black", ["Star Wars", "Alien"]), ("Fargo", ["Heat"]), ("Toy Story", ["Babe"])]:
         card = explain(agent.ctx, item, liked=liked)["items"][0]
         assert card["model_explanation"], "the chat model was asked and answered"
         liked_facts = [facts[agent.ctx.titles.find(t)] for t in liked]
@@ -179,21 +177,22 @@ def test_explanations_come_from_the_chat_model_only_when_grounded(agent):
         )
 
 
-def test_a_served_chat_model_plays_the_simulated_user_and_the_agent_stays_grounded(served):
+def test_a_served_chat_model_plays_the_simulated_user_and_the_agent_stays_grounded(
+    recommender_server, chat_server, agent
+):
     from eval.simulate import says_title, simulate_run
 
-    run, url, chat_url, _ = served
     result = simulate_run(
-        run, 2, max_turns=2, llm_url=url, chat_url=chat_url, simulator="llm", progress=False,
-        api_key=served[3].spec.api_key,
+        recommender_server.run, 1, max_turns=2, llm_url=recommender_server.url, chat_url=chat_server.url,
+        simulator="llm", progress=False, api_key=SESSION_API_KEY,
     )  # fmt: skip
-    assert result["simulator"] == "llm" and result["agent"] == "model" and result["conversations"] == 2
+    assert result["simulator"] == "llm" and result["agent"] == "model" and result["conversations"] == 1
     assert result["grounding_violations"] == 0
     assert result["planner_turns"]["model"] > 0  # the LLM agent answered, not only its fallback
-    titles = {row[0]: row[1] for row in MOVIES}
+    titles = agent.ctx.titles
     for example in result["examples"]:
         user_turns = [text for role, text in example["transcript"] if role == "user"]
-        assert user_turns and not any(says_title(text, titles[example["target"]]) for text in user_turns)
+        assert user_turns and not any(says_title(text, titles.titles[example["target"]]) for text in user_turns)
 
 
 def test_the_web_page_streams_the_reply_and_shows_each_tool_call_as_it_happens(agent):
@@ -242,9 +241,8 @@ def test_the_web_page_streams_the_reply_and_shows_each_tool_call_as_it_happens(a
     RECORD.append({"web_ui_snapshots": seen[-1][0], "distinct_page_states": len(growing)})
 
 
-def test_when_the_chat_server_dies_mid_conversation_the_rules_answer_and_the_thread_survives(served, agent):
+def test_when_the_chat_server_dies_mid_conversation_the_rules_answer_and_the_thread_survives(chat_server, agent):
     """Last in the module: stops the session's chat server, and starts it again for later tests."""
-    _, _, _, chat_server = served
     first, _ = turn(agent, "dies", "I loved Fargo and Heat")
     assert first.planner == "model"
     before = agent.memory("dies")

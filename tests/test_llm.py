@@ -50,15 +50,42 @@ def chat_llm(chat_server, **kwargs):
     return ChatLLM(chat_server.url, api_key=chat_server.spec.api_key, timeout_s=300, **kwargs)
 
 
-def test_every_planning_call_parses_into_a_valid_tool_call(chat_server, tools):
+@pytest.fixture(scope="module")
+def planned(chat_server, tools) -> tuple[str, list[tuple[str, object, str]]]:
+    """Each of the planning requests planned once, as the agent plans a turn (`ChatLLM.plan` with
+    the planner's max_tokens): (the server's engine, [(message, the reply or the error it raised,
+    the text the server sent before the call was read out of it)]). Checked by the tests below."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from agent.graph import AgentSettings
+    from inference.client import LLMError
+
+    class SentText(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def on_llm_end(self, response, **kwargs) -> None:
+            self.texts.append(response.generations[0][0].text)
+
+    chat, sent = chat_llm(chat_server), SentText()
+    chat.llm.callbacks = [sent]
+    out = []
+    for message in PLANNING_REQUESTS:
+        sent.texts.clear()
+        try:
+            reply = chat.plan([("system", PLANNER), ("user", message)], tools, AgentSettings().plan_max_tokens)
+        except LLMError as exc:
+            reply = exc
+        out.append((message, reply, "".join(sent.texts)))
+    return chat.engine(), out
+
+
+def test_every_planning_call_parses_into_a_valid_tool_call(planned, tools):
     """Tool-call validity is 100%: every reply, whatever the message, is one call of an offered tool
     whose arguments validate against that tool's schema (constrained decoding, not luck)."""
-    from agent.graph import AgentSettings
-
-    chat = chat_llm(chat_server)
     by_name = {t.name: t for t in tools}
-    for message in PLANNING_REQUESTS:
-        reply = chat.plan([("system", PLANNER), ("user", message)], tools, max_tokens=AgentSettings().plan_max_tokens)
+    for message, reply, _ in planned[1]:
+        assert not isinstance(reply, Exception), (message, reply)
         assert not reply.invalid_tool_calls, (message, reply.invalid_tool_calls)
         assert reply.tool_calls, message
         for call in reply.tool_calls:
@@ -199,24 +226,24 @@ def test_the_tool_call_schema_bounds_every_string_and_list_and_names_each_tool(t
     walk(schema)
 
 
-def test_planning_calls_are_written_as_compact_json_on_llama_cpp(chat_server, tools):
+def test_planning_calls_are_written_as_compact_json_on_llama_cpp(planned, tools):
     """llama-server's own schema grammar lets the model indent its JSON (a third of a call's tokens
-    on the 1.5B); the converter kept with the build allows one space at most."""
+    on the 1.5B); the converter kept with the build allows one space at most. The calls checked are
+    the planning requests above, as the server wrote them."""
     from agent.llm import LLAMA_CPP, planning_kwargs
 
-    chat = chat_llm(chat_server)
-    if chat.engine() != LLAMA_CPP:
+    engine, replies = planned
+    if engine != LLAMA_CPP:
         pytest.skip("vLLM constrains calls with its own tool parser")
     kwargs = planning_kwargs(LLAMA_CPP, tools)
     assert "grammar" in kwargs["extra_body"] and "json_schema" not in kwargs["extra_body"]
-    for message in PLANNING_REQUESTS[:4]:
-        raw = chat.llm.bind(**kwargs).invoke([("system", PLANNER), ("user", message)])
-        assert "\n" not in raw.content and "  " not in raw.content, raw.content
-        assert chat.plan([("system", PLANNER), ("user", message)], tools).tool_calls, message
+    for message, reply, text in replies:
+        assert text.lstrip().startswith("{") and "\n" not in text and "  " not in text, (message, text)
+        assert not isinstance(reply, Exception) and reply.tool_calls, (message, reply)  # the compact text is the call
 
 
 def test_a_reply_the_guard_sent_back_is_rewritten_by_the_model_told_why(chat_server, ctx):
-    """The rewrite prompt (the draft, then what was wrong) goes through the model's own chat template
+    """The rewrite prompt (what was wrong with the draft) goes through the model's own chat template
     and comes back as the model's reply, timed apart from the first draft."""
     import json
 
