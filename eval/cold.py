@@ -7,8 +7,8 @@
    quantiser, the corpus, the SFT tasks, the dense model or the fusion's validation. Every user's
    history simply skips them there.
 2. The held-out items are added to the trained copy with `genrec items add` (`retrieval.live`):
-   codes from the trained quantiser, Chroma, the trie. The content weight of the served ranking's
-   cold term is chosen on the original validation cases, whose held-out items include cold ones.
+   codes from the trained quantiser, Chroma, the trie. The offset of the served ranking's cold term
+   is chosen on the original validation cases, whose held-out items include cold ones.
 3. Every model is scored on the original run's test cases (history = all but the last item, cold
    items included; target = the last item), same users, same metric code, and the ranks are split
    into the cold slice (target held out) and the warm slice. The baselines are fitted on the same
@@ -152,7 +152,7 @@ def evaluate_cold(
     from eval.baselines import ContentNN, DenseBaseline, Popularity
     from inference.dense import load_dense
     from inference.ranker import open_ranker
-    from inference.ranking import Ranker, tune_content_weight
+    from inference.ranking import Ranker, tune_cold_offset
     from retrieval.live import base_content
 
     console = console or Console(stderr=True)
@@ -173,7 +173,7 @@ def evaluate_cold(
     fusion, grid = ranker.fusion, []
     if ranker.hybrid:  # with a dense weight of 0 the served ranking is generation alone: no term to weigh
         valid_users = sample_users(split.valid, cold_config.train.val_users, cold_config.eval.seed)
-        fusion = tune_content_weight(ranker, split.valid, valid_users, progress=progress)
+        fusion = tune_cold_offset(ranker, split.valid, valid_users, progress=progress)
         grid = fusion.grid[-1]["cold"]
         write_json(cold_paths.ranking, fusion.to_json())  # the served ranking now uses it
         served, _ = open_ranker(dest)
@@ -207,8 +207,9 @@ def evaluate_cold(
         "seed": seed,
         "cold_items": len(cold),
         "dense_weight": fusion.dense_weight,
-        "content_weight": fusion.content_weight if ranker.hybrid else None,
-        "content_weight_grid": grid,
+        "cold_offset": fusion.cold_offset if ranker.hybrid else None,
+        "cold_beams": fusion.cold_beams if ranker.hybrid else None,
+        "cold_offset_grid": grid,
     }
     report["models"] = {name: slices(r.ranks, r.targets, cold_set) for name, r in results.items()}
     write_json(cold_paths.eval / "cold.json", report)
@@ -224,8 +225,9 @@ def print_cold(report: dict, console: Console | None = None) -> None:
         "model", "cold Recall@10", "cold NDCG@10", "warm Recall@10", "warm NDCG@10",
         title=f"cold items: {report['cold_items']} held out of training (F={report['fraction']:g}, seed {report['seed']}); "
         + (
-            f"content weight {report['content_weight']:g} chosen on validation"
-            if report["content_weight"] is not None
+            f"cold offset {report['cold_offset']:g}, beams {'may' if report.get('cold_beams') else 'may not'} "
+            "reach cold items (chosen on validation)"
+            if report.get("cold_offset") is not None
             else "served by generation alone (dense weight 0): no content term"
         ),
     )  # fmt: skip
