@@ -30,9 +30,10 @@ from rich.console import Console
 
 from eval.evaluate import evaluate_detailed
 from genrec.atomic import write_json
+from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.metrics import ndcg_at, recall_at, sample_users
-from genrec.run import init_run, open_run
+from genrec.run import RunPaths, init_run, open_run
 from retrieval.split import Split, leave_one_out
 
 
@@ -78,6 +79,7 @@ def build_cold_run(
         shutil.rmtree(dest)
     config = config.model_copy(deep=True)
     config.name = dest.name
+    match_dense_epochs(paths, config)
     config.chroma.collection = f"{config.chroma.collection}-cold"
     cold_set = set(cold)
     cold_paths = init_run(dest, config)
@@ -95,6 +97,20 @@ def build_cold_run(
     console.print(f"cold items: {len(cold)} of {len(items)} held out of every training input; training {dest}")
     train(dest)
     return _add_back(dest, items, cold, done, paths.root, fraction, seed)
+
+
+def match_dense_epochs(paths: RunPaths, config: RunConfig) -> None:
+    """Give the copy's dense model as many epochs as the run's own got when a wall-clock cap
+    (`max_minutes`) ended the run's: minutes buy different epochs on a machine whose load differs
+    (ML-100K, session 30: 30 epochs for the run, 18 for its copy), and the warm slice compares the two."""
+    stats_path = paths.dense / "train_stats.json"
+    if config.dense.ranker == "none" or not stats_path.exists():
+        return
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    if stats.get("stopped_by") != "max_minutes" or stats.get("kind") != config.dense.ranker:
+        return
+    model = getattr(config.dense, config.dense.ranker)
+    model.epochs, model.max_minutes = int(stats["epochs"]), None
 
 
 def _add_back(

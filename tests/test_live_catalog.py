@@ -519,6 +519,26 @@ def test_the_cold_slice_holds_items_out_of_every_training_input_and_scores_all_m
     assert json.loads((copy / "eval" / "cold.json").read_text())["models"] == models
 
 
+def test_the_cold_copys_dense_model_gets_the_epochs_of_the_runs_own_when_minutes_cut_it(run):
+    """A wall-clock cap buys different epochs on a machine whose load differs, so a copy trained
+    without the cold items gets as many dense epochs as the run's own dense model had when its
+    `max_minutes` ended it, and keeps the run's schedule otherwise."""
+    from eval.cold import match_dense_epochs
+    from genrec.run import open_run
+
+    paths, config = open_run(run)
+    stats_path = paths.dense / "train_stats.json"
+    stats = json.loads(stats_path.read_text())
+    for stopped_by, epochs, expected in (("patience", 12, config.dense.sasrec.epochs), ("max_minutes", 7, 7)):
+        stats_path.write_text(json.dumps({**stats, "stopped_by": stopped_by, "epochs": epochs, "kind": "sasrec"}))
+        copy = config.model_copy(deep=True)
+        match_dense_epochs(paths, copy)
+        assert copy.dense.sasrec.epochs == expected
+        assert copy.dense.sasrec.max_minutes == (
+            None if stopped_by == "max_minutes" else config.dense.sasrec.max_minutes
+        )
+
+
 def test_new_items_with_photos_are_found_by_their_photo_and_an_unreadable_photo_is_refused(tmp_path):
     """The kitchenware image example indexed without two of its photographed items; adding them gives
     them image vectors centred as the indexed ones (search by their photo finds them) and codes from
