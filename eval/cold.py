@@ -7,8 +7,8 @@
    quantiser, the corpus, the SFT tasks, the dense model or the fusion's validation. Every user's
    history simply skips them there.
 2. The held-out items are added to the trained copy with `genrec items add` (`retrieval.live`):
-   codes from the trained quantiser, Chroma, the trie. The content weight of the served ranking's
-   cold term is chosen on the original validation cases, whose held-out items include cold ones.
+   codes from the trained quantiser, Chroma, the trie. The offset of the served ranking's cold term
+   is chosen on the original validation cases, whose held-out items include cold ones.
 3. Every model is scored on the original run's test cases (history = all but the last item, cold
    items included; target = the last item), same users, same metric code, and the ranks are split
    into the cold slice (target held out) and the warm slice. The baselines are fitted on the same
@@ -30,9 +30,10 @@ from rich.console import Console
 
 from eval.evaluate import evaluate_detailed
 from genrec.atomic import write_json
+from genrec.config import RunConfig
 from genrec.errors import GenrecError
 from genrec.metrics import ndcg_at, recall_at, sample_users
-from genrec.run import init_run, open_run
+from genrec.run import RunPaths, init_run, open_run
 from retrieval.split import Split, leave_one_out
 
 
@@ -78,6 +79,7 @@ def build_cold_run(
         shutil.rmtree(dest)
     config = config.model_copy(deep=True)
     config.name = dest.name
+    match_dense_epochs(paths, config)
     config.chroma.collection = f"{config.chroma.collection}-cold"
     cold_set = set(cold)
     cold_paths = init_run(dest, config)
@@ -95,6 +97,20 @@ def build_cold_run(
     console.print(f"cold items: {len(cold)} of {len(items)} held out of every training input; training {dest}")
     train(dest)
     return _add_back(dest, items, cold, done, paths.root, fraction, seed)
+
+
+def match_dense_epochs(paths: RunPaths, config: RunConfig) -> None:
+    """Give the copy's dense model as many epochs as the run's own got when a wall-clock cap
+    (`max_minutes`) ended the run's: minutes buy different epochs on a machine whose load differs
+    (ML-100K, session 30: 30 epochs for the run, 18 for its copy), and the warm slice compares the two."""
+    stats_path = paths.dense / "train_stats.json"
+    if config.dense.ranker == "none" or not stats_path.exists():
+        return
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    if stats.get("stopped_by") != "max_minutes" or stats.get("kind") != config.dense.ranker:
+        return
+    model = getattr(config.dense, config.dense.ranker)
+    model.epochs, model.max_minutes = int(stats["epochs"]), None
 
 
 def _add_back(
@@ -152,7 +168,7 @@ def evaluate_cold(
     from eval.baselines import ContentNN, DenseBaseline, Popularity
     from inference.dense import load_dense
     from inference.ranker import open_ranker
-    from inference.ranking import Ranker, tune_content_weight
+    from inference.ranking import Ranker, tune_cold_offset
     from retrieval.live import base_content
 
     console = console or Console(stderr=True)
@@ -173,7 +189,7 @@ def evaluate_cold(
     fusion, grid = ranker.fusion, []
     if ranker.hybrid:  # with a dense weight of 0 the served ranking is generation alone: no term to weigh
         valid_users = sample_users(split.valid, cold_config.train.val_users, cold_config.eval.seed)
-        fusion = tune_content_weight(ranker, split.valid, valid_users, progress=progress)
+        fusion = tune_cold_offset(ranker, split.valid, valid_users, progress=progress)
         grid = fusion.grid[-1]["cold"]
         write_json(cold_paths.ranking, fusion.to_json())  # the served ranking now uses it
         served, _ = open_ranker(dest)
@@ -207,8 +223,9 @@ def evaluate_cold(
         "seed": seed,
         "cold_items": len(cold),
         "dense_weight": fusion.dense_weight,
-        "content_weight": fusion.content_weight if ranker.hybrid else None,
-        "content_weight_grid": grid,
+        "cold_offset": fusion.cold_offset if ranker.hybrid else None,
+        "cold_beams": fusion.cold_beams if ranker.hybrid else None,
+        "cold_offset_grid": grid,
     }
     report["models"] = {name: slices(r.ranks, r.targets, cold_set) for name, r in results.items()}
     write_json(cold_paths.eval / "cold.json", report)
@@ -224,8 +241,9 @@ def print_cold(report: dict, console: Console | None = None) -> None:
         "model", "cold Recall@10", "cold NDCG@10", "warm Recall@10", "warm NDCG@10",
         title=f"cold items: {report['cold_items']} held out of training (F={report['fraction']:g}, seed {report['seed']}); "
         + (
-            f"content weight {report['content_weight']:g} chosen on validation"
-            if report["content_weight"] is not None
+            f"cold offset {report['cold_offset']:g}, beams {'may' if report.get('cold_beams') else 'may not'} "
+            "reach cold items (chosen on validation)"
+            if report.get("cold_offset") is not None
             else "served by generation alone (dense weight 0): no content term"
         ),
     )  # fmt: skip

@@ -35,7 +35,8 @@ from retrieval.semantic_ids import load_semantic_ids
 def ranker_for_catalog(base: Ranker, state: CatalogState) -> Ranker:
     """`base` (trained on the indexed catalog) ranking the catalog of `state`: the trie holds the items
     that may be recommended now, prompts read every item's code (histories name retired items too),
-    and items the dense model has no column for are cold items, scored by their content."""
+    and items the dense model has no column for are cold items, scored through the embeddings of the
+    items nearest to them in content."""
     if state.version == 0:
         return base
     generator = copy.copy(base.generator)  # the same model (and, for vLLM, the same client)
@@ -48,7 +49,8 @@ def ranker_for_catalog(base: Ranker, state: CatalogState) -> Ranker:
         cold_ids = [i for i in trie.code_of if i not in known]
         if cold_ids:
             ids, vectors = state.content()
-            cold = ColdItems(cold_ids, {item: row for row, item in enumerate(ids)}, vectors)
+            index = {item: row for row, item in enumerate(ids)}
+            cold = ColdItems.from_content(cold_ids, index, vectors, base.dense, base.fusion.cold_neighbours)
     return Ranker(generator, base.dense, base.fusion, base.name, cold=cold, retired=state.retired)
 
 

@@ -17,14 +17,17 @@ With no dense model (`a` = 0) this is pure generation, the `genrec-gen` row.
 
 Items added after training (`genrec items add`) have a semantic ID, so beams can reach them, but
 no dense column. They join the candidates two ways (LIGER's way, arXiv 2411.18814): when a beam
-reaches them, and as the `cold_candidates` cold items nearest in content to the user's history.
-Their `d` is a content term standing in for the dense score:
+reaches them, and as the `cold_candidates` cold items the dense model scores highest through a
+stand-in embedding: the mean direction of the embeddings of the `cold_neighbours` catalog items
+nearest in content, at their mean length (a plain mean is shorter and would score ~3 nats lower).
+Their `d` is that dense score (the user's state dotted with the stand-in, normalised like every
+catalog column) plus an offset `c` (`cold_offset`) chosen on validation when validation has cold
+targets:
 
-    d(i) = d_top + b * (cos(i, history) - 1)
+    d(i) = h . e(i) - log sum_j exp(h . E_j)  +  c
 
-with `d_top` the user's best dense score among the candidates and `cos` the cosine between the
-item's content vector and the mean of the history's; `b` (`content_weight`) is chosen on validation
-when validation has cold targets. A run with no such item ranks exactly as without this term.
+The content decides which catalog items a cold item stands beside; the dense model decides for
+whom. A run with no such item ranks exactly as without this term.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class DenseScorer(Protocol):
 
     def scores(self, histories: Histories) -> Any: ...  # (batch, catalog) log-probabilities, a tensor or an array
 
+    def item_vectors(self) -> Any: ...  # (catalog, hidden) item embeddings, rows aligned with `item_ids`
+
+    def scores_with(self, histories: Histories, extra: Any) -> Any: ...  # `scores` plus a column per `extra` row
+
 
 @dataclass
 class Fusion:
@@ -69,8 +76,10 @@ class Fusion:
     dense_weight: float = 0.0  # a: 0 = pure generation, 1 = the dense model re-ranking the union
     miss_penalty: float = 1.0  # g of a candidate no beam reached: the user's lowest beam log-prob minus this
     dense_candidates: int = 50  # the dense model's top items added to the beams as candidates
-    content_weight: float = 10.0  # b: how fast a cold item's stand-in dense score falls with content distance
-    cold_candidates: int = 10  # cold items nearest in content to the history added as candidates
+    cold_offset: float = 0.0  # c: added to a cold item's stand-in dense score (chosen on validation)
+    cold_candidates: int = 10  # cold items with the best stand-in dense scores added as candidates
+    cold_neighbours: int = 50  # catalog items nearest in content whose mean embedding stands in for a cold item's
+    cold_beams: bool = True  # may beams reach cold items (chosen on validation: they take beam places from warm ones)
     valid_ndcg10: float | None = None  # validation NDCG@10 of this setting (tune_fusion)
     grid: list[dict] = field(default_factory=list)  # every setting tried on validation and its NDCG@10
     seconds: float | None = None  # what choosing it took (tune_fusion over `users` validation users)
@@ -93,33 +102,41 @@ class Candidates:
     items: list[str]
     generated: np.ndarray  # g: beam log-prob, NaN where no beam reached the item
     dense: np.ndarray  # d: dense log-softmax (zeros without a dense model; NaN for a cold item)
-    content: np.ndarray | None = (
-        None  # cosine of each cold item with the history (NaN for the rest); None: no cold item
-    )
+    cold: np.ndarray | None = None  # each cold item's stand-in dense score, before the offset (NaN for the rest)
 
 
 @dataclass
 class ColdItems:
-    """Items the dense model has no column for (added after it was trained), and the content vectors
-    (unit rows, every item's) that place them beside a user's history."""
+    """Items the dense model has no column for (added after it was trained), each with a stand-in
+    embedding: the mean direction of the embeddings of the catalog items nearest to it in content,
+    at their mean length."""
 
     ids: list[str]  # the cold items that may be recommended now
-    index: dict[str, int]  # item id -> row of `vectors`, for every item (histories name warm ones too)
-    vectors: np.ndarray
-    window: int = 20  # the history's last items whose mean content vector is the user's profile
+    embeddings: np.ndarray  # (len(ids), hidden), rows aligned with `ids`
+    neighbours: np.ndarray  # (len(ids), k): the dense catalog positions each stand-in averages
 
-    def similarity(self, history: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        """Cosine between each of `items` and the mean content vector of the history's last items."""
-        rows = [self.index[i] for i in history if i in self.index][-self.window :]
-        if not rows or not len(items):
-            return np.zeros(len(items))
-        profile = self.vectors[rows].mean(axis=0)
-        profile = profile / max(float(np.linalg.norm(profile)), 1e-12)
-        return self.vectors[[self.index[i] for i in items]] @ profile
+    @classmethod
+    def from_content(
+        cls, ids: Sequence[str], index: dict[str, int], vectors: np.ndarray, dense: DenseScorer, k: int
+    ) -> ColdItems:
+        """Stand-ins for `ids` from the unit content `vectors` (row `index[item]`, every item's) and the
+        embeddings of the `k` dense catalog items nearest to each in content (cosine)."""
+        warm = vectors[[index[i] for i in dense.item_ids]]
+        table = np.asarray(dense.item_vectors(), dtype=np.float32)
+        k = min(k, len(dense.item_ids))
+        near = np.zeros((len(ids), k), dtype=np.int64)
+        for start in range(0, len(ids), 256):  # a block of cold rows at a time: (256, catalog) at most
+            sim = vectors[[index[i] for i in ids[start : start + 256]]] @ warm.T
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1, kind="stable")
+            near[start : start + len(sim)] = np.take_along_axis(top, order, axis=1)
+        mean = table[near].mean(axis=1)  # averaging shortens a vector: give it its neighbours' mean length
+        length = np.linalg.norm(table, axis=1)[near].mean(axis=1, keepdims=True)
+        return cls(list(ids), mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12) * length, near)
 
 
 def fused_order(
-    c: Candidates, dense_weight: float, miss_penalty: float, content_weight: float = 10.0
+    c: Candidates, dense_weight: float, miss_penalty: float, cold_offset: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate positions best first, and their fused scores; ties broken by item id."""
     if not len(c.items):
@@ -128,10 +145,8 @@ def fused_order(
     floor = (c.generated[reached].min() if reached.any() else 0.0) - miss_penalty
     g = np.where(reached, c.generated, floor)
     d = c.dense
-    if c.content is not None:  # cold items: the content term stands in for the dense score they lack
-        warm = ~np.isnan(d)
-        top = d[warm].max() if warm.any() else 0.0
-        d = np.where(warm, d, top + content_weight * (np.nan_to_num(c.content) - 1.0))
+    if c.cold is not None:  # cold items: the stand-in's dense score, offset, in place of the one they lack
+        d = np.where(np.isnan(d), c.cold + cold_offset, d)
     score = (1.0 - dense_weight) * g + dense_weight * d
     order = np.lexsort((np.asarray(c.items), -score))
     return order, score[order]
@@ -160,13 +175,18 @@ class Ranker:
         only: Collection[str] | None = None,
         width: int | None = None,
     ) -> list[Candidates]:
-        """Beams, dense top items and (with cold items) the nearest cold items in content of each
-        history, with the scores of every candidate."""
+        """Beams, dense top items and (with cold items) the cold items with the best stand-in dense
+        scores for each history, with the scores of every candidate."""
         if self.retired:
             exclude = [
                 set(exclude[i]) | self.retired if exclude is not None else self.retired for i in range(len(histories))
             ]
-        beams = self.generator.generate(histories, width, exclude, only)
+        searched = exclude
+        if self.hybrid and self.cold is not None and self.cold.ids and not self.fusion.cold_beams:
+            # cold items join by their stand-in alone; the beams keep every place for warm items
+            hidden = frozenset(self.cold.ids)
+            searched = [set(exclude[i]) | hidden if exclude is not None else hidden for i in range(len(histories))]
+        beams = self.generator.generate(histories, width, searched, only)
         known = self.generator.trie.code_of  # a server a catalog change ahead may name an item this catalog lacks
         beams = [[(i, s) for i, s in b if i in known] for b in beams]
         if not self.hybrid:
@@ -176,7 +196,12 @@ class Ranker:
             ]
         dense = self.dense
         column = {item: j for j, item in enumerate(dense.item_ids)}
-        scores = np.asarray(dense.scores(histories), dtype=np.float64)
+        cold = self.cold if self.cold is not None and self.cold.ids else None
+        if cold is None:
+            scores = np.asarray(dense.scores(histories), dtype=np.float64)
+        else:  # the cold items' stand-in columns after the catalog's, scored in the same pass
+            scores = np.asarray(dense.scores_with(histories, cold.embeddings), dtype=np.float64)
+            cold_scores, scores = scores[:, len(dense.item_ids) :], scores[:, : len(dense.item_ids)]
         allowed = None
         if only is not None:
             allowed = np.zeros(len(dense.item_ids), dtype=bool)
@@ -196,29 +221,28 @@ class Ranker:
             items += [dense.item_ids[j] for j in top if dense.item_ids[j] not in seen]
             generated = np.full(len(items), np.nan)
             generated[: len(found)] = [s for _, s in found]
-            if self.cold is None or not self.cold.ids:
+            if cold is None:
                 out.append(Candidates(items, generated, np.array([d[column[i]] for i in items])))
                 continue
-            out.append(self._with_cold(histories[row], items, generated, d, column, exclude, only, row))
+            hidden = set(exclude[row]) if exclude is not None else set()
+            out.append(self._with_cold(items, generated, d, column, cold_scores[row], hidden, only))
         return out
 
-    def _with_cold(self, history, items, generated, d, column, exclude, only, row) -> Candidates:
-        """The candidates plus the cold items nearest in content to `history`, scored for the content term."""
-        cold = self.cold
-        hidden = set(exclude[row]) if exclude is not None else set()
-        pool = [i for i in cold.ids if i not in hidden and (only is None or i in only)]
-        sim = cold.similarity(history, pool)
+    def _with_cold(self, items, generated, d, column, cold_scores, hidden, only) -> Candidates:
+        """The candidates plus the `cold_candidates` cold items with the best stand-in dense scores
+        (`cold_scores`, one per `self.cold.ids`), none of `hidden`, all in `only` when given."""
+        ids = self.cold.ids
+        position = {item: j for j, item in enumerate(ids)}
+        pool = [j for j, i in enumerate(ids) if i not in hidden and (only is None or i in only)]
         m = min(self.fusion.cold_candidates, len(pool))
-        near = [pool[j] for j in np.argsort(-sim, kind="stable")[:m]]
+        best = sorted(pool, key=lambda j: (-cold_scores[j], ids[j]))[:m]
         seen = set(items)
-        extra = [i for i in near if i not in seen]
+        extra = [ids[j] for j in best if ids[j] not in seen]
         items = items + extra
         generated = np.concatenate([generated, np.full(len(extra), np.nan)])
         dense = np.array([d[column[i]] if i in column else np.nan for i in items])
-        content = np.full(len(items), np.nan)
-        is_cold = np.isnan(dense)
-        content[is_cold] = cold.similarity(history, [i for i, c in zip(items, is_cold) if c])
-        return Candidates(items, generated, dense, content)
+        cold = np.array([cold_scores[position[i]] if i in position else np.nan for i in items])
+        return Candidates(items, generated, dense, cold)
 
     def rank(
         self,
@@ -232,7 +256,7 @@ class Ranker:
         a = self.fusion.dense_weight if self.hybrid else 0.0
         out = []
         for c in self.candidates(histories, exclude, only, max(self.generator.beam_width, k)):
-            order, score = fused_order(c, a, self.fusion.miss_penalty, self.fusion.content_weight)
+            order, score = fused_order(c, a, self.fusion.miss_penalty, self.fusion.cold_offset)
             out.append([(c.items[j], float(s)) for j, s in zip(order[:k], score[:k])])
         return out
 
@@ -261,19 +285,19 @@ def validation_table(
     return table
 
 
-def table_ndcg(table: list[tuple[Candidates, str]], a: float, penalty: float, b: float) -> float:
+def table_ndcg(table: list[tuple[Candidates, str]], a: float, penalty: float, cold_offset: float) -> float:
     """Validation NDCG@10 of one fusion setting over a `validation_table`."""
     from genrec.metrics import ndcg_at
 
     ranks = np.zeros(len(table), dtype=np.int64)
     for row, (c, target) in enumerate(table):
-        order, _ = fused_order(c, a, penalty, b)
+        order, _ = fused_order(c, a, penalty, cold_offset)
         top = [c.items[j] for j in order[:10]]
         ranks[row] = top.index(target) + 1 if target in top else 0
     return float(ndcg_at(ranks, 10).mean())
 
 
-CONTENT_WEIGHTS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0)
+COLD_OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 def tune_fusion(
@@ -296,9 +320,9 @@ def tune_fusion(
         ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates)
     )
     table = validation_table(probe, cases, users, batch_size, progress)
-    b = ranker.fusion.content_weight
+    c = ranker.fusion.cold_offset
     grid = [
-        {"dense_weight": float(a), "miss_penalty": float(p), "valid_ndcg@10": table_ndcg(table, float(a), float(p), b)}
+        {"dense_weight": float(a), "miss_penalty": float(p), "valid_ndcg@10": table_ndcg(table, float(a), float(p), c)}
         for a in weights
         for p in (penalties if a > 0 else penalties[:1])
     ]
@@ -312,27 +336,35 @@ def tune_fusion(
     )
 
 
-def tune_content_weight(
+def tune_cold_offset(
     ranker: Ranker,
     cases: dict[str, tuple[list[str], str]],
     users: Sequence[str],
-    weights: Sequence[float] = CONTENT_WEIGHTS,
+    offsets: Sequence[float] = COLD_OFFSETS,
     batch_size: int = 256,
     progress: bool = True,
 ) -> Fusion:
-    """The ranker's fusion with the content weight `b` of cold items chosen on validation: the one
-    with the best NDCG@10 over `cases`, whose held-out items include cold ones (items added after
-    training, LIGER's setting). The dense weight and the miss penalty stay as `genrec train` chose them."""
+    """The ranker's fusion with the cold items' settings chosen on validation: whether beams may
+    reach them (`cold_beams`) and the offset `c` of their stand-in dense scores, the pair with the
+    best NDCG@10 over `cases`, whose held-out items include cold ones (items added after training,
+    LIGER's setting); on a tie the lower offset, then no cold beams, which let fewer cold items in.
+    The dense weight and the miss penalty stay as `genrec train` chose them."""
     from dataclasses import replace
 
-    table = validation_table(ranker, cases, users, batch_size, progress)
     fusion = ranker.fusion
-    tried = [
-        {
-            "content_weight": float(w),
-            "valid_ndcg@10": table_ndcg(table, fusion.dense_weight, fusion.miss_penalty, float(w)),
-        }
-        for w in weights
-    ]
-    best = max(tried, key=lambda g: (g["valid_ndcg@10"], g["content_weight"]))
-    return replace(fusion, content_weight=best["content_weight"], grid=fusion.grid + [{"cold": tried}])
+    tried = []
+    for beams in (True, False):
+        probe = replace(ranker, fusion=replace(fusion, cold_beams=beams))
+        table = validation_table(probe, cases, users, batch_size, progress)
+        tried += [
+            {
+                "cold_beams": beams,
+                "cold_offset": float(c),
+                "valid_ndcg@10": table_ndcg(table, fusion.dense_weight, fusion.miss_penalty, float(c)),
+            }
+            for c in offsets
+        ]
+    best = max(tried, key=lambda g: (g["valid_ndcg@10"], -g["cold_offset"], not g["cold_beams"]))
+    return replace(
+        fusion, cold_beams=best["cold_beams"], cold_offset=best["cold_offset"], grid=fusion.grid + [{"cold": tried}]
+    )

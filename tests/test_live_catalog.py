@@ -274,6 +274,107 @@ def test_without_cold_or_retired_items_the_served_ranking_is_unchanged(run, tmp_
                 assert (g, d) == warm[i] or (pd.isna(g) and pd.isna(warm[i][0]) and d == warm[i][1])
 
 
+def relisted_movies(run: Path, n: int) -> tuple[list[str], list[dict]]:
+    """The run's `n` most-rated movies and copies of them under new ids: the same title, text and
+    attributes, as a shop re-lists a product."""
+    items = pd.read_parquet(run / "items.parquet").set_index("item_id")
+    top = pd.read_parquet(run / "interactions.parquet")["item_id"].value_counts().index[:n].tolist()
+    copies = [
+        {"id": f"copy-{i}", "title": items.loc[i, "title"], "text": items.loc[i, "text"],
+         "attributes": json.loads(items.loc[i, "attributes"])}
+        for i in top
+    ]  # fmt: skip
+    return top, copies
+
+
+def test_a_cold_item_is_scored_by_the_dense_model_through_its_nearest_items_in_content(run, tmp_path):
+    """A cold item's stand-in dense score is the dense model's own score of the items nearest to it
+    in content: with one neighbour, a re-listed copy of a movie scores, user by user, exactly what
+    the dense model gives the movie itself (the scale of every other dense score, not a cosine)."""
+    import numpy as np
+
+    from genrec.run import RunPaths
+    from inference.ranker import open_ranker
+    from retrieval.live import add_items
+
+    paths = RunPaths(run)
+    fusion = json.loads(paths.ranking.read_text())
+    paths.ranking.write_text(json.dumps({**fusion, "cold_neighbours": 1}))
+    originals, copies = relisted_movies(run, 3)
+    add_items(run, write_jsonl(tmp_path / "copies.jsonl", copies))
+    ranker = open_ranker(run)[0].current()
+    assert ranker.hybrid and ranker.cold is not None and ranker.cold.ids == [c["id"] for c in copies]
+    users = pd.read_parquet(run / "interactions.parquet").groupby("user_id")["item_id"].apply(list)
+    histories = [[i for i in h if i not in originals] for h in users.iloc[:20]]
+    dense = np.asarray(ranker.dense.scores(histories))
+    column = {item: j for j, item in enumerate(ranker.dense.item_ids)}
+    for row, c in enumerate(ranker.candidates(histories, exclude=[set(h) for h in histories])):
+        for original, copy in zip(originals, copies):
+            j = c.items.index(copy["id"])  # three cold items: each is a candidate of every user
+            assert np.isnan(c.dense[j]) and np.isclose(c.cold[j], dense[row, column[original]], atol=1e-4)
+
+
+def test_beams_reach_cold_items_only_where_validation_chose_to_let_them(run, tmp_path):
+    """Beams may reach added items (their IDs are in the trie); with `cold_beams` off (a validation
+    choice) they keep every place for warm items and cold items join by their stand-in alone."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from inference.ranker import open_ranker
+    from retrieval.live import add_items
+
+    report = add_items(run, write_jsonl(tmp_path / "new.jsonl", new_movies(run, 10)))
+    ranker = open_ranker(run)[0].current()
+    users = pd.read_parquet(run / "interactions.parquet").groupby("user_id")["item_id"].apply(list)
+    histories = [list(h) for h in users]
+    exclude = [set(h) for h in histories]
+
+    def reached(r):
+        return {
+            i for c in r.candidates(histories, exclude=exclude) for i, g in zip(c.items, c.generated) if not np.isnan(g)
+        }
+
+    assert reached(ranker) & set(report.items)
+    closed = replace(ranker, fusion=replace(ranker.fusion, cold_beams=False))
+    assert not reached(closed) & set(report.items)
+    assert all(set(c.items) & set(report.items) for c in closed.candidates(histories[:5], exclude=exclude[:5]))
+
+
+def test_a_new_item_borrows_the_collaborative_part_of_its_content_neighbours_and_lands_near_its_kind(run):
+    """No one has interacted with a new item, so the collaborative part of its quantiser input is
+    borrowed from the indexed items nearest in content: each indexed movie presented as new (its
+    content only) then gets its own first-level code more often than with zeros there, and its first
+    choices are prefixes the model has learned (so its beams can reach it)."""
+    import numpy as np
+
+    from genrec.run import open_run
+    from retrieval.live import (
+        allowed_codes,
+        base_content,
+        borrowed_collaborative,
+        catalog_state,
+        quantizer_input,
+        run_quantizer,
+    )
+
+    paths, config = open_run(run)
+    state = catalog_state(paths)
+    quantizer = run_quantizer(paths, config, state)
+    content = base_content(paths, config)
+    own = np.array([state.codes[i] for i in pd.read_parquet(paths.items)["item_id"]])
+    levels = config.semantic_ids.levels
+    learned = np.unique(own[:, :levels], axis=0)
+    agree = {}
+    for name, part in (("zeros", None), ("borrowed", borrowed_collaborative(content, paths, config))):
+        x = quantizer_input(content, quantizer, config, "fused", part)
+        greedy = quantizer.choices(x, allowed_codes(own, levels))
+        agree[name] = np.mean([c[0][0] == o[0] for c, o in zip(greedy, own)])
+        nearest = quantizer.nearest_prefixes(x, learned, n=4)
+        assert all(len(c) == 4 and all(p in {tuple(r) for r in learned} for p in c) for c in nearest)
+    assert agree["borrowed"] > agree["zeros"] + 0.05, agree
+
+
 def test_sixteen_concurrent_recommendations_during_an_add_see_the_old_or_the_new_catalog(run, tmp_path):
     from genrec.run import RunPaths
     from inference.recommend import RunRecommender
@@ -416,6 +517,26 @@ def test_the_cold_slice_holds_items_out_of_every_training_input_and_scores_all_m
     for name in ("sasrec", "popularity"):  # models that cannot rank an item they never saw
         assert models[name]["cold"]["recall@10"] == 0.0
     assert json.loads((copy / "eval" / "cold.json").read_text())["models"] == models
+
+
+def test_the_cold_copys_dense_model_gets_the_epochs_of_the_runs_own_when_minutes_cut_it(run):
+    """A wall-clock cap buys different epochs on a machine whose load differs, so a copy trained
+    without the cold items gets as many dense epochs as the run's own dense model had when its
+    `max_minutes` ended it, and keeps the run's schedule otherwise."""
+    from eval.cold import match_dense_epochs
+    from genrec.run import open_run
+
+    paths, config = open_run(run)
+    stats_path = paths.dense / "train_stats.json"
+    stats = json.loads(stats_path.read_text())
+    for stopped_by, epochs, expected in (("patience", 12, config.dense.sasrec.epochs), ("max_minutes", 7, 7)):
+        stats_path.write_text(json.dumps({**stats, "stopped_by": stopped_by, "epochs": epochs, "kind": "sasrec"}))
+        copy = config.model_copy(deep=True)
+        match_dense_epochs(paths, copy)
+        assert copy.dense.sasrec.epochs == expected
+        assert copy.dense.sasrec.max_minutes == (
+            None if stopped_by == "max_minutes" else config.dense.sasrec.max_minutes
+        )
 
 
 def test_new_items_with_photos_are_found_by_their_photo_and_an_unreadable_photo_is_refused(tmp_path):

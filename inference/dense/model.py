@@ -153,6 +153,26 @@ class DenseRecommender(nn.Module):
         removed here; `recommend` removes them."""
         return self.log_probs(self.windows(histories)[0])
 
+    def item_vectors(self) -> torch.Tensor:
+        """Every catalog item's embedding, rows aligned with `item_ids`: (n_items, hidden)."""
+        return self.item_emb.weight[1:].detach().float()
+
+    @torch.no_grad()
+    def scores_with(self, histories: Sequence[Sequence[str]], extra) -> torch.Tensor:
+        """`scores` with one more column per row of `extra` (an array of embeddings of items outside the catalog,
+        e.g. added after training), each scored like a catalog item and normalised by the catalog's
+        own log-sum-exp, so the catalog columns are exactly those of `scores`: (batch, n_items + n_extra)."""
+        was_training = self.training
+        self.eval()
+        try:
+            states = self.last_state(self.windows(histories)[0]).float()
+            logits = self.item_logits(states)
+            norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+            extra = torch.as_tensor(extra, dtype=torch.float32)
+            return torch.cat([torch.log_softmax(logits, dim=-1), states @ extra.T - norm], dim=1)
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         """Top-`k` catalog items for each history, best first, never an item of that history."""

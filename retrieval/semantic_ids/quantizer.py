@@ -57,6 +57,22 @@ class Quantizer:
         order = allowed[-1][((residual[:, None, :] - book[None]) ** 2).sum(-1).argsort(1, kind="stable")]
         return [[(*map(int, fixed[i]), int(c)) for c in order[i]] for i in range(len(residual))]
 
+    def nearest_prefixes(self, x: np.ndarray, prefixes: np.ndarray, n: int = 64) -> list[list[tuple[int, ...]]]:
+        """Per item, the `n` of `prefixes` (learned-level codes of indexed items, (m, levels)) whose
+        reconstruction (the sum of their codewords) is nearest to the item's latent, nearest first:
+        prefixes the trained model has learned, so its beams can reach an item given one."""
+        residual = self.latent(x)
+        recon = sum(self.codebooks[level][prefixes[:, level]].astype(np.float64) for level in range(prefixes.shape[1]))
+        n = min(n, len(prefixes))
+        out = []
+        for start in range(0, len(residual), 256):  # (256, m) distances at a time
+            block = residual[start : start + 256]
+            dist = (block**2).sum(1)[:, None] - 2 * block @ recon.T + (recon**2).sum(1)[None]
+            near = np.argpartition(dist, n - 1, axis=1)[:, :n]
+            near = np.take_along_axis(near, np.argsort(np.take_along_axis(dist, near, 1), 1, kind="stable"), 1)
+            out += [[tuple(int(c) for c in prefixes[j]) for j in row] for row in near]
+        return out
+
     def save(self, path: Path, codes_sha256: str) -> None:
         """Write the quantiser (atomically), bound to the code file it produced."""
         from genrec.atomic import atomic_path
