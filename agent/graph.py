@@ -499,6 +499,69 @@ def reply_allowed(state: AgentState, results: list[dict[str, Any]]) -> set[str]:
     return set(state.get("grounded") or []) | {i for r in results for i in [*tool_items(r), *said_items(r)]}
 
 
+def write_reply(
+    state: AgentState, deps: Deps, results: list[dict[str, Any]], draft: dict[str, Any], timing: dict[str, Any]
+) -> str:
+    """The model writes the reply into `draft` (streamed sentence by sentence while each passes the
+    grounding and claim checks; told what was wrong when the guard sent a draft back), timed into
+    `timing`. Returns why the model could not write it, or ""."""
+    chat = deps.chat
+    assert chat is not None
+    problem = ""
+    allowed = reply_allowed(state, results)
+    write = _writer()
+    started, first_at, pieces = time.monotonic(), None, 0
+
+    def timed(stream: Iterator[str]) -> Iterator[str]:
+        nonlocal first_at, pieces
+        for piece in stream:
+            first_at = first_at if first_at is not None else time.monotonic()
+            pieces += 1
+            yield piece
+
+    prompt = reply_messages(state, deps.ctx, results)
+    if state.get("rewrite"):  # the guard sent the last draft back: the model writes it again, told why
+        write({"reset": True})
+        write({"status": "rewriting the reply"})
+        prompt += rewrite_messages(state["rewrite"])
+    else:
+        write({"status": "writing the reply"})
+    cards = draft["cards"]
+    try:
+        text = release_checked(
+            timed(chat.stream(prompt, deps.settings.reply_max_tokens)),
+            allowed,
+            deps.ctx,
+            lambda chunk: write({"delta": chunk}),
+            claims=lambda said: claim_problems(said, cards, results, deps.ctx),
+        )
+        if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
+            ends = sentence_ends(text)
+            text = text[: ends[-1]] if ends else text
+        unknown = [n for r in results for n in r.get("unknown") or []]
+        if text.strip():  # a title the catalog lacks is always said, in the deterministic words
+            draft.update(
+                text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""),
+                model_text=text.strip(),  # what the model wrote: the claims checked are its own
+                source="model",
+            )
+    except LLMError as exc:
+        problem = f"the language model is unavailable ({exc})"
+    ended = time.monotonic()
+    if state.get("rewrite"):  # the first draft's seconds stay in the turn's reply time
+        timing["rewrite_s"] = round(ended - started, 3)
+        started -= float(timing.get("reply_s") or 0.0)
+    timing.update(
+        reply_s=round(ended - started, 3),
+        reply_tokens=pieces,
+        reply_first_s=round((first_at or ended) - started, 3),
+        reply_tokens_per_s=round((pieces - 1) / (ended - first_at), 2)
+        if first_at and pieces > 1 and ended > first_at
+        else None,
+    )
+    return problem
+
+
 def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     """The reply draft: the model's (streamed, sentence by sentence, once grounded) or the deterministic one."""
     message, _ = turn_messages(list(state.get("messages") or []))
@@ -527,57 +590,7 @@ def reply(state: AgentState, deps: Deps) -> dict[str, Any]:
     elif results and not any(r.get("items") for r in results):
         pass  # nothing found: the deterministic reply says exactly what was missing
     elif deps.settings.model_replies and not chat.unavailable():
-        allowed = reply_allowed(state, results)
-        write = _writer()
-        started, first_at, pieces = time.monotonic(), None, 0
-
-        def timed(stream: Iterator[str]) -> Iterator[str]:
-            nonlocal first_at, pieces
-            for piece in stream:
-                first_at = first_at if first_at is not None else time.monotonic()
-                pieces += 1
-                yield piece
-
-        prompt = reply_messages(state, deps.ctx, results)
-        if state.get("rewrite"):  # the guard sent the last draft back: the model writes it again, told why
-            write({"reset": True})
-            write({"status": "rewriting the reply"})
-            prompt += rewrite_messages(state["rewrite"])
-        else:
-            write({"status": "writing the reply"})
-        cards = draft["cards"]
-        try:
-            text = release_checked(
-                timed(chat.stream(prompt, deps.settings.reply_max_tokens)),
-                allowed,
-                deps.ctx,
-                lambda chunk: write({"delta": chunk}),
-                claims=lambda said: claim_problems(said, cards, results, deps.ctx),
-            )
-            if pieces >= deps.settings.reply_max_tokens - 1:  # cut off by the token limit: end at a sentence
-                ends = sentence_ends(text)
-                text = text[: ends[-1]] if ends else text
-            unknown = [n for r in results for n in r.get("unknown") or []]
-            if text.strip():  # a title the catalog lacks is always said, in the deterministic words
-                draft.update(
-                    text=text.strip() + (f"\n\n{unknown_sentence(unknown)}" if unknown else ""),
-                    model_text=text.strip(),  # what the model wrote: the claims checked are its own
-                    source="model",
-                )
-        except LLMError as exc:
-            note = note or f"the language model is unavailable ({exc})"
-        ended = time.monotonic()
-        if state.get("rewrite"):  # the first draft's seconds stay in the turn's reply time
-            timing["rewrite_s"] = round(ended - started, 3)
-            started -= float(timing.get("reply_s") or 0.0)
-        timing.update(
-            reply_s=round(ended - started, 3),
-            reply_tokens=pieces,
-            reply_first_s=round((first_at or ended) - started, 3),
-            reply_tokens_per_s=round((pieces - 1) / (ended - first_at), 2)
-            if first_at and pieces > 1 and ended > first_at
-            else None,
-        )
+        note = note or write_reply(state, deps, results, draft, timing)
     elif deps.settings.model_replies:
         note = note or f"the language model is unavailable ({chat.unavailable()})"
     return {"draft": draft, "llm_note": note, "timing": timing}

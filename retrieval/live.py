@@ -443,6 +443,24 @@ def _reconcile(store, active: frozenset[str]) -> None:
             collection.delete(ids=stray[start : start + 1000])
 
 
+def new_item_codes(content: np.ndarray, ids: list[str], paths: Any, config: Any, state: Any) -> list[list[int]]:
+    """Semantic IDs for new items from the run's quantiser, never retrained: the prefixes the model
+    has learned first (a free uniqueness value beside an indexed item's), then the nearest new
+    combinations of learned codes; unique against every code ever given."""
+    quantizer = run_quantizer(paths, config, state)
+    levels = config.semantic_ids.levels
+    base_codes = [c for i, c in state.codes.items() if i not in set(state.added)]
+    allowed = allowed_codes(base_codes, levels)
+    suffixes = int(max(c[levels] for c in base_codes)) + 1
+    source = sid_source(paths, config)
+    borrowed = borrowed_collaborative(content, paths, config) if source in ("collaborative", "fused") else None
+    x = quantizer_input(content, quantizer, config, source, borrowed)
+    learned = np.array(sorted({tuple(c[:levels]) for c in base_codes}), dtype=np.int64)
+    choices = [a + b for a, b in zip(quantizer.nearest_prefixes(x, learned), quantizer.choices(x, allowed))]
+    taken = {tuple(c) for c in state.codes.values()}
+    return assign_codes(choices, taken, suffixes, ids)
+
+
 def add_items(
     run: str | Path,
     file: str | Path | None = None,
@@ -483,20 +501,7 @@ def add_items(
         docs, text, image, content = encode_new_items(new, lines, file, paths, config, store, text_model)
         seconds["encode"] = time.perf_counter() - t
         t = time.perf_counter()
-        quantizer = run_quantizer(paths, config, state)
-        levels = config.semantic_ids.levels
-        base_codes = [c for i, c in state.codes.items() if i not in set(state.added)]
-        allowed = allowed_codes(base_codes, levels)
-        suffixes = int(max(c[levels] for c in base_codes)) + 1
-        source = sid_source(paths, config)
-        borrowed = borrowed_collaborative(content, paths, config) if source in ("collaborative", "fused") else None
-        x = quantizer_input(content, quantizer, config, source, borrowed)
-        learned = np.array(sorted({tuple(c[:levels]) for c in base_codes}), dtype=np.int64)
-        # prefixes the model has learned first (a free uniqueness value beside an indexed item's),
-        # then the nearest new combinations of learned codes
-        choices = [a + b for a, b in zip(quantizer.nearest_prefixes(x, learned), quantizer.choices(x, allowed))]
-        taken = {tuple(c) for c in state.codes.values()}
-        codes = assign_codes(choices, taken, suffixes, new["item_id"].tolist())
+        codes = new_item_codes(content, new["item_id"].tolist(), paths, config, state)
         seconds["semantic_ids"] = time.perf_counter() - t
         t = time.perf_counter()
         _reconcile(store, state.active)
