@@ -65,7 +65,7 @@ class AgentState(TypedDict, total=False):
     route: str  # where the check sends the turn: "plan" or "reply"
     calls: list[dict[str, Any]]  # every tool call of the turn: name, args, by (model/rules), valid, error
     llm_note: str  # why the model did not plan or write this turn ("" when it did)
-    guard_violations: list[str]  # mentions the guard removed from this turn's reply
+    guard_violations: list[str]  # what the guard found wrong in this turn's reply (each draft's) and removed from it
     direct: str | None  # this turn's answer when no tool is needed (greeting, unreadable message)
     draft: dict[str, Any]  # the reply before the guard: text, source ("model"/"rules"), fallback, cards
     rewrite: str  # what the guard found wrong in the model's reply, sent back for one rewrite ("" if nothing)

@@ -6,7 +6,9 @@ check that catalog text never steers what the agent recommends.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from genrec.config import RunConfig
 from genrec.run import init_run
@@ -173,3 +175,12 @@ def agent_run(tmp_path_factory) -> Path:
     save_catalog(catalog, paths)
     index_catalog(catalog, paths, config)
     return root
+
+
+def turn_after_tool(message: str, result: dict[str, Any], **state: Any) -> dict[str, Any]:
+    """An agent state at the reply step of a model-planned turn: the user's message, then one tool's
+    result (a `recommend`/`search_items` dict), with `state` (draft, rewrite ...) beside them."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    messages = [HumanMessage(message), ToolMessage(json.dumps(result), tool_call_id="c", name=result["tool"])]
+    return {"messages": messages, "planner": "model", **state}

@@ -4,11 +4,9 @@ parts only (the chat model's side is measured by bench/chat_requests.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
-from agent_catalog import agent_run
+from agent_catalog import agent_run, turn_after_tool
 
 from agent.guard import claim_problems
 from agent.lookup import TitleIndex
@@ -238,8 +236,6 @@ def test_a_streamed_sentence_with_a_false_claim_is_held_back(ctx):
 def test_the_guard_sends_a_false_reply_back_once_then_replaces_it(ctx):
     """The model keeps deciding: a reply stating what its items break goes back to the model, told
     why; only a rewrite that fails too is replaced by the deterministic reply."""
-    from langchain_core.messages import HumanMessage, ToolMessage
-
     from agent.graph import AgentSettings, Deps, after_guard, guard
     from agent.llm import ChatLLM
     from agent.tools import recommend
@@ -253,14 +249,7 @@ def test_the_guard_sends_a_false_reply_back_once_then_replaces_it(ctx):
         "source": "model",
         "cards": result["items"],
     }
-    state = {
-        "messages": [
-            HumanMessage("I loved Alien"),
-            ToolMessage(json.dumps(result), tool_call_id="c", name="recommend"),
-        ],
-        "planner": "model",
-        "draft": draft,
-    }
+    state = turn_after_tool("I loved Alien", result, draft=draft)
     deps = Deps(ctx, chat, AgentSettings(k=2))
     sent_back = guard(state, deps)
     assert sent_back["rewritten"] and "1930" in sent_back["rewrite"] and first["title"] in sent_back["rewrite"]
@@ -275,8 +264,6 @@ def test_the_guard_sends_a_false_reply_back_once_then_replaces_it(ctx):
 def test_a_reply_may_name_the_titles_the_user_ruled_out_but_never_shows_them_as_picks(ctx):
     """ "Like Star Wars but not Alien": the reply may say "unlike Alien"; Alien is no card, and the
     deterministic reply names it in full instead of redacting it."""
-    from langchain_core.messages import HumanMessage, ToolMessage
-
     from agent.graph import AgentSettings, Deps, guard
 
     result = recommend(ctx, liked=["Star Wars"], exclude=["Alien"], k=2)
@@ -284,19 +271,13 @@ def test_a_reply_may_name_the_titles_the_user_ruled_out_but_never_shows_them_as_
         c["item_id"] for c in result["items"]
     }
     first = result["items"][0]
-    state = {
-        "messages": [
-            HumanMessage("like Star Wars but not Alien, seen it"),
-            ToolMessage(json.dumps(result), tool_call_id="c", name="recommend"),
-        ],
-        "planner": "model",
-        "draft": {
-            "text": f"Instead of Alien (1979), try {first['title']} [id {first['item_id']}].",
-            "fallback": "unused",
-            "source": "model",
-            "cards": result["items"],
-        },
+    draft = {
+        "text": f"Instead of Alien (1979), try {first['title']} [id {first['item_id']}].",
+        "fallback": "unused",
+        "source": "model",
+        "cards": result["items"],
     }
+    state = turn_after_tool("like Star Wars but not Alien, seen it", result, draft=draft)
     out = guard(state, Deps(ctx, None, AgentSettings(k=2)))
     message = out["messages"][-1]
     assert out["guard_violations"] == [] and "Alien (1979)" in message.content

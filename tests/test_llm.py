@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from agent_catalog import agent_run
+from agent_catalog import agent_run, turn_after_tool
 
 pytestmark = [pytest.mark.chat_model, pytest.mark.timeout(900, func_only=True)]
 
@@ -245,29 +245,19 @@ def test_planning_calls_are_written_as_compact_json_on_llama_cpp(planned, tools)
 def test_a_reply_the_guard_sent_back_is_rewritten_by_the_model_told_why(chat_server, ctx):
     """The rewrite prompt (what was wrong with the draft) goes through the model's own chat template
     and comes back as the model's reply, timed apart from the first draft."""
-    import json
-
-    from langchain_core.messages import HumanMessage, ToolMessage
-
     from agent.graph import AgentSettings, Deps, guard, reply
     from agent.tools import recommend
 
     result = recommend(ctx, liked=["Alien"], k=2)
     first = result["items"][0]
-    state = {
-        "messages": [
-            HumanMessage("I loved Alien"),
-            ToolMessage(json.dumps(result), tool_call_id="c", name="recommend"),
-        ],
-        "planner": "model",
-        "draft": {
-            "text": f"{first['title']} [id {first['item_id']}] is a musical made before 1930.",
-            "source": "model",
-        },
-        "rewrite": "the reply says 'a musical made before 1930' of an item that is not",
-        "rewritten": True,
-        "timing": {"reply_s": 2.0},
-    }
+    state = turn_after_tool(
+        "I loved Alien",
+        result,
+        draft={"text": f"{first['title']} [id {first['item_id']}] is a musical made before 1930.", "source": "model"},
+        rewrite="the reply says 'a musical made before 1930' of an item that is not",
+        rewritten=True,
+        timing={"reply_s": 2.0},
+    )
     deps = Deps(ctx, chat_llm(chat_server), AgentSettings(k=2, reply_max_tokens=48))
     out = reply(state, deps)
     assert out["draft"]["source"] == "model" and out["draft"]["text"], out.get("llm_note")
