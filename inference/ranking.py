@@ -135,6 +135,11 @@ class ColdItems:
         return cls(list(ids), mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12) * length, near)
 
 
+def excluding(exclude: Sequence[Collection[str]] | None, more: Collection[str], n: int) -> list[Collection[str]]:
+    """Each of `n` histories' excluded items (`exclude`, or none) with `more` added."""
+    return [set(exclude[i]) | set(more) if exclude is not None else more for i in range(n)]
+
+
 def fused_order(
     c: Candidates, dense_weight: float, miss_penalty: float, cold_offset: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -178,14 +183,11 @@ class Ranker:
         """Beams, dense top items and (with cold items) the cold items with the best stand-in dense
         scores for each history, with the scores of every candidate."""
         if self.retired:
-            exclude = [
-                set(exclude[i]) | self.retired if exclude is not None else self.retired for i in range(len(histories))
-            ]
+            exclude = excluding(exclude, self.retired, len(histories))
         searched = exclude
         if self.hybrid and self.cold is not None and self.cold.ids and not self.fusion.cold_beams:
             # cold items join by their stand-in alone; the beams keep every place for warm items
-            hidden = frozenset(self.cold.ids)
-            searched = [set(exclude[i]) | hidden if exclude is not None else hidden for i in range(len(histories))]
+            searched = excluding(exclude, frozenset(self.cold.ids), len(histories))
         beams = self.generator.generate(histories, width, searched, only)
         known = self.generator.trie.code_of  # a server a catalog change ahead may name an item this catalog lacks
         beams = [[(i, s) for i, s in b if i in known] for b in beams]
