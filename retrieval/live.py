@@ -443,13 +443,16 @@ def _reconcile(store, active: frozenset[str]) -> None:
             collection.delete(ids=stray[start : start + 1000])
 
 
-def new_item_codes(content: np.ndarray, ids: list[str], paths: Any, config: Any, state: Any) -> list[list[int]]:
+def new_item_codes(
+    content: np.ndarray, ids: list[str], paths: RunPaths, config: RunConfig, state: CatalogState
+) -> list[list[int]]:
     """Semantic IDs for new items from the run's quantiser, never retrained: the prefixes the model
     has learned first (a free uniqueness value beside an indexed item's), then the nearest new
     combinations of learned codes; unique against every code ever given."""
     quantizer = run_quantizer(paths, config, state)
     levels = config.semantic_ids.levels
-    base_codes = [c for i, c in state.codes.items() if i not in set(state.added)]
+    added = set(state.added)
+    base_codes = [c for i, c in state.codes.items() if i not in added]
     allowed = allowed_codes(base_codes, levels)
     suffixes = int(max(c[levels] for c in base_codes)) + 1
     source = sid_source(paths, config)
