@@ -124,9 +124,12 @@ def genrec_models(paths: RunPaths, names: list[str] | None, console=None) -> lis
         served.name = "genrec"
         models.append(served)
     if "genrec-gen" in wanted and (served.hybrid or "genrec" not in wanted):
-        from inference.ranking import Ranker
+        from inference.ranking import Ranker, SharedBeams
 
-        models.append(Ranker(served.generator, name="genrec-gen"))
+        # pure generation ranks the served ranking's own beams: each user's beam search runs once
+        generator = SharedBeams(served.generator) if "genrec" in wanted else served.generator
+        served.generator = generator
+        models.append(Ranker(generator, name="genrec-gen"))
     return models
 
 

@@ -57,6 +57,55 @@ class Generator(Protocol):
     ) -> list[list[Scored]]: ...
 
 
+class SharedBeams:
+    """A generator whose beams for a (history, width, exclusions, only) request are searched once and
+    handed out twice: an evaluation ranks every user with the served fusion and with pure generation
+    (`genrec-gen`), whose beams are the same search. Each search's result is kept until the second
+    request for it takes it, so one evaluation pass holds at most one model's worth of beams."""
+
+    def __init__(self, inner: Generator):
+        self.inner = inner
+        self._kept: dict[tuple, list[Scored]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def trie(self) -> SidTrie:
+        return self.inner.trie
+
+    @property
+    def beam_width(self) -> int:
+        return self.inner.beam_width
+
+    def generate(
+        self,
+        histories: Histories,
+        width: int | None = None,
+        exclude: Exclusions = None,
+        only: Collection[str] | None = None,
+    ) -> list[list[Scored]]:
+        """The inner generator's beams; a request already searched once is not searched again."""
+        within = frozenset(only) if only is not None else None
+        keys = [
+            (tuple(h), width, frozenset(exclude[i]) if exclude is not None else None, within)
+            for i, h in enumerate(histories)
+        ]
+        out = {i: self._kept.pop(key) for i, key in enumerate(keys) if key in self._kept}
+        missing = [i for i in range(len(keys)) if i not in out]
+        if missing:
+            found = self.inner.generate(
+                [histories[i] for i in missing],
+                width,
+                [exclude[i] for i in missing] if exclude is not None else None,
+                only,
+            )
+            for i, beams in zip(missing, found):
+                out[i] = self._kept[keys[i]] = beams
+        return [out[i] for i in range(len(keys))]
+
+
 class DenseScorer(Protocol):
     """A dense next-item model: a log-softmax over the whole catalog for each history."""
 

@@ -282,6 +282,49 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_a_capped_stage_anneals_by_its_budget_when_the_budget_runs_out_before_the_steps(run_data, tokenizer):
+    from finetune.batches import cosine_schedule, tokenise, train_epoch
+    from finetune.stages import Budget
+    from finetune.tasks import next_item_examples
+    from inference.models import build_scratch_model
+
+    torch.manual_seed(0)
+    model = build_scratch_model(run_data.config.train, tokenizer)
+    examples = next_item_examples(
+        tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0)
+    )
+    data = tokenise(tokenizer, examples, 128)
+    peak = 1e-3
+
+    def rates(cap: Budget | None) -> list[float]:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=peak)
+        scheduler = cosine_schedule(optimizer, 10_000, 1, cap)  # a schedule of far more steps than run
+        seen = []
+        for e in range(3):
+            train_epoch(
+                model,
+                data,
+                optimizer,
+                scheduler,
+                tokenizer.pad_token_id,
+                1024,
+                random.Random(e),
+                False,
+                "t",
+                False,
+                budget=cap,
+                spent=(0.0, 0),
+            )
+            seen.append(optimizer.param_groups[0]["lr"])
+        return seen
+
+    uncapped = rates(None)
+    assert all(r > 0.99 * peak for r in uncapped)  # a handful of 10,000 steps: still at the peak
+    tokens = sum(len(row.input_ids) for row in data)  # the cap: about one epoch's tokens
+    capped = rates(Budget(tokens=tokens))
+    assert capped[0] < 0.2 * peak and capped[-1] == pytest.approx(0.1 * peak)  # annealed to the floor
+
+
 def test_pretraining_stops_when_validation_stalls_and_keeps_the_best_epoch(run_data, tokenizer):
     from finetune.pretrain import pretrain
     from finetune.tasks import next_item_examples
@@ -548,6 +591,31 @@ def test_train_writes_a_model_that_recommends_and_evaluates(trained_run):
     assert [m.name for m in models] == ["genrec", "genrec-gen"] or [m.name for m in models] == ["genrec"]
     results = evaluate(models, split, catalog.items["item_id"], max_users=15, progress=False)
     assert results["genrec"]["valid_rate"] == 1.0 and results["genrec"]["users"] == 15
+
+
+def test_pure_generation_beside_the_served_ranking_searches_each_history_once(trained_run):
+    from inference.ranker import open_ranker
+    from inference.ranking import SharedBeams
+
+    generator = open_ranker(trained_run)[0].generator
+    searched: list[tuple] = []
+
+    class Counting:  # the run's real generator, counting the histories it is asked to search
+        name, trie, beam_width = generator.name, generator.trie, generator.beam_width
+
+        def generate(self, histories, width=None, exclude=None, only=None):
+            searched.extend(tuple(h) for h in histories)
+            return generator.generate(histories, width, exclude, only)
+
+    items = catalog_items(trained_run)
+    histories = [items[:3], items[3:7], items[7:9]]
+    exclude = [set(h) for h in histories]
+    shared = SharedBeams(Counting())
+    served, pure = shared.generate(histories, 5, exclude), shared.generate(histories, 5, exclude)
+    assert served == pure == generator.generate(histories, 5, exclude)
+    assert len(searched) == 3  # the second ranking took the first one's beams
+    other = shared.generate(histories[:1], 5)  # another request (no exclusions): searched anew
+    assert other == generator.generate(histories[:1], 5) and len(searched) == 4
 
 
 def test_recommend_command_prints_json(trained_run):
