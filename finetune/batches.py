@@ -139,13 +139,21 @@ def micro_batches(rows: Sequence[int], data: Sequence[Tokenised], max_tokens: in
     return pack(rows, data, max_tokens)
 
 
-def cosine_schedule(optimizer, total_steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to 10% of the peak learning rate."""
+def cosine_schedule(
+    optimizer, total_steps: int, warmup: int, budget: Budget | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to 10% of the peak learning rate.
+
+    With a `budget` (a stage capped in minutes or tokens), the decay follows whichever runs out first,
+    the steps or the budget (`Budget.used`, which `train_epoch` keeps up to date): a stage the cap
+    stops early still ends annealed, instead of at whatever rate its step count had reached."""
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total_steps - warmup)
+        if budget is not None:
+            progress = max(progress, budget.used)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -192,10 +200,14 @@ def train_epoch(
         step(model, [data[i] for i in batches[number]], pad_id, bf16, processes, micro_tokens, position)
         processes.clip(params, clip)
         optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         position.step = number + 1
         position.seconds = time.perf_counter() - began
+        if budget is not None:  # before the scheduler's step: a budget-sized schedule reads it
+            budget.used = budget.fraction(
+                spent[0] + position.seconds, spent[1] + position.padded_tokens * processes.world
+            )
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{position.loss_sum / max(position.target_tokens, 1):.4f}")
         if on_step is not None:

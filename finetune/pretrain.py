@@ -105,14 +105,15 @@ def pretrain(
     budgets = batch_budgets(config, len(tokenizer))
     check_world(config, budgets[0], processes.world)
     steps_per_epoch = len(length_batches(first, budgets[0], random.Random(0)))
-    scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, warmup=min(200, steps_per_epoch))
+    cap = Budget(config.pretrain_max_minutes, config.pretrain_max_tokens)
+    # a capped stage anneals by its cap as well as by its steps
+    scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, min(200, steps_per_epoch), cap)
     trained, optimizer = processes.prepare(model, optimizer)
     trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
 
     def examples(epoch: int):  # (epochs count from 1 here, from 0 in `make_examples`)
         return first if epoch == 1 else tokenise(tokenizer, make_examples(epoch - 1), config.max_length, True)
 
-    cap = Budget(config.pretrain_max_minutes, config.pretrain_max_tokens)
     show = progress and processes.main
     one_epoch = epochs_of(
         trainee,

@@ -23,6 +23,16 @@ class Budget:
 
     minutes: float | None = None
     tokens: int | None = None
+    used: float = 0.0  # the share of the cap spent so far (0..1), kept up to date by the training loop
+
+    def fraction(self, seconds: float, tokens: int) -> float:
+        """The share of the cap that `seconds` and `tokens` spend (the larger of the two; 0 without a cap)."""
+        shares = [0.0]
+        if self.minutes is not None:
+            shares.append(seconds / (60 * self.minutes))
+        if self.tokens is not None:
+            shares.append(tokens / self.tokens)
+        return min(1.0, max(shares))
 
     def reason(self, seconds: float, tokens: int) -> str | None:
         """ "max_minutes" or "max_tokens" once `seconds` / `tokens` spent reach the cap; None before."""

@@ -443,9 +443,12 @@ def lora_report(
     )
 
 
-def lora_trainee(model, tokenizer, data: RunData, config: TrainConfig, processes: Processes, first, batch_tokens: int):
+def lora_trainee(
+    model, tokenizer, data: RunData, config: TrainConfig, processes: Processes, first, batch_tokens: int, cap: Budget
+):
     """The model with LoRA adapters and trainable SID rows, prepared for the processes with its optimizer,
-    schedule (sized on the first epoch's batches) and batch order; and how many weights train."""
+    schedule (sized on the first epoch's batches, and on the stage's `cap`) and batch order; and how many
+    weights train."""
     sid_rows = add_sid_tokens(tokenizer, codebook_sizes(data.codes.values()))
     torch.manual_seed(config.seed)  # the LoRA init is the same whether the base was pre-trained now or cached
     peft_model = attach_lora(model, config, sid_rows)
@@ -454,7 +457,7 @@ def lora_trainee(model, tokenizer, data: RunData, config: TrainConfig, processes
     optimizer = torch.optim.AdamW(
         [p for p in peft_model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0
     )
-    scheduler = cosine_schedule(optimizer, steps, warmup=min(100, steps // 10 + 1))
+    scheduler = cosine_schedule(optimizer, steps, min(100, steps // 10 + 1), cap)
     trained, optimizer = processes.prepare(peft_model, optimizer)
     trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
     return peft_model, trainee, n_lora + len(sid_rows) * model.config.hidden_size
@@ -478,9 +481,9 @@ def fine_tune(
     first = tokenise(tokenizer, make_examples(100), config.max_length)
     budgets = batch_budgets(config, len(tokenizer))
     check_world(config, budgets[0], processes.world)
-    peft_model, trainee, trainable = lora_trainee(model, tokenizer, data, config, processes, first, budgets[0])
-    genrec = generator(peft_model, tokenizer, data, config)
     cap = Budget(config.max_minutes, config.max_tokens)
+    peft_model, trainee, trainable = lora_trainee(model, tokenizer, data, config, processes, first, budgets[0], cap)
+    genrec = generator(peft_model, tokenizer, data, config)
     report = lora_report(config, data, model, trainable, pretrain_stats, cap)
     report.processes = processes.world
     users = validation_users(data, config.val_users)
