@@ -361,20 +361,46 @@ def quantizer_input(
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+def indexed_collaborative(paths: RunPaths, config: RunConfig, base: np.ndarray) -> np.ndarray:
+    """The collaborative part of the indexed items' quantiser inputs (rows as `base_content`'s), as the
+    quantiser was trained on them. Computing it reads every interaction (~4 s on ML-100K), so it is kept
+    in `RUN/embeddings/collaborative.npy` with a fingerprint of the items, interactions and semantic-ID
+    settings that make it: every add after the first reads it back."""
+    import hashlib
+
+    from genrec.atomic import atomic_path
+    from retrieval.catalog import Catalog
+    from retrieval.semantic_ids.build import item_vectors
+
+    settings = json.dumps(config.semantic_ids.model_dump(mode="json"), sort_keys=True)
+    digest = hashlib.sha256(settings.encode())
+    for source in (paths.items, paths.interactions):
+        digest.update(source.read_bytes())
+    fingerprint = digest.hexdigest()
+    kept, meta = paths.embeddings / "collaborative.npy", paths.embeddings / "collaborative.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        if json.loads(meta.read_text(encoding="utf-8"))["fingerprint"] == fingerprint:
+            found = np.load(kept)
+            if found.shape[0] == len(base):
+                return found
+    catalog = Catalog(pd.read_parquet(paths.items), pd.read_parquet(paths.interactions))
+    collab = item_vectors(catalog, config.semantic_ids, base)[:, -config.semantic_ids.collaborative_dim :]
+    with atomic_path(kept, ".npy") as tmp:
+        np.save(tmp, collab)
+    write_json(meta, {"fingerprint": fingerprint})
+    return collab
+
+
 def borrowed_collaborative(content: np.ndarray, paths: RunPaths, config: RunConfig) -> np.ndarray:
     """A collaborative part for new items, which no one has interacted with: the mean direction of
     the collaborative vectors of the `COLLABORATIVE_NEIGHBOURS` indexed items nearest in content,
     scaled as indexed items' are. Zeros instead put most new items on one first-level code, one the
     model rarely generates (ML-100K: 67 of 84 held-out movies on one code, no beam reached any)."""
-    from retrieval.catalog import Catalog
-    from retrieval.semantic_ids.build import item_vectors, l2_normalise
+    from retrieval.semantic_ids.build import l2_normalise
 
     base = base_content(paths, config)
-    catalog = Catalog(pd.read_parquet(paths.items), pd.read_parquet(paths.interactions))
-    indexed = item_vectors(catalog, config.semantic_ids, base)  # as the quantiser was trained on them
     weight = config.semantic_ids.collaborative_weight
-    dim = config.semantic_ids.collaborative_dim
-    collab = indexed[:, -dim:] / (weight if weight > 0 else 1.0)
+    collab = indexed_collaborative(paths, config, base) / (weight if weight > 0 else 1.0)
     k = min(COLLABORATIVE_NEIGHBOURS, len(base))
     near = np.argpartition(-(l2_normalise(content) @ l2_normalise(base).T), k - 1, axis=1)[:, :k]
     return l2_normalise(collab[near].mean(axis=1)) * weight

@@ -373,6 +373,12 @@ def test_a_new_item_borrows_the_collaborative_part_of_its_content_neighbours_and
         nearest = quantizer.nearest_prefixes(x, learned, n=4)
         assert all(len(c) == 4 and all(p in {tuple(r) for r in learned} for p in c) for c in nearest)
     assert agree["borrowed"] > agree["zeros"] + 0.05, agree
+    # the indexed items' collaborative part is computed once per run and read back by the next add
+    kept = paths.embeddings / "collaborative.npy"
+    assert kept.exists()
+    before = kept.stat().st_mtime_ns
+    assert np.array_equal(borrowed_collaborative(content, paths, config), part)
+    assert kept.stat().st_mtime_ns == before
 
 
 def test_sixteen_concurrent_recommendations_during_an_add_see_the_old_or_the_new_catalog(run, tmp_path):
