@@ -146,6 +146,7 @@ def load_local_generator(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where = resolve_device(device, "generate.device")  # (a setting that cannot work here fails before loading)
     meta = model_meta(paths)
     check_semantic_ids(paths, meta)
     base_dir, adapter_dir = paths.model / "base", paths.model / "adapter"
@@ -156,7 +157,7 @@ def load_local_generator(
         model = PeftModel.from_pretrained(model, adapter_dir)
         if merge:
             model = model.merge_and_unload()
-    model.to(resolve_device(device, "generate.device")).eval()
+    model.to(where).eval()
     trie = SidTrie.for_tokenizer(codes, tokenizer)
     prompts = HistoryPrompt(tokenizer, trie.code_of, int(meta["max_history"]), meta.get("template"))
     return LocalGenerator(model=model, tokenizer=tokenizer, trie=trie, prompts=prompts, **options)
