@@ -160,3 +160,13 @@ def test_no_fingerprint_holds_the_device_and_none_changed_when_the_device_settin
             "lora": lora_fingerprint(config.train, "data"),
             "pretrain": fingerprint(config.train, "data"),
         } == before
+
+
+def test_the_gpu_seed_scripts_parse_and_a_call_without_the_carried_folder_says_what_to_run(tmp_path):
+    for script in ("bench/gpu_seed.sh", "bench/gpu_wheels.sh"):
+        subprocess.run(["bash", "-n", script], cwd=ROOT, check=True)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "GENREC_GPU_CARRY": str(tmp_path / "not-carried")}
+    done = subprocess.run(["bash", "bench/gpu_seed.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "not-carried/amazon-seq/Beauty.txt missing: run bench/gpu_wheels.sh" in done.stdout
+    assert (tmp_path / "out" / "gpu_seed.log").read_text() == done.stdout  # the log comes back with $OUT
