@@ -6,11 +6,15 @@
 #   bash bench/gpu_seed.sh [more bench/accuracy.py options, e.g. --set train.epochs=0]
 # Writes $OUT/accuracy-gpu.json (bench/accuracy.py's JSON; `machine.gpu` names the GPU), the log
 # $OUT/gpu_seed.log and the GPU's use every 10 s ($OUT/gpu_use.csv). The same code as on a CPU: every
-# device setting is auto (cuda here); what differs is a budget and larger beam-search batches:
-#   GENREC_GPU_BUDGET  minutes the training stages share (default 4; bench/accuracy.py --budget-minutes);
-#                      the index, the fusion and test scoring come on top
-#   GENREC_GPU_BEAMS   users per beam-search batch (default 256: generate.batch_size; 32 on a CPU)
-#   GENREC_GPU_LIMIT   seconds after which the seed is stopped, its log kept (default 560)
+# device setting is auto (cuda here); what differs is each training stage's cap in minutes (it stops
+# at the step that reaches it, keeps its best validated weights and the JSON says so), larger
+# beam-search batches, and checkpoints at epochs' ends only (a GPU epoch takes seconds):
+#   GENREC_GPU_PRETRAIN  pre-training and its validation passes (default 1.5: train.pretrain_max_minutes)
+#   GENREC_GPU_LORA      LoRA and its validation passes (default 0.5: train.max_minutes)
+#   GENREC_GPU_DENSE     the dense model (default 1.5: dense.sasrec.max_minutes)
+#   GENREC_GPU_BEAMS     users per beam-search batch (default 256: generate.batch_size; 32 on a CPU)
+#   GENREC_GPU_LIMIT     seconds after which the seed is stopped, its log kept (default 560)
+# The index, the fusion on every validation user and test scoring come on top of the caps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRIED=${GENREC_GPU_CARRY:-.gpu}
@@ -47,9 +51,10 @@ seed() {
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >"$OUT/gpu_use.csv" 2>&1 &
   watcher=$!
   # an unfinished seed of an earlier call on the same (warm) machine resumes from its checkpoints
-  timeout -k 10 "$LIMIT" python3 bench/accuracy.py --datasets beauty --seeds 0 \
-    --amazon-dir "$CARRIED/amazon-seq" --budget-minutes "${GENREC_GPU_BUDGET:-4}" \
-    --set generate.batch_size="${GENREC_GPU_BEAMS:-256}" --out "$OUT/accuracy-gpu.json" "$@"
+  timeout -k 10 "$LIMIT" python3 bench/accuracy.py --datasets beauty --seeds 0 --amazon-dir "$CARRIED/amazon-seq" \
+    --set train.pretrain_max_minutes="${GENREC_GPU_PRETRAIN:-1.5}" --set train.max_minutes="${GENREC_GPU_LORA:-0.5}" \
+    --set dense.sasrec.max_minutes="${GENREC_GPU_DENSE:-1.5}" --set generate.batch_size="${GENREC_GPU_BEAMS:-256}" \
+    --set train.checkpoint_steps=null --out "$OUT/accuracy-gpu.json" "$@"
   status=$?
   kill "$watcher" 2>/dev/null
   [ "$status" = 124 ] && echo "gpu_seed: stopped after $LIMIT s (GENREC_GPU_LIMIT): no JSON; the log says how far it got"
