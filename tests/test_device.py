@@ -84,20 +84,26 @@ def test_a_device_that_is_none_of_auto_cpu_cuda_is_a_config_error_naming_the_set
 
 
 @NO_GPU
-def test_training_on_cuda_without_a_gpu_fails_in_one_line_naming_train_device(indexed, tmp_path):
+@pytest.mark.parametrize("processes", [[], ["--processes", "2"]], ids=["one-process", "two-processes"])
+def test_training_on_cuda_without_a_gpu_fails_in_one_line_naming_train_device(
+    indexed, processes, tmp_path, monkeypatch, capsys
+):
+    """`genrec train` (its own entry point, `app.cli.main`) prints one line and exits 2 before it trains
+    or, with several processes, before it starts them."""
+    from app.cli import main
+
     run = tmp_path / "run"
     subprocess.run(["cp", "-r", str(indexed), str(run)], check=True)
     with_setting(run, "train", "device", "cuda")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "train", "--run", str(run)], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
+    monkeypatch.setattr(sys, "argv", ["genrec", "train", "--run", str(run), *processes])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
         "error: train.device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
         "set it to auto or cpu"
-    ], done.stderr[-2000:]
+    ), err[-2000:]
     assert not (run / "model").exists() or not any((run / "model").iterdir())  # nothing trained, nothing written
 
 
