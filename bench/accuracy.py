@@ -219,8 +219,8 @@ def budgetless(config: dict) -> dict:
     from finetune.train import RESUME_IGNORES
 
     train = {k: v for k, v in config["train"].items() if k not in RESUME_IGNORES}
-    dense = {
-        kind: {k: v for k, v in d.items() if k != "max_minutes"} if isinstance(d, dict) else d
+    dense = {  # (nor where it computes: a seed started on a CPU goes on on a GPU)
+        kind: {k: v for k, v in d.items() if k not in ("max_minutes", "device")} if isinstance(d, dict) else d
         for kind, d in config["dense"].items()
     }
     return {**config, "train": train, "dense": dense}
@@ -451,6 +451,17 @@ def cold_rows(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} (cold, {name})")
 
 
+def machine() -> dict:
+    """What a result was measured on: the CPUs, the platform and, where one is visible, the CUDA GPU
+    (`auto` device settings train and score there: `bench/gpu_seed.sh`)."""
+    import torch
+
+    info = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info |= {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    return info
+
+
 def main() -> None:
     """Run the chosen datasets and seeds; write bench/results/accuracy.json after each one."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -526,7 +537,7 @@ def main() -> None:
         {
             "protocol": "leave-one-out (last item test, second-to-last validation), full ranking over the catalog, "
             "history items excluded; every model scored by eval.evaluate on the same users",
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "machine": machine(),
             "published_generative": PUBLISHED_GENERATIVE,
         }
     )
@@ -554,6 +565,7 @@ def main() -> None:
             run = args.trained if base is None else seed_run(name, base, seed, args)
             result = train_and_score(name, run, args.users, trained=base is None)
             result["load_average"] = {"start": load, "end": os.getloadavg()}
+            result["machine"] = machine()  # (kept with the seed when --merge brings it into another file)
             entry["per_seed"][str(seed)], runs[str(seed)] = result, str(run)
             entry["summary"] = pooled(entry["per_seed"], {s: Path(runs[s]) for s in entry["per_seed"]})
             write_json(args.out, out)

@@ -139,6 +139,7 @@ def run_dense_model(paths: RunPaths, config: RunConfig, item_ids: list[str]) -> 
     of that name is then that very model, not a second training."""
     import json
 
+    from finetune.dense.build import NOT_FINGERPRINTED
     from inference.dense import load_dense
 
     stats_path = paths.dense / "train_stats.json"
@@ -146,10 +147,11 @@ def run_dense_model(paths: RunPaths, config: RunConfig, item_ids: list[str]) -> 
         return {}
     stats = json.loads(stats_path.read_text(encoding="utf-8"))
     kind = stats.get("kind")
-    model = load_dense(paths.dense)
     current = getattr(config.dense, kind, None) if kind else None
+    model = load_dense(paths.dense, current.device if current else "cpu", f"dense.{kind}.device")
     settings = stats.get("settings", {})
-    same = current is not None and all(settings.get(k) == v for k, v in current.model_dump().items() if v is not None)
+    trained = current.model_dump(exclude=NOT_FINGERPRINTED) if current is not None else {}  # (not where it ran)
+    same = current is not None and all(settings.get(k) == v for k, v in trained.items() if v is not None)
     return {kind: model} if same and model.item_ids == list(item_ids) else {}
 
 

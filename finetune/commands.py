@@ -66,8 +66,11 @@ def train(
     if wanted > 1 and not launched():
         from finetune.batches import check_world
         from finetune.distributed import check_settings
+        from genrec.device import resolve_device
 
-        check_settings(config.train.distributed, wanted)  # here, before N processes start, to fail in one line at once
+        # here, before N processes start, to fail in one line at once
+        cuda = resolve_device(config.train.device, "train.device").type == "cuda"
+        check_settings(config.train.distributed, wanted, cuda)
         check_world(config.train, config.train.tokens_per_batch, wanted)
         if not resume:
             shutil.rmtree(paths.checkpoints, ignore_errors=True)  # restarted processes must resume, so not passed on

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from genrec.config import DistributedConfig
+from genrec.device import resolve_device
 from genrec.errors import GenrecError
 
 
@@ -166,9 +167,10 @@ def digest(rows) -> str:
     return h.hexdigest()
 
 
-def check_settings(config: DistributedConfig, world: int) -> None:
-    """Fail in one line, naming the setting, when `world` processes cannot train with `config` here."""
-    cuda = torch.cuda.is_available()
+def check_settings(config: DistributedConfig, world: int, cuda: bool | None = None) -> None:
+    """Fail in one line, naming the setting, when `world` processes cannot train with `config` here
+    (`cuda`: whether they train on CUDA GPUs; None: when one is visible)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     backend = config.backend or ("nccl" if cuda else "gloo")
     if world > 1 and not torch.distributed.is_available():
         raise GenrecError("train.distributed: this torch build has no torch.distributed; train in one process")
@@ -192,9 +194,10 @@ def check_settings(config: DistributedConfig, world: int) -> None:
             ) from None
 
 
-def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
+def start_processes(config: DistributedConfig, bf16: bool = False, device: str = "auto") -> Processes:
     """Join the training processes a launcher started (or be the only one): the accelerator with the
-    strategy and backend of `config`. Settings that cannot work here fail in one line naming them."""
+    strategy and backend of `config`, on CUDA GPUs or CPUs as `device` (`train.device`) says. Settings
+    that cannot work here fail in one line naming them."""
     import os
 
     from accelerate import Accelerator
@@ -203,8 +206,8 @@ def start_processes(config: DistributedConfig, bf16: bool = False) -> Processes:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launched = world > 1
-    check_settings(config, world)
-    cuda = torch.cuda.is_available()
+    cuda = resolve_device(device, "train.device").type == "cuda"
+    check_settings(config, world, cuda)
     backend = config.backend or ("nccl" if cuda else "gloo")
     plugins: dict[str, Any] = {}
     if config.strategy == "fsdp":

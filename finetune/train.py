@@ -38,6 +38,7 @@ from finetune.tasks import aux_examples, corpus_texts, next_item_examples, resol
 from finetune.tokenizer import add_sid_tokens, train_scratch_tokenizer
 from genrec.atomic import atomic_dir, write_json
 from genrec.config import RunConfig, TrainConfig
+from genrec.device import resolve_device
 from genrec.errors import GenrecError
 from genrec.metrics import sample_users, validation_ndcg
 from genrec.run import RunPaths, open_run
@@ -278,9 +279,12 @@ def train_dense(data: RunData, progress: bool, console: Console, resume: bool = 
 def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     """Load the kept generative model and the dense model as served, and pick their fusion on every
     validation user (`inference.ranking.tune_fusion`); written to `RUN/ranking.json`."""
-    generate = data.config.generate
-    gen = load_local_generator(data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size)
-    ranker = Ranker(gen, load_dense(data.paths.dense), Fusion(dense_candidates=data.config.dense.candidates))
+    generate, dense = data.config.generate, data.config.dense
+    gen = load_local_generator(
+        data.paths, data.codes, beam_width=generate.beam_width, batch_size=generate.batch_size, device=generate.device
+    )
+    scorer = load_dense(data.paths.dense, getattr(dense, dense.ranker).device, f"dense.{dense.ranker}.device")
+    ranker = Ranker(gen, scorer, Fusion(dense_candidates=dense.candidates))
     users = sample_users(data.split.valid, None)
     started = time.perf_counter()
     fusion = tune_fusion(ranker, data.split.valid, users, progress=progress)
@@ -319,6 +323,7 @@ def train_ranking(
 # settings that do not change what LoRA training computes: a checkpoint made under others still resumes
 # nor do the stages' budgets (a stopped run may resume under a larger one)
 RESUME_IGNORES = {
+    "device",
     "distributed",
     "checkpoint_steps",
     "micro_batch_tokens",
@@ -370,8 +375,8 @@ def train(
     # "auto" (None) made concrete: the short prompt for a catalog without item text; the model's
     # genrec.json records it, so every backend serves the prompt it was trained on
     config.template = resolve_template(config.template, data.facts)
-    bf16 = bf16_supported() if config.bf16 is None else config.bf16
-    processes = start_processes(config.distributed, bf16)
+    bf16 = bf16_supported(resolve_device(config.device, "train.device")) if config.bf16 is None else config.bf16
+    processes = start_processes(config.distributed, bf16, config.device)
     check_world(
         config, config.tokens_per_batch, processes.world
     )  # before anything trains (the vocabulary may cap it more)

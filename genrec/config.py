@@ -7,13 +7,18 @@ back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genrec.atomic import write_text
+from genrec.device import DEVICE_PATTERN
 from genrec.errors import GenrecError
+
+# where a stage computes: auto is cuda when a CUDA GPU is visible, else cpu (genrec.device); never
+# part of a fingerprint, so a run resumes and a dense model is reused across devices
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
 
 
 class Section(BaseModel):
@@ -165,6 +170,7 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, ge=1)
     bf16: bool | None = None  # bf16 autocast (None: on when the CPU has bf16 units)
+    device: Device = "auto"  # pre-training, LoRA and their validation (accelerate places each process)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -185,7 +191,8 @@ class GenerateConfig(Section):
 
     beam_width: int = 20
     k: int = 10
-    batch_size: int = 32  # users per beam-search batch
+    batch_size: int = 32  # users per beam-search batch (a GPU takes hundreds: bench/gpu_seed.sh)
+    device: Device = "auto"  # where the in-process generator runs (the fusion, `genrec eval`, `genrec recommend`)
     # hybrid: beams fused with the dense model (RUN/ranking.json); generative: beams alone
     ranking: Literal["hybrid", "generative"] = "hybrid"
     exclude_history: bool = True
@@ -322,6 +329,7 @@ class DenseModelConfig(Section):
     max_minutes: float | None = Field(10.0, gt=0)
     threads: int | None = Field(1, ge=1)  # torch threads (1 measured fastest on a shared 2-core machine)
     bf16: bool | None = None  # bf16 autocast in training (None: where the CPU has bf16 units)
+    device: Device = "auto"  # training, validation and scoring
     seed: int = 0
 
 

@@ -95,9 +95,11 @@ class LiveRanker:
         return getattr(self.current(), name)
 
 
-def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
-    """Give `ranker` the run's dense model and fusion when `ranking` is hybrid; return a notice when
-    the run cannot rank that way (nothing is changed silently)."""
+def attach_dense(
+    ranker: Ranker, paths: RunPaths, ranking: str, device: str = "cpu", setting: str = "dense device"
+) -> str | None:
+    """Give `ranker` the run's dense model (on `device`, the config's `setting`) and fusion when `ranking`
+    is hybrid; return a notice when the run cannot rank that way (nothing is changed silently)."""
     from inference.dense import load_dense
 
     if ranking != "hybrid":
@@ -115,7 +117,7 @@ def attach_dense(ranker: Ranker, paths: RunPaths, ranking: str) -> str | None:
         raise GenrecError(
             f"{paths.ranking}: unreadable ({exc}); run `genrec train --run {paths.root} --dense-only`"
         ) from None
-    ranker.dense, ranker.fusion = load_dense(paths.dense), fusion
+    ranker.dense, ranker.fusion = load_dense(paths.dense, device, setting), fusion
     return None
 
 
@@ -138,8 +140,9 @@ def open_ranker(
     generate = config.generate
     width = beam_width or generate.beam_width
     codes = load_semantic_ids(paths)
+    local = dict(beam_width=width, batch_size=generate.batch_size, device=generate.device)
     if llm_url is None:
-        generator = load_local_generator(paths, codes, beam_width=width, batch_size=generate.batch_size)
+        generator = load_local_generator(paths, codes, **local)
     else:
         from transformers import AutoTokenizer
 
@@ -160,10 +163,12 @@ def open_ranker(
             prompts,
             beam_width=width,
             # a server that searches per beam is slower than this process: generate here then
-            fallback=lambda: load_local_generator(paths, codes, beam_width=width, batch_size=generate.batch_size),
+            fallback=lambda: load_local_generator(paths, codes, **local),
         )
     ranker = Ranker(generator)
-    notice = attach_dense(ranker, paths, ranking or generate.ranking)
+    kind = config.dense.ranker
+    device = getattr(config.dense, kind).device if kind != "none" else "cpu"
+    notice = attach_dense(ranker, paths, ranking or generate.ranking, device, f"dense.{kind}.device")
     return LiveRanker(paths, ranker), notice
 
 

@@ -1053,3 +1053,37 @@ def test_a_rerun_keeps_a_finished_generative_model_and_retrains_when_a_setting_c
     assert "kept" not in text.split("dense model")[0] and len(retrained.epochs) >= 2
     assert retrained.pretrain_cached and retrained.pretrain_epochs == before["pretrain_epochs"]
     assert json.loads((root / "model" / "train_report.json").read_text())["fingerprint"] == retrained.fingerprint
+
+
+def test_the_fusion_grid_places_each_held_out_item_where_the_served_ranking_puts_it():
+    """`table_ndcg` re-ranks every validation user at once; each held-out item must land where
+    `fused_order` (what `Ranker.rank` serves) puts it: the same scores, floors, cold offsets and ties."""
+    from genrec.metrics import ndcg_at
+    from inference.ranking import Candidates, FusionTable, fused_order, table_ndcg
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(400):
+        n = int(rng.integers(0, 30))
+        items = [f"i{j:03d}" for j in rng.choice(200, n, replace=False)]
+        beams = int(rng.integers(0, n + 1))
+        generated = np.full(n, np.nan)
+        generated[:beams] = np.round(rng.normal(-4, 1, beams), 1)  # rounded: equal scores, broken by item id
+        dense = np.round(rng.normal(-8, 1, n), 1)
+        cold = None
+        if user % 3 == 0 and n:  # cold items: no dense column, a stand-in score instead
+            cold = np.full(n, np.nan)
+            gone = rng.random(n) < 0.3
+            dense[gone], cold[gone] = np.nan, np.round(rng.normal(-8, 1, gone.sum()), 1)
+        target = items[int(rng.integers(0, n))] if n and user % 5 else "not-a-candidate"
+        rows.append((Candidates(items, generated, dense, cold), target))
+    table = FusionTable.of(rows)
+    for a, penalty, offset in [(0.0, 0.0, 0.0), (0.5, 1.0, 0.0), (1.0, 8.0, 0.0), (0.35, 2.0, -1.0), (0.8, 4.0, 3.0)]:
+        served = []
+        for c, target in rows:
+            order, _ = fused_order(c, a, penalty, offset)
+            top = [c.items[j] for j in order[:10]]
+            served.append(top.index(target) + 1 if target in top else 0)
+        assert table.ranks(a, penalty, offset).tolist() == served
+        assert table_ndcg(table, a, penalty, offset) == float(ndcg_at(np.array(served), 10).mean())
+    assert FusionTable.of([(Candidates([], np.zeros(0), np.zeros(0)), "x")]).ranks(0.5, 1.0, 0.0).tolist() == [0]

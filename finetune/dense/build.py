@@ -27,7 +27,7 @@ from inference.dense.sasrec import SASRec
 
 STATS_FILE = "train_stats.json"
 # settings that do not change the trained weights
-NOT_FINGERPRINTED = {"threads"}
+NOT_FINGERPRINTED = {"threads", "device"}
 
 DENSE_MEDIAN_HISTORY = 50  # a median training history longer than this makes the data "dense"
 
@@ -85,6 +85,7 @@ def build(
         seed=config.seed,
         threads=config.threads,
         bf16=config.bf16,
+        device=config.device,
         progress=progress,
     )
     return model, settings, config

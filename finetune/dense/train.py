@@ -46,6 +46,7 @@ from finetune.checkpoint import Checkpoints, fingerprint_of
 from finetune.distributed import Processes
 from finetune.loop import EpochStats, Loop, Trainee
 from finetune.stages import Budget
+from genrec.device import resolve_device
 from genrec.errors import GenrecError
 from genrec.metrics import validation_ndcg
 from inference.dense.model import DenseRecommender, left_pad
@@ -70,7 +71,8 @@ class TrainSettings:
     max_minutes: float | None = None  # wall-clock cap (None: train until early stopping or `epochs`)
     seed: int = 0
     threads: int | None = 1  # torch threads (None: leave torch's setting)
-    bf16: bool | None = None  # bf16 autocast for training matmuls (None: where the CPU has bf16 units)
+    bf16: bool | None = None  # bf16 autocast for training matmuls (None: where the device has bf16 units)
+    device: str = "auto"  # auto, cpu, cuda: where the network trains and validates (`dense.KIND.device`)
     progress: bool = True
     # a folder to save the run to after every epoch and resume from (None: no checkpoints)
     checkpoint: str | None = None
@@ -140,23 +142,25 @@ class _SummedCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         probs, targets = ctx.saved_tensors
-        probs[torch.arange(len(targets)), targets] -= 1.0  # the saved buffer is used once: update it in place
+        rows = torch.arange(len(targets), device=targets.device)
+        probs[rows, targets] -= 1.0  # the saved buffer is used once: update it in place
         return probs.mul_(grad), None
 
 
 def summed_loss(model: DenseRecommender, examples: Sequence[Example], bf16: bool) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the whole catalog of the examples' targets, and how many targets."""
     length = model.max_len if model.fixed_length else max(1, max(len(e[0]) for e in examples))
-    inputs = left_pad([e[0] for e in examples], length)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = model.device
+    inputs = left_pad([e[0] for e in examples], length).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if model.causal:
-            targets = left_pad([e[1] for e in examples], length)
+            targets = left_pad([e[1] for e in examples], length).to(device)
             real = targets != 0
             logits = model.item_logits(model(inputs)[real])
             targets = targets[real]
         else:
             logits = model.item_logits(model.last_state(inputs))
-            targets = torch.as_tensor([e[1] for e in examples], dtype=torch.long)
+            targets = torch.as_tensor([e[1] for e in examples], dtype=torch.long, device=device)
     return _SummedCrossEntropy.apply(logits.float(), targets - 1), len(targets)
 
 
@@ -190,10 +194,11 @@ def fit(
     (user -> (history, next item)) keep the best validated epoch. Returns the model (eval mode,
     best weights) and the training stats (JSON-ready)."""
     settings = settings or TrainSettings()
+    model.to(resolve_device(settings.device, f"dense.{model.name}.device"))
     if settings.bf16 is None:
         from inference.decoding.local import bf16_supported
 
-        settings = TrainSettings(**{**asdict(settings), "bf16": bf16_supported()})
+        settings = TrainSettings(**{**asdict(settings), "bf16": bf16_supported(model.device)})
     with torch_threads(settings.threads):
         return model, _fit(model, train, valid, settings)
 
@@ -275,7 +280,7 @@ def _fit(model: DenseRecommender, train, valid, settings: TrainSettings) -> dict
 
 
 # settings that do not change the weights an epoch trains: a checkpoint made under others still resumes
-RESUME_IGNORES = ("epochs", "patience", "max_minutes", "checkpoint", "progress", "threads")
+RESUME_IGNORES = ("epochs", "patience", "max_minutes", "checkpoint", "progress", "threads", "device")
 
 
 def resume_fingerprint(model: DenseRecommender, examples: Sequence[Example], settings: TrainSettings) -> str:

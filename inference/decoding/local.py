@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from genrec.device import resolve_device
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
 from inference.decoding.beam import beam_search
@@ -24,9 +25,11 @@ from inference.decoding.trie import Exclusions, Histories, Removed, Scored, SidT
 META_FILE = "genrec.json"
 
 
-def bf16_supported() -> bool:
-    """True on CUDA GPUs with bf16, and on CPUs whose bf16 matrix units make autocast worthwhile (AVX512-BF16 / AMX)."""
-    if torch.cuda.is_available():
+def bf16_supported(device: torch.device | None = None) -> bool:
+    """True on CUDA GPUs with bf16, and on CPUs whose bf16 matrix units make autocast worthwhile (AVX512-BF16 / AMX).
+    `device`: the one that computes (None: a CUDA GPU when one is visible, else the CPU)."""
+    cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if cuda:
         return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -131,8 +134,11 @@ def check_semantic_ids(paths: RunPaths, meta: dict) -> None:
             )
 
 
-def load_local_generator(paths: RunPaths, codes: dict[str, list[int]], merge: bool = True, **options) -> LocalGenerator:
-    """Load the trained base + LoRA adapter of a run (both with `from_pretrained`).
+def load_local_generator(
+    paths: RunPaths, codes: dict[str, list[int]], merge: bool = True, device: str = "cpu", **options
+) -> LocalGenerator:
+    """Load the trained base + LoRA adapter of a run (both with `from_pretrained`) onto `device`
+    (`generate.device`: auto, cpu, cuda; beam search runs where the model is).
 
     The adapter is merged into the base for inference speed (`merge=False` keeps a PeftModel).
     Fails with a one-line error if the run has no model yet or its semantic IDs changed since training.
@@ -140,6 +146,7 @@ def load_local_generator(paths: RunPaths, codes: dict[str, list[int]], merge: bo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where = resolve_device(device, "generate.device")  # (a setting that cannot work here fails before loading)
     meta = model_meta(paths)
     check_semantic_ids(paths, meta)
     base_dir, adapter_dir = paths.model / "base", paths.model / "adapter"
@@ -150,7 +157,7 @@ def load_local_generator(paths: RunPaths, codes: dict[str, list[int]], merge: bo
         model = PeftModel.from_pretrained(model, adapter_dir)
         if merge:
             model = model.merge_and_unload()
-    model.eval()
+    model.to(where).eval()
     trie = SidTrie.for_tokenizer(codes, tokenizer)
     prompts = HistoryPrompt(tokenizer, trie.code_of, int(meta["max_history"]), meta.get("template"))
     return LocalGenerator(model=model, tokenizer=tokenizer, trie=trie, prompts=prompts, **options)

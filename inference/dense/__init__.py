@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from genrec.device import resolve_device
 from genrec.errors import GenrecError
 from inference.dense.bsarec import BSARec
 from inference.dense.model import DenseRecommender
@@ -26,8 +27,10 @@ from inference.dense.sasrec import SASRec
 __all__ = ["BSARec", "DenseRecommender", "SASRec", "load_dense"]
 
 
-def load_dense(directory: str | Path) -> DenseRecommender:
-    """Load a dense network saved with `save_pretrained`, whichever kind it is (from `config.json`)."""
+def load_dense(directory: str | Path, device: str = "cpu", setting: str = "dense device") -> DenseRecommender:
+    """Load a dense network saved with `save_pretrained`, whichever kind it is (from `config.json`), onto
+    `device` (auto, cpu, cuda: the run's `dense.KIND.device`, named `setting` in errors); it scores there
+    and returns its scores on the CPU."""
     directory = Path(directory)
     config_path = directory / "config.json"
     try:
@@ -41,4 +44,5 @@ def load_dense(directory: str | Path) -> DenseRecommender:
         raise GenrecError(f"{config_path}: model_type {model_type!r} is not one of {', '.join(kinds)}")
     # huggingface_hub prints "Loading weights from local directory" to stdout, where `--json` output goes
     with contextlib.redirect_stdout(sys.stderr):
-        return kinds[model_type].from_pretrained(directory)
+        model = kinds[model_type].from_pretrained(directory)
+    return model.to(resolve_device(device, setting))

@@ -118,6 +118,11 @@ class DenseRecommender(nn.Module):
         self.item_emb = nn.Embedding(len(self.item_ids) + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network computes (inputs are moved there; scores come back on the CPU)."""
+        return self.item_emb.weight.device
+
     def last_state(self, seq: torch.Tensor) -> torch.Tensor:
         """The hidden state at the last position of each input row: (batch, hidden)."""
         return self(seq)[:, -1]
@@ -139,11 +144,12 @@ class DenseRecommender(nn.Module):
 
     @torch.no_grad()
     def log_probs(self, seq: torch.Tensor) -> torch.Tensor:
-        """Log-softmax over the catalog at the last position of each input row (eval mode)."""
+        """Log-softmax over the catalog at the last position of each input row (eval mode), on the
+        network's device."""
         was_training = self.training
         self.eval()
         try:
-            return torch.log_softmax(self.item_logits(self.last_state(seq).float()), dim=-1)
+            return torch.log_softmax(self.item_logits(self.last_state(seq.to(self.device)).float()), dim=-1)
         finally:
             self.train(was_training)
 
@@ -151,11 +157,11 @@ class DenseRecommender(nn.Module):
         """Log-probabilities of every catalog item being next, one row per history: (batch, n_items),
         columns aligned with `item_ids` (an `ItemIndex` of the same catalog). History items are not
         removed here; `recommend` removes them."""
-        return self.log_probs(self.windows(histories)[0])
+        return self.log_probs(self.windows(histories)[0]).cpu()
 
     def item_vectors(self) -> torch.Tensor:
         """Every catalog item's embedding, rows aligned with `item_ids`: (n_items, hidden)."""
-        return self.item_emb.weight[1:].detach().float()
+        return self.item_emb.weight[1:].detach().float().cpu()
 
     @torch.no_grad()
     def scores_with(self, histories: Sequence[Sequence[str]], extra) -> torch.Tensor:
@@ -165,11 +171,11 @@ class DenseRecommender(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            states = self.last_state(self.windows(histories)[0]).float()
+            states = self.last_state(self.windows(histories)[0].to(self.device)).float()
             logits = self.item_logits(states)
             norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-            extra = torch.as_tensor(extra, dtype=torch.float32)
-            return torch.cat([torch.log_softmax(logits, dim=-1), states @ extra.T - norm], dim=1)
+            extra = torch.as_tensor(extra, dtype=torch.float32, device=self.device)
+            return torch.cat([torch.log_softmax(logits, dim=-1), states @ extra.T - norm], dim=1).cpu()
         finally:
             self.train(was_training)
 
@@ -180,9 +186,11 @@ class DenseRecommender(nn.Module):
             return []
         seq, encoded = self.windows(histories)
         scores = self.log_probs(seq)
-        for row, items in enumerate(encoded):
-            if items:
-                scores[row, torch.as_tensor(items, dtype=torch.long)] = -torch.inf
+        rows = [row for row, items in enumerate(encoded) for _ in items]
+        if rows:  # every history's items at once (one copy to the device, not one a history)
+            columns = [i for items in encoded for i in items]
+            at = {"dtype": torch.long, "device": scores.device}
+            scores[torch.as_tensor(rows, **at), torch.as_tensor(columns, **at)] = -torch.inf
         values, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         return [
             [self.item_ids[j] for j, v in zip(row, vals) if v != -math.inf]
