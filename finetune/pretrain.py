@@ -96,7 +96,8 @@ def pretrain(
     With several `processes`, each trains on its share of every batch and rank 0 alone validates.
     `checkpoints` resumes a stopped run and saves after every epoch. The stage's budget
     (`pretrain_max_minutes`, `pretrain_max_tokens`: training and validation) ends it at the step that
-    reaches it; that epoch is then scored, and the best scored epoch is kept as always (`finetune.loop`).
+    reaches it; that epoch is then scored, and the best scored epoch is kept as always (`finetune.loop`);
+    the learning rate anneals by the budget as well as by the steps (`cosine_schedule`).
     """
     console = console or Console(stderr=True)
     processes = processes or Processes()
@@ -106,7 +107,6 @@ def pretrain(
     check_world(config, budgets[0], processes.world)
     steps_per_epoch = len(length_batches(first, budgets[0], random.Random(0)))
     cap = Budget(config.pretrain_max_minutes, config.pretrain_max_tokens)
-    # a capped stage anneals by its cap as well as by its steps
     scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, min(200, steps_per_epoch), cap)
     trained, optimizer = processes.prepare(model, optimizer)
     trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
