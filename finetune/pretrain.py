@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -110,9 +111,7 @@ def pretrain(
     scheduler = cosine_schedule(optimizer, steps_per_epoch * config.pretrain_epochs, min(200, steps_per_epoch), cap)
     trained, optimizer = processes.prepare(model, optimizer)
     trainee = Trainee(trained, optimizer, scheduler, random.Random(config.seed))
-
-    def examples(epoch: int):  # (epochs count from 1 here, from 0 in `make_examples`)
-        return first if epoch == 1 else tokenise(tokenizer, make_examples(epoch - 1), config.max_length, True)
+    examples = partial(pretrain_examples, first, tokenizer, make_examples, config.max_length)
 
     show = progress and processes.main
     one_epoch = epochs_of(
@@ -155,6 +154,11 @@ def pretrain(
     if record.validated:
         stats["best_valid_ndcg@10"] = record.best_score
     return stats
+
+
+def pretrain_examples(first, tokenizer, make_examples, max_length: int, epoch: int):
+    """Pre-training epoch `epoch`'s tokenised examples (epochs count from 1 here, from 0 in `make_examples`)."""
+    return first if epoch == 1 else tokenise(tokenizer, make_examples(epoch - 1), max_length, True)
 
 
 def save_pretrained_cache(model, tokenizer, folder: Path, expected: str, stats: dict) -> None:
