@@ -260,8 +260,9 @@ def test_queries_and_explanations_state_only_real_attributes(run_data):
 # ---- training ---------------------------------------------------------------------------------
 
 
-def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
-    from finetune.batches import cosine_schedule, tokenise, train_epoch
+def small_model_and_examples(run_data, tokenizer):
+    """A fresh scratch model (seed 0) and the tokenised next-item examples of ten training users."""
+    from finetune.batches import tokenise
     from finetune.tasks import next_item_examples
     from inference.models import build_scratch_model
 
@@ -270,7 +271,13 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
     examples = next_item_examples(
         tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0)
     )
-    data = tokenise(tokenizer, examples, 128)
+    return model, tokenise(tokenizer, examples, 128)
+
+
+def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
+    from finetune.batches import cosine_schedule, train_epoch
+
+    model, data = small_model_and_examples(run_data, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = cosine_schedule(optimizer, 100, warmup=1)
     losses = [
@@ -283,17 +290,10 @@ def test_a_few_training_steps_lower_the_loss(run_data, tokenizer):
 
 
 def test_a_capped_stage_anneals_by_its_budget_when_the_budget_runs_out_before_the_steps(run_data, tokenizer):
-    from finetune.batches import cosine_schedule, tokenise, train_epoch
+    from finetune.batches import cosine_schedule, train_epoch
     from finetune.stages import Budget
-    from finetune.tasks import next_item_examples
-    from inference.models import build_scratch_model
 
-    torch.manual_seed(0)
-    model = build_scratch_model(run_data.config.train, tokenizer)
-    examples = next_item_examples(
-        tokenizer, dict(list(run_data.split.train.items())[:10]), run_data.codes, 20, random.Random(0)
-    )
-    data = tokenise(tokenizer, examples, 128)
+    model, data = small_model_and_examples(run_data, tokenizer)
     peak = 1e-3
 
     def rates(cap: Budget | None) -> list[float]:
