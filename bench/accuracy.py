@@ -343,7 +343,7 @@ def fusion_of(run: Path) -> dict:
     if not path.exists():
         return {}
     fusion = json.loads(path.read_text())
-    keys = ("dense_weight", "miss_penalty", "dense_candidates", "valid_ndcg10", "seconds", "users")
+    keys = ("dense_weight", "miss_penalty", "scored_misses", "dense_candidates", "valid_ndcg10", "seconds", "users")
     return {k: fusion.get(k) for k in keys}
 
 

@@ -91,7 +91,7 @@ def main() -> None:
             row["via"] = "beam" if j < n_beams else "stand-in"
             row["g"] = None if np.isnan(c.generated[j]) else float(c.generated[j])
             for off in offsets:
-                order, score = fused_order(c, f.dense_weight, f.miss_penalty, off)
+                order, score = fused_order(c, f.dense_weight, f.miss_penalty, off, f.scored_misses)
                 pos = int(np.where(order == j)[0][0])
                 row[f"rank@c={off:g}"] = pos + 1
                 row[f"fused@c={off:g}"] = float(score[pos])

@@ -293,8 +293,8 @@ def choose_fusion(data: RunData, progress: bool, console: Console) -> Fusion:
     pure = next(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 0)
     dense_only = max(g["valid_ndcg@10"] for g in fusion.grid if g["dense_weight"] == 1)
     console.print(
-        f"fusion on {len(users)} validation users: dense weight {fusion.dense_weight:.2f}, miss penalty "
-        f"{fusion.miss_penalty:g}: NDCG@10 {fusion.valid_ndcg10:.4f} (generation alone {pure:.4f}, "
+        f"fusion on {len(users)} validation users: dense weight {fusion.dense_weight:.2f}, misses "
+        f"{'scored by the generator' if fusion.scored_misses else f'floored (penalty {fusion.miss_penalty:g})'}: NDCG@10 {fusion.valid_ndcg10:.4f} (generation alone {pure:.4f}, "
         f"dense re-ranking alone {dense_only:.4f})"
     )
     return fusion

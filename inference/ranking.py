@@ -10,9 +10,12 @@ model's top items. Each candidate's score is a log-linear mix of two next-item l
     score(i) = (1 - a) * g(i) + a * d(i)
 
 `d(i)` is the dense model's full-catalog log-softmax; `g(i)` the item's generated sequence
-log-prob when a beam reached it, else the user's lowest beam log-prob minus `miss_penalty` (an item
-the beam search did not reach is at most that likely under the generator). `a` and the penalty
-are chosen on the validation split only (`tune_fusion`), with the same function that serves them.
+log-prob when a beam reached it. For a dense candidate no beam reached, `g(i)` is either the
+generator's own sequence log-prob of its semantic ID, scored in one teacher-forced pass
+(`scored_misses`), or a guess: the user's lowest beam log-prob minus `miss_penalty` (an item the
+beam search did not reach is at most about that likely). `a`, the way misses are scored and the
+penalty are chosen on the validation split only (`tune_fusion`), with the same function that serves
+them.
 With no dense model (`a` = 0) this is pure generation, the `genrec-gen` row.
 
 Items added after training (`genrec items add`) have a semantic ID, so beams can reach them, but
@@ -55,6 +58,8 @@ class Generator(Protocol):
         exclude: Exclusions = None,
         only: Collection[str] | None = None,
     ) -> list[list[Scored]]: ...
+
+    def score(self, histories: Histories, items: Sequence[Sequence[str]]) -> list[np.ndarray]: ...
 
 
 class SharedBeams:
@@ -105,6 +110,10 @@ class SharedBeams:
                 out[i] = self._kept[keys[i]] = beams
         return [out[i] for i in range(len(keys))]
 
+    def score(self, histories: Histories, items: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """The inner generator's sequence log-probs of `items[i]` after history i."""
+        return self.inner.score(histories, items)
+
 
 class DenseScorer(Protocol):
     """A dense next-item model: a log-softmax over the whole catalog for each history."""
@@ -124,6 +133,7 @@ class Fusion:
 
     dense_weight: float = 0.0  # a: 0 = pure generation, 1 = the dense model re-ranking the union
     miss_penalty: float = 1.0  # g of a candidate no beam reached: the user's lowest beam log-prob minus this
+    scored_misses: bool = False  # g of a candidate no beam reached: the generator's own log-prob (no penalty)
     dense_candidates: int = 50  # the dense model's top items added to the beams as candidates
     cold_offset: float = 0.0  # c: added to a cold item's stand-in dense score (chosen on validation)
     cold_candidates: int = 10  # cold items with the best stand-in dense scores added as candidates
@@ -152,6 +162,7 @@ class Candidates:
     generated: np.ndarray  # g: beam log-prob, NaN where no beam reached the item
     dense: np.ndarray  # d: dense log-softmax (zeros without a dense model; NaN for a cold item)
     cold: np.ndarray | None = None  # each cold item's stand-in dense score, before the offset (NaN for the rest)
+    missed: np.ndarray | None = None  # the generator's log-prob of each candidate no beam reached (NaN for the rest)
 
 
 @dataclass
@@ -190,7 +201,7 @@ def excluding(exclude: Sequence[Collection[str]] | None, more: Collection[str], 
 
 
 def fused_order(
-    c: Candidates, dense_weight: float, miss_penalty: float, cold_offset: float = 0.0
+    c: Candidates, dense_weight: float, miss_penalty: float, cold_offset: float = 0.0, scored_misses: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate positions best first, and their fused scores; ties broken by item id."""
     if not len(c.items):
@@ -198,6 +209,8 @@ def fused_order(
     reached = ~np.isnan(c.generated)
     floor = (c.generated[reached].min() if reached.any() else 0.0) - miss_penalty
     g = np.where(reached, c.generated, floor)
+    if scored_misses and c.missed is not None:  # the generator's own log-prob where it was scored
+        g = np.where(np.isnan(c.missed), g, c.missed)
     d = c.dense
     if c.cold is not None:  # cold items: the stand-in's dense score, offset, in place of the one they lack
         d = np.where(np.isnan(d), c.cold + cold_offset, d)
@@ -230,7 +243,8 @@ class Ranker:
         width: int | None = None,
     ) -> list[Candidates]:
         """Beams, dense top items and (with cold items) the cold items with the best stand-in dense
-        scores for each history, with the scores of every candidate."""
+        scores for each history, with the scores of every candidate (with `fusion.scored_misses`, the
+        generator's log-prob of each candidate no beam reached too)."""
         if self.retired:
             exclude = excluding(exclude, self.retired, len(histories))
         searched = exclude
@@ -277,7 +291,19 @@ class Ranker:
                 continue
             hidden = set(exclude[row]) if exclude is not None else set()
             out.append(self._with_cold(items, generated, d, column, cold_scores[row], hidden, only))
+        if self.fusion.scored_misses:
+            self._score_misses(histories, out)
         return out
+
+    def _score_misses(self, histories: Sequence[Sequence[str]], found: list[Candidates]) -> None:
+        """Fill each candidate list's `missed`: the generator's log-prob of the candidates no beam
+        reached (those with a semantic ID; the rest stay NaN and take the floor)."""
+        known = self.generator.trie.code_of
+        wanted = [[j for j, item in enumerate(c.items) if np.isnan(c.generated[j]) and item in known] for c in found]
+        scores = self.generator.score(histories, [[c.items[j] for j in js] for c, js in zip(found, wanted)])
+        for c, js, s in zip(found, wanted, scores):
+            c.missed = np.full(len(c.items), np.nan)
+            c.missed[js] = s
 
     def _with_cold(self, items, generated, d, column, cold_scores, hidden, only) -> Candidates:
         """The candidates plus the `cold_candidates` cold items with the best stand-in dense scores
@@ -307,7 +333,9 @@ class Ranker:
         a = self.fusion.dense_weight if self.hybrid else 0.0
         out = []
         for c in self.candidates(histories, exclude, only, max(self.generator.beam_width, k)):
-            order, score = fused_order(c, a, self.fusion.miss_penalty, self.fusion.cold_offset)
+            order, score = fused_order(
+                c, a, self.fusion.miss_penalty, self.fusion.cold_offset, self.fusion.scored_misses
+            )
             out.append([(c.items[j], float(s)) for j, s in zip(order[:k], score[:k])])
         return out
 
@@ -329,6 +357,7 @@ class FusionTable:
     generated: np.ndarray  # (users, width) g: beam log-prob, NaN where no beam reached the item (and padding)
     dense: np.ndarray  # d: dense log-softmax, NaN for a cold item (and padding)
     cold: np.ndarray  # a cold item's stand-in dense score before the offset, NaN elsewhere
+    missed: np.ndarray  # the generator's log-prob of a candidate no beam reached, NaN elsewhere (and padding)
     real: np.ndarray  # bool: a candidate, not padding
     target: np.ndarray  # (users,) the held-out item's column, -1 when it is no candidate
     before: np.ndarray  # bool: the candidate's id sorts before the held-out item's (`fused_order` breaks ties so)
@@ -341,6 +370,7 @@ class FusionTable:
             generated=np.full(shape, np.nan),
             dense=np.full(shape, np.nan),
             cold=np.full(shape, np.nan),
+            missed=np.full(shape, np.nan),
             real=np.zeros(shape, dtype=bool),
             target=np.full(len(rows), -1, dtype=np.int64),
             before=np.zeros(shape, dtype=bool),
@@ -350,12 +380,14 @@ class FusionTable:
             table.generated[row, :n], table.dense[row, :n], table.real[row, :n] = c.generated, c.dense, True
             if c.cold is not None:
                 table.cold[row, :n] = c.cold
+            if c.missed is not None:
+                table.missed[row, :n] = c.missed
             if target in c.items:
                 table.target[row] = c.items.index(target)
                 table.before[row, :n] = [item < target for item in c.items]
         return table
 
-    def ranks(self, a: float, penalty: float, cold_offset: float, k: int = 10) -> np.ndarray:
+    def ranks(self, a: float, penalty: float, cold_offset: float, k: int = 10, scored: bool = False) -> np.ndarray:
         """Each held-out item's place (1-based) in its user's `fused_order` under this setting, 0 past `k`."""
         if not self.real.shape[1]:  # no user has a candidate
             return np.zeros(len(self.target), dtype=np.int64)
@@ -364,6 +396,8 @@ class FusionTable:
         lowest = np.where(reached, g, np.inf).min(axis=1, initial=np.inf)
         floor = np.where(reached.any(axis=1), lowest, 0.0) - penalty
         g = np.where(reached, g, floor[:, None])
+        if scored:
+            g = np.where(np.isnan(self.missed), g, self.missed)
         d = np.where(np.isnan(d), self.cold + cold_offset, d)
         score = (1.0 - a) * g + a * d  # as `fused_order` computes it, so ties are the same ties
         found = self.target >= 0
@@ -392,11 +426,11 @@ def validation_table(
     return FusionTable.of(rows)
 
 
-def table_ndcg(table: FusionTable, a: float, penalty: float, cold_offset: float) -> float:
+def table_ndcg(table: FusionTable, a: float, penalty: float, cold_offset: float, scored: bool = False) -> float:
     """Validation NDCG@10 of one fusion setting over a `validation_table`."""
     from genrec.metrics import ndcg_at
 
-    return float(ndcg_at(table.ranks(a, penalty, cold_offset), 10).mean())
+    return float(ndcg_at(table.ranks(a, penalty, cold_offset, scored=scored), 10).mean())
 
 
 COLD_OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -410,16 +444,21 @@ def tune_fusion(
     penalties: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0),
     batch_size: int = 256,
     progress: bool = True,
+    score_misses: bool = True,
 ) -> Fusion:
     """The fusion with the best NDCG@10 on validation `cases` (history -> held-out item) of `users`.
 
-    Beams and dense scores are computed once; every (weight, penalty) pair then re-ranks the same
-    candidates with `fused_order`, the function `Ranker.rank` serves with.
+    Beams, dense scores and (with `score_misses`) the generator's log-probs of the dense candidates
+    no beam reached are computed once; every (weight, penalty) pair, with misses floored or scored,
+    then re-ranks the same candidates with `fused_order`, the function `Ranker.rank` serves with.
+    On a tie the lower dense weight wins, then floored misses (scoring them costs a pass).
     """
     if ranker.dense is None:
         raise ValueError("tune_fusion needs a dense model")
     probe = Ranker(
-        ranker.generator, ranker.dense, Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates)
+        ranker.generator,
+        ranker.dense,
+        Fusion(dense_weight=1.0, dense_candidates=ranker.fusion.dense_candidates, scored_misses=score_misses),
     )
     table = validation_table(probe, cases, users, batch_size, progress)
     c = ranker.fusion.cold_offset
@@ -428,10 +467,21 @@ def tune_fusion(
         for a in weights
         for p in (penalties if a > 0 else penalties[:1])
     ]
-    best = max(grid, key=lambda g: (g["valid_ndcg@10"], -g["dense_weight"]))
+    if score_misses:  # the penalty plays no part where every miss is scored
+        grid += [
+            {
+                "dense_weight": float(a),
+                "miss_penalty": 0.0,
+                "scored_misses": True,
+                "valid_ndcg@10": table_ndcg(table, float(a), 0.0, c, scored=True),
+            }
+            for a in weights
+        ]
+    best = max(grid, key=lambda g: (g["valid_ndcg@10"], -g["dense_weight"], not g.get("scored_misses", False)))
     return Fusion(
         best["dense_weight"],
         best["miss_penalty"],
+        bool(best.get("scored_misses", False)),
         ranker.fusion.dense_candidates,
         valid_ndcg10=best["valid_ndcg@10"],
         grid=grid,
@@ -462,7 +512,9 @@ def tune_cold_offset(
             {
                 "cold_beams": beams,
                 "cold_offset": float(c),
-                "valid_ndcg@10": table_ndcg(table, fusion.dense_weight, fusion.miss_penalty, float(c)),
+                "valid_ndcg@10": table_ndcg(
+                    table, fusion.dense_weight, fusion.miss_penalty, float(c), fusion.scored_misses
+                ),
             }
             for c in offsets
         ]

@@ -18,10 +18,13 @@ from __future__ import annotations
 import copy
 import sys
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from genrec.errors import GenrecError
 from inference.client import ADAPTER_MODEL, LLMClient, LLMUnavailable
 from inference.decoding.prompts import HistoryPrompt
 from inference.decoding.trie import Exclusions, Histories, Scored, SidTrie
@@ -122,3 +125,14 @@ class VllmGenerator:
             )
 
         return list(self._pool.map(one, range(len(histories))))
+
+    def score(self, histories: Histories, items: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """The sequence log-prob of each of `items[i]` after history i, computed in this process by the
+        run's model (the server's engine searches beams; it does not score given items): what a
+        fusion with `scored_misses` needs for the dense candidates no beam reached."""
+        if self.fallback is None:
+            raise GenrecError(
+                "this run's fusion scores the dense candidates no beam reached with the generator "
+                "(RUN/ranking.json scored_misses), which needs the run's model in this process"
+            )
+        return self._local().score(histories, items)

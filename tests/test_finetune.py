@@ -7,6 +7,8 @@ and years, so the fixture builds in a second.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import random
 import shutil
@@ -199,6 +201,34 @@ def test_beam_search_agrees_with_hf_generate_on_the_trie(run_data, untrained):
     )
     assert [i for i, _ in ours] == [i for i, _ in theirs]
     assert np.allclose([s for _, s in ours], [s for _, s in theirs], atol=1e-4)
+
+
+def test_scoring_given_items_gives_what_the_beams_scored_and_the_generators_log_prob_of_the_rest(run_data, untrained):
+    """The served ranking scores dense candidates no beam reached with the generator: those scores
+    must be the beam search's own for items a beam reached, and the full sequence log-prob (checked
+    against one plain forward pass per item) for the rest, alone or batched with other histories."""
+    histories = [items for _, (items, _) in sorted(run_data.split.valid.items())][:3]
+    beams = untrained.generate(histories, 6)
+    catalog = untrained.trie.item_ids()
+    others = [[i for i in catalog if i not in {b for b, _ in found}][: 2 + 3 * n] for n, found in enumerate(beams)]
+    wanted = [[i for i, _ in found][::-1] + extra for found, extra in zip(beams, others)]  # unequal lengths
+    together = untrained.score(histories, wanted)
+    for history, found, items, scores in zip(histories, beams, wanted, together):
+        assert len(scores) == len(items)
+        by_beam = dict(found)
+        assert np.allclose(
+            [scores[j] for j, i in enumerate(items) if i in by_beam], [s for _, s in found][::-1], atol=1e-4
+        )
+        alone = untrained.score([history], [items])[0]
+        assert np.allclose(alone, scores, atol=1e-4)
+        prompt = list(untrained.prompts.token_ids(history))
+        for item, got in list(zip(items, scores))[-2:]:
+            path = untrained.trie.tokens_of(item)
+            with torch.no_grad():
+                logits = untrained.model(input_ids=torch.tensor([prompt + path[:-1]])).logits[0].float()
+            logp = torch.log_softmax(logits[len(prompt) - 1 :], dim=-1)
+            assert got == pytest.approx(float(sum(logp[k, t] for k, t in enumerate(path))), abs=1e-4)
+    assert untrained.score(histories[:2], [[], wanted[1]])[0].shape == (0,)
 
 
 def test_batched_and_single_requests_rank_alike(run_data, untrained):
@@ -648,6 +678,11 @@ def test_fusion_mixes_the_two_log_probabilities_and_floors_items_no_beam_reached
     by_item = {c.items[j]: s for j, s in zip(order, scores)}
     assert by_item["c"] == pytest.approx(0.5 * (-2.0 - 1.0) + 0.5 * -1.0)  # floor = lowest beam -2 minus the penalty
     assert by_item["a"] == pytest.approx(0.5 * -1.0 + 0.5 * -5.0)
+    c.missed = np.array([np.nan, np.nan, -7.0])  # the generator's own log-prob of the item no beam reached
+    order, scores = fused_order(c, 0.5, 1.0, scored_misses=True)
+    assert dict(zip([c.items[j] for j in order], scores))["c"] == pytest.approx(0.5 * -7.0 + 0.5 * -1.0)
+    order, scores = fused_order(c, 0.5, 1.0)  # a fusion that floors misses ignores the generator's score
+    assert dict(zip([c.items[j] for j in order], scores))["c"] == pytest.approx(0.5 * (-2.0 - 1.0) + 0.5 * -1.0)
 
 
 def test_the_served_ranking_never_returns_history_or_unknown_items(trained_run):
@@ -685,6 +720,11 @@ def test_training_chooses_the_fusion_on_validation_and_serves_exactly_what_it_sc
     split = leave_one_out(catalog.interactions)
     served = validation_ndcg(ranker, split.valid, catalog.items["item_id"])
     assert served == pytest.approx(fusion.valid_ndcg10, abs=1e-9)
+    # misses scored by the generator (whichever way won): served as validated too
+    scored = max((g for g in fusion.grid if g.get("scored_misses")), key=lambda g: g["valid_ndcg@10"])
+    ranker.fusion = dataclasses.replace(fusion, dense_weight=scored["dense_weight"], scored_misses=True)
+    served = validation_ndcg(ranker, split.valid, catalog.items["item_id"])
+    assert served == pytest.approx(scored["valid_ndcg@10"], abs=1e-9)
 
 
 def test_a_run_without_a_dense_model_ranks_by_generation_and_says_so(trained_run, tmp_path):
@@ -1076,14 +1116,18 @@ def test_the_fusion_grid_places_each_held_out_item_where_the_served_ranking_puts
             gone = rng.random(n) < 0.3
             dense[gone], cold[gone] = np.nan, np.round(rng.normal(-8, 1, gone.sum()), 1)
         target = items[int(rng.integers(0, n))] if n and user % 5 else "not-a-candidate"
-        rows.append((Candidates(items, generated, dense, cold), target))
+        missed = None
+        if user % 2:  # the generator's log-prob of most candidates no beam reached
+            missed = np.where(np.isnan(generated) & (rng.random(n) < 0.8), np.round(rng.normal(-6, 1, n), 1), np.nan)
+        rows.append((Candidates(items, generated, dense, cold, missed), target))
     table = FusionTable.of(rows)
-    for a, penalty, offset in [(0.0, 0.0, 0.0), (0.5, 1.0, 0.0), (1.0, 8.0, 0.0), (0.35, 2.0, -1.0), (0.8, 4.0, 3.0)]:
+    settings = [(0.0, 0.0, 0.0), (0.5, 1.0, 0.0), (1.0, 8.0, 0.0), (0.35, 2.0, -1.0), (0.8, 4.0, 3.0)]
+    for (a, penalty, offset), scored in itertools.product(settings, (False, True)):
         served = []
         for c, target in rows:
-            order, _ = fused_order(c, a, penalty, offset)
+            order, _ = fused_order(c, a, penalty, offset, scored)
             top = [c.items[j] for j in order[:10]]
             served.append(top.index(target) + 1 if target in top else 0)
-        assert table.ranks(a, penalty, offset).tolist() == served
-        assert table_ndcg(table, a, penalty, offset) == float(ndcg_at(np.array(served), 10).mean())
+        assert table.ranks(a, penalty, offset, scored=scored).tolist() == served
+        assert table_ndcg(table, a, penalty, offset, scored) == float(ndcg_at(np.array(served), 10).mean())
     assert FusionTable.of([(Candidates([], np.zeros(0), np.zeros(0)), "x")]).ranks(0.5, 1.0, 0.0).tolist() == [0]

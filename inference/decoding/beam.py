@@ -144,3 +144,59 @@ def beam_search(
                 found.append((trie.item_of[prefix], score))
         results.append(found)
     return results
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    paths: Sequence[Sequence[Sequence[int]]],
+    bf16: bool = False,
+    temperature: float = 1.0,
+) -> list[np.ndarray]:
+    """The sequence log-prob of each given token path after each left-padded prompt: `paths[i]` are
+    the SID token ids of the items to score for prompt `i` (each path one item, all one length).
+
+    The same computation as `beam_search`'s scores (the prompt encoded once, each path's tokens
+    appended side by side to its prompt's cache row under a tree mask, log-softmax over the whole
+    vocabulary), so an item a beam reached scores what the beam said, and one no beam reached gets
+    the generator's own log-prob instead of a guess.
+    """
+    batch, prompt_length = input_ids.shape
+    width = max((len(p) for p in paths), default=0)
+    if width == 0:
+        return [np.zeros(0) for _ in paths]
+    depth = len(next(p for rows in paths for p in rows))
+    filler = next(p for rows in paths for p in rows)  # padding paths: scored, then dropped
+    tokens = torch.tensor(
+        [[list(p) for p in rows] + [list(filler)] * (width - len(rows)) for rows in paths], dtype=torch.long
+    )  # (batch, width, depth)
+    boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    device = next(model.parameters()).device
+    input_ids, attention_mask, tokens = input_ids.to(device), attention_mask.to(device), tokens.to(device)
+    with autocast(bf16, device.type):
+        out = _encode_prompt(model, input_ids, attention_mask)
+    cache = out.past_key_values
+    logp = torch.log_softmax(out.logits[:, -1, :].float() / temperature, dim=-1)  # (batch, vocab)
+    total = logp.gather(1, tokens[:, :, 0])  # (batch, width)
+    ancestors = torch.zeros(batch, width, 0, dtype=torch.long, device=device)
+    for step in range(1, depth):  # feed level step-1, read level step
+        kv_length = prompt_length + step * width
+        own = torch.arange(kv_length - width, kv_length, device=device).expand(batch, width).unsqueeze(-1)
+        ancestors = torch.cat([ancestors, own], dim=2)
+        mask = _tree_mask(attention_mask, ancestors, kv_length, boolean_mask, torch.float32)
+        positions = torch.full((batch, width), prompt_length + step - 1, dtype=torch.long, device=device)
+        with autocast(bf16, device.type):
+            out = model(
+                input_ids=tokens[:, :, step - 1],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        cache = out.past_key_values
+        logp = torch.log_softmax(out.logits.float() / temperature, dim=-1)  # (batch, width, vocab)
+        total += logp.gather(2, tokens[:, :, step : step + 1]).squeeze(-1)
+    total = total.cpu().numpy().astype(np.float64)
+    return [total[b, : len(rows)] for b, rows in enumerate(paths)]

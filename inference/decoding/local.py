@@ -13,12 +13,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genrec.device import resolve_device
 from genrec.errors import GenrecError
 from genrec.run import RunPaths
-from inference.decoding.beam import beam_search
+from inference.decoding.beam import beam_search, sequence_logprobs
 from inference.decoding.prompts import HistoryPrompt
 from inference.decoding.trie import Exclusions, Histories, Removed, Scored, SidTrie
 
@@ -97,16 +98,10 @@ class LocalGenerator:
         results: list[list[Scored]] = [[] for _ in encoded]
         was_training = getattr(self.model, "training", False)
         self.model.eval()
-        pad = self.tokenizer.pad_token_id
         try:
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                length = max(len(encoded[i]) for i in rows)
-                ids = torch.full((len(rows), length), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), length), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    ids[j, length - len(encoded[i]) :] = torch.tensor(list(encoded[i]))
-                    mask[j, length - len(encoded[i]) :] = 1
+                ids, mask = self._padded([encoded[i] for i in rows])
                 found = beam_search(
                     self.model, ids, mask, trie, width, [removed[i] for i in rows], self.bf16, self.temperature
                 )
@@ -116,6 +111,40 @@ class LocalGenerator:
             if was_training:
                 self.model.train()
         return results
+
+    def score(self, histories: Histories, items: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """The sequence log-prob of each of `items[i]` after history i (what a beam reaching it would
+        score): how the served ranking scores dense candidates no beam reached."""
+        encoded = self.prompts.batch_token_ids(histories)
+        results: list[np.ndarray] = [np.zeros(0) for _ in encoded]
+        wanted = [i for i in range(len(encoded)) if items[i]]
+        order = sorted(wanted, key=lambda i: -len(encoded[i]))
+        # prompts per pass: a pass holds (prompts x paths) rows of full-vocabulary logits, ~160 MB at most
+        rows_cap = 40_000_000 // max(1, int(getattr(self.model.config, "vocab_size", 0) or 1))
+        per_pass = max(1, min(self.batch_size, rows_cap // max((len(items[i]) for i in wanted), default=1)))
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            for start in range(0, len(order), per_pass):
+                rows = order[start : start + per_pass]
+                ids, mask = self._padded([encoded[i] for i in rows])
+                paths = [[self.trie.tokens_of(item) for item in items[i]] for i in rows]
+                for i, found in zip(rows, sequence_logprobs(self.model, ids, mask, paths, self.bf16, self.temperature)):
+                    results[i] = found
+        finally:
+            if was_training:
+                self.model.train()
+        return results
+
+    def _padded(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded token ids and their attention mask."""
+        length = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for j, e in enumerate(encoded):
+            ids[j, length - len(e) :] = torch.tensor(list(e))
+            mask[j, length - len(e) :] = 1
+        return ids, mask
 
 
 def model_meta(paths: RunPaths) -> dict:
