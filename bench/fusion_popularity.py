@@ -28,16 +28,14 @@ TERMS = (-0.1, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 def candidate_rows(ranker, cases: dict, users: list[str], counts) -> list[tuple]:
     """(g, d, log(1 + count), the held-out item's position or -1) per user, history excluded."""
+    from inference.ranking import generator_scores
+
     rows, started = [], time.time()
     for start in range(0, len(users), 256):
         batch = users[start : start + 256]
         histories = [list(cases[u][0]) for u in batch]
         for c, user in zip(ranker.candidates(histories, exclude=[set(h) for h in histories]), batch):
-            reached = ~np.isnan(c.generated)
-            floor = (c.generated[reached].min() if reached.any() else 0.0) - ranker.fusion.miss_penalty
-            g = np.where(reached, c.generated, floor)
-            if ranker.fusion.scored_misses and c.missed is not None:
-                g = np.where(np.isnan(c.missed), g, c.missed)
+            g = generator_scores(c, ranker.fusion.miss_penalty, ranker.fusion.scored_misses)
             term = np.log1p(np.array([counts.get(i, 0) for i in c.items], dtype=float))
             target = cases[user][1]
             rows.append((g, c.dense, term, c.items.index(target) if target in c.items else -1))

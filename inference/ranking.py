@@ -200,17 +200,24 @@ def excluding(exclude: Sequence[Collection[str]] | None, more: Collection[str], 
     return [set(exclude[i]) | set(more) if exclude is not None else more for i in range(n)]
 
 
+def generator_scores(c: Candidates, miss_penalty: float, scored_misses: bool = False) -> np.ndarray:
+    """g of every candidate: its beam log-prob; for one no beam reached, the generator's own log-prob
+    where it was scored (`scored_misses`), else the lowest beam log-prob minus `miss_penalty`."""
+    reached = ~np.isnan(c.generated)
+    floor = (c.generated[reached].min() if reached.any() else 0.0) - miss_penalty
+    g = np.where(reached, c.generated, floor)
+    if scored_misses and c.missed is not None:
+        g = np.where(np.isnan(c.missed), g, c.missed)
+    return g
+
+
 def fused_order(
     c: Candidates, dense_weight: float, miss_penalty: float, cold_offset: float = 0.0, scored_misses: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate positions best first, and their fused scores; ties broken by item id."""
     if not len(c.items):
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    reached = ~np.isnan(c.generated)
-    floor = (c.generated[reached].min() if reached.any() else 0.0) - miss_penalty
-    g = np.where(reached, c.generated, floor)
-    if scored_misses and c.missed is not None:  # the generator's own log-prob where it was scored
-        g = np.where(np.isnan(c.missed), g, c.missed)
+    g = generator_scores(c, miss_penalty, scored_misses)
     d = c.dense
     if c.cold is not None:  # cold items: the stand-in's dense score, offset, in place of the one they lack
         d = np.where(np.isnan(d), c.cold + cold_offset, d)

@@ -76,6 +76,27 @@ def _encode_prompt(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
 
 
+def _append_tokens(model, cache, attention_mask, inherited, tokens, step: int, bf16: bool, temperature: float):
+    """One forward pass over `tokens` (batch, width): generated level `step`, one token per slot,
+    appended to the end of each left-padded prompt's cache row. Each token sees the prompt and the
+    cache positions `inherited` (batch, width, step) of its own earlier tokens (tree attention), at
+    the position it would have in its own sequence. Returns the log-softmax (batch, width, vocab),
+    the cache, and the ancestors with these tokens added."""
+    batch, width = tokens.shape
+    prompt_length, device = attention_mask.shape[1], tokens.device
+    kv_length = prompt_length + (step + 1) * width
+    own = torch.arange(kv_length - width, kv_length, device=device).expand(batch, width).unsqueeze(-1)
+    ancestors = torch.cat([inherited, own], dim=2)
+    boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    mask = _tree_mask(attention_mask, ancestors, kv_length, boolean_mask, torch.float32)
+    positions = torch.full((batch, width), prompt_length + step, dtype=torch.long, device=device)
+    with autocast(bf16, device.type):
+        out = model(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+    return torch.log_softmax(out.logits.float() / temperature, dim=-1), out.past_key_values, ancestors
+
+
 @torch.no_grad()
 def beam_search(
     model,
@@ -93,9 +114,8 @@ def beam_search(
     whose narrowed trie holds fewer items than `beam_width` gets fewer results, never an invalid one.
     `temperature` divides the logits before the log-softmax (what a prompt experiment varies).
     """
-    batch, prompt_length = input_ids.shape
+    batch = input_ids.shape[0]
     removed = list(removed) if removed is not None else [None] * batch
-    boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     with autocast(bf16, device.type):
@@ -123,18 +143,11 @@ def beam_search(
         if step == trie.depth - 1:
             break
         # this step's tokens go to the end of each request's cache row, one slot per beam
-        kv_length = prompt_length + (step + 1) * width
         inherited = ancestors.gather(1, source.unsqueeze(-1).expand(-1, -1, ancestors.shape[2]))
-        own = torch.arange(kv_length - width, kv_length, device=device).expand(batch, width).unsqueeze(-1)
-        ancestors = torch.cat([inherited, own], dim=2)
-        mask = _tree_mask(attention_mask, ancestors, kv_length, boolean_mask, torch.float32)
-        positions = torch.full((batch, width), prompt_length + step, dtype=torch.long, device=device)
-        with autocast(bf16, device.type):
-            out = model(
-                input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-            )
-        cache = out.past_key_values
-        logp = torch.log_softmax(out.logits.float() / temperature, dim=-1).view(batch * width, vocab)
+        logp, cache, ancestors = _append_tokens(
+            model, cache, attention_mask, inherited, tokens, step, bf16, temperature
+        )
+        logp = logp.view(batch * width, vocab)
     results: list[list[tuple[str, float]]] = []
     for b in range(batch):
         found = []
@@ -163,7 +176,7 @@ def sequence_logprobs(
     vocabulary), so an item a beam reached scores what the beam said, and one no beam reached gets
     the generator's own log-prob instead of a guess.
     """
-    batch, prompt_length = input_ids.shape
+    batch = input_ids.shape[0]
     width = max((len(p) for p in paths), default=0)
     if width == 0:
         return [np.zeros(0) for _ in paths]
@@ -172,7 +185,6 @@ def sequence_logprobs(
     tokens = torch.tensor(
         [[list(p) for p in rows] + [list(filler)] * (width - len(rows)) for rows in paths], dtype=torch.long
     )  # (batch, width, depth)
-    boolean_mask = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     device = next(model.parameters()).device
     input_ids, attention_mask, tokens = input_ids.to(device), attention_mask.to(device), tokens.to(device)
     with autocast(bf16, device.type):
@@ -182,21 +194,9 @@ def sequence_logprobs(
     total = logp.gather(1, tokens[:, :, 0])  # (batch, width)
     ancestors = torch.zeros(batch, width, 0, dtype=torch.long, device=device)
     for step in range(1, depth):  # feed level step-1, read level step
-        kv_length = prompt_length + step * width
-        own = torch.arange(kv_length - width, kv_length, device=device).expand(batch, width).unsqueeze(-1)
-        ancestors = torch.cat([ancestors, own], dim=2)
-        mask = _tree_mask(attention_mask, ancestors, kv_length, boolean_mask, torch.float32)
-        positions = torch.full((batch, width), prompt_length + step - 1, dtype=torch.long, device=device)
-        with autocast(bf16, device.type):
-            out = model(
-                input_ids=tokens[:, :, step - 1],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        cache = out.past_key_values
-        logp = torch.log_softmax(out.logits.float() / temperature, dim=-1)  # (batch, width, vocab)
+        logp, cache, ancestors = _append_tokens(
+            model, cache, attention_mask, ancestors, tokens[:, :, step - 1], step - 1, bf16, temperature
+        )
         total += logp.gather(2, tokens[:, :, step : step + 1]).squeeze(-1)
     total = total.cpu().numpy().astype(np.float64)
     return [total[b, : len(rows)] for b, rows in enumerate(paths)]

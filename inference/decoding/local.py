@@ -7,6 +7,7 @@ is what is served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Collection, Sequence
@@ -96,9 +97,7 @@ class LocalGenerator:
         # longest prompts first, batched by similar length so little padding is computed
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[Scored]] = [[] for _ in encoded]
-        was_training = getattr(self.model, "training", False)
-        self.model.eval()
-        try:
+        with self._evaluating():
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 ids, mask = self._padded([encoded[i] for i in rows])
@@ -107,9 +106,6 @@ class LocalGenerator:
                 )
                 for i, items in zip(rows, found):
                     results[i] = items
-        finally:
-            if was_training:
-                self.model.train()
         return results
 
     def score(self, histories: Histories, items: Sequence[Sequence[str]]) -> list[np.ndarray]:
@@ -122,19 +118,26 @@ class LocalGenerator:
         # prompts per pass: a pass holds (prompts x paths) rows of full-vocabulary logits, ~160 MB at most
         rows_cap = 40_000_000 // max(1, int(getattr(self.model.config, "vocab_size", 0) or 1))
         per_pass = max(1, min(self.batch_size, rows_cap // max((len(items[i]) for i in wanted), default=1)))
-        was_training = getattr(self.model, "training", False)
-        self.model.eval()
-        try:
+        with self._evaluating():
             for start in range(0, len(order), per_pass):
                 rows = order[start : start + per_pass]
                 ids, mask = self._padded([encoded[i] for i in rows])
                 paths = [[self.trie.tokens_of(item) for item in items[i]] for i in rows]
                 for i, found in zip(rows, sequence_logprobs(self.model, ids, mask, paths, self.bf16, self.temperature)):
                     results[i] = found
+        return results
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """The model in eval mode inside the block, back in training mode after it if it was (training
+        validates through this generator)."""
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            yield
         finally:
             if was_training:
                 self.model.train()
-        return results
 
     def _padded(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded token ids and their attention mask."""
